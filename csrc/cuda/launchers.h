@@ -1,0 +1,44 @@
+// The ABI between the CUDA kernels (*.cu, compiled by nvcc with CUDA headers only) and their
+// torch bindings (*.cpp, built only where PyTorch has CUDA). Raw pointers, sizes, a dtype
+// code and the stream to launch on; each launcher returns the launch's cudaError_t.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "fastblocks/common.h"
+
+namespace fastblocks::cuda {
+
+// y[i] = act(x[i]) for i < n.
+cudaError_t activation_forward(const void* x, void* y, int64_t n, int act, DType dtype,
+                               cudaStream_t stream);
+// gx[i] = act'(x[i]) * g[i] for i < n; gx may alias g.
+cudaError_t activation_backward(const void* g, const void* x, void* gx, int64_t n, int act,
+                                DType dtype, cudaStream_t stream);
+
+// Depthwise 2-d convolution. Tensors are contiguous NCHW, or NHWC when channels_last.
+// Input (N, C, H, W), weight (C*mult, 1, KH, KW), output (N, C*mult, OH, OW); pad_* are the
+// top/left offsets. bias may be null. Accumulation in float (double for fp64).
+struct DepthwiseShape {
+  int64_t n, c, h, w;     // input
+  int64_t mult;           // channel multiplier: output channel oc reads input channel oc / mult
+  int64_t oh, ow;         // output spatial size
+  int64_t kh, kw;
+  int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+  bool channels_last;
+};
+
+cudaError_t depthwise_forward(const void* x, const void* weight, const void* bias, void* y,
+                              const DepthwiseShape& s, int act, DType dtype, cudaStream_t stream);
+// grad_x from grad (the gradient w.r.t. the pre-activation output).
+cudaError_t depthwise_backward_input(const void* grad, const void* weight, void* grad_x,
+                                     const DepthwiseShape& s, DType dtype, cudaStream_t stream);
+// grad_weight (C*mult, 1, KH, KW) in dtype; `workspace` holds at least
+// depthwise_backward_weight_workspace(s) bytes of scratch (float partial sums).
+int64_t depthwise_backward_weight_workspace(const DepthwiseShape& s);
+cudaError_t depthwise_backward_weight(const void* grad, const void* x, void* grad_w,
+                                      void* workspace, const DepthwiseShape& s, DType dtype,
+                                      cudaStream_t stream);
+
+}  // namespace fastblocks::cuda

@@ -1,0 +1,18 @@
+// Helpers for the CPU kernels (torch headers allowed here: CPU files only).
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+
+#include "fastblocks/common.h"
+
+namespace fastblocks::cpu {
+
+inline void check_act(int64_t act) {
+  TORCH_CHECK(act >= 0 && act < kNumActs, "fastblocks: unknown activation code ", act);
+}
+
+// fp16/bf16 accumulate in float, fp32 in float, fp64 in double.
+#define FB_DISPATCH_FLOATING(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, TYPE, NAME, __VA_ARGS__)
+
+}  // namespace fastblocks::cpu

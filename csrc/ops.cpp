@@ -1,0 +1,38 @@
+// Every schema of fastblocks._C, in one place. Kernels register per device in
+// csrc/cpu/<family>.cpp (CPU) and csrc/cuda/<family>.cpp (CUDA). These ops are the raw kernels:
+// autograd, fake kernels and argument checking live in fastblocks/ops/<family>.py, which calls
+// them from the public `fastblocks::` ops.
+//
+// Layout contract shared with the Triton launchers: 4-d inputs arrive contiguous in the
+// memory format named by `channels_last`, and outputs are returned contiguous in that format.
+// Elementwise ops take any non-overlapping dense tensor and return one with the same strides.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// A plain extension module so `import fastblocks._C` loads this library and runs the
+// registrations below; Python reaches the ops through torch.ops.fastblocks_C.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(fastblocks_C, m) {
+  // activation family; `act` is a fastblocks::Act code (csrc/include/fastblocks/common.h)
+  m.def("activation_forward(Tensor x, int act) -> Tensor");
+  m.def("activation_backward(Tensor grad, Tensor x, int act) -> Tensor");
+
+  // depthwise family: weight (C*m, 1, kh, kw); padding is the top/left offset and out_size
+  // the output (H, W), so asymmetric "same" padding needs no extra argument. The forward
+  // applies bias then `act`; the backward ops take the gradient w.r.t. the pre-activation.
+  m.def(
+      "depthwise_forward(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, int[2] out_size, int act, bool channels_last) -> Tensor");
+  m.def(
+      "depthwise_backward_input(Tensor grad, Tensor weight, int[2] in_size, int[2] stride, "
+      "int[2] padding, int[2] dilation, bool channels_last) -> Tensor");
+  m.def(
+      "depthwise_backward_weight(Tensor grad, Tensor x, int[2] kernel_size, int[2] stride, "
+      "int[2] padding, int[2] dilation, bool channels_last) -> Tensor");
+}

@@ -1,0 +1,143 @@
+"""Activation family: hardswish, hardsigmoid, relu6, silu (and relu, used by epilogues).
+
+One registered op pair serves every activation: ``fastblocks::activation(x, act)`` and its
+backward ``fastblocks::activation_backward(grad, x, act)``, where ``act`` is a code from
+``_activation_codes``. Both run on the selected backend (see fastblocks._backend) and keep the
+input's strides (contiguous, channels_last or any other dense layout); a non-dense view is
+copied once into the layout ``torch.empty_like`` gives it.
+
+References: hardswish and hardsigmoid from Howard et al., "Searching for MobileNetV3" (2019);
+SiLU from Elfwing et al. (2017) / Ramachandran et al., "Searching for Activation Functions".
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._backend import resolve
+from ._activation_codes import ACTIVATION_NAMES, activation_code
+from ._layout import as_dense, like_layout
+from ._validate import check_tensor
+
+__all__ = ["hardswish", "hardsigmoid", "relu6", "silu", "relu", "activation"]
+
+
+# ---- eager reference (the `torch` backend, and what the tests compare against) --------------
+
+def reference_forward(x: Tensor, act: int) -> Tensor:
+    name = ACTIVATION_NAMES[act]
+    if name == "none":
+        return x.clone()
+    return {"relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish,
+            "hardsigmoid": F.hardsigmoid, "silu": F.silu}[name](x)
+
+
+def reference_backward(grad: Tensor, x: Tensor, act: int) -> Tensor:
+    aten = torch.ops.aten
+    name = ACTIVATION_NAMES[act]
+    if name == "none":
+        return grad.clone()
+    if name == "relu":
+        return aten.threshold_backward(grad, x, 0)
+    if name == "relu6":
+        return aten.hardtanh_backward(grad, x, 0.0, 6.0)
+    return {"hardswish": aten.hardswish_backward, "hardsigmoid": aten.hardsigmoid_backward,
+            "silu": aten.silu_backward}[name](grad, x)
+
+
+# ---- backend dispatch ------------------------------------------------------------------------
+
+def _run_forward(x: Tensor, act: int) -> Tensor:
+    backend = resolve("activation", x.device, "activation_forward")
+    if backend == "triton":
+        from fastblocks.kernels import activation as tk
+        return tk.activation_forward(x, act)
+    if backend in ("cpu", "cuda"):
+        return torch.ops.fastblocks_C.activation_forward(x, act)
+    return reference_forward(x, act)
+
+
+def _run_backward(grad: Tensor, x: Tensor, act: int) -> Tensor:
+    backend = resolve("activation", x.device, "activation_backward")
+    if backend == "triton":
+        from fastblocks.kernels import activation as tk
+        return tk.activation_backward(grad, x, act)
+    if backend in ("cpu", "cuda"):
+        return torch.ops.fastblocks_C.activation_backward(grad, x, act)
+    return reference_backward(grad, x, act)
+
+
+# ---- registered ops --------------------------------------------------------------------------
+
+@torch.library.custom_op("fastblocks::activation", mutates_args=())
+def _activation_op(x: Tensor, act: int) -> Tensor:
+    return _run_forward(as_dense(x), act)
+
+
+@_activation_op.register_fake
+def _(x: Tensor, act: int) -> Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("fastblocks::activation_backward", mutates_args=())
+def _activation_backward_op(grad: Tensor, x: Tensor, act: int) -> Tensor:
+    x = as_dense(x)
+    return _run_backward(like_layout(grad, x), x, act)
+
+
+@_activation_backward_op.register_fake
+def _(grad: Tensor, x: Tensor, act: int) -> Tensor:
+    return torch.empty_like(x)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, act = inputs
+    ctx.save_for_backward(x)
+    ctx.act = act
+
+
+def _backward(ctx, grad: Tensor):
+    (x,) = ctx.saved_tensors
+    return _activation_backward_op(grad, x, ctx.act), None
+
+
+torch.library.register_autograd("fastblocks::activation", _backward, setup_context=_setup_context)
+
+
+# ---- public functions ------------------------------------------------------------------------
+
+def activation(x: Tensor, activation: str | None) -> Tensor:
+    """Apply the named activation ("none", "relu", "relu6", "hardswish", "hardsigmoid", "silu").
+
+    Shape: any; the output has ``x``'s shape, dtype and strides (for a dense ``x``).
+    """
+    check_tensor(x, "x")
+    return _activation_op(x, activation_code(activation))
+
+
+def hardswish(x: Tensor) -> Tensor:
+    """``x * relu6(x + 3) / 6`` (MobileNetV3). x: any shape, float16/bfloat16/float32/float64."""
+    return activation(x, "hardswish")
+
+
+def hardsigmoid(x: Tensor) -> Tensor:
+    """``relu6(x + 3) / 6`` (MobileNetV3's SE gate). x: any shape, floating dtype."""
+    return activation(x, "hardsigmoid")
+
+
+def relu6(x: Tensor) -> Tensor:
+    """``min(max(x, 0), 6)`` (MobileNetV2). x: any shape, floating dtype."""
+    return activation(x, "relu6")
+
+
+def silu(x: Tensor) -> Tensor:
+    """``x * sigmoid(x)`` (swish; EfficientNet). x: any shape, floating dtype."""
+    return activation(x, "silu")
+
+
+def relu(x: Tensor) -> Tensor:
+    """``max(x, 0)``. x: any shape, floating dtype."""
+    return activation(x, "relu")
+
+

@@ -1,0 +1,59 @@
+"""Triton kernels of the activation family: one masked pass over a dense tensor's storage.
+
+Memory-bound: 2 tensors of traffic forward (read x, write y), 3 backward (read g and x,
+write gx). BLOCK = 4096 with 8 warps gives each thread 16 elements, i.e. two 16-byte vector
+accesses in fp16/bf16 — a common choice for streaming kernels on Hopper. NOT yet tuned on a
+GPU (no device run has been made for this file); see bench/ for the harness that will.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._activation_math import act_grad, apply_act
+from ._launch import acc_dtype, flat
+
+BLOCK = 4096
+NUM_WARPS = 8
+
+
+@triton.jit
+def _activation_forward_kernel(x_ptr, y_ptr, n, ACT: tl.constexpr, ACC: tl.constexpr,
+                               BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+    y = apply_act(x, ACT)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _activation_backward_kernel(g_ptr, x_ptr, gx_ptr, n, ACT: tl.constexpr, ACC: tl.constexpr,
+                                BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+    tl.store(gx_ptr + offs, act_grad(g, x, ACT).to(gx_ptr.dtype.element_ty), mask=mask)
+
+
+def activation_forward(x: torch.Tensor, act: int) -> torch.Tensor:
+    """y = act(x) for a dense x; y has x's strides."""
+    y = torch.empty_like(x)
+    n = x.numel()
+    if n:
+        grid = (triton.cdiv(n, BLOCK),)
+        _activation_forward_kernel[grid](flat(x), flat(y), n, ACT=act, ACC=acc_dtype(x),
+                                         BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return y
+
+
+def activation_backward(grad: torch.Tensor, x: torch.Tensor, act: int) -> torch.Tensor:
+    """grad * act'(x) for dense x and grad of equal strides; the result has x's strides."""
+    assert grad.stride() == x.stride() and grad.dtype == x.dtype, "caller aligns grad with x"
+    gx = torch.empty_like(x)
+    n = x.numel()
+    if n:
+        grid = (triton.cdiv(n, BLOCK),)
+        _activation_backward_kernel[grid](flat(grad), flat(x), flat(gx), n, ACT=act,
+                                          ACC=acc_dtype(x), BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return gx
