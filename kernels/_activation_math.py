@@ -29,7 +29,7 @@ def act_grad(g, x, ACT: tl.constexpr):
     elif ACT == 2:
         g = tl.where((x > 0.0) & (x < 6.0), g, 0.0)
     elif ACT == 3:
-        g = tl.where(x < -3.0, 0.0, tl.where(x <= 3.0, g * (x / 3.0 + 0.5), g))
+        g = tl.where(x <= -3.0, 0.0, tl.where(x < 3.0, g * (x / 3.0 + 0.5), g))
     elif ACT == 4:
         g = tl.where((x > -3.0) & (x < 3.0), g * (1.0 / 6.0), 0.0)
     elif ACT == 5:

@@ -24,7 +24,8 @@ class _Activation(nn.Module):
         return type(self)._fn(x)
 
     def extra_repr(self) -> str:
-        return "inplace=True" if self.inplace else ""
+        # print exactly what the torch.nn module prints (Hardswish shows no `inplace`)
+        return self.torch_cls.extra_repr(self)
 
     @classmethod
     def from_module(cls, m: nn.Module) -> "_Activation":

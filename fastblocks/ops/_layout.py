@@ -40,3 +40,9 @@ def is_channels_last(t: torch.Tensor) -> bool:
 
 def memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def empty(shape, like: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """An uninitialized tensor with `like`'s dtype and device, contiguous in NCHW or NHWC."""
+    return torch.empty(shape, dtype=like.dtype, device=like.device,
+                       memory_format=memory_format(channels_last))

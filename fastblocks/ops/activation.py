@@ -18,7 +18,7 @@ from torch import Tensor
 from .._backend import resolve
 from ._activation_codes import ACTIVATION_NAMES, activation_code
 from ._layout import as_dense, like_layout
-from ._validate import check_tensor
+from ._validate import check_same, check_tensor
 
 __all__ = ["hardswish", "hardsigmoid", "relu6", "silu", "relu", "activation"]
 
@@ -58,7 +58,7 @@ def _run_forward(x: Tensor, act: int) -> Tensor:
     return reference_forward(x, act)
 
 
-def _run_backward(grad: Tensor, x: Tensor, act: int) -> Tensor:
+def run_backward(grad: Tensor, x: Tensor, act: int) -> Tensor:
     backend = resolve("activation", x.device, "activation_backward")
     if backend == "triton":
         from fastblocks.kernels import activation as tk
@@ -80,14 +80,22 @@ def _(x: Tensor, act: int) -> Tensor:
     return torch.empty_like(x)
 
 
+def _check_backward_args(grad: Tensor, x: Tensor) -> None:
+    check_same(x, "x", grad, "grad")
+    if grad.shape != x.shape:
+        raise ValueError(f"grad has shape {tuple(grad.shape)} but x has {tuple(x.shape)}")
+
+
 @torch.library.custom_op("fastblocks::activation_backward", mutates_args=())
 def _activation_backward_op(grad: Tensor, x: Tensor, act: int) -> Tensor:
+    _check_backward_args(grad, x)
     x = as_dense(x)
-    return _run_backward(like_layout(grad, x), x, act)
+    return run_backward(like_layout(grad, x), x, act)
 
 
 @_activation_backward_op.register_fake
 def _(grad: Tensor, x: Tensor, act: int) -> Tensor:
+    _check_backward_args(grad, x)
     return torch.empty_like(x)
 
 

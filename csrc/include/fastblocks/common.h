@@ -33,7 +33,7 @@ FB_HOST_DEVICE double exp_(double x) { return exp(x); }
 
 // All math in the accumulation type (float for fp16/bf16/fp32, double for fp64). The
 // derivative conventions at the kinks follow ATen exactly (e.g. hardswish' = x/3 + 1/2 on the
-// closed interval [-3, 3]) so gradients match eager bit for bit in fp32.
+// open interval (-3, 3), 0 at -3 and 1 at 3, as torch 2.13 computes it) so gradients match eager bit for bit in fp32.
 template <typename acc_t>
 FB_HOST_DEVICE acc_t act_forward(acc_t x, int act) {
   const acc_t zero = acc_t(0), three = acc_t(3), six = acc_t(6);
@@ -69,7 +69,7 @@ FB_HOST_DEVICE acc_t act_backward(acc_t g, acc_t x, int act) {
     case int(Act::kReLU6):
       return (x > zero && x < six) ? g : zero;
     case int(Act::kHardswish):
-      return x < -three ? zero : (x <= three ? g * (x / three + acc_t(0.5)) : g);
+      return x <= -three ? zero : (x < three ? g * (x / three + acc_t(0.5)) : g);
     case int(Act::kHardsigmoid):
       return (x > -three && x < three) ? g * (acc_t(1) / six) : zero;
     case int(Act::kSiLU): {

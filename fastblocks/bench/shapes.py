@@ -1,0 +1,157 @@
+"""The layer shapes the benchmarks run: real tensors of the architectures, at 224x224 input.
+
+Derived from the papers' layer tables (input resolution 224x224, width multiplier 1.0):
+
+- MobileNetV2: Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks"
+  (2018), Table 2. Every bottleneck has a 3x3 depthwise conv on ``t * c_in`` channels (t = 1 in
+  the first block: no expansion), stride ``s`` on the first layer of a block and 1 on its
+  repeats; activation ReLU6.
+- MobileNetV3-Large: Howard et al., "Searching for MobileNetV3" (2019), Table 1. A bneck's
+  depthwise conv runs on its "exp size" channels with the listed kernel and stride; NL "RE"
+  is ReLU, "HS" hard-swish. Bnecks are numbered 1..15 in table order.
+- EfficientNet-B0: Tan & Le, "EfficientNet: Rethinking Model Scaling for CNNs" (2019),
+  Table 1 ("Resolution" is a stage's input resolution). Strides of stages 2..8 are
+  1, 2, 2, 2, 1, 2, 1 (the reference implementation); MBConv6 expands 6x, MBConv1 does not;
+  activation SiLU (swish).
+
+Padding is ``(k - 1) // 2``, as torchvision builds these networks. Each list is deduplicated
+within its network: a shape that repeats (e.g. the repeats of a stage) is listed once, with
+every layer it stands for in ``source``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DepthwiseLayer:
+    channels: int      # depthwise channels (input = output; channel multiplier 1)
+    size: int          # input H = W
+    kernel: int
+    stride: int
+    activation: str    # the activation that follows it (after BN) in that network
+    net: str
+    source: str
+
+    @property
+    def padding(self) -> int:
+        return (self.kernel - 1) // 2
+
+    @property
+    def out_size(self) -> int:
+        return (self.size + 2 * self.padding - self.kernel) // self.stride + 1
+
+
+def _dw(net, act, rows):
+    return tuple(DepthwiseLayer(c, h, k, s, act if a is None else a, net, src)
+                 for c, h, k, s, a, src in rows)
+
+
+MOBILENET_V2 = _dw("mobilenet_v2", "relu6", [
+    # C,  H, k, s, act, layers of Table 2 (block = row of the table; t=6 unless noted)
+    (32, 112, 3, 1, None, "block 1 (t=1, c=16): the only layer"),
+    (96, 112, 3, 2, None, "block 2 (c=24), first layer: 16*6 channels"),
+    (144, 56, 3, 1, None, "block 2 (c=24), repeat: 24*6 channels"),
+    (144, 56, 3, 2, None, "block 3 (c=32), first layer"),
+    (192, 28, 3, 1, None, "block 3 (c=32), 2 repeats"),
+    (192, 28, 3, 2, None, "block 4 (c=64), first layer"),
+    (384, 14, 3, 1, None, "block 4 (c=64) 3 repeats; block 5 (c=96) first layer"),
+    (576, 14, 3, 1, None, "block 5 (c=96), 2 repeats"),
+    (576, 14, 3, 2, None, "block 6 (c=160), first layer"),
+    (960, 7, 3, 1, None, "block 6 (c=160) 2 repeats; block 7 (c=320)"),
+])
+
+MOBILENET_V3_LARGE = _dw("mobilenet_v3_large", "hardswish", [
+    # C, H, k, s, act, bneck (exp size / #out)
+    (16, 112, 3, 1, "relu", "bneck 1 (exp 16, out 16; no expansion)"),
+    (64, 112, 3, 2, "relu", "bneck 2 (exp 64, out 24)"),
+    (72, 56, 3, 1, "relu", "bneck 3 (exp 72, out 24)"),
+    (72, 56, 5, 2, "relu", "bneck 4 (exp 72, out 40, SE)"),
+    (120, 28, 5, 1, "relu", "bnecks 5-6 (exp 120, out 40, SE)"),
+    (240, 28, 3, 2, None, "bneck 7 (exp 240, out 80)"),
+    (200, 14, 3, 1, None, "bneck 8 (exp 200, out 80)"),
+    (184, 14, 3, 1, None, "bnecks 9-10 (exp 184, out 80)"),
+    (480, 14, 3, 1, None, "bneck 11 (exp 480, out 112, SE)"),
+    (672, 14, 3, 1, None, "bneck 12 (exp 672, out 112, SE)"),
+    (672, 14, 5, 2, None, "bneck 13 (exp 672, out 160, SE)"),
+    (960, 7, 5, 1, None, "bnecks 14-15 (exp 960, out 160, SE)"),
+])
+
+EFFICIENTNET_B0 = _dw("efficientnet_b0", "silu", [
+    # C, H, k, s, act, stage of Table 1
+    (32, 112, 3, 1, None, "stage 2 (MBConv1 k3, 16 ch): no expansion"),
+    (96, 112, 3, 2, None, "stage 3 (MBConv6 k3, 24 ch), first layer: 16*6 channels"),
+    (144, 56, 3, 1, None, "stage 3, repeat: 24*6 channels"),
+    (144, 56, 5, 2, None, "stage 4 (MBConv6 k5, 40 ch), first layer"),
+    (240, 28, 5, 1, None, "stage 4, repeat"),
+    (240, 28, 3, 2, None, "stage 5 (MBConv6 k3, 80 ch), first layer"),
+    (480, 14, 3, 1, None, "stage 5, 2 repeats"),
+    (480, 14, 5, 1, None, "stage 6 (MBConv6 k5, 112 ch), first layer"),
+    (672, 14, 5, 1, None, "stage 6, 2 repeats"),
+    (672, 14, 5, 2, None, "stage 7 (MBConv6 k5, 192 ch), first layer"),
+    (1152, 7, 5, 1, None, "stage 7, 3 repeats"),
+    (1152, 7, 3, 1, None, "stage 8 (MBConv6 k3, 320 ch)"),
+])
+
+DEPTHWISE_NETS = {
+    "mobilenet_v2": MOBILENET_V2,
+    "mobilenet_v3_large": MOBILENET_V3_LARGE,
+    "efficientnet_b0": EFFICIENTNET_B0,
+}
+
+
+def _union(*nets):
+    """Every distinct (channels, size, kernel, stride) over the networks, first one kept."""
+    seen, out = set(), []
+    for net in nets:
+        for layer in net:
+            key = (layer.channels, layer.size, layer.kernel, layer.stride)
+            if key not in seen:
+                seen.add(key)
+                out.append(layer)
+    return tuple(out)
+
+
+# All three networks' depthwise layers, deduplicated across networks (the GPU default).
+DEPTHWISE_ALL = _union(MOBILENET_V2, MOBILENET_V3_LARGE, EFFICIENTNET_B0)
+
+# One layer per (kernel, stride) kind plus the extremes of channels and resolution: the CPU
+# default and --quick, so a run stays short.
+DEPTHWISE_REPRESENTATIVE = (
+    MOBILENET_V2[1],         # 96 x 112^2, k3 s2
+    MOBILENET_V2[2],         # 144 x 56^2, k3 s1
+    MOBILENET_V3_LARGE[3],   # 72 x 56^2, k5 s2
+    EFFICIENTNET_B0[4],      # 240 x 28^2, k5 s1
+    MOBILENET_V3_LARGE[8],   # 480 x 14^2, k3 s1
+    EFFICIENTNET_B0[10],     # 1152 x 7^2, k5 s1
+)
+
+
+@dataclass(frozen=True)
+class ActivationTensor:
+    channels: int
+    size: int          # H = W
+    source: str
+
+
+# Activation tensors (N, C, H, W) of MobileNetV3-Large / EfficientNet-B0 at 224x224: the
+# outputs an activation actually runs on, from large-and-shallow to small-and-deep.
+ACTIVATION_TENSORS = (
+    ActivationTensor(16, 112, "MobileNetV3-Large stem conv 3x3/2 output (hard-swish)"),
+    ActivationTensor(96, 112, "EfficientNet-B0 stage 3 expand output (SiLU), its largest; "
+                              "MobileNetV2 block 2 expand (ReLU6)"),
+    ActivationTensor(72, 56, "MobileNetV3-Large bneck 3-4 expand output (ReLU there)"),
+    ActivationTensor(240, 28, "MobileNetV3-Large bneck 7 expand output (hard-swish); "
+                              "EfficientNet-B0 stage 4-5 (SiLU)"),
+    ActivationTensor(480, 14, "MobileNetV3-Large bneck 11 expand (hard-swish); EfficientNet-B0 "
+                              "stage 5-6 (SiLU)"),
+    ActivationTensor(960, 7, "MobileNetV3-Large last 1x1 conv output (hard-swish)"),
+    ActivationTensor(672, 1, "MobileNetV3-Large SE gate of bnecks 12-13 (hard-sigmoid): "
+                             "launch-bound"),
+)
+
+# Element counts of the bandwidth sweep (1-d tensors).
+SWEEP_GPU = tuple(2 ** e for e in range(16, 27))          # 2^16 .. 2^26, every power of 2
+SWEEP_GPU_QUICK = tuple(2 ** e for e in range(16, 27, 2))  # 2^16 .. 2^26, every 4x
+SWEEP_CPU = tuple(2 ** e for e in range(16, 23, 2))        # 2^16 .. 2^22, every 4x
+SWEEP_CPU_QUICK = (2 ** 16, 2 ** 20)

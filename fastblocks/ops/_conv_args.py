@@ -1,0 +1,59 @@
+"""Normalizing and checking convolution arguments (torchvision-style: ints or pairs, "same",
+"valid"), shared by the conv op families. Every error names the argument."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+def pair(value, arg: str, minimum: int) -> tuple[int, int]:
+    """An int or a pair of ints, each >= minimum, as a pair."""
+    vals = (value, value) if isinstance(value, int) else value
+    try:
+        vals = tuple(vals)
+    except TypeError:
+        raise TypeError(f"{arg} must be an int or a pair of ints, got {value!r}") from None
+    if len(vals) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+        raise TypeError(f"{arg} must be an int or a pair of ints, got {value!r}")
+    if min(vals) < minimum:
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{arg} must be {kind}, got {value!r}")
+    return vals
+
+
+class ConvGeometry(NamedTuple):
+    """Resolved 2-d convolution geometry. `padding` is the top/left offset; the output size is
+    explicit so asymmetric "same" padding (even kernels) needs nothing more."""
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    out_size: tuple[int, int]
+
+
+def conv_geometry(in_size, kernel_size, stride, padding, dilation) -> ConvGeometry:
+    """Resolve stride/padding/dilation for an input (H, W) and kernel (KH, KW), as F.conv2d."""
+    stride = pair(stride, "stride", 1)
+    dilation = pair(dilation, "dilation", 1)
+    span = tuple(d * (k - 1) for d, k in zip(dilation, kernel_size))
+    if isinstance(padding, str):
+        if padding == "valid":
+            pad = (0, 0)
+        elif padding == "same":
+            if stride != (1, 1):
+                raise ValueError("padding='same' needs stride 1 (as in torch.nn.functional.conv2d), "
+                                 f"got stride={stride}")
+            # PyTorch puts the odd extra row/column of padding at the bottom/right.
+            pad = tuple(s // 2 for s in span)
+            return ConvGeometry(stride, pad, dilation, tuple(in_size))
+        else:
+            raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+    else:
+        pad = pair(padding, "padding", 0)
+    out = []
+    for size, p, s, st, axis in zip(in_size, pad, span, stride, "HW"):
+        padded = size + 2 * p
+        if padded < s + 1:
+            raise ValueError(
+                f"input {axis} = {size} with padding {p} is smaller than the dilated kernel ({s + 1})"
+            )
+        out.append((padded - s - 1) // st + 1)
+    return ConvGeometry(stride, pad, dilation, tuple(out))

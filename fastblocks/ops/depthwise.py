@@ -1,0 +1,237 @@
+"""Depthwise 2-d convolution with a fused bias + activation epilogue.
+
+``depthwise_conv2d(x, weight, bias, stride, padding, dilation, activation)`` computes
+``act(F.conv2d(x, weight, bias, stride, padding, dilation, groups=C))`` in one kernel, so an
+eval-mode depthwise -> BatchNorm (folded into weight and bias) -> activation chain is a single
+pass over memory (MobileNetV1/V2/V3, EfficientNet, MnasNet, ShuffleNet, Xception).
+
+Registered ops: ``fastblocks::depthwise_conv2d`` and its backward
+``fastblocks::depthwise_conv2d_backward`` (input, weight and bias gradients in one op). The
+backward of a fused activation recomputes the pre-activation with one more forward pass
+instead of storing it: the same memory as an unfused conv that saves only its input.
+
+Layout: NCHW or channels_last, chosen like PyTorch's convolution (channels_last when x is
+channels_last-contiguous); the output keeps it. Any other strides are copied once into NCHW.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._backend import resolve
+from ._activation_codes import activation_code
+from ._conv_args import conv_geometry
+from ._layout import empty, is_channels_last, memory_format
+from ._validate import check_ndim, check_same, check_tensor
+from .activation import reference_forward as _act_reference, run_backward as _act_backward
+
+__all__ = ["depthwise_conv2d", "reference_depthwise_conv2d"]
+
+
+# ---- eager reference ------------------------------------------------------------------------
+
+def reference_depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
+                               padding=0, dilation=1, activation: str | None = None) -> Tensor:
+    """The eager PyTorch composition: F.conv2d(groups=C) then the activation."""
+    y = F.conv2d(x, weight, bias, stride, padding, dilation, groups=x.shape[-3])
+    code = activation_code(activation)
+    return y if code == 0 else _act_reference(y, code)
+
+
+def _pad_for_geometry(x, kernel_size, stride, padding, dilation, out_size):
+    """x zero-padded by `padding` at the top/left and as much at the bottom/right as the output
+    size needs, so a padding-0 F.conv2d gives exactly `out_size`. (A stride can leave the last
+    rows unread; padding them with zeros changes nothing, as the far padding stays below one
+    stride.)"""
+    pads = []
+    for size, k, s, p, d, o in zip(x.shape[-2:], kernel_size, stride, padding, dilation, out_size):
+        pads.append((p, max((o - 1) * s + d * (k - 1) + 1 - size - p, 0)))
+    return F.pad(x, (pads[1][0], pads[1][1], pads[0][0], pads[0][1]))
+
+
+def _reference_geometry_forward(x, weight, bias, stride, padding, dilation, out_size):
+    xp = _pad_for_geometry(x, weight.shape[-2:], stride, padding, dilation, out_size)
+    return F.conv2d(xp, weight, bias, stride, 0, dilation, groups=x.shape[1])
+
+
+# ---- backend dispatch ------------------------------------------------------------------------
+
+def _forward(x, weight, bias, stride, padding, dilation, out_size, act, channels_last):
+    backend = resolve("depthwise", x.device, "depthwise_forward")
+    if backend == "triton":
+        from fastblocks.kernels import depthwise as tk
+        return tk.depthwise_forward(x, weight, bias, stride, padding, dilation, out_size, act,
+                                    channels_last)
+    if backend in ("cpu", "cuda"):
+        return torch.ops.fastblocks_C.depthwise_forward(x, weight, bias, stride, padding, dilation,
+                                                        out_size, act, channels_last)
+    y = _reference_geometry_forward(x, weight, bias, stride, padding, dilation, out_size)
+    if act:
+        y = _act_reference(y, act)
+    return y.contiguous(memory_format=memory_format(channels_last))
+
+
+def _backward_input(grad, weight, in_size, stride, padding, dilation, channels_last, x):
+    backend = resolve("depthwise", grad.device, "depthwise_backward_input")
+    if backend == "triton":
+        from fastblocks.kernels import depthwise as tk
+        return tk.depthwise_backward_input(grad, weight, in_size, stride, padding, dilation,
+                                           channels_last)
+    if backend in ("cpu", "cuda"):
+        return torch.ops.fastblocks_C.depthwise_backward_input(grad, weight, in_size, stride,
+                                                               padding, dilation, channels_last)
+    return _reference_grads(grad, x, weight, stride, padding, dilation, channels_last)[0]
+
+
+def _backward_weight(grad, x, kernel_size, stride, padding, dilation, channels_last, weight):
+    backend = resolve("depthwise", grad.device, "depthwise_backward_weight")
+    if backend == "triton":
+        from fastblocks.kernels import depthwise as tk
+        return tk.depthwise_backward_weight(grad, x, kernel_size, stride, padding, dilation,
+                                            channels_last)
+    if backend in ("cpu", "cuda"):
+        return torch.ops.fastblocks_C.depthwise_backward_weight(grad, x, kernel_size, stride,
+                                                                padding, dilation, channels_last)
+    return _reference_grads(grad, x, weight, stride, padding, dilation, channels_last)[1]
+
+
+def _reference_grads(grad, x, weight, stride, padding, dilation, channels_last):
+    # Called inside a custom op, below autograd: use the aten backward op, not autograd.
+    xp = _pad_for_geometry(x, weight.shape[-2:], stride, padding, dilation, grad.shape[-2:])
+    gxp, gw, _ = torch.ops.aten.convolution_backward(
+        grad, xp, weight, None, list(stride), [0, 0], list(dilation), False, [0, 0], x.shape[1],
+        [True, True, False])
+    h, w = x.shape[-2:]
+    gx = gxp[..., padding[0]:padding[0] + h, padding[1]:padding[1] + w]
+    return gx.contiguous(memory_format=memory_format(channels_last)), gw.contiguous()
+
+
+# ---- registered ops --------------------------------------------------------------------------
+
+def _canonical(x: Tensor) -> tuple[Tensor, bool]:
+    cl = is_channels_last(x)
+    return x.contiguous(memory_format=memory_format(cl)), cl
+
+
+@torch.library.custom_op("fastblocks::depthwise_conv2d", mutates_args=())
+def _depthwise_op(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int],
+                  padding: list[int], dilation: list[int], out_size: list[int], act: int) -> Tensor:
+    x, cl = _canonical(x)
+    bias = None if bias is None else bias.contiguous()
+    return _forward(x, weight.contiguous(), bias, tuple(stride), tuple(padding), tuple(dilation),
+                    tuple(out_size), act, cl)
+
+
+@_depthwise_op.register_fake
+def _(x, weight, bias, stride, padding, dilation, out_size, act):
+    return empty((x.shape[0], weight.shape[0], *out_size), x, is_channels_last(x))
+
+
+@torch.library.custom_op("fastblocks::depthwise_conv2d_backward", mutates_args=())
+def _depthwise_backward_op(grad: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None,
+                           stride: list[int], padding: list[int], dilation: list[int], act: int,
+                           output_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad_x, grad_weight, grad_bias); an entry whose output_mask is False is an empty
+    placeholder (custom ops cannot return None)."""
+    x, cl = _canonical(x)
+    weight = weight.contiguous()
+    stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
+    grad = grad.contiguous(memory_format=memory_format(cl))
+    if act:
+        # dL/dz = dL/dy * act'(z): recompute z = conv + bias (one forward pass) rather than
+        # having stored it.
+        b = None if bias is None else bias.contiguous()
+        z = _forward(x, weight, b, stride, padding, dilation, tuple(grad.shape[-2:]), 0, cl)
+        grad = _act_backward(grad, z, act)
+    # distinct placeholders: outputs of a custom op must not alias each other
+    gx, gw, gb = x.new_empty(0), x.new_empty(0), x.new_empty(0)
+    if output_mask[0]:
+        gx = _backward_input(grad, weight, tuple(x.shape[-2:]), stride, padding, dilation, cl, x)
+    if output_mask[1]:
+        gw = _backward_weight(grad, x, tuple(weight.shape[-2:]), stride, padding, dilation, cl,
+                              weight)
+    if output_mask[2]:
+        acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
+        gb = grad.sum(dim=(0, 2, 3), dtype=acc).to(grad.dtype)
+    return gx, gw, gb
+
+
+@_depthwise_backward_op.register_fake
+def _(grad, x, weight, bias, stride, padding, dilation, act, output_mask):
+    gx = empty(x.shape, x, is_channels_last(x)) if output_mask[0] else x.new_empty(0)
+    gw = weight.new_empty(weight.shape) if output_mask[1] else x.new_empty(0)
+    gb = grad.new_empty((weight.shape[0],)) if output_mask[2] else x.new_empty(0)
+    return gx, gw, gb
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, stride, padding, dilation, out_size, act = inputs
+    ctx.save_for_backward(x, weight, bias)
+    ctx.args = (stride, padding, dilation, act)
+    ctx.mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                bias is not None and ctx.needs_input_grad[2]]
+
+
+def _backward(ctx, grad):
+    x, weight, bias = ctx.saved_tensors
+    stride, padding, dilation, act = ctx.args
+    gx, gw, gb = _depthwise_backward_op(grad, x, weight, bias, stride, padding, dilation, act,
+                                        ctx.mask)
+    return (gx if ctx.mask[0] else None, gw if ctx.mask[1] else None,
+            gb if ctx.mask[2] else None, None, None, None, None, None)
+
+
+torch.library.register_autograd("fastblocks::depthwise_conv2d", _backward,
+                                setup_context=_setup_context)
+
+
+# ---- public function -------------------------------------------------------------------------
+
+def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+                     dilation=1, activation: str | None = None) -> Tensor:
+    """Depthwise convolution, then bias, then an activation, in one kernel.
+
+    Same result as ``act(F.conv2d(x, weight, bias, stride, padding, dilation, groups=C))``.
+
+    Args:
+        x: (N, C, H, W) or unbatched (C, H, W); float16, bfloat16, float32 or float64;
+            NCHW or channels_last (the output keeps the layout).
+        weight: (C * m, 1, KH, KW), channel multiplier m >= 1: output channel ``o`` reads
+            input channel ``o // m``.
+        bias: (C * m,) or None.
+        stride, dilation: int or (h, w), positive.
+        padding: int or (h, w), non-negative; or "same" (stride 1; odd extra padding goes
+            bottom/right, as in PyTorch) or "valid".
+        activation: None/"none", "relu", "relu6", "hardswish", "hardsigmoid" or "silu".
+
+    Returns:
+        (N, C * m, OH, OW) with OH = (H + 2*ph - dh*(KH-1) - 1) // sh + 1 (likewise OW).
+
+    Depthwise convolutions: Howard et al., "MobileNets" (2017); Chollet, "Xception" (2017).
+    """
+    check_tensor(x, "x")
+    check_tensor(weight, "weight")
+    check_same(x, "x", weight, "weight")
+    if bias is not None:
+        check_tensor(bias, "bias")
+        check_same(x, "x", bias, "bias")
+    unbatched = x.dim() == 3
+    if unbatched:
+        x = x.unsqueeze(0)
+    check_ndim(x, 4, "x", "(N, C, H, W) or 3-d (C, H, W)")
+    c = x.shape[1]
+    if weight.dim() != 4 or weight.shape[1] != 1 or weight.shape[0] == 0 or weight.shape[0] % c:
+        raise ValueError(
+            f"weight must have shape (C*m, 1, kh, kw) with C = {c} input channels and m >= 1, "
+            f"got {tuple(weight.shape)}"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if c == 0:
+        raise ValueError("x must have at least one channel")
+    code = activation_code(activation)
+    geo = conv_geometry(tuple(x.shape[-2:]), tuple(weight.shape[-2:]), stride, padding, dilation)
+    y = _depthwise_op(x, weight, bias, list(geo.stride), list(geo.padding), list(geo.dilation),
+                      list(geo.out_size), code)
+    return y.squeeze(0) if unbatched else y

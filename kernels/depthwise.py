@@ -1,0 +1,441 @@
+"""Triton kernels of the depthwise family: 2-d convolution with groups == C (any kernel size,
+stride, dilation, top/left padding, explicit output size, channel multiplier m), bias and an
+activation epilogue; forward, backward w.r.t. the input and backward w.r.t. the weight, each in
+NCHW and in channels_last (NHWC) memory order.
+
+Memory-bound. With E = element size, O = N*C*m*OH*OW outputs, I = N*C*H*W inputs and
+K = C*m*KH*KW weights, the traffic floor of each kernel is:
+
+- forward:          read x + w (+ bias), write y      = (I + K + O) * E bytes
+- backward_input:   read grad + w, write grad_x        = (O + K + I) * E bytes
+- backward_weight:  read grad + x, write grad_w        = (O + I + K) * E bytes, plus the fp32
+                    partial sums [S, C*m, KH*KW] (a few KB to MB) and the torch sum over S.
+
+Each kernel reads its halo (the KH*KW taps of neighbouring outputs overlap) through L1/L2,
+so DRAM traffic stays near the floor when tiles are large enough; the block sizes below come
+from the shape (next power of two, clipped) and are NOT yet tuned on a GPU (no device was
+available when this file was written): bench/ holds the harness that will tune them.
+
+Index conventions: program ids and the batch/channel (NCHW) or pixel (NHWC) part of every
+offset are int64, so tensors past 2^31 elements work; NCHW offsets inside one plane are int32
+(the launchers assert H*W and OH*OW < 2^31). Triton's integer // and % round toward zero, so
+the gather in backward_input clamps negative numerators to 0 before dividing and masks them.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._activation_math import apply_act
+from ._launch import acc_dtype
+
+NUM_WARPS = 4
+# Elements per output tile (forward, backward_input) and per accumulator (backward_weight).
+TILE = 1024
+WGRAD_ACC = 2048
+# backward_weight: aim for about this many programs (H100: 132 SMs) before splitting the
+# reduction further; each extra split costs one [C*m, KH*KW] fp32 partial row.
+WGRAD_PROGRAMS = 1024
+_INT32_MAX = 2**31 - 1
+
+
+def _np2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+# ------------------------------------------------------------------------------- forward
+
+
+@triton.jit
+def _dw_fwd_nchw_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
+                        C, H, W, OC, OH, OW, M, PH, PW, DH, DW, TILES_W, TILES,
+                        KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+                        HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
+                        BH: tl.constexpr, BW: tl.constexpr):
+    # One program: one (n, oc) plane, one BH x BW output tile; W is the contiguous axis.
+    pid = tl.program_id(0).to(tl.int64)
+    nc = pid // TILES  # n * OC + oc
+    tile = (pid % TILES).to(tl.int32)
+    n = nc // OC
+    oc = nc % OC
+    x_base = x_ptr + (n * C + oc // M) * H * W
+    w_base = w_ptr + oc * (KH * KW)
+    oh = (tile // TILES_W) * BH + tl.arange(0, BH)[:, None]
+    ow = (tile % TILES_W) * BW + tl.arange(0, BW)[None, :]
+    acc = tl.zeros((BH, BW), dtype=ACC)
+    for kh in tl.static_range(KH):
+        ih = oh * SH - PH + kh * DH
+        mh = (ih >= 0) & (ih < H) & (oh < OH)
+        for kw in tl.static_range(KW):
+            iw = ow * SW - PW + kw * DW
+            m = mh & (iw >= 0) & (iw < W) & (ow < OW)
+            wv = tl.load(w_base + (kh * KW + kw)).to(ACC)
+            xv = tl.load(x_base + ih * W + iw, mask=m, other=0.0).to(ACC)
+            acc += xv * wv
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + oc).to(ACC)
+    acc = apply_act(acc, ACT)
+    y_base = y_ptr + nc * OH * OW
+    tl.store(y_base + oh * OW + ow, acc.to(y_ptr.dtype.element_ty),
+             mask=(oh < OH) & (ow < OW))
+
+
+@triton.jit
+def _dw_fwd_nhwc_kernel(x_ptr, w_ptr, b_ptr, y_ptr, NPIX,
+                        C, H, W, OC, OH, OW, M, PH, PW, DH, DW,
+                        KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+                        HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
+                        BP: tl.constexpr, BC: tl.constexpr):
+    # One program: BP output pixels (flattened over N*OH*OW) x BC output channels (contiguous).
+    pix = tl.program_id(0).to(tl.int64) * BP + tl.arange(0, BP)
+    oc = tl.program_id(1) * BC + tl.arange(0, BC)
+    pmask = pix < NPIX
+    cmask = oc < OC
+    ic = oc // M
+    n = pix // (OH * OW)
+    r = (pix - n * (OH * OW)).to(tl.int32)
+    oh = r // OW
+    ow = r - oh * OW
+    acc = tl.zeros((BP, BC), dtype=ACC)
+    for kh in tl.static_range(KH):
+        ih = oh * SH - PH + kh * DH
+        mh = (ih >= 0) & (ih < H) & pmask
+        row_h = n * H + ih
+        for kw in tl.static_range(KW):
+            iw = ow * SW - PW + kw * DW
+            m = mh & (iw >= 0) & (iw < W)
+            row = (row_h * W + iw) * C
+            wv = tl.load(w_ptr + oc * (KH * KW) + (kh * KW + kw), mask=cmask, other=0.0).to(ACC)
+            xv = tl.load(x_ptr + row[:, None] + ic[None, :], mask=m[:, None] & cmask[None, :],
+                         other=0.0).to(ACC)
+            acc += xv * wv[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + oc, mask=cmask, other=0.0).to(ACC)[None, :]
+    acc = apply_act(acc, ACT)
+    tl.store(y_ptr + pix[:, None] * OC + oc[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=pmask[:, None] & cmask[None, :])
+
+
+# ------------------------------------------------------------------------ backward input
+
+
+@triton.jit
+def _dw_bwd_in_nchw_kernel(g_ptr, w_ptr, gx_ptr,
+                           C, H, W, OC, OH, OW, M, PH, PW, DH, DW, TILES_W, TILES,
+                           KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
+                           SW: tl.constexpr, ACC: tl.constexpr,
+                           BH: tl.constexpr, BW: tl.constexpr):
+    # Gather: input pixel (ih, iw) receives grad[oh, ow] * w[kh, kw] wherever
+    # oh*SH - PH + kh*DH == ih (and the same along W), summed over the m output channels.
+    pid = tl.program_id(0).to(tl.int64)
+    nc = pid // TILES  # n * C + ic
+    tile = (pid % TILES).to(tl.int32)
+    n = nc // C
+    ic = nc % C
+    ih = (tile // TILES_W) * BH + tl.arange(0, BH)[:, None]
+    iw = (tile % TILES_W) * BW + tl.arange(0, BW)[None, :]
+    in_h = ih < H
+    in_w = iw < W
+    acc = tl.zeros((BH, BW), dtype=ACC)
+    for j in range(M):
+        oc = ic * M + j
+        g_base = g_ptr + (n * OC + oc) * OH * OW
+        w_base = w_ptr + oc * (KH * KW)
+        for kh in tl.static_range(KH):
+            nh = ih + PH - kh * DH
+            nh0 = tl.where(nh >= 0, nh, 0)  # // rounds toward zero: never divide negatives
+            oh = nh0 // SH
+            mh = (nh >= 0) & (oh * SH == nh0) & (oh < OH) & in_h
+            for kw in tl.static_range(KW):
+                nw = iw + PW - kw * DW
+                nw0 = tl.where(nw >= 0, nw, 0)
+                ow = nw0 // SW
+                m = mh & (nw >= 0) & (ow * SW == nw0) & (ow < OW) & in_w
+                wv = tl.load(w_base + (kh * KW + kw)).to(ACC)
+                gv = tl.load(g_base + oh * OW + ow, mask=m, other=0.0).to(ACC)
+                acc += gv * wv
+    gx_base = gx_ptr + nc * H * W
+    tl.store(gx_base + ih * W + iw, acc.to(gx_ptr.dtype.element_ty), mask=in_h & in_w)
+
+
+@triton.jit
+def _dw_bwd_in_nhwc_kernel(g_ptr, w_ptr, gx_ptr, NPIX,
+                           C, H, W, OC, OH, OW, M, PH, PW, DH, DW,
+                           KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
+                           SW: tl.constexpr, ACC: tl.constexpr,
+                           BP: tl.constexpr, BC: tl.constexpr):
+    # BP input pixels (flattened over N*H*W) x BC input channels; gather as in the NCHW kernel.
+    pix = tl.program_id(0).to(tl.int64) * BP + tl.arange(0, BP)
+    ic = tl.program_id(1) * BC + tl.arange(0, BC)
+    pmask = pix < NPIX
+    cmask = ic < C
+    n = pix // (H * W)
+    r = (pix - n * (H * W)).to(tl.int32)
+    ih = r // W
+    iw = r - ih * W
+    acc = tl.zeros((BP, BC), dtype=ACC)
+    for j in range(M):
+        oc = ic * M + j
+        for kh in tl.static_range(KH):
+            nh = ih + PH - kh * DH
+            nh0 = tl.where(nh >= 0, nh, 0)
+            oh = nh0 // SH
+            mh = (nh >= 0) & (oh * SH == nh0) & (oh < OH) & pmask
+            row_h = n * OH + oh
+            for kw in tl.static_range(KW):
+                nw = iw + PW - kw * DW
+                nw0 = tl.where(nw >= 0, nw, 0)
+                ow = nw0 // SW
+                m = mh & (nw >= 0) & (ow * SW == nw0) & (ow < OW)
+                row = (row_h * OW + ow) * OC
+                wv = tl.load(w_ptr + oc * (KH * KW) + (kh * KW + kw), mask=cmask,
+                             other=0.0).to(ACC)
+                gv = tl.load(g_ptr + row[:, None] + oc[None, :],
+                             mask=m[:, None] & cmask[None, :], other=0.0).to(ACC)
+                acc += gv * wv[None, :]
+    tl.store(gx_ptr + pix[:, None] * C + ic[None, :], acc.to(gx_ptr.dtype.element_ty),
+             mask=pmask[:, None] & cmask[None, :])
+
+
+# ----------------------------------------------------------------------- backward weight
+
+
+@triton.jit
+def _dw_bwd_w_nchw_kernel(g_ptr, x_ptr, part_ptr, NQ, NBLK, S,
+                          C, H, W, OC, OH, OW, M, PH, PW, DH, DW,
+                          KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
+                          SW: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr,
+                          BLOCK: tl.constexpr):
+    # Program (oc, s) reduces blocks s, s+S, s+2S, ... of the N*OH*OW output positions of
+    # channel oc into a [KKP taps, BLOCK] accumulator, then writes partial[s, oc, :]. The split
+    # is fixed by the launcher, so the sum is deterministic (no atomics).
+    oc = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1).to(tl.int64)
+    ic = oc // M
+    t = tl.arange(0, KKP)
+    tmask = t < KH * KW
+    kh = (t // KW)[:, None]
+    kw = (t % KW)[:, None]
+    acc = tl.zeros((KKP, BLOCK), dtype=ACC)
+    for b in range(s, NBLK, S):
+        q = b * BLOCK + tl.arange(0, BLOCK)
+        qmask = q < NQ
+        n = q // (OH * OW)
+        p = (q - n * (OH * OW)).to(tl.int32)
+        oh = p // OW
+        ow = p - oh * OW
+        gv = tl.load(g_ptr + (n * OC + oc) * (OH * OW) + p, mask=qmask, other=0.0).to(ACC)
+        ih = oh[None, :] * SH - PH + kh * DH
+        iw = ow[None, :] * SW - PW + kw * DW
+        m = tmask[:, None] & qmask[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        x_base = ((n * C + ic) * H * W)[None, :]
+        xv = tl.load(x_ptr + x_base + (ih * W + iw), mask=m, other=0.0).to(ACC)
+        acc += xv * gv[None, :]
+    tl.store(part_ptr + (s * OC + oc) * (KH * KW) + t, tl.sum(acc, axis=1), mask=tmask)
+
+
+@triton.jit
+def _dw_bwd_w_nhwc_kernel(g_ptr, x_ptr, part_ptr, NPIX, NBLK, S,
+                          C, H, W, OC, OH, OW, M, PH, PW, DH, DW,
+                          KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
+                          SW: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr,
+                          BP: tl.constexpr, BC: tl.constexpr):
+    # Program (channel tile, s) reduces pixel blocks s, s+S, ... into [KKP, BP, BC] and
+    # writes partial[s, oc, :] for its BC channels; channels are the contiguous axis.
+    oc = tl.program_id(0) * BC + tl.arange(0, BC)
+    s = tl.program_id(1).to(tl.int64)
+    cmask = oc < OC
+    ic = oc // M
+    t = tl.arange(0, KKP)
+    tmask = t < KH * KW
+    kh = (t // KW)[:, None]
+    kw = (t % KW)[:, None]
+    acc = tl.zeros((KKP, BP, BC), dtype=ACC)
+    for b in range(s, NBLK, S):
+        pix = b * BP + tl.arange(0, BP)
+        pmask = pix < NPIX
+        n = pix // (OH * OW)
+        r = (pix - n * (OH * OW)).to(tl.int32)
+        oh = r // OW
+        ow = r - oh * OW
+        gv = tl.load(g_ptr + pix[:, None] * OC + oc[None, :],
+                     mask=pmask[:, None] & cmask[None, :], other=0.0).to(ACC)
+        ih = oh[None, :] * SH - PH + kh * DH  # [KKP, BP]
+        iw = ow[None, :] * SW - PW + kw * DW
+        m = tmask[:, None] & pmask[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        row = ((n[None, :] * H + ih) * W + iw) * C
+        xv = tl.load(x_ptr + row[:, :, None] + ic[None, None, :],
+                     mask=m[:, :, None] & cmask[None, None, :], other=0.0).to(ACC)
+        acc += xv * gv[None, :, :]
+    part = part_ptr + (s * OC + oc[None, :]) * (KH * KW) + t[:, None]
+    tl.store(part, tl.sum(acc, axis=1), mask=tmask[:, None] & cmask[None, :])
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _fmt(channels_last: bool):
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _check_layout(name: str, t: torch.Tensor, channels_last: bool):
+    assert t.dim() == 4 and t.is_contiguous(memory_format=_fmt(channels_last)), (
+        f"{name} must be 4-d and contiguous in {'channels_last' if channels_last else 'NCHW'}")
+
+
+def _nonempty(t: torch.Tensor) -> torch.Tensor:
+    """t, or a 1-element stand-in when t is empty: an empty tensor may have a null pointer,
+    which Triton refuses even when every access to it is masked."""
+    return t if t.numel() else torch.zeros(1, dtype=t.dtype, device=t.device)
+
+
+def _plane_tile(h: int, w: int):
+    """(BH, BW) for an NCHW tile over an h x w plane: W first (coalescing), TILE elements."""
+    bw = min(_np2(w), 64)
+    bh = min(_np2(h), max(1, TILE // bw))
+    return bh, bw
+
+
+def _pixel_tile(npix: int, channels: int):
+    """(BP, BC) for an NHWC tile: channels first (contiguous), TILE elements."""
+    bc = min(_np2(channels), 64)
+    bp = min(_np2(npix), max(1, TILE // bc))
+    return bp, bc
+
+
+def _pair(v):
+    a, b = v
+    return int(a), int(b)
+
+
+def depthwise_forward(x: torch.Tensor, weight: torch.Tensor, bias, stride, padding, dilation,
+                      out_size, act: int, channels_last: bool) -> torch.Tensor:
+    """y = act(conv2d(x, weight, bias, groups=C) + bias).
+
+    x (N, C, H, W); weight (C*m, 1, KH, KW); bias (C*m,) or None; padding is the top/left
+    offset and out_size = (OH, OW) the output size. Returns y (N, C*m, OH, OW) in x's layout.
+    """
+    _check_layout("x", x, channels_last)
+    N, C, H, W = x.shape
+    OC, one, KH, KW = weight.shape
+    assert one == 1 and C > 0 and OC % C == 0, "weight must be (C*m, 1, KH, KW)"
+    assert weight.is_contiguous() and weight.dtype == x.dtype and weight.device == x.device
+    if bias is not None:
+        assert bias.shape == (OC,) and bias.is_contiguous() and bias.dtype == x.dtype
+    SH, SW = _pair(stride)
+    PH, PW = _pair(padding)
+    DH, DW = _pair(dilation)
+    OH, OW = _pair(out_size)
+    M = OC // C
+    y = torch.empty((N, OC, OH, OW), dtype=x.dtype, device=x.device,
+                    memory_format=_fmt(channels_last))
+    if y.numel() == 0:
+        return y
+    xp, wp = _nonempty(x), _nonempty(weight)
+    bp_ = bias if bias is not None else wp
+    common = dict(KH=KH, KW=KW, SH=SH, SW=SW, HAS_BIAS=bias is not None, ACT=int(act),
+                  ACC=acc_dtype(x), num_warps=NUM_WARPS)
+    if channels_last:
+        npix = N * OH * OW
+        BP, BC = _pixel_tile(npix, OC)
+        grid = (triton.cdiv(npix, BP), triton.cdiv(OC, BC))
+        _dw_fwd_nhwc_kernel[grid](xp, wp, bp_, y, npix, C, H, W, OC, OH, OW, M,
+                                  PH, PW, DH, DW, BP=BP, BC=BC, **common)
+    else:
+        assert H * W <= _INT32_MAX and OH * OW <= _INT32_MAX, "one plane must fit int32"
+        BH, BW = _plane_tile(OH, OW)
+        tiles_w = triton.cdiv(OW, BW)
+        tiles = triton.cdiv(OH, BH) * tiles_w
+        grid = (N * OC * tiles,)
+        _dw_fwd_nchw_kernel[grid](xp, wp, bp_, y, C, H, W, OC, OH, OW, M, PH, PW, DH, DW,
+                                  tiles_w, tiles, BH=BH, BW=BW, **common)
+    return y
+
+
+def depthwise_backward_input(grad: torch.Tensor, weight: torch.Tensor, in_size, stride,
+                             padding, dilation, channels_last: bool, *,
+                             in_channels=None) -> torch.Tensor:
+    """grad_x (N, C, H, W) of the depthwise conv, from grad (N, C*m, OH, OW), the gradient
+    w.r.t. the pre-activation output; in grad's layout. in_size = (H, W).
+
+    grad and weight (C*m, 1, KH, KW) do not determine C when m > 1 (the schema passes only
+    (H, W)), so ``in_channels`` gives C; None means C = C*m, i.e. multiplier 1.
+    """
+    _check_layout("grad", grad, channels_last)
+    N, OC, OH, OW = grad.shape
+    OC_w, one, KH, KW = weight.shape
+    assert OC_w == OC and one == 1 and weight.is_contiguous() and weight.dtype == grad.dtype
+    H, W = _pair(in_size)
+    SH, SW = _pair(stride)
+    PH, PW = _pair(padding)
+    DH, DW = _pair(dilation)
+    C = OC if in_channels is None else int(in_channels)
+    assert C > 0 and OC % C == 0, "in_channels must divide the output channels"
+    M = OC // C
+    gx_fmt = _fmt(channels_last)
+    if grad.numel() == 0 or weight.numel() == 0:
+        return torch.empty((N, C, H, W), dtype=grad.dtype, device=grad.device,
+                           memory_format=gx_fmt).zero_()
+    gx = torch.empty((N, C, H, W), dtype=grad.dtype, device=grad.device, memory_format=gx_fmt)
+    if gx.numel() == 0:
+        return gx
+    common = dict(KH=KH, KW=KW, SH=SH, SW=SW, ACC=acc_dtype(grad), num_warps=NUM_WARPS)
+    if channels_last:
+        npix = N * H * W
+        BP, BC = _pixel_tile(npix, C)
+        grid = (triton.cdiv(npix, BP), triton.cdiv(C, BC))
+        _dw_bwd_in_nhwc_kernel[grid](grad, weight, gx, npix, C, H, W, OC, OH, OW, M,
+                                     PH, PW, DH, DW, BP=BP, BC=BC, **common)
+    else:
+        assert H * W <= _INT32_MAX and OH * OW <= _INT32_MAX, "one plane must fit int32"
+        BH, BW = _plane_tile(H, W)
+        tiles_w = triton.cdiv(W, BW)
+        tiles = triton.cdiv(H, BH) * tiles_w
+        grid = (N * C * tiles,)
+        _dw_bwd_in_nchw_kernel[grid](grad, weight, gx, C, H, W, OC, OH, OW, M, PH, PW, DH, DW,
+                                     tiles_w, tiles, BH=BH, BW=BW, **common)
+    return gx
+
+
+def depthwise_backward_weight(grad: torch.Tensor, x: torch.Tensor, kernel_size, stride,
+                              padding, dilation, channels_last: bool) -> torch.Tensor:
+    """grad_weight (C*m, 1, KH, KW), contiguous, in x's dtype, from grad (N, C*m, OH, OW),
+    the gradient w.r.t. the pre-activation output, and x (N, C, H, W) of the same layout.
+
+    Deterministic: programs write fixed partial sums [S, C*m, KH*KW] (fp32; fp64 for fp64)
+    that torch sums over S.
+    """
+    _check_layout("grad", grad, channels_last)
+    _check_layout("x", x, channels_last)
+    N, OC, OH, OW = grad.shape
+    Nx, C, H, W = x.shape
+    assert Nx == N and C > 0 and OC % C == 0 and grad.dtype == x.dtype
+    KH, KW = _pair(kernel_size)
+    SH, SW = _pair(stride)
+    PH, PW = _pair(padding)
+    DH, DW = _pair(dilation)
+    M = OC // C
+    KK = KH * KW
+    if grad.numel() == 0 or x.numel() == 0 or KK == 0:
+        return torch.zeros((OC, 1, KH, KW), dtype=x.dtype, device=x.device)
+    KKP = _np2(KK)
+    part_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    common = dict(KH=KH, KW=KW, SH=SH, SW=SW, KKP=KKP, ACC=acc_dtype(x), num_warps=NUM_WARPS)
+    npix = N * OH * OW
+    if channels_last:
+        BC = min(_np2(OC), 32)
+        BP = min(_np2(npix), max(1, WGRAD_ACC // (KKP * BC)))
+        nblk = triton.cdiv(npix, BP)
+        ctiles = triton.cdiv(OC, BC)
+        S = max(1, min(nblk, triton.cdiv(WGRAD_PROGRAMS, ctiles), 65535))
+        part = torch.empty((S, OC, KK), dtype=part_dtype, device=x.device)
+        _dw_bwd_w_nhwc_kernel[(ctiles, S)](grad, x, part, npix, nblk, S, C, H, W, OC, OH, OW,
+                                           M, PH, PW, DH, DW, BP=BP, BC=BC, **common)
+    else:
+        assert H * W <= _INT32_MAX and OH * OW <= _INT32_MAX, "one plane must fit int32"
+        BLOCK = min(_np2(npix), max(16, WGRAD_ACC // KKP))
+        nblk = triton.cdiv(npix, BLOCK)
+        S = max(1, min(nblk, triton.cdiv(WGRAD_PROGRAMS, OC), 65535))
+        part = torch.empty((S, OC, KK), dtype=part_dtype, device=x.device)
+        _dw_bwd_w_nchw_kernel[(OC, S)](grad, x, part, npix, nblk, S, C, H, W, OC, OH, OW,
+                                       M, PH, PW, DH, DW, BLOCK=BLOCK, **common)
+    return part.sum(0).view(OC, 1, KH, KW).to(x.dtype)

@@ -1,0 +1,88 @@
+"""Backend selection: names, context nesting, availability errors, auto's choice."""
+import threading
+
+import pytest
+import torch
+
+import fastblocks
+from fastblocks import ops
+
+
+def test_set_and_context():
+    assert fastblocks.get_backend() == "auto"
+    with fastblocks.backend("torch"):
+        assert fastblocks.get_backend() == "torch"
+        with fastblocks.backend("cpu"):
+            assert fastblocks.get_backend() == "cpu"
+        assert fastblocks.get_backend() == "torch"
+    assert fastblocks.get_backend() == "auto"
+    fastblocks.set_backend("torch")
+    try:
+        assert fastblocks.get_backend() == "torch"
+    finally:
+        fastblocks.set_backend("auto")
+
+
+def test_selection_is_per_thread():
+    seen = []
+    with fastblocks.backend("torch"):
+        t = threading.Thread(target=lambda: seen.append(fastblocks.get_backend()))
+        t.start()
+        t.join()
+    assert seen == ["auto"]
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match=r"backend must be one of .* got 'numba'"):
+        fastblocks.set_backend("numba")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with fastblocks.backend("gpu"):
+            pass
+
+
+def test_available_backends_cpu():
+    avail = fastblocks.available_backends("cpu")
+    assert {"auto", "torch", "cpu"} <= set(avail), fastblocks.why_unavailable("cpu", "cpu")
+    assert "cuda" not in avail
+    assert "CUDA tensors" in fastblocks.why_unavailable("cuda", "cpu")
+
+
+def test_unavailable_backend_names_what_is_missing():
+    x = torch.randn(4)
+    with fastblocks.backend("cuda"):
+        with pytest.raises(fastblocks.BackendUnavailableError,
+                           match=r"'cuda' cannot run activation here: .*CUDA tensors"):
+            ops.hardswish(x)
+
+
+def test_triton_on_cpu_needs_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "TRITON_INTERPRET=1" in fastblocks.why_unavailable("triton", "cpu")
+    with fastblocks.backend("triton"):
+        with pytest.raises(fastblocks.BackendUnavailableError, match="TRITON_INTERPRET=1"):
+            ops.silu(torch.randn(4))
+
+
+def test_auto_picks_cpu_kernels_on_cpu(monkeypatch):
+    calls = []
+    real = torch.ops.fastblocks_C.activation_forward
+
+    class Spy:
+        def __call__(self, *a):
+            calls.append(a)
+            return real(*a)
+
+    monkeypatch.setattr(torch.ops.fastblocks_C, "activation_forward", Spy())
+    ops.relu6(torch.randn(5))
+    assert len(calls) == 1
+
+
+def test_auto_falls_back_to_torch_with_warning(monkeypatch):
+    from fastblocks import _backend
+
+    monkeypatch.setattr(_backend, "_warned", set())
+    monkeypatch.setattr(_backend.fastblocks._extension if hasattr(_backend, "fastblocks") else
+                        _backend._extension, "C_ERROR", "pretend the extension is missing")
+    with pytest.warns(RuntimeWarning, match="pretend the extension is missing.*eager torch reference"):
+        out = ops.hardswish(torch.randn(6))
+    assert out.shape == (6,)
