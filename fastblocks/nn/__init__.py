@@ -1,4 +1,6 @@
 """Drop-in torch.nn modules backed by fastblocks ops."""
+from ._fold import fold_batchnorm
 from .activation import Hardsigmoid, Hardswish, ReLU6, SiLU
+from .depthwise import DepthwiseConv2d
 
-__all__ = ["Hardsigmoid", "Hardswish", "ReLU6", "SiLU"]
+__all__ = ["DepthwiseConv2d", "Hardsigmoid", "Hardswish", "ReLU6", "SiLU", "fold_batchnorm"]

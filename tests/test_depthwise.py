@@ -1,0 +1,337 @@
+"""Depthwise convolution: seeded fuzz against eager F.conv2d(groups=C) per backend, forward and
+every gradient; gradcheck; opcheck; torch.compile; bad inputs; the DepthwiseConv2d module."""
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastblocks
+from fastblocks.ops import depthwise_conv2d
+from fastblocks.ops.depthwise import reference_depthwise_conv2d
+from tolerances import KERNEL_BACKENDS_CPU, KERNEL_BACKENDS_CUDA, LOW_PRECISION, assert_parity
+
+ACTIVATIONS = (None, "relu", "relu6", "hardswish", "hardsigmoid", "silu")
+KERNELS = ((1, 1), (3, 3), (5, 5), (7, 7), (1, 3), (3, 1), (1, 7), (7, 1), (2, 2), (4, 3), (3, 5))
+
+
+def make_configs(count: int, seed: int, max_hw: int = 13):
+    """Random valid configurations: kernel, stride, padding (int, pair, "same", "valid"),
+    dilation, multiplier, odd sizes (1, 7, 13, and 113 now and then), batch 0, both layouts,
+    bias or not, every activation."""
+    rng = random.Random(seed)
+    configs = []
+    while len(configs) < count:
+        kh, kw = rng.choice(KERNELS)
+        stride = rng.choice([1, 1, 2, 2, 3, (1, 2), (2, 1)])
+        dilation = rng.choice([1, 1, 1, 2, (1, 2), 3])
+        padding = rng.choice([0, 1, 2, 3, (0, 1), (2, 0), "same", "valid"])
+        if padding == "same":
+            stride = 1
+        n = rng.choice([0, 1, 1, 2])
+        c = rng.choice([1, 2, 3, 5])
+        h = rng.choice([1, 2, 7, 13, max_hw])
+        w = rng.choice([1, 3, 8, 13, max_hw])
+        if rng.random() < 0.03:  # a long thin plane: odd width 113
+            h, w, c, n = rng.choice([1, 3]), 113, 1, 1
+        cfg = dict(n=n, c=c, h=h, w=w, m=rng.choice([1, 1, 2, 3]), k=(kh, kw), stride=stride,
+                   padding=padding, dilation=dilation, bias=rng.random() < 0.7,
+                   activation=rng.choice(ACTIVATIONS), channels_last=rng.random() < 0.5)
+        try:  # keep only configurations F.conv2d accepts
+            F.conv2d(torch.empty(1, c, h, w), torch.empty(c * cfg["m"], 1, kh, kw), None, stride,
+                     padding, dilation, groups=c)
+        except RuntimeError:
+            continue
+        configs.append(cfg)
+    return configs
+
+
+def make_inputs(cfg, dtype, device="cpu"):
+    x = torch.randn(cfg["n"], cfg["c"], cfg["h"], cfg["w"], device=device).to(dtype)
+    if cfg["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(cfg["c"] * cfg["m"], 1, *cfg["k"], device=device).to(dtype)
+    b = torch.randn(cfg["c"] * cfg["m"], device=device).to(dtype) if cfg["bias"] else None
+    return x, w, b
+
+
+def args_of(cfg):
+    return cfg["stride"], cfg["padding"], cfg["dilation"], cfg["activation"]
+
+
+def check_config(cfg, backend, dtype, device="cpu"):
+    """fastblocks vs eager on one configuration: output (values, shape, memory format) and the
+    gradients of x, weight and bias."""
+    x, w, b = make_inputs(cfg, dtype, device)
+    stride, padding, dilation, act = args_of(cfg)
+    tensors = [t for t in (x, w, b) if t is not None]
+
+    def run(fn, ts):
+        ts = [t.detach().clone().requires_grad_() for t in ts]
+        xx, ww, bb = ts[0], ts[1], (ts[2] if len(ts) == 3 else None)
+        if cfg["channels_last"]:
+            xx = xx.contiguous(memory_format=torch.channels_last)
+        out = fn(xx, ww, bb, stride, padding, dilation, act)
+        return out, ts
+
+    with fastblocks.backend(backend):
+        out, ts = run(depthwise_conv2d, tensors)
+        g = torch.randn_like(out)
+        grads = torch.autograd.grad(out, ts, g)
+    eager, tse = run(reference_depthwise_conv2d, tensors)
+    grads_e = torch.autograd.grad(eager, tse, g)
+    hi = hi_grads = None
+    if dtype in LOW_PRECISION:
+        hi, tsh = run(reference_depthwise_conv2d, [t.double() for t in tensors])
+        hi_grads = torch.autograd.grad(hi, tsh, g.double())
+    assert out.is_contiguous(memory_format=torch.channels_last) == eager.is_contiguous(
+        memory_format=torch.channels_last) or out.numel() == 0 or min(out.shape[1:]) == 1, \
+        f"memory format differs from eager: strides {out.stride()} vs {eager.stride()}"
+    assert_parity(out, eager, hi, f"forward {cfg}")
+    for name, got, exp, i in zip(("grad_x", "grad_weight", "grad_bias"), grads, grads_e, range(3)):
+        assert_parity(got, exp, None if hi_grads is None else hi_grads[i], f"{name} {cfg}")
+
+
+# ---- CPU: C++ kernels and the Triton interpreter ------------------------------------------
+
+FUZZ = make_configs(220, seed=2026)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS_CPU + ("torch",))
+def test_fuzz_fp32(backend):
+    configs = FUZZ if backend != "torch" else FUZZ[:40]
+    for cfg in configs:
+        check_config(cfg, backend, torch.float32)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS_CPU)
+def test_fuzz_fp64(backend):
+    for cfg in FUZZ[::4]:
+        check_config(cfg, backend, torch.float64)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS_CPU)
+def test_fuzz_low_precision(backend):
+    # The Triton interpreter has no bfloat16 arithmetic (numpy): bf16 is covered on GPU.
+    dtypes = (torch.float16,) if backend == "triton" else (torch.float16, torch.bfloat16)
+    for dtype in dtypes:
+        for cfg in FUZZ[1::5]:
+            if cfg["n"] and cfg["h"] * cfg["w"] >= 4:
+                check_config(cfg, backend, dtype)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS_CPU)
+def test_real_layer_shapes(backend):
+    """MobileNetV2 / EfficientNet-style layers at a small resolution, both layouts, fused BN-
+    folded bias + activation, so every kernel runs over more than one tile."""
+    shapes = [(2, 16, 20, 20, 3, 1, "relu6"), (1, 24, 19, 19, 5, 2, "silu"),
+              (2, 8, 12, 12, 7, 1, "hardswish"), (1, 32, 9, 9, 3, 2, None)]
+    for n, c, h, w, k, s, act in shapes:
+        for cl in (False, True):
+            cfg = dict(n=n, c=c, h=h, w=w, m=1, k=(k, k), stride=s, padding=k // 2, dilation=1,
+                       bias=True, activation=act, channels_last=cl)
+            check_config(cfg, backend, torch.float32)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS_CPU)
+def test_non_contiguous_input(backend):
+    x = torch.randn(2, 12, 11, 9)[:, ::2, :, 1:]  # neither NCHW nor NHWC contiguous
+    w = torch.randn(6, 1, 3, 3)
+    with fastblocks.backend(backend):
+        out = depthwise_conv2d(x, w, None, 1, 1)
+    torch.testing.assert_close(out, F.conv2d(x, w, None, 1, 1, groups=6))
+    assert out.is_contiguous()
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS_CPU)
+def test_unbatched_input(backend):
+    x, w = torch.randn(4, 7, 7), torch.randn(8, 1, 3, 3)
+    with fastblocks.backend(backend):
+        out = depthwise_conv2d(x, w, None, 2, 1, activation="relu")
+    torch.testing.assert_close(out, F.relu(F.conv2d(x, w, None, 2, 1, groups=4)))
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS_CPU)
+def test_gradcheck(backend):
+    for pad, stride, dil, act, k in (("same", 1, 1, "silu", (3, 3)), (1, 2, 1, None, (3, 3)),
+                                     ((0, 2), 1, 2, "hardswish", (2, 5))):
+        x = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(6, 1, *k, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+        with fastblocks.backend(backend):
+            assert torch.autograd.gradcheck(
+                lambda x, w, b: depthwise_conv2d(x, w, b, stride, pad, dil, act), (x, w, b))
+
+
+@pytest.mark.parametrize("backend", ("cpu", "torch"))
+def test_opcheck(backend):
+    x = torch.randn(2, 4, 9, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, 1, 3, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    with fastblocks.backend(backend):
+        for xx in (x, x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()):
+            torch.library.opcheck(torch.ops.fastblocks.depthwise_conv2d.default,
+                                  (xx, w, b, [1, 1], [1, 0], [1, 1], [9, 7], 5))
+            g = torch.randn(2, 8, 9, 7, dtype=torch.float64)
+            for bias, mask in ((b.detach(), [True, True, True]), (None, [True, False, False]),
+                               (None, [False, True, False])):
+                torch.library.opcheck(torch.ops.fastblocks.depthwise_conv2d_backward.default,
+                                      (g, xx.detach(), w.detach(), bias, [1, 1], [1, 0], [1, 1], 5, mask))
+
+
+@pytest.mark.parametrize("backend", ("cpu", "triton"))
+def test_compile_fullgraph(backend):
+    def f(x, w, b):
+        y = depthwise_conv2d(x, w, b, 1, "same", activation="hardswish")
+        return depthwise_conv2d(y, w, None, 2, 1) * 2
+
+    def ref(x, w, b):
+        y = F.hardswish(F.conv2d(x, w, b, 1, "same", groups=4))
+        return F.conv2d(y, w, None, 2, 1, groups=4) * 2
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    ts = [torch.randn(2, 4, 9, 9), torch.randn(4, 1, 3, 3), torch.randn(4)]
+    ours = [t.clone().requires_grad_() for t in ts]
+    theirs = [t.clone().requires_grad_() for t in ts]
+    with fastblocks.backend(backend):
+        out = compiled(*ours)
+        out.sum().backward()
+    expected = ref(*theirs)
+    expected.sum().backward()
+    torch.testing.assert_close(out, expected)
+    for a, e in zip(ours, theirs):
+        torch.testing.assert_close(a.grad, e.grad)
+
+
+@pytest.mark.slow
+def test_compile_inductor():
+    x, w = torch.randn(2, 8, 10, 10), torch.randn(8, 1, 3, 3)
+    compiled = torch.compile(lambda x, w: depthwise_conv2d(x, w, None, 1, 1, activation="silu") + 1,
+                             fullgraph=True)
+    torch.testing.assert_close(compiled(x, w), F.silu(F.conv2d(x, w, None, 1, 1, groups=8)) + 1)
+
+
+def test_bad_inputs():
+    x, w = torch.randn(1, 4, 8, 8), torch.randn(4, 1, 3, 3)
+    cases = [
+        (dict(weight=torch.randn(5, 1, 3, 3)), ValueError, r"weight must have shape \(C\*m, 1, kh, kw\) with C = 4"),
+        (dict(weight=torch.randn(4, 2, 3, 3)), ValueError, r"weight must have shape .* got \(4, 2, 3, 3\)"),
+        (dict(weight=torch.randn(4, 3, 3)), ValueError, r"weight must have shape"),
+        (dict(stride=0), ValueError, r"stride must be positive, got 0"),
+        (dict(stride=(1, -2)), ValueError, r"stride must be positive"),
+        (dict(dilation=0), ValueError, r"dilation must be positive, got 0"),
+        (dict(padding=-1), ValueError, r"padding must be non-negative, got -1"),
+        (dict(padding=(1, 2, 3)), TypeError, r"padding must be an int or a pair of ints"),
+        (dict(padding="full"), ValueError, r"padding must be an int, a pair, 'same' or 'valid'"),
+        (dict(padding="same", stride=2), ValueError, r"padding='same' needs stride 1"),
+        (dict(stride=1.5), TypeError, r"stride must be an int or a pair of ints"),
+        (dict(x=torch.randn(1, 4, 2, 2)), ValueError, r"input H = 2 with padding 0 is smaller than the dilated kernel \(3\)"),
+        (dict(x=torch.randn(4, 8)), ValueError, r"x must be 4-d \(N, C, H, W\) or 3-d"),
+        (dict(x=torch.ones(1, 4, 8, 8, dtype=torch.int32)), TypeError, r"x must have a floating dtype"),
+        (dict(x=torch.randn(1, 4, 8, 8, dtype=torch.complex64)), TypeError, r"x must have a floating dtype"),
+        (dict(weight=w.double()), TypeError, r"weight has dtype torch.float64 but x has torch.float32"),
+        (dict(weight=torch.randn(4, 1, 3, 3, device="meta")), ValueError, r"weight is on meta but x is on cpu"),
+        (dict(bias=torch.randn(3)), ValueError, r"bias must have shape \(4,\), got \(3,\)"),
+        (dict(bias=torch.randn(4, device="meta")), ValueError, r"bias is on meta but x is on cpu"),
+        (dict(activation="gelu"), ValueError, r"activation must be one of"),
+    ]
+    for override, exc, pattern in cases:
+        kw = dict(x=x, weight=w, bias=None, stride=1, padding=0, dilation=1, activation=None)
+        kw.update(override)
+        with pytest.raises(exc, match=pattern):
+            depthwise_conv2d(**kw)
+
+
+# ---- module ---------------------------------------------------------------------------------
+
+def test_module_is_a_drop_in_for_conv2d():
+    torch.manual_seed(3)
+    conv = nn.Conv2d(6, 12, 3, stride=2, padding=1, groups=6)
+    torch.manual_seed(3)
+    ours = fastblocks.nn.DepthwiseConv2d(6, 12, 3, stride=2, padding=1)
+    # same initialisation, parameter names and shapes; state_dicts load both ways
+    assert ours.state_dict().keys() == conv.state_dict().keys()
+    for k in conv.state_dict():
+        torch.testing.assert_close(ours.state_dict()[k], conv.state_dict()[k])
+    ours.load_state_dict(conv.state_dict())
+    conv.load_state_dict(ours.state_dict())
+    assert isinstance(ours, nn.Conv2d)
+    x = torch.randn(2, 6, 11, 11)
+    for train in (True, False):
+        ours.train(train)
+        conv.train(train)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out, ref = ours(xa), conv(xb)
+        torch.testing.assert_close(out, ref)
+        out.square().sum().backward()
+        ref.square().sum().backward()
+        torch.testing.assert_close(xa.grad, xb.grad)
+        torch.testing.assert_close(ours.weight.grad, conv.weight.grad)
+        torch.testing.assert_close(ours.bias.grad, conv.bias.grad)
+        ours.zero_grad()
+        conv.zero_grad()
+
+
+def test_module_from_conv_shares_parameters_and_folds_bn():
+    conv = nn.Conv2d(8, 8, 5, padding=2, groups=8, bias=False)
+    ours = fastblocks.nn.DepthwiseConv2d.from_conv(conv)
+    assert ours.weight is conv.weight and ours.bias is None
+    bn = nn.BatchNorm2d(8)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    bn.eval()
+    fused = fastblocks.nn.DepthwiseConv2d.from_conv(conv, bn, activation="relu6")
+    x = torch.randn(2, 8, 10, 10)
+    torch.testing.assert_close(fused(x), F.relu6(bn(conv(x))))
+    assert "activation=relu6" in repr(fused)
+
+
+def test_module_padding_modes_and_errors():
+    for mode in ("reflect", "replicate", "circular"):
+        conv = nn.Conv2d(4, 4, 3, padding=1, groups=4, padding_mode=mode)
+        ours = fastblocks.nn.DepthwiseConv2d.from_conv(conv)
+        x = torch.randn(1, 4, 7, 7)
+        torch.testing.assert_close(ours(x), conv(x))
+    with pytest.raises(ValueError, match=r"groups == in_channels \(4\), got 2"):
+        fastblocks.nn.DepthwiseConv2d(4, 4, 3, groups=2)
+    with pytest.raises(TypeError, match="groups == in_channels"):
+        fastblocks.nn.DepthwiseConv2d.from_conv(nn.Conv2d(4, 4, 3))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        fastblocks.nn.DepthwiseConv2d(4, 4, 3, activation="tanh")
+
+
+# ---- GPU ------------------------------------------------------------------------------------
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS_CUDA)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16))
+def test_fuzz_cuda(backend, dtype):
+    for cfg in make_configs(200, seed=7, max_hw=40):
+        check_config(cfg, backend, dtype, "cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS_CUDA)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16))
+def test_real_layer_shapes_cuda(backend, dtype):
+    # several tiles per program, every fast path (3x3/5x5/7x7, stride 1/2, both layouts)
+    for n, c, h, k, s in ((32, 144, 56, 3, 1), (32, 144, 56, 3, 2), (8, 672, 14, 5, 1),
+                          (8, 240, 28, 5, 2), (4, 96, 30, 7, 1), (2, 64, 33, 1, 1)):
+        for cl in (False, True):
+            cfg = dict(n=n, c=c, h=h, w=h, m=1, k=(k, k), stride=s, padding=k // 2, dilation=1,
+                       bias=True, activation="hardswish", channels_last=cl)
+            check_config(cfg, backend, dtype, "cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS_CUDA)
+def test_gradcheck_cuda(backend):
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64, device="cuda", requires_grad=True)
+    w = torch.randn(6, 1, 3, 3, dtype=torch.float64, device="cuda", requires_grad=True)
+    with fastblocks.backend(backend):
+        assert torch.autograd.gradcheck(lambda x, w: depthwise_conv2d(x, w, None, 2, 1, 1, "silu"), (x, w))
