@@ -26,11 +26,12 @@ TORCH_LIBRARY(fastblocks_C, m) {
   // depthwise family: weight (C*m, 1, kh, kw); padding is the top/left offset and out_size
   // the output (H, W), so asymmetric "same" padding needs no extra argument. The forward
   // applies bias then `act`; the backward ops take the gradient w.r.t. the pre-activation.
+  // in_size is the input's (C, H, W): grad and weight alone do not give C when m > 1.
   m.def(
       "depthwise_forward(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
       "int[2] dilation, int[2] out_size, int act, bool channels_last) -> Tensor");
   m.def(
-      "depthwise_backward_input(Tensor grad, Tensor weight, int[2] in_size, int[2] stride, "
+      "depthwise_backward_input(Tensor grad, Tensor weight, int[3] in_size, int[2] stride, "
       "int[2] padding, int[2] dilation, bool channels_last) -> Tensor");
   m.def(
       "depthwise_backward_weight(Tensor grad, Tensor x, int[2] kernel_size, int[2] stride, "

@@ -11,7 +11,9 @@ Backends:
                 kernel backend is available, with a one-time warning.
 
 Selection is per thread and per context (``contextvars``), so ``with fastblocks.backend(...)``
-nests and is safe under threads.
+nests and is safe under threads. The autograd engine runs CUDA backward passes on its own
+worker threads, which do not see the caller's context: each op captures the selection in its
+``setup_context`` and re-enters it in backward (``capture`` / ``restored``).
 """
 from __future__ import annotations
 
@@ -63,6 +65,16 @@ def backend(name: str):
         yield
     finally:
         _selected.reset(token)
+
+
+def capture(ctx) -> None:
+    """Remember the current selection on an autograd ctx (call from setup_context)."""
+    ctx.fastblocks_backend = _selected.get()
+
+
+def restored(ctx):
+    """Context manager re-entering the selection captured on `ctx` (use in backward)."""
+    return backend(getattr(ctx, "fastblocks_backend", "auto"))
 
 
 def why_unavailable(name: str, device_type: str = "cuda", op: str | None = None) -> str | None:

@@ -132,7 +132,7 @@ def test_bad_inputs():
     with pytest.raises(TypeError, match=r"x must be a torch.Tensor, got list"):
         ops.relu6([1.0, 2.0])
     with pytest.raises(ValueError, match=r"activation must be one of .* got 'gelu'"):
-        ops.activation(torch.randn(3), "gelu")
+        ops.apply_activation(torch.randn(3), "gelu")
 
 
 def test_mismatched_devices():

@@ -86,3 +86,27 @@ def test_auto_falls_back_to_torch_with_warning(monkeypatch):
     with pytest.warns(RuntimeWarning, match="pretend the extension is missing.*eager torch reference"):
         out = ops.hardswish(torch.randn(6))
     assert out.shape == (6,)
+
+
+def test_backward_runs_on_the_backend_selected_at_forward(monkeypatch):
+    """The autograd engine may run backward on another thread (always for CUDA tensors), which
+    does not see the caller's context; the op must carry its backend over. Forced here by
+    running backward in a fresh thread with `auto` in effect."""
+    from fastblocks.ops import activation as act_mod
+
+    used = []
+    real = act_mod.resolve
+
+    def spy(family, device, c_op=None):
+        used.append((c_op, fastblocks.get_backend()))
+        return real(family, device, c_op)
+
+    monkeypatch.setattr(act_mod, "resolve", spy)
+    x = torch.randn(8, requires_grad=True)
+    with fastblocks.backend("torch"):
+        y = ops.hardswish(x)
+    t = threading.Thread(target=lambda: y.sum().backward())
+    t.start()
+    t.join()
+    assert used == [("activation_forward", "torch"), ("activation_backward", "torch")]
+    assert x.grad is not None

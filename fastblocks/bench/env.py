@@ -90,6 +90,52 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def load_average() -> float | None:
+    """The host's 1-minute load average (None where unknown): other work on the machine makes
+    CPU timings noisy, so results record it."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def cpu_oversubscribed(reps: int = 15) -> dict:
+    """Whether torch's CPU threads are fighting other processes for the cores.
+
+    When another process keeps a core busy, every parallel region waits for a scheduler time
+    slice (milliseconds) and a 10 µs op takes 4-16 ms. Time a small parallel op with the
+    current thread count and with one thread: a large ratio means CPU timings are meaningless
+    unless the run uses fewer threads.
+    """
+    import statistics
+    import time
+
+    threads = torch.get_num_threads()
+    out = {"threads": threads, "oversubscribed": False}
+    if threads <= 1:
+        return out
+    x = torch.rand(2 ** 18)  # past ATen's parallel grain size: a parallel region per call
+
+    def median_us():
+        torch.relu(x)
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            torch.relu(x)
+            ts.append((time.perf_counter() - t) * 1e6)
+        return statistics.median(ts)
+
+    multi = median_us()
+    try:
+        torch.set_num_threads(1)
+        single = median_us()
+    finally:
+        torch.set_num_threads(threads)
+    out.update(multi_us=round(multi, 1), single_us=round(single, 1),
+               oversubscribed=multi > 1000 and multi > 5 * single)
+    return out
+
+
 def git_commit() -> dict:
     """The commit of the fastblocks checkout (not the working directory's), "unknown" outside
     a git checkout; `dirty` says whether tracked files differ from it."""

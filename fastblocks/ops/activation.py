@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._backend import resolve
+from .._backend import capture, resolve, restored
 from ._activation_codes import ACTIVATION_NAMES, activation_code
 from ._layout import as_dense, like_layout
 from ._validate import check_same, check_tensor
 
-__all__ = ["hardswish", "hardsigmoid", "relu6", "silu", "relu", "activation"]
+__all__ = ["hardswish", "hardsigmoid", "relu6", "silu", "relu", "apply_activation"]
 
 
 # ---- eager reference (the `torch` backend, and what the tests compare against) --------------
@@ -103,11 +103,13 @@ def _setup_context(ctx, inputs, output) -> None:
     x, act = inputs
     ctx.save_for_backward(x)
     ctx.act = act
+    capture(ctx)
 
 
 def _backward(ctx, grad: Tensor):
     (x,) = ctx.saved_tensors
-    return _activation_backward_op(grad, x, ctx.act), None
+    with restored(ctx):
+        return _activation_backward_op(grad, x, ctx.act), None
 
 
 torch.library.register_autograd("fastblocks::activation", _backward, setup_context=_setup_context)
@@ -115,7 +117,7 @@ torch.library.register_autograd("fastblocks::activation", _backward, setup_conte
 
 # ---- public functions ------------------------------------------------------------------------
 
-def activation(x: Tensor, activation: str | None) -> Tensor:
+def apply_activation(x: Tensor, activation: str | None) -> Tensor:
     """Apply the named activation ("none", "relu", "relu6", "hardswish", "hardsigmoid", "silu").
 
     Shape: any; the output has ``x``'s shape, dtype and strides (for a dense ``x``).
@@ -126,26 +128,26 @@ def activation(x: Tensor, activation: str | None) -> Tensor:
 
 def hardswish(x: Tensor) -> Tensor:
     """``x * relu6(x + 3) / 6`` (MobileNetV3). x: any shape, float16/bfloat16/float32/float64."""
-    return activation(x, "hardswish")
+    return apply_activation(x, "hardswish")
 
 
 def hardsigmoid(x: Tensor) -> Tensor:
     """``relu6(x + 3) / 6`` (MobileNetV3's SE gate). x: any shape, floating dtype."""
-    return activation(x, "hardsigmoid")
+    return apply_activation(x, "hardsigmoid")
 
 
 def relu6(x: Tensor) -> Tensor:
     """``min(max(x, 0), 6)`` (MobileNetV2). x: any shape, floating dtype."""
-    return activation(x, "relu6")
+    return apply_activation(x, "relu6")
 
 
 def silu(x: Tensor) -> Tensor:
     """``x * sigmoid(x)`` (swish; EfficientNet). x: any shape, floating dtype."""
-    return activation(x, "silu")
+    return apply_activation(x, "silu")
 
 
 def relu(x: Tensor) -> Tensor:
     """``max(x, 0)``. x: any shape, floating dtype."""
-    return activation(x, "relu")
+    return apply_activation(x, "relu")
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._backend import resolve
+from .._backend import capture, resolve, restored
 from ._activation_codes import activation_code
 from ._conv_args import conv_geometry
 from ._layout import empty, is_channels_last, memory_format
@@ -147,7 +147,7 @@ def _depthwise_backward_op(grad: Tensor, x: Tensor, weight: Tensor, bias: Tensor
     # distinct placeholders: outputs of a custom op must not alias each other
     gx, gw, gb = x.new_empty(0), x.new_empty(0), x.new_empty(0)
     if output_mask[0]:
-        gx = _backward_input(grad, weight, tuple(x.shape[-2:]), stride, padding, dilation, cl, x)
+        gx = _backward_input(grad, weight, tuple(x.shape[1:]), stride, padding, dilation, cl, x)
     if output_mask[1]:
         gw = _backward_weight(grad, x, tuple(weight.shape[-2:]), stride, padding, dilation, cl,
                               weight)
@@ -171,13 +171,15 @@ def _setup_context(ctx, inputs, output):
     ctx.args = (stride, padding, dilation, act)
     ctx.mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                 bias is not None and ctx.needs_input_grad[2]]
+    capture(ctx)
 
 
 def _backward(ctx, grad):
     x, weight, bias = ctx.saved_tensors
     stride, padding, dilation, act = ctx.args
-    gx, gw, gb = _depthwise_backward_op(grad, x, weight, bias, stride, padding, dilation, act,
-                                        ctx.mask)
+    with restored(ctx):
+        gx, gw, gb = _depthwise_backward_op(grad, x, weight, bias, stride, padding, dilation, act,
+                                            ctx.mask)
     return (gx if ctx.mask[0] else None, gw if ctx.mask[1] else None,
             gb if ctx.mask[2] else None, None, None, None, None, None)
 

@@ -1,0 +1,76 @@
+// Portable SIMD for the CPU kernels without -march=native: hot loops are compiled three times
+// (AVX-512, AVX2, baseline x86-64) and the loader picks one for the machine (GCC/Clang
+// function multi-versioning). Loops stay plain C++ the compiler vectorizes, so the code needs
+// no intrinsics, and everything here is header-only.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "fastblocks/common.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#define FB_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FB_CPU_CLONES
+#endif
+
+namespace fastblocks::cpu {
+
+// exp(x) for float with no libm call, so loops calling it vectorize: Cody-Waite reduction by
+// ln 2 and Cephes' degree-6 polynomial (about 1 ulp; the inputs are clamped to the range
+// whose result is a normal float, so it saturates instead of returning inf/0).
+inline float vec_expf(float x) {
+  x = x < -87.33654f ? -87.33654f : (x > 88.37626f ? 88.37626f : x);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+inline double vec_expf(double x) { return std::exp(x); }
+
+// act_forward / act_backward with the activation fixed at compile time (the switch folds
+// away) and SiLU's exp replaced by vec_expf.
+template <int ACT, typename acc_t>
+inline acc_t act_forward_ct(acc_t x) {
+  if constexpr (ACT == int(Act::kSiLU)) {
+    return x / (acc_t(1) + vec_expf(-x));
+  } else {
+    return act_forward<acc_t>(x, ACT);
+  }
+}
+
+template <int ACT, typename acc_t>
+inline acc_t act_backward_ct(acc_t g, acc_t x) {
+  if constexpr (ACT == int(Act::kSiLU)) {
+    const acc_t s = acc_t(1) / (acc_t(1) + vec_expf(-x));
+    return g * s * (acc_t(1) + x * (acc_t(1) - s));
+  } else {
+    return act_backward<acc_t>(g, x, ACT);
+  }
+}
+
+// Calls fn(std::integral_constant<int, ACT>{}) for a runtime activation code.
+template <typename Fn>
+inline void dispatch_act(int act, Fn&& fn) {
+  switch (act) {
+    case 0: return fn(std::integral_constant<int, 0>{});
+    case 1: return fn(std::integral_constant<int, 1>{});
+    case 2: return fn(std::integral_constant<int, 2>{});
+    case 3: return fn(std::integral_constant<int, 3>{});
+    case 4: return fn(std::integral_constant<int, 4>{});
+    default: return fn(std::integral_constant<int, 5>{});
+  }
+}
+
+}  // namespace fastblocks::cpu
