@@ -1,33 +1,11 @@
 // CUDA kernels of the activation family. Memory-bound: each thread handles kVec elements
 // loaded as one 16-byte vector where the pointer alignment allows, so fp16/bf16 move 8
 // elements per load; math in float (double for fp64).
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+#include "cuda_math.cuh"
 #include "launchers.h"
 
 namespace fastblocks::cuda {
 namespace {
-
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-template <typename T> __device__ __forceinline__ typename Acc<T>::type to_acc(T v) {
-  return static_cast<typename Acc<T>::type>(v);
-}
-template <> __device__ __forceinline__ float to_acc<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <typename T> __device__ __forceinline__ T from_acc(typename Acc<T>::type v) {
-  return static_cast<T>(v);
-}
-template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-template <typename T, int kVec> struct alignas(sizeof(T) * kVec) Pack { T v[kVec]; };
 
 constexpr int kThreads = 256;
 
