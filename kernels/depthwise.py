@@ -11,10 +11,12 @@ K = C*m*KH*KW weights, the traffic floor of each kernel is:
 - backward_weight:  read grad + x, write grad_w        = (O + I + K) * E bytes, plus the fp32
                     partial sums [S, C*m, KH*KW] (a few KB to MB) and the torch sum over S.
 
-Each kernel reads its halo (the KH*KW taps of neighbouring outputs overlap) through L1/L2,
-so DRAM traffic stays near the floor when tiles are large enough; the block sizes below come
-from the shape (next power of two, clipped) and are NOT yet tuned on a GPU (no device was
-available when this file was written): bench/ holds the harness that will tune them.
+The KH*KW taps of neighbouring outputs overlap, so every kernel re-reads its halo; the tiles
+are meant to keep those re-reads in L1/L2 so DRAM traffic stays near the floor (with m > 1,
+backward_weight reads each x plane once per output channel, also meant to hit L2). None of
+this is measured: the block sizes below come from the shape (next power of two, clipped) and
+are NOT yet tuned on a GPU (no device was available when this file was written; bench/ holds
+the harness that will tune them).
 
 Index conventions: program ids and the batch/channel (NCHW) or pixel (NHWC) part of every
 offset are int64, so tensors past 2^31 elements work; NCHW offsets inside one plane are int32
@@ -28,13 +30,26 @@ import triton.language as tl
 from ._activation_math import apply_act
 from ._launch import acc_dtype
 
-NUM_WARPS = 4
-# Elements per output tile (forward, backward_input) and per accumulator (backward_weight).
+# Elements per output tile (forward, backward_input) and per accumulator (backward_weight),
+# and their warps. Chosen from sm_90 register reports (cuobjdump --dump-resource-usage of the
+# compiled cubins, no run): with 4 warps x 1024 elements, or with KH unrolled beyond 3x3, the
+# hoisted tap loads spill (up to 6 KB of stack for 7x7 NHWC backward_input); 8 warps and a
+# runtime kh loop (kw stays unrolled) compile without spills at 39-136 registers for
+# fp16/bf16/fp32 (up to 167 in fp64), 3x3 to 7x7, 1x7, 7x1. Forward unrolls kh too for up to
+# 9 taps (58/76 registers NCHW/NHWC); backward_input always loops (unrolled 3x3 takes 143).
+# backward_weight: 8 warps x 4096 accumulator elements (taps padded to a power of two x
+# pixels [x channels]) take 46-116 registers from 3x3 to 7x7, no spills. Kernels far larger
+# than 7x7 (e.g. 31x31) work but were not looked at. Timings: none yet.
+NUM_WARPS = 8
 TILE = 1024
-WGRAD_ACC = 2048
-# backward_weight: aim for about this many programs (H100: 132 SMs) before splitting the
-# reduction further; each extra split costs one [C*m, KH*KW] fp32 partial row.
+UNROLL_MAX_TAPS = 9
+WGRAD_WARPS = 8
+WGRAD_ACC = 4096
+# backward_weight: split the N*OH*OW reduction into S slices until about this many programs
+# run (H100: 132 SMs), keeping at least WGRAD_MIN_BLOCKS blocks per program; each slice costs
+# one [C*m, KH*KW] fp32 partial row.
 WGRAD_PROGRAMS = 1024
+WGRAD_MIN_BLOCKS = 4
 _INT32_MAX = 2**31 - 1
 
 
@@ -46,11 +61,25 @@ def _np2(n: int) -> int:
 
 
 @triton.jit
+def _fwd_nchw_row(acc, x_base, w_base, kh, oh, ow, H, W, OH, OW, PH, PW, DH, DW,
+                  KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, ACC: tl.constexpr):
+    ih = oh * SH - PH + kh * DH
+    mh = (ih >= 0) & (ih < H) & (oh < OH)
+    for kw in tl.static_range(KW):
+        iw = ow * SW - PW + kw * DW
+        m = mh & (iw >= 0) & (iw < W) & (ow < OW)
+        wv = tl.load(w_base + (kh * KW + kw)).to(ACC)
+        xv = tl.load(x_base + ih * W + iw, mask=m, other=0.0).to(ACC)
+        acc += xv * wv
+    return acc
+
+
+@triton.jit
 def _dw_fwd_nchw_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                         C, H, W, OC, OH, OW, M, PH, PW, DH, DW, TILES_W, TILES,
                         KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                         HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
-                        BH: tl.constexpr, BW: tl.constexpr):
+                        UNROLL_KH: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
     # One program: one (n, oc) plane, one BH x BW output tile; W is the contiguous axis.
     pid = tl.program_id(0).to(tl.int64)
     nc = pid // TILES  # n * OC + oc
@@ -62,15 +91,14 @@ def _dw_fwd_nchw_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     oh = (tile // TILES_W) * BH + tl.arange(0, BH)[:, None]
     ow = (tile % TILES_W) * BW + tl.arange(0, BW)[None, :]
     acc = tl.zeros((BH, BW), dtype=ACC)
-    for kh in tl.static_range(KH):
-        ih = oh * SH - PH + kh * DH
-        mh = (ih >= 0) & (ih < H) & (oh < OH)
-        for kw in tl.static_range(KW):
-            iw = ow * SW - PW + kw * DW
-            m = mh & (iw >= 0) & (iw < W) & (ow < OW)
-            wv = tl.load(w_base + (kh * KW + kw)).to(ACC)
-            xv = tl.load(x_base + ih * W + iw, mask=m, other=0.0).to(ACC)
-            acc += xv * wv
+    if UNROLL_KH:
+        for kh in tl.static_range(KH):
+            acc = _fwd_nchw_row(acc, x_base, w_base, kh, oh, ow, H, W, OH, OW, PH, PW, DH, DW,
+                                KW, SH, SW, ACC)
+    else:
+        for kh in range(KH):
+            acc = _fwd_nchw_row(acc, x_base, w_base, kh, oh, ow, H, W, OH, OW, PH, PW, DH, DW,
+                                KW, SH, SW, ACC)
     if HAS_BIAS:
         acc += tl.load(b_ptr + oc).to(ACC)
     acc = apply_act(acc, ACT)
@@ -80,11 +108,29 @@ def _dw_fwd_nchw_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
 
 
 @triton.jit
+def _fwd_nhwc_row(acc, x_ptr, w_ptr, w_off, kh, n, oh, ow, ic, pmask, cmask,
+                  C, H, W, PH, PW, DH, DW,
+                  KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, ACC: tl.constexpr):
+    ih = oh * SH - PH + kh * DH
+    mh = (ih >= 0) & (ih < H) & pmask
+    row_h = n * H + ih
+    for kw in tl.static_range(KW):
+        iw = ow * SW - PW + kw * DW
+        m = mh & (iw >= 0) & (iw < W)
+        row = (row_h * W + iw) * C
+        wv = tl.load(w_ptr + w_off + (kh * KW + kw), mask=cmask, other=0.0).to(ACC)
+        xv = tl.load(x_ptr + row[:, None] + ic[None, :], mask=m[:, None] & cmask[None, :],
+                     other=0.0).to(ACC)
+        acc += xv * wv[None, :]
+    return acc
+
+
+@triton.jit
 def _dw_fwd_nhwc_kernel(x_ptr, w_ptr, b_ptr, y_ptr, NPIX,
                         C, H, W, OC, OH, OW, M, PH, PW, DH, DW,
                         KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                         HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
-                        BP: tl.constexpr, BC: tl.constexpr):
+                        UNROLL_KH: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr):
     # One program: BP output pixels (flattened over N*OH*OW) x BC output channels (contiguous).
     pix = tl.program_id(0).to(tl.int64) * BP + tl.arange(0, BP)
     oc = tl.program_id(1) * BC + tl.arange(0, BC)
@@ -95,19 +141,16 @@ def _dw_fwd_nhwc_kernel(x_ptr, w_ptr, b_ptr, y_ptr, NPIX,
     r = (pix - n * (OH * OW)).to(tl.int32)
     oh = r // OW
     ow = r - oh * OW
+    w_off = oc * (KH * KW)
     acc = tl.zeros((BP, BC), dtype=ACC)
-    for kh in tl.static_range(KH):
-        ih = oh * SH - PH + kh * DH
-        mh = (ih >= 0) & (ih < H) & pmask
-        row_h = n * H + ih
-        for kw in tl.static_range(KW):
-            iw = ow * SW - PW + kw * DW
-            m = mh & (iw >= 0) & (iw < W)
-            row = (row_h * W + iw) * C
-            wv = tl.load(w_ptr + oc * (KH * KW) + (kh * KW + kw), mask=cmask, other=0.0).to(ACC)
-            xv = tl.load(x_ptr + row[:, None] + ic[None, :], mask=m[:, None] & cmask[None, :],
-                         other=0.0).to(ACC)
-            acc += xv * wv[None, :]
+    if UNROLL_KH:
+        for kh in tl.static_range(KH):
+            acc = _fwd_nhwc_row(acc, x_ptr, w_ptr, w_off, kh, n, oh, ow, ic, pmask, cmask,
+                                C, H, W, PH, PW, DH, DW, KW, SH, SW, ACC)
+    else:
+        for kh in range(KH):
+            acc = _fwd_nhwc_row(acc, x_ptr, w_ptr, w_off, kh, n, oh, ow, ic, pmask, cmask,
+                                C, H, W, PH, PW, DH, DW, KW, SH, SW, ACC)
     if HAS_BIAS:
         acc += tl.load(b_ptr + oc, mask=cmask, other=0.0).to(ACC)[None, :]
     acc = apply_act(acc, ACT)
@@ -119,11 +162,29 @@ def _dw_fwd_nhwc_kernel(x_ptr, w_ptr, b_ptr, y_ptr, NPIX,
 
 
 @triton.jit
+def _bwd_in_nchw_row(acc, g_base, w_base, kh, ih, iw, in_h, in_w, OH, OW, PH, PW, DH, DW,
+                     KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, ACC: tl.constexpr):
+    nh = ih + PH - kh * DH
+    nh0 = tl.where(nh >= 0, nh, 0)  # // rounds toward zero: never divide negatives
+    oh = nh0 // SH
+    mh = (nh >= 0) & (oh * SH == nh0) & (oh < OH) & in_h
+    for kw in tl.static_range(KW):
+        nw = iw + PW - kw * DW
+        nw0 = tl.where(nw >= 0, nw, 0)
+        ow = nw0 // SW
+        m = mh & (nw >= 0) & (ow * SW == nw0) & (ow < OW) & in_w
+        wv = tl.load(w_base + (kh * KW + kw)).to(ACC)
+        gv = tl.load(g_base + oh * OW + ow, mask=m, other=0.0).to(ACC)
+        acc += gv * wv
+    return acc
+
+
+@triton.jit
 def _dw_bwd_in_nchw_kernel(g_ptr, w_ptr, gx_ptr,
                            C, H, W, OC, OH, OW, M, PH, PW, DH, DW, TILES_W, TILES,
                            KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
                            SW: tl.constexpr, ACC: tl.constexpr,
-                           BH: tl.constexpr, BW: tl.constexpr):
+                           UNROLL_KH: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
     # Gather: input pixel (ih, iw) receives grad[oh, ow] * w[kh, kw] wherever
     # oh*SH - PH + kh*DH == ih (and the same along W), summed over the m output channels.
     pid = tl.program_id(0).to(tl.int64)
@@ -140,21 +201,38 @@ def _dw_bwd_in_nchw_kernel(g_ptr, w_ptr, gx_ptr,
         oc = ic * M + j
         g_base = g_ptr + (n * OC + oc) * OH * OW
         w_base = w_ptr + oc * (KH * KW)
-        for kh in tl.static_range(KH):
-            nh = ih + PH - kh * DH
-            nh0 = tl.where(nh >= 0, nh, 0)  # // rounds toward zero: never divide negatives
-            oh = nh0 // SH
-            mh = (nh >= 0) & (oh * SH == nh0) & (oh < OH) & in_h
-            for kw in tl.static_range(KW):
-                nw = iw + PW - kw * DW
-                nw0 = tl.where(nw >= 0, nw, 0)
-                ow = nw0 // SW
-                m = mh & (nw >= 0) & (ow * SW == nw0) & (ow < OW) & in_w
-                wv = tl.load(w_base + (kh * KW + kw)).to(ACC)
-                gv = tl.load(g_base + oh * OW + ow, mask=m, other=0.0).to(ACC)
-                acc += gv * wv
+        if UNROLL_KH:
+            for kh in tl.static_range(KH):
+                acc = _bwd_in_nchw_row(acc, g_base, w_base, kh, ih, iw, in_h, in_w, OH, OW,
+                                       PH, PW, DH, DW, KW, SH, SW, ACC)
+        else:
+            for kh in range(KH):
+                acc = _bwd_in_nchw_row(acc, g_base, w_base, kh, ih, iw, in_h, in_w, OH, OW,
+                                       PH, PW, DH, DW, KW, SH, SW, ACC)
     gx_base = gx_ptr + nc * H * W
     tl.store(gx_base + ih * W + iw, acc.to(gx_ptr.dtype.element_ty), mask=in_h & in_w)
+
+
+@triton.jit
+def _bwd_in_nhwc_row(acc, g_ptr, w_ptr, w_off, kh, n, ih, iw, oc, pmask, cmask,
+                     OC, OH, OW, PH, PW, DH, DW,
+                     KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, ACC: tl.constexpr):
+    nh = ih + PH - kh * DH
+    nh0 = tl.where(nh >= 0, nh, 0)
+    oh = nh0 // SH
+    mh = (nh >= 0) & (oh * SH == nh0) & (oh < OH) & pmask
+    row_h = n * OH + oh
+    for kw in tl.static_range(KW):
+        nw = iw + PW - kw * DW
+        nw0 = tl.where(nw >= 0, nw, 0)
+        ow = nw0 // SW
+        m = mh & (nw >= 0) & (ow * SW == nw0) & (ow < OW)
+        row = (row_h * OW + ow) * OC
+        wv = tl.load(w_ptr + w_off + (kh * KW + kw), mask=cmask, other=0.0).to(ACC)
+        gv = tl.load(g_ptr + row[:, None] + oc[None, :], mask=m[:, None] & cmask[None, :],
+                     other=0.0).to(ACC)
+        acc += gv * wv[None, :]
+    return acc
 
 
 @triton.jit
@@ -162,7 +240,7 @@ def _dw_bwd_in_nhwc_kernel(g_ptr, w_ptr, gx_ptr, NPIX,
                            C, H, W, OC, OH, OW, M, PH, PW, DH, DW,
                            KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
                            SW: tl.constexpr, ACC: tl.constexpr,
-                           BP: tl.constexpr, BC: tl.constexpr):
+                           UNROLL_KH: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr):
     # BP input pixels (flattened over N*H*W) x BC input channels; gather as in the NCHW kernel.
     pix = tl.program_id(0).to(tl.int64) * BP + tl.arange(0, BP)
     ic = tl.program_id(1) * BC + tl.arange(0, BC)
@@ -175,23 +253,15 @@ def _dw_bwd_in_nhwc_kernel(g_ptr, w_ptr, gx_ptr, NPIX,
     acc = tl.zeros((BP, BC), dtype=ACC)
     for j in range(M):
         oc = ic * M + j
-        for kh in tl.static_range(KH):
-            nh = ih + PH - kh * DH
-            nh0 = tl.where(nh >= 0, nh, 0)
-            oh = nh0 // SH
-            mh = (nh >= 0) & (oh * SH == nh0) & (oh < OH) & pmask
-            row_h = n * OH + oh
-            for kw in tl.static_range(KW):
-                nw = iw + PW - kw * DW
-                nw0 = tl.where(nw >= 0, nw, 0)
-                ow = nw0 // SW
-                m = mh & (nw >= 0) & (ow * SW == nw0) & (ow < OW)
-                row = (row_h * OW + ow) * OC
-                wv = tl.load(w_ptr + oc * (KH * KW) + (kh * KW + kw), mask=cmask,
-                             other=0.0).to(ACC)
-                gv = tl.load(g_ptr + row[:, None] + oc[None, :],
-                             mask=m[:, None] & cmask[None, :], other=0.0).to(ACC)
-                acc += gv * wv[None, :]
+        w_off = oc * (KH * KW)
+        if UNROLL_KH:
+            for kh in tl.static_range(KH):
+                acc = _bwd_in_nhwc_row(acc, g_ptr, w_ptr, w_off, kh, n, ih, iw, oc, pmask,
+                                       cmask, OC, OH, OW, PH, PW, DH, DW, KW, SH, SW, ACC)
+        else:
+            for kh in range(KH):
+                acc = _bwd_in_nhwc_row(acc, g_ptr, w_ptr, w_off, kh, n, ih, iw, oc, pmask,
+                                       cmask, OC, OH, OW, PH, PW, DH, DW, KW, SH, SW, ACC)
     tl.store(gx_ptr + pix[:, None] * C + ic[None, :], acc.to(gx_ptr.dtype.element_ty),
              mask=pmask[:, None] & cmask[None, :])
 
@@ -302,6 +372,12 @@ def _pixel_tile(npix: int, channels: int):
     return bp, bc
 
 
+def _wgrad_splits(nblk: int, programs_per_split: int) -> int:
+    """Number S of fixed slices of the weight-gradient reduction (grid axis 1, < 65536)."""
+    s = min(triton.cdiv(nblk, WGRAD_MIN_BLOCKS), triton.cdiv(WGRAD_PROGRAMS, programs_per_split))
+    return max(1, min(s, 65535))
+
+
 def _pair(v):
     a, b = v
     return int(a), int(b)
@@ -321,6 +397,7 @@ def depthwise_forward(x: torch.Tensor, weight: torch.Tensor, bias, stride, paddi
     assert weight.is_contiguous() and weight.dtype == x.dtype and weight.device == x.device
     if bias is not None:
         assert bias.shape == (OC,) and bias.is_contiguous() and bias.dtype == x.dtype
+    assert 0 <= int(act) <= 5, "act: 0 none, 1 relu, 2 relu6, 3 hardswish, 4 hardsigmoid, 5 silu"
     SH, SW = _pair(stride)
     PH, PW = _pair(padding)
     DH, DW = _pair(dilation)
@@ -333,7 +410,7 @@ def depthwise_forward(x: torch.Tensor, weight: torch.Tensor, bias, stride, paddi
     xp, wp = _nonempty(x), _nonempty(weight)
     bp_ = bias if bias is not None else wp
     common = dict(KH=KH, KW=KW, SH=SH, SW=SW, HAS_BIAS=bias is not None, ACT=int(act),
-                  ACC=acc_dtype(x), num_warps=NUM_WARPS)
+                  ACC=acc_dtype(x), UNROLL_KH=KH * KW <= UNROLL_MAX_TAPS, num_warps=NUM_WARPS)
     if channels_last:
         npix = N * OH * OW
         BP, BC = _pixel_tile(npix, OC)
@@ -352,24 +429,21 @@ def depthwise_forward(x: torch.Tensor, weight: torch.Tensor, bias, stride, paddi
 
 
 def depthwise_backward_input(grad: torch.Tensor, weight: torch.Tensor, in_size, stride,
-                             padding, dilation, channels_last: bool, *,
-                             in_channels=None) -> torch.Tensor:
+                             padding, dilation, channels_last: bool) -> torch.Tensor:
     """grad_x (N, C, H, W) of the depthwise conv, from grad (N, C*m, OH, OW), the gradient
-    w.r.t. the pre-activation output; in grad's layout. in_size = (H, W).
-
-    grad and weight (C*m, 1, KH, KW) do not determine C when m > 1 (the schema passes only
-    (H, W)), so ``in_channels`` gives C; None means C = C*m, i.e. multiplier 1.
+    w.r.t. the pre-activation output; in grad's layout. in_size = (C, H, W): grad and weight
+    (C*m, 1, KH, KW) alone do not give C when m > 1.
     """
     _check_layout("grad", grad, channels_last)
     N, OC, OH, OW = grad.shape
     OC_w, one, KH, KW = weight.shape
     assert OC_w == OC and one == 1 and weight.is_contiguous() and weight.dtype == grad.dtype
-    H, W = _pair(in_size)
+    assert len(in_size) == 3, "in_size is (C, H, W)"
+    C, H, W = (int(v) for v in in_size)
     SH, SW = _pair(stride)
     PH, PW = _pair(padding)
     DH, DW = _pair(dilation)
-    C = OC if in_channels is None else int(in_channels)
-    assert C > 0 and OC % C == 0, "in_channels must divide the output channels"
+    assert C > 0 and OC % C == 0, "the input channels must divide the output channels"
     M = OC // C
     gx_fmt = _fmt(channels_last)
     if grad.numel() == 0 or weight.numel() == 0:
@@ -378,7 +452,8 @@ def depthwise_backward_input(grad: torch.Tensor, weight: torch.Tensor, in_size, 
     gx = torch.empty((N, C, H, W), dtype=grad.dtype, device=grad.device, memory_format=gx_fmt)
     if gx.numel() == 0:
         return gx
-    common = dict(KH=KH, KW=KW, SH=SH, SW=SW, ACC=acc_dtype(grad), num_warps=NUM_WARPS)
+    common = dict(KH=KH, KW=KW, SH=SH, SW=SW, ACC=acc_dtype(grad), UNROLL_KH=False,
+                  num_warps=NUM_WARPS)
     if channels_last:
         npix = N * H * W
         BP, BC = _pixel_tile(npix, C)
@@ -419,14 +494,14 @@ def depthwise_backward_weight(grad: torch.Tensor, x: torch.Tensor, kernel_size, 
         return torch.zeros((OC, 1, KH, KW), dtype=x.dtype, device=x.device)
     KKP = _np2(KK)
     part_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    common = dict(KH=KH, KW=KW, SH=SH, SW=SW, KKP=KKP, ACC=acc_dtype(x), num_warps=NUM_WARPS)
+    common = dict(KH=KH, KW=KW, SH=SH, SW=SW, KKP=KKP, ACC=acc_dtype(x), num_warps=WGRAD_WARPS)
     npix = N * OH * OW
     if channels_last:
         BC = min(_np2(OC), 32)
         BP = min(_np2(npix), max(1, WGRAD_ACC // (KKP * BC)))
         nblk = triton.cdiv(npix, BP)
         ctiles = triton.cdiv(OC, BC)
-        S = max(1, min(nblk, triton.cdiv(WGRAD_PROGRAMS, ctiles), 65535))
+        S = _wgrad_splits(nblk, ctiles)
         part = torch.empty((S, OC, KK), dtype=part_dtype, device=x.device)
         _dw_bwd_w_nhwc_kernel[(ctiles, S)](grad, x, part, npix, nblk, S, C, H, W, OC, OH, OW,
                                            M, PH, PW, DH, DW, BP=BP, BC=BC, **common)
@@ -434,7 +509,7 @@ def depthwise_backward_weight(grad: torch.Tensor, x: torch.Tensor, kernel_size, 
         assert H * W <= _INT32_MAX and OH * OW <= _INT32_MAX, "one plane must fit int32"
         BLOCK = min(_np2(npix), max(16, WGRAD_ACC // KKP))
         nblk = triton.cdiv(npix, BLOCK)
-        S = max(1, min(nblk, triton.cdiv(WGRAD_PROGRAMS, OC), 65535))
+        S = _wgrad_splits(nblk, OC)
         part = torch.empty((S, OC, KK), dtype=part_dtype, device=x.device)
         _dw_bwd_w_nchw_kernel[(OC, S)](grad, x, part, npix, nblk, S, C, H, W, OC, OH, OW,
                                        M, PH, PW, DH, DW, BLOCK=BLOCK, **common)
