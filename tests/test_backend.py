@@ -92,16 +92,16 @@ def test_backward_runs_on_the_backend_selected_at_forward(monkeypatch):
     """The autograd engine may run backward on another thread (always for CUDA tensors), which
     does not see the caller's context; the op must carry its backend over. Forced here by
     running backward in a fresh thread with `auto` in effect."""
-    from fastblocks.ops import activation as act_mod
+    from fastblocks.ops import _dispatch
 
     used = []
-    real = act_mod.resolve
+    real = _dispatch.resolve
 
     def spy(family, device, c_op=None):
         used.append((c_op, fastblocks.get_backend()))
         return real(family, device, c_op)
 
-    monkeypatch.setattr(act_mod, "resolve", spy)
+    monkeypatch.setattr(_dispatch, "resolve", spy)
     x = torch.randn(8, requires_grad=True)
     with fastblocks.backend("torch"):
         y = ops.hardswish(x)

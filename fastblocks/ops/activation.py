@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._backend import capture, resolve, restored
+from .._backend import capture, restored
+from ._dispatch import run_kernel
 from ._activation_codes import ACTIVATION_NAMES, activation_code
 from ._layout import as_dense, like_layout
 from ._validate import check_same, check_tensor
@@ -48,31 +49,22 @@ def reference_backward(grad: Tensor, x: Tensor, act: int) -> Tensor:
 
 # ---- backend dispatch ------------------------------------------------------------------------
 
-def _run_forward(x: Tensor, act: int) -> Tensor:
-    backend = resolve("activation", x.device, "activation_forward")
-    if backend == "triton":
-        from fastblocks.kernels import activation as tk
-        return tk.activation_forward(x, act)
-    if backend in ("cpu", "cuda"):
-        return torch.ops.fastblocks_C.activation_forward(x, act)
-    return reference_forward(x, act)
+def run_forward(x: Tensor, act: int) -> Tensor:
+    """act(x) for a dense x, on the selected backend; the result has x's strides."""
+    return run_kernel("activation", "activation_forward", x.device, (x, act), reference_forward)
 
 
 def run_backward(grad: Tensor, x: Tensor, act: int) -> Tensor:
-    backend = resolve("activation", x.device, "activation_backward")
-    if backend == "triton":
-        from fastblocks.kernels import activation as tk
-        return tk.activation_backward(grad, x, act)
-    if backend in ("cpu", "cuda"):
-        return torch.ops.fastblocks_C.activation_backward(grad, x, act)
-    return reference_backward(grad, x, act)
+    """grad * act'(x) for dense grad and x of equal strides; the result has x's strides."""
+    return run_kernel("activation", "activation_backward", x.device, (grad, x, act),
+                      reference_backward)
 
 
 # ---- registered ops --------------------------------------------------------------------------
 
 @torch.library.custom_op("fastblocks::activation", mutates_args=())
 def _activation_op(x: Tensor, act: int) -> Tensor:
-    return _run_forward(as_dense(x), act)
+    return run_forward(as_dense(x), act)
 
 
 @_activation_op.register_fake

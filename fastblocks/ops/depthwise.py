@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._backend import capture, resolve, restored
+from .._backend import capture, restored
+from ._dispatch import run_kernel
 from ._activation_codes import activation_code
 from ._conv_args import conv_geometry
 from ._layout import empty, is_channels_last, memory_format
@@ -39,72 +40,53 @@ def reference_depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = 
     return y if code == 0 else _act_reference(y, code)
 
 
-def _pad_for_geometry(x, kernel_size, stride, padding, dilation, out_size):
-    """x zero-padded by `padding` at the top/left and as much at the bottom/right as the output
-    size needs, so a padding-0 F.conv2d gives exactly `out_size`. (A stride can leave the last
-    rows unread; padding them with zeros changes nothing, as the far padding stays below one
-    stride.)"""
+def _pads(in_hw, kernel_size, stride, padding, dilation, out_size):
+    """(top, bottom, left, right) zero padding after which a padding-0 convolution gives
+    exactly `out_size`: `padding` at the top/left and as much at the bottom/right as the
+    output needs. (A stride can leave the last rows unread; padding them instead of cropping
+    changes nothing: the extra stays below one stride.)"""
     pads = []
-    for size, k, s, p, d, o in zip(x.shape[-2:], kernel_size, stride, padding, dilation, out_size):
-        pads.append((p, max((o - 1) * s + d * (k - 1) + 1 - size - p, 0)))
-    return F.pad(x, (pads[1][0], pads[1][1], pads[0][0], pads[0][1]))
+    for size, k, s, p, d, o in zip(in_hw, kernel_size, stride, padding, dilation, out_size):
+        pads += [p, max((o - 1) * s + d * (k - 1) + 1 - size - p, 0)]
+    return pads
 
 
-def _reference_geometry_forward(x, weight, bias, stride, padding, dilation, out_size):
-    xp = _pad_for_geometry(x, weight.shape[-2:], stride, padding, dilation, out_size)
-    return F.conv2d(xp, weight, bias, stride, 0, dilation, groups=x.shape[1])
+def _conv_backward(grad, x_or_shape, weight_or_shape, stride, dilation, groups, mask):
+    """aten.convolution_backward (padding 0) where the tensor whose gradient is not wanted may
+    be given by its shape alone (an expanded scalar: no memory), as torch.nn.grad does. Called
+    inside custom ops, below autograd, so it cannot use autograd itself."""
+    def tensor(t):
+        return t if isinstance(t, Tensor) else grad.new_empty(1).expand(t)
+    return torch.ops.aten.convolution_backward(
+        grad, tensor(x_or_shape), tensor(weight_or_shape), None, list(stride), [0, 0],
+        list(dilation), False, [0, 0], groups, mask)
 
 
-# ---- backend dispatch ------------------------------------------------------------------------
+# The references below take the kernels' arguments (same names, same order), so the `torch`
+# backend runs through the same dispatcher (fastblocks.ops._dispatch.run_kernel).
 
-def _forward(x, weight, bias, stride, padding, dilation, out_size, act, channels_last):
-    backend = resolve("depthwise", x.device, "depthwise_forward")
-    if backend == "triton":
-        from fastblocks.kernels import depthwise as tk
-        return tk.depthwise_forward(x, weight, bias, stride, padding, dilation, out_size, act,
-                                    channels_last)
-    if backend in ("cpu", "cuda"):
-        return torch.ops.fastblocks_C.depthwise_forward(x, weight, bias, stride, padding, dilation,
-                                                        out_size, act, channels_last)
-    y = _reference_geometry_forward(x, weight, bias, stride, padding, dilation, out_size)
+def _reference_forward(x, weight, bias, stride, padding, dilation, out_size, act, channels_last):
+    t, b, l, r = _pads(x.shape[-2:], weight.shape[-2:], stride, padding, dilation, out_size)
+    y = F.conv2d(F.pad(x, (l, r, t, b)), weight, bias, stride, 0, dilation, groups=x.shape[1])
     if act:
         y = _act_reference(y, act)
     return y.contiguous(memory_format=memory_format(channels_last))
 
 
-def _backward_input(grad, weight, in_size, stride, padding, dilation, channels_last, x):
-    backend = resolve("depthwise", grad.device, "depthwise_backward_input")
-    if backend == "triton":
-        from fastblocks.kernels import depthwise as tk
-        return tk.depthwise_backward_input(grad, weight, in_size, stride, padding, dilation,
-                                           channels_last)
-    if backend in ("cpu", "cuda"):
-        return torch.ops.fastblocks_C.depthwise_backward_input(grad, weight, in_size, stride,
-                                                               padding, dilation, channels_last)
-    return _reference_grads(grad, x, weight, stride, padding, dilation, channels_last)[0]
+def _reference_backward_input(grad, weight, in_size, stride, padding, dilation, channels_last):
+    c, h, w = in_size
+    t, b, l, r = _pads((h, w), weight.shape[-2:], stride, padding, dilation, grad.shape[-2:])
+    padded = (grad.shape[0], c, h + t + b, w + l + r)
+    gxp = _conv_backward(grad, padded, weight, stride, dilation, c, [True, False, False])[0]
+    return gxp[..., t:t + h, l:l + w].contiguous(memory_format=memory_format(channels_last))
 
 
-def _backward_weight(grad, x, kernel_size, stride, padding, dilation, channels_last, weight):
-    backend = resolve("depthwise", grad.device, "depthwise_backward_weight")
-    if backend == "triton":
-        from fastblocks.kernels import depthwise as tk
-        return tk.depthwise_backward_weight(grad, x, kernel_size, stride, padding, dilation,
-                                            channels_last)
-    if backend in ("cpu", "cuda"):
-        return torch.ops.fastblocks_C.depthwise_backward_weight(grad, x, kernel_size, stride,
-                                                                padding, dilation, channels_last)
-    return _reference_grads(grad, x, weight, stride, padding, dilation, channels_last)[1]
-
-
-def _reference_grads(grad, x, weight, stride, padding, dilation, channels_last):
-    # Called inside a custom op, below autograd: use the aten backward op, not autograd.
-    xp = _pad_for_geometry(x, weight.shape[-2:], stride, padding, dilation, grad.shape[-2:])
-    gxp, gw, _ = torch.ops.aten.convolution_backward(
-        grad, xp, weight, None, list(stride), [0, 0], list(dilation), False, [0, 0], x.shape[1],
-        [True, True, False])
-    h, w = x.shape[-2:]
-    gx = gxp[..., padding[0]:padding[0] + h, padding[1]:padding[1] + w]
-    return gx.contiguous(memory_format=memory_format(channels_last)), gw.contiguous()
+def _reference_backward_weight(grad, x, kernel_size, stride, padding, dilation, channels_last):
+    t, b, l, r = _pads(x.shape[-2:], kernel_size, stride, padding, dilation, grad.shape[-2:])
+    shape = (grad.shape[1], 1, *kernel_size)
+    gw = _conv_backward(grad, F.pad(x, (l, r, t, b)), shape, stride, dilation, x.shape[1],
+                        [False, True, False])[1]
+    return gw.contiguous()
 
 
 # ---- registered ops --------------------------------------------------------------------------
@@ -119,8 +101,9 @@ def _depthwise_op(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[i
                   padding: list[int], dilation: list[int], out_size: list[int], act: int) -> Tensor:
     x, cl = _canonical(x)
     bias = None if bias is None else bias.contiguous()
-    return _forward(x, weight.contiguous(), bias, tuple(stride), tuple(padding), tuple(dilation),
-                    tuple(out_size), act, cl)
+    args = (x, weight.contiguous(), bias, tuple(stride), tuple(padding), tuple(dilation),
+            tuple(out_size), act, cl)
+    return run_kernel("depthwise", "depthwise_forward", x.device, args, _reference_forward)
 
 
 @_depthwise_op.register_fake
@@ -142,15 +125,20 @@ def _depthwise_backward_op(grad: Tensor, x: Tensor, weight: Tensor, bias: Tensor
         # dL/dz = dL/dy * act'(z): recompute z = conv + bias (one forward pass) rather than
         # having stored it.
         b = None if bias is None else bias.contiguous()
-        z = _forward(x, weight, b, stride, padding, dilation, tuple(grad.shape[-2:]), 0, cl)
+        z = run_kernel("depthwise", "depthwise_forward", x.device,
+                       (x, weight, b, stride, padding, dilation, tuple(grad.shape[-2:]), 0, cl),
+                       _reference_forward)
         grad = _act_backward(grad, z, act)
     # distinct placeholders: outputs of a custom op must not alias each other
     gx, gw, gb = x.new_empty(0), x.new_empty(0), x.new_empty(0)
     if output_mask[0]:
-        gx = _backward_input(grad, weight, tuple(x.shape[1:]), stride, padding, dilation, cl, x)
+        gx = run_kernel("depthwise", "depthwise_backward_input", x.device,
+                        (grad, weight, tuple(x.shape[1:]), stride, padding, dilation, cl),
+                        _reference_backward_input)
     if output_mask[1]:
-        gw = _backward_weight(grad, x, tuple(weight.shape[-2:]), stride, padding, dilation, cl,
-                              weight)
+        gw = run_kernel("depthwise", "depthwise_backward_weight", x.device,
+                        (grad, x, tuple(weight.shape[-2:]), stride, padding, dilation, cl),
+                        _reference_backward_weight)
     if output_mask[2]:
         acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
         gb = grad.sum(dim=(0, 2, 3), dtype=acc).to(grad.dtype)
