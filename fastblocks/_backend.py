@@ -81,6 +81,19 @@ def why_unavailable(name: str, device_type: str = "cuda", op: str | None = None)
     """None if backend `name` can run (op `op` of fastblocks._C, if given) on `device_type`
     tensors, else the reason, naming what is missing."""
     _check_name(name)
+    # Memoized: resolve() asks on every op call. The key holds everything the answer reads
+    # that can change while the process runs (the interpreter switch, the load errors).
+    key = (name, device_type, op, _extension.triton_interpret(), _extension.C_ERROR,
+           _extension.TRITON_ERROR)
+    if key not in _availability:
+        _availability[key] = _why_unavailable(name, device_type, op)
+    return _availability[key]
+
+
+_availability: dict[tuple, str | None] = {}
+
+
+def _why_unavailable(name: str, device_type: str, op: str | None) -> str | None:
     if name in ("torch", "auto"):
         return None
     if name == "triton":

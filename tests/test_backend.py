@@ -110,3 +110,27 @@ def test_backward_runs_on_the_backend_selected_at_forward(monkeypatch):
     t.join()
     assert used == [("activation_forward", "torch"), ("activation_backward", "torch")]
     assert x.grad is not None
+
+
+def test_direct_call_only_for_plain_eager_inference(monkeypatch):
+    """Plain eager inference calls the kernels directly; anything needing autograd, fake
+    tensors or tracing goes through the registered op."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from fastblocks.ops import activation as act_mod
+
+    calls = []
+    real = act_mod._activation_op
+    monkeypatch.setattr(act_mod, "_activation_op", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(4, 5)
+    direct = ops.silu(x)
+    assert calls == []
+    with torch.no_grad():
+        ops.silu(x.requires_grad_())
+    assert calls == []
+    via_op = ops.silu(x)  # requires grad now
+    assert calls == [1] and via_op.grad_fn is not None
+    torch.testing.assert_close(direct, via_op.detach(), rtol=0, atol=0)
+    with FakeTensorMode() as mode:
+        fake = ops.silu(mode.from_tensor(torch.randn(2, 3)))
+    assert calls == [1, 1] and type(fake).__name__ == "FakeTensor"

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .._backend import capture, restored
 from ._dispatch import run_kernel
+from ._fastpath import direct_call_ok
 from ._activation_codes import ACTIVATION_NAMES, activation_code
 from ._layout import as_dense, like_layout
 from ._validate import check_same, check_tensor
@@ -64,6 +65,7 @@ def run_backward(grad: Tensor, x: Tensor, act: int) -> Tensor:
 
 @torch.library.custom_op("fastblocks::activation", mutates_args=())
 def _activation_op(x: Tensor, act: int) -> Tensor:
+    # apply_activation calls run_forward directly for plain eager inference (_fastpath)
     return run_forward(as_dense(x), act)
 
 
@@ -115,7 +117,10 @@ def apply_activation(x: Tensor, activation: str | None) -> Tensor:
     Shape: any; the output has ``x``'s shape, dtype and strides (for a dense ``x``).
     """
     check_tensor(x, "x")
-    return _activation_op(x, activation_code(activation))
+    code = activation_code(activation)
+    if direct_call_ok(x):
+        return run_forward(as_dense(x), code)
+    return _activation_op(x, code)
 
 
 def hardswish(x: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .._backend import capture, restored
 from ._dispatch import run_kernel
+from ._fastpath import direct_call_ok
 from ._activation_codes import activation_code
 from ._conv_args import conv_geometry
 from ._layout import empty, is_channels_last, memory_format
@@ -96,14 +97,19 @@ def _canonical(x: Tensor) -> tuple[Tensor, bool]:
     return x.contiguous(memory_format=memory_format(cl)), cl
 
 
-@torch.library.custom_op("fastblocks::depthwise_conv2d", mutates_args=())
-def _depthwise_op(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int],
-                  padding: list[int], dilation: list[int], out_size: list[int], act: int) -> Tensor:
+def _forward_impl(x: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation,
+                  out_size, act: int) -> Tensor:
     x, cl = _canonical(x)
     bias = None if bias is None else bias.contiguous()
     args = (x, weight.contiguous(), bias, tuple(stride), tuple(padding), tuple(dilation),
             tuple(out_size), act, cl)
     return run_kernel("depthwise", "depthwise_forward", x.device, args, _reference_forward)
+
+
+@torch.library.custom_op("fastblocks::depthwise_conv2d", mutates_args=())
+def _depthwise_op(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int],
+                  padding: list[int], dilation: list[int], out_size: list[int], act: int) -> Tensor:
+    return _forward_impl(x, weight, bias, stride, padding, dilation, out_size, act)
 
 
 @_depthwise_op.register_fake
@@ -222,6 +228,8 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stri
         raise ValueError("x must have at least one channel")
     code = activation_code(activation)
     geo = conv_geometry(tuple(x.shape[-2:]), tuple(weight.shape[-2:]), stride, padding, dilation)
-    y = _depthwise_op(x, weight, bias, list(geo.stride), list(geo.padding), list(geo.dilation),
-                      list(geo.out_size), code)
+    # plain eager inference skips the registered op's overhead (see _fastpath)
+    op = _forward_impl if direct_call_ok(x, weight, bias) else _depthwise_op
+    y = op(x, weight, bias, list(geo.stride), list(geo.padding), list(geo.dilation),
+           list(geo.out_size), code)
     return y.squeeze(0) if unbatched else y

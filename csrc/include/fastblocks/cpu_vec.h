@@ -22,7 +22,9 @@ namespace fastblocks::cpu {
 // whose result is a normal float, so it saturates instead of returning inf/0).
 inline float vec_expf(float x) {
   x = x < -87.33654f ? -87.33654f : (x > 88.37626f ? 88.37626f : x);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  // round to nearest by adding and removing 1.5 * 2^23 (std::floor is a libm call unless
+  // -fno-trapping-math, which would stop the loop vectorizing)
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
