@@ -1,0 +1,1379 @@
+// CPU kernels of the depthwise family: F.conv2d(x, weight, bias, stride, padding, dilation,
+// groups=C) followed by an activation, its input gradient and its weight gradient, for NCHW and
+// channels_last, any kernel size, stride, dilation, top/left padding and channel multiplier.
+//
+// NCHW: every (n, c) plane is first copied (and converted to the accumulation type) into a
+// zero-padded scratch plane split into stride phases, P[row % sh][col % sw][row / sh][col / sw].
+// In that layout each kernel tap reads a contiguous run that starts at a fixed offset, so the
+// whole output plane becomes one 1-d sum over taps, out[f] = sum_t w_t * P[base_t + f], with f
+// running over output rows of the scratch width (the few columns past OW are computed and
+// dropped). The inner loop has no branch and no border case, and is register-blocked over
+// 8 vectors. The input gradient is the same 1-d sum per residue class of (ih % sh, iw % sw)
+// over a zero-padded copy of the gradient planes; the weight gradient is a dot product per tap
+// of the (zero-columned) gradient plane with the same shifted runs.
+// channels_last: vectors run over channels (contiguous), 8 output pixels at a time through the
+// interior of a row, one at a time with bounds checks at its borders; the weight gradient keeps
+// one vector block of channels per task. Multiplier m > 1 and C below one vector take the NCHW
+// path through a layout copy (rare in real networks).
+//
+// Vectors are GCC vector extensions compiled three times (AVX-512, AVX2+FMA, SSE2) in
+// `#pragma GCC target` regions and picked once at run time, so the binary runs on any x86-64;
+// FASTBLOCKS_CPU_ISA=avx512|avx2|sse2 forces a narrower one (tests use it to cover all three).
+// fp16/bf16 accumulate in float, fp32 in float, fp64 in double; the weight gradient sums every
+// row or 1024-element chunk in the accumulation type and adds those partials in double. Every
+// output element is produced by one task in a fixed order, so results do not depend on the
+// number of threads.
+//
+// Measured (2-core x86 CPU with AVX-512, torch 2.13, torch.set_num_threads(2), fp32, time ratio
+// eager / fastblocks, forward and backward = grad_input + grad_weight): see the table below.
+// FB_TIMINGS_TABLE
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "fastblocks/cpu_utils.h"
+
+// The kernels pass GCC vector types between always-inline helpers only; the ABI note about
+// 64-byte vectors without AVX-512 does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#define FB_AI inline __attribute__((always_inline))
+
+namespace fastblocks::cpu {
+namespace {
+
+// ---- integer helpers (divisors are positive) ------------------------------------------------
+
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
+inline int64_t floor_mod(int64_t a, int64_t b) { return a - floor_div(a, b) * b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// ---- vectors --------------------------------------------------------------------------------
+
+template <typename T, int VB>
+struct VecT {
+  typedef T type __attribute__((vector_size(VB)));
+};
+template <typename T, int VB>
+using Vec = typename VecT<T, VB>::type;
+
+template <typename T, int VB>
+FB_AI Vec<T, VB> vload(const T* p) {
+  Vec<T, VB> v;
+  std::memcpy(&v, p, VB);
+  return v;
+}
+template <typename T, int VB>
+FB_AI void vstore(T* p, const Vec<T, VB>& v) {
+  std::memcpy(p, &v, VB);
+}
+template <typename T, int VB>
+FB_AI Vec<T, VB> vsplat(T s) {
+  return Vec<T, VB>{} + s;
+}
+
+// ---- NCHW: 1-d tap sums over phase-split scratch planes --------------------------------------
+
+// out[f] = init + sum_t w[t] * P[base[t] + f] for f in [f, nflat) in blocks of U vectors.
+template <typename T, int VB, int U>
+FB_AI int64_t flat_conv_blocks(const T* P, const int64_t* base, const T* w, int nt, T init,
+                               T* out, int64_t f, int64_t nflat) {
+  using V = Vec<T, VB>;
+  constexpr int64_t L = VB / sizeof(T);
+  for (; f + U * L <= nflat; f += U * L) {
+    V acc[U];
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) acc[u] = vsplat<T, VB>(init);
+    for (int t = 0; t < nt; ++t) {
+      const V wv = vsplat<T, VB>(w[t]);
+      const T* src = P + base[t] + f;
+#pragma GCC unroll 8
+      for (int u = 0; u < U; ++u) acc[u] += wv * vload<T, VB>(src + u * L);
+    }
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) vstore<T, VB>(out + f + u * L, acc[u]);
+  }
+  return f;
+}
+
+// nflat must be a multiple of the vector length; P must hold base[t] + nflat for every t.
+template <typename T, int VB>
+FB_AI void flat_conv_impl(const T* P, const int64_t* base, const T* w, int nt, T init, T* out,
+                          int64_t nflat) {
+  int64_t f = flat_conv_blocks<T, VB, 8>(P, base, w, nt, init, out, 0, nflat);
+  f = flat_conv_blocks<T, VB, 4>(P, base, w, nt, init, out, f, nflat);
+  f = flat_conv_blocks<T, VB, 2>(P, base, w, nt, init, out, f, nflat);
+  flat_conv_blocks<T, VB, 1>(P, base, w, nt, init, out, f, nflat);
+}
+
+// D[t*L .. t*L + L) += lanes of sum_f G[f] * P[base[t] + f]: runs of 16 products per lane in T,
+// then added into double lanes (reduced across lanes once per channel, by the caller).
+template <typename T, int VB>
+FB_AI void flat_dot_impl(const T* G, const T* P, const int64_t* base, int nt, int64_t nflat,
+                         double* D) {
+  using V = Vec<T, VB>;
+  constexpr int64_t L = VB / sizeof(T);
+  using DV = Vec<double, L * sizeof(double)>;
+  constexpr int64_t kChunk = 64 * L;
+  for (int64_t c0 = 0; c0 < nflat; c0 += kChunk) {
+    const int64_t c1 = std::min(nflat, c0 + kChunk);
+    for (int t = 0; t < nt; ++t) {
+      const T* src = P + base[t];
+      V a[4] = {};
+      int64_t f = c0;
+      for (; f + 4 * L <= c1; f += 4 * L) {
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; ++u) a[u] += vload<T, VB>(G + f + u * L) * vload<T, VB>(src + f + u * L);
+      }
+      for (; f < c1; f += L) a[0] += vload<T, VB>(G + f) * vload<T, VB>(src + f);
+      DV d;
+      std::memcpy(&d, D + t * L, sizeof(DV));
+      d += __builtin_convertvector((a[0] + a[1]) + (a[2] + a[3]), DV);
+      std::memcpy(D + t * L, &d, sizeof(DV));
+    }
+  }
+}
+
+template <typename T, int VB, size_t... I>
+FB_AI Vec<T, VB> even_lanes(const Vec<T, VB>& a, const Vec<T, VB>& b, std::index_sequence<I...>) {
+  return __builtin_shufflevector(a, b, (2 * I)...);
+}
+
+// Phase-split zero-padded copy of plane x (H, W): P[((b*sw + p)*A + a)*PW + j] =
+// x[a*sh + b - ph][j*sw + p - pw]. The zero border is the same for every plane, so the scratch
+// is zeroed once and each plane only copies its rows: P[dst + j] = x[src + j*sw], j < n.
+struct RowCopy {
+  int64_t src, dst, n;
+};
+
+template <typename T, int VB>
+FB_AI void fill_phases_impl(const T* x, const RowCopy* ops, int64_t nops, int64_t sw, T* P) {
+  constexpr int64_t L = VB / sizeof(T);
+  for (int64_t i = 0; i < nops; ++i) {
+    const T* src = x + ops[i].src;
+    T* dst = P + ops[i].dst;
+    const int64_t n = ops[i].n;
+    if (sw == 1) {
+      std::memcpy(dst, src, n * sizeof(T));
+    } else if (sw == 2) {
+      int64_t j = 0;
+      // j + L < n keeps the second load inside the row's valid range.
+      for (; j + L < n; j += L) {
+        vstore<T, VB>(dst + j, even_lanes<T, VB>(vload<T, VB>(src + 2 * j), vload<T, VB>(src + 2 * j + L),
+                                                  std::make_index_sequence<L>{}));
+      }
+      for (; j < n; ++j) dst[j] = src[2 * j];
+    } else {
+      for (int64_t j = 0; j < n; ++j) dst[j] = src[j * sw];
+    }
+  }
+}
+
+// row[2t] = e[t] (2t < n), row[2t + 1] = o[t] (2t + 1 < n).
+template <typename T, int VB, size_t... I>
+FB_AI Vec<T, VB> zip_lo(const Vec<T, VB>& a, const Vec<T, VB>& b, std::index_sequence<I...>) {
+  return __builtin_shufflevector(a, b, ((I % 2) ? sizeof...(I) + I / 2 : I / 2)...);
+}
+template <typename T, int VB, size_t... I>
+FB_AI Vec<T, VB> zip_hi(const Vec<T, VB>& a, const Vec<T, VB>& b, std::index_sequence<I...>) {
+  return __builtin_shufflevector(a, b, ((I % 2) ? sizeof...(I) + sizeof...(I) / 2 + I / 2 : sizeof...(I) / 2 + I / 2)...);
+}
+
+template <typename T, int VB>
+FB_AI void interleave2_impl(const T* e, const T* o, T* row, int64_t n) {
+  constexpr int64_t L = VB / sizeof(T);
+  int64_t t = 0;
+  for (; 2 * (t + L) <= n; t += L) {
+    const Vec<T, VB> ve = vload<T, VB>(e + t), vo = vload<T, VB>(o + t);
+    vstore<T, VB>(row + 2 * t, zip_lo<T, VB>(ve, vo, std::make_index_sequence<L>{}));
+    vstore<T, VB>(row + 2 * t + L, zip_hi<T, VB>(ve, vo, std::make_index_sequence<L>{}));
+  }
+  for (; 2 * t < n; ++t) {
+    row[2 * t] = e[t];
+    if (2 * t + 1 < n) row[2 * t + 1] = o[t];
+  }
+}
+
+// ---- channels_last: vectors over channels ----------------------------------------------------
+
+// One output row of one channel chunk: dst[t] (t < count, pixel stride dst_step) = bias +
+// sum over source rows r and column taps ci of wrows[r][wcol[ci] + c] * rows[r][(q[ci] +
+// t*step)*C + c]. The source rows are zero-padded copies, so every read is inside them. Serves
+// the forward (source = input rows) and the input gradient (source = gradient rows, one residue
+// class of output columns).
+template <typename T>
+struct NhwcRow {
+  const T* const* rows;   // padded source rows, at the chunk's first channel
+  const T* const* wrows;  // per source row: its kernel row's weights, at the chunk's first channel
+  int nrows;
+  const int64_t* q;
+  const int64_t* wcol;
+  int ncol;
+  int64_t step, count;
+  T* dst;  // at the chunk's first channel
+  int64_t dst_step;
+  int64_t C;      // source pixel stride
+  int64_t width;  // channels in the chunk (>= one vector)
+  const T* bias;  // at the chunk's first channel, may be null
+  const T** scratch;  // 2 * nrows * ncol pointers
+};
+
+constexpr int kUP = 4;  // output pixels per generic register block
+
+// Outputs t .. t+UP, channels c0 + [0, UC*L): tap k of pixel u reads tsrc[k] + off + u*ps
+// (off = t*ps + c0) with weights tw[k] + c0.
+template <typename T, int VB, int UP, int UC>
+FB_AI void nhwc_block(const T* const* tsrc, const T* const* tw, int ntap, int64_t ps, int64_t off, int64_t c0,
+                      const T* bias, T* dst, int64_t dst_step) {
+  using V = Vec<T, VB>;
+  constexpr int64_t L = VB / sizeof(T);
+  V acc[UP][UC];
+#pragma GCC unroll 4
+  for (int c = 0; c < UC; ++c) {
+    const V b = bias ? vload<T, VB>(bias + c * L) : V{};
+#pragma GCC unroll 8
+    for (int u = 0; u < UP; ++u) acc[u][c] = b;
+  }
+  for (int k = 0; k < ntap; ++k) {
+    const T* w = tw[k] + c0;
+    V wv[UC];
+#pragma GCC unroll 4
+    for (int c = 0; c < UC; ++c) wv[c] = vload<T, VB>(w + c * L);
+    // One pointer per pixel, channel vectors at constant displacements: keeps the address
+    // arithmetic within the integer registers.
+    const T* src = tsrc[k] + off;
+#pragma GCC unroll 8
+    for (int u = 0; u < UP; ++u) {
+#pragma GCC unroll 4
+      for (int c = 0; c < UC; ++c) acc[u][c] += wv[c] * vload<T, VB>(src + c * L);
+      src += ps;
+    }
+  }
+#pragma GCC unroll 8
+  for (int u = 0; u < UP; ++u) {
+#pragma GCC unroll 4
+    for (int c = 0; c < UC; ++c) vstore<T, VB>(dst + u * dst_step + c * L, acc[u][c]);
+  }
+}
+
+// Step-1 outputs t .. t+UP whose KW column taps are consecutive source pixels q0 + j (weights at
+// wcol[j]): each source vector is loaded once and meets its KW weights in registers (about 0.4
+// loads per FMA for a 5-wide kernel instead of 1.25).
+template <typename T, int VB, int KW, int UP>
+FB_AI void nhwc_slide(const NhwcRow<T>& a, int64_t q0, const int64_t* wcol, int64_t t, int64_t c0) {
+  using V = Vec<T, VB>;
+  const int64_t C = a.C;
+  V acc[UP];
+  const V b = a.bias ? vload<T, VB>(a.bias + c0) : V{};
+#pragma GCC unroll 8
+  for (int u = 0; u < UP; ++u) acc[u] = b;
+  for (int r = 0; r < a.nrows; ++r) {
+    V wv[KW];
+#pragma GCC unroll 8
+    for (int j = 0; j < KW; ++j) wv[j] = vload<T, VB>(a.wrows[r] + wcol[j] + c0);
+    const T* src = a.rows[r] + (q0 + t) * C + c0;
+#pragma GCC unroll 16
+    for (int i = 0; i < UP + KW - 1; ++i) {
+      const V xv = vload<T, VB>(src);
+      src += C;
+#pragma GCC unroll 8
+      for (int j = 0; j < KW; ++j) {
+        const int u = i - j;
+        if (u >= 0 && u < UP) acc[u] += wv[j] * xv;
+      }
+    }
+  }
+  T* dst = a.dst + t * a.dst_step + c0;
+#pragma GCC unroll 8
+  for (int u = 0; u < UP; ++u) vstore<T, VB>(dst + u * a.dst_step, acc[u]);
+}
+
+// Block starts covering [0, count) with blocks of up pixels; the last block overlaps its
+// neighbour rather than shrinking (the same values are stored twice). Requires count >= up.
+#define FB_DW_FOR_BLOCKS(t, count, up) \
+  for (int64_t t##_i = 0, t = 0; t##_i < (count); t##_i += (up), t = std::min(t##_i, (count) - (up)))
+
+template <typename T, int VB, int KW, int UP>
+FB_AI void nhwc_row_slide_up(const NhwcRow<T>& a, int64_t q0, const int64_t* wcol) {
+  constexpr int64_t L = VB / sizeof(T);
+  for (int64_t cb = 0; cb < a.width; cb += L) {
+    const int64_t c0 = std::min(cb, a.width - L);  // the last vector overlaps its neighbour
+    FB_DW_FOR_BLOCKS(t, a.count, UP) nhwc_slide<T, VB, KW, UP>(a, q0, wcol, t, c0);
+  }
+}
+
+// Blocks of up to 8 pixels (8 sums + KW weights + 1 source vector fit 16 registers), as even as
+// possible: a 14-wide row takes 7 + 7, not 8 + 8 overlapping.
+template <typename T, int VB, int KW>
+FB_AI void nhwc_row_slide(const NhwcRow<T>& a, int64_t q0, const int64_t* wcol) {
+  const int64_t up = a.count <= 8 ? a.count : ceil_div(a.count, ceil_div(a.count, 8));
+  switch (up) {
+    case 1: return nhwc_row_slide_up<T, VB, KW, 1>(a, q0, wcol);
+    case 2: return nhwc_row_slide_up<T, VB, KW, 2>(a, q0, wcol);
+    case 3: return nhwc_row_slide_up<T, VB, KW, 3>(a, q0, wcol);
+    case 4: return nhwc_row_slide_up<T, VB, KW, 4>(a, q0, wcol);
+    case 5: return nhwc_row_slide_up<T, VB, KW, 5>(a, q0, wcol);
+    case 6: return nhwc_row_slide_up<T, VB, KW, 6>(a, q0, wcol);
+    case 7: return nhwc_row_slide_up<T, VB, KW, 7>(a, q0, wcol);
+    default: return nhwc_row_slide_up<T, VB, KW, 8>(a, q0, wcol);
+  }
+}
+
+template <typename T, int VB, int UP, int UC>
+FB_AI void nhwc_slab(const NhwcRow<T>& a, const T* const* tsrc, const T* const* tw, int ntap, int64_t c0) {
+  const int64_t ps = a.step * a.C;
+  const T* bias = a.bias ? a.bias + c0 : nullptr;
+  if (UP > 1) {
+    FB_DW_FOR_BLOCKS(t, a.count, UP) {
+      nhwc_block<T, VB, UP, UC>(tsrc, tw, ntap, ps, t * ps + c0, c0, bias, a.dst + t * a.dst_step + c0, a.dst_step);
+    }
+  } else {
+    for (int64_t t = 0; t < a.count; ++t) {
+      nhwc_block<T, VB, 1, UC>(tsrc, tw, ntap, ps, t * ps + c0, c0, bias, a.dst + t * a.dst_step + c0, a.dst_step);
+    }
+  }
+}
+
+template <typename T, int VB>
+FB_AI void nhwc_row_generic(const NhwcRow<T>& a) {
+  constexpr int64_t L = VB / sizeof(T);
+  // Register blocks of 4 pixels x UC vectors (4 x 4 zmm with AVX-512, 4 x 2 with 16 registers);
+  // channels left over take 4 pixels x 1 vector; rows shorter than 4 pixels go one at a time.
+  constexpr int UC = VB == 64 ? 4 : 2;
+  const int ntap = a.nrows * a.ncol;
+  const T** tsrc = a.scratch;
+  const T** tw = a.scratch + ntap;
+  for (int k = 0, r = 0; r < a.nrows; ++r) {
+    for (int ci = 0; ci < a.ncol; ++ci, ++k) {
+      tsrc[k] = a.rows[r] + a.q[ci] * a.C;
+      tw[k] = a.wrows[r] + a.wcol[ci];
+    }
+  }
+  int64_t cb = 0;
+  if (a.count >= kUP) {
+    for (; cb + UC * L <= a.width; cb += UC * L) nhwc_slab<T, VB, kUP, UC>(a, tsrc, tw, ntap, cb);
+    for (; cb < a.width; cb += L) nhwc_slab<T, VB, kUP, 1>(a, tsrc, tw, ntap, std::min(cb, a.width - L));
+  } else {
+    for (; cb + UC * L <= a.width; cb += UC * L) nhwc_slab<T, VB, 1, UC>(a, tsrc, tw, ntap, cb);
+    for (; cb < a.width; cb += L) nhwc_slab<T, VB, 1, 1>(a, tsrc, tw, ntap, std::min(cb, a.width - L));
+  }
+}
+
+template <typename T, int VB>
+FB_AI void nhwc_row_impl(const NhwcRow<T>& a) {
+  // Sliding blocks need step 1 and column taps on consecutive source pixels (in any order).
+  if (a.step == 1 && (a.ncol == 3 || a.ncol == 5 || a.ncol == 7)) {
+    int64_t order[7], wcol[7];
+    for (int i = 0; i < a.ncol; ++i) order[i] = i;
+    std::sort(order, order + a.ncol, [&](int64_t x, int64_t y) { return a.q[x] < a.q[y]; });
+    const int64_t q0 = a.q[order[0]];
+    bool consecutive = true;
+    for (int i = 0; i < a.ncol; ++i) {
+      consecutive = consecutive && a.q[order[i]] == q0 + i;
+      wcol[i] = a.wcol[order[i]];
+    }
+    if (consecutive) {
+      if (a.ncol == 3) return nhwc_row_slide<T, VB, 3>(a, q0, wcol);
+      if (a.ncol == 5) return nhwc_row_slide<T, VB, 5>(a, q0, wcol);
+      return nhwc_row_slide<T, VB, 7>(a, q0, wcol);
+    }
+  }
+  nhwc_row_generic<T, VB>(a);
+}
+
+// dst[p * dstride + c] = src[p * sstride + c] for p < npix, c < width (width >= one vector).
+template <typename T, int VB>
+FB_AI void copy_pixels_impl(const T* src, int64_t sstride, T* dst, int64_t dstride, int64_t npix, int64_t width) {
+  constexpr int64_t L = VB / sizeof(T);
+  for (int64_t p = 0; p < npix; ++p) {
+    const T* s = src + p * sstride;
+    T* d = dst + p * dstride;
+    for (int64_t c = 0; c < width; c += L) {
+      const int64_t c0 = std::min(c, width - L);
+      vstore<T, VB>(d + c0, vload<T, VB>(s + c0));
+    }
+  }
+}
+
+// Weight gradient, channels_last, m == 1, over rows [r0, r1) of the flattened (n, oh):
+// D[t*C + c] += sum of g[n, oh, ow, c] * x[n, ih, iw, c] for tap t. Products are summed over one
+// row segment in T, added into the float scratch F (taps*C, zero on entry and exit) and moved
+// into D every few rows, so float sums stay short.
+template <typename T>
+struct NhwcWgrad {
+  const T* g;
+  const T* x;
+  int64_t N, C, H, W, OH, OW, KH, KW, sh, sw, ph, pw, dh, dw;
+  const int64_t* ow_lo;  // per kw: valid output columns [ow_lo, ow_hi)
+  const int64_t* ow_hi;
+};
+
+template <typename T, int VB>
+using IVec = Vec<std::conditional_t<sizeof(T) == 4, int32_t, int64_t>, VB>;
+
+// F[0 .. UC*L) += sum over ow in [lo, hi) of g[ow*C + .] * x[(ow*sw + off)*C + .]; lanes below
+// `skip` of the last vector are left out (they belong to the previous, overlapped vector).
+template <typename T, int VB, int UC>
+FB_AI void wgrad_segment(const T* g, const T* x, int64_t C, int64_t xs, int64_t lo, int64_t hi,
+                         T* F, int64_t skip) {
+  using V = Vec<T, VB>;
+  constexpr int64_t L = VB / sizeof(T);
+  V acc[4][UC] = {};
+  int64_t ow = lo;
+  for (; ow + 4 <= hi; ow += 4) {
+    const T* gp = g + ow * C;
+    const T* xp = x + ow * xs;
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) {
+#pragma GCC unroll 4
+      for (int c = 0; c < UC; ++c) acc[u][c] += vload<T, VB>(gp + u * C + c * L) * vload<T, VB>(xp + u * xs + c * L);
+    }
+  }
+  for (; ow < hi; ++ow) {
+#pragma GCC unroll 4
+    for (int c = 0; c < UC; ++c) acc[0][c] += vload<T, VB>(g + ow * C + c * L) * vload<T, VB>(x + ow * xs + c * L);
+  }
+#pragma GCC unroll 4
+  for (int c = 0; c < UC; ++c) {
+    V sum = (acc[0][c] + acc[1][c]) + (acc[2][c] + acc[3][c]);
+    if (skip > 0) {
+      using IV = IVec<T, VB>;
+      using I = std::remove_reference_t<decltype(IV{}[0])>;
+      IV lane;
+      for (int64_t l = 0; l < L; ++l) lane[l] = I(l);
+      sum = (V)((IV)sum & (IV)(lane >= I(skip)));
+    }
+    vstore<T, VB>(F + c * L, vload<T, VB>(F + c * L) + sum);
+  }
+}
+
+template <typename T, int VB, int UC>
+FB_AI void wgrad_slab(const NhwcWgrad<T>& a, const T* grow, int64_t r, int64_t c0, T* F, int64_t skip) {
+  const int64_t C = a.C, n = r / a.OH, oh = r % a.OH, xs = a.sw * C;
+  for (int64_t kh = 0; kh < a.KH; ++kh) {
+    const int64_t ih = oh * a.sh - a.ph + kh * a.dh;
+    if (ih < 0 || ih >= a.H) continue;
+    const T* xrow = a.x + (n * a.H + ih) * a.W * C + c0;
+    for (int64_t kw = 0; kw < a.KW; ++kw) {
+      if (a.ow_lo[kw] >= a.ow_hi[kw]) continue;
+      wgrad_segment<T, VB, UC>(grow + c0, xrow + (kw * a.dw - a.pw) * C, C, xs, a.ow_lo[kw], a.ow_hi[kw],
+                               F + (kh * a.KW + kw) * C + c0, skip);
+    }
+  }
+}
+
+template <typename T, int VB>
+FB_AI void nhwc_wgrad_impl(const NhwcWgrad<T>& a, int64_t r0, int64_t r1, T* F, double* D) {
+  constexpr int64_t L = VB / sizeof(T);
+  constexpr int UC = 2;  // 2 vectors x 4 pixels = 8 independent sums
+  const int64_t C = a.C, size = a.KH * a.KW * C;
+  const int64_t rows_per_flush = std::max<int64_t>(1, 64 / std::max<int64_t>(a.OW, 1));
+  int64_t pending = 0;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* grow = a.g + r * a.OW * C;
+    int64_t cb = 0;
+    for (; cb + UC * L <= C; cb += UC * L) wgrad_slab<T, VB, UC>(a, grow, r, cb, F, 0);
+    for (; cb + L <= C; cb += L) wgrad_slab<T, VB, 1>(a, grow, r, cb, F, 0);
+    if (cb < C) wgrad_slab<T, VB, 1>(a, grow, r, C - L, F, cb - (C - L));
+    if (++pending == rows_per_flush || r + 1 == r1) {
+      for (int64_t i = 0; i < size; ++i) {
+        D[i] += static_cast<double>(F[i]);
+        F[i] = T(0);
+      }
+      pending = 0;
+    }
+  }
+}
+
+// exp for float vectors: Cephes' expf polynomial after n = round(x / ln 2) (about 1 ulp, like
+// the Sleef exp behind ATen's vectorized SiLU); scalar expf would make a fused SiLU cost more
+// than the convolution.
+template <int VB>
+FB_AI Vec<float, VB> vexp(Vec<float, VB> x) {
+  using V = Vec<float, VB>;
+  using IV = Vec<int32_t, VB>;
+  x = x < V{} + 88.37626f ? x : V{} + 88.37626f;
+  x = x > V{} - 87.33654f ? x : V{} - 87.33654f;
+  const V magic = V{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const V t = x * 1.44269504f + magic;
+  const V n = t - magic;
+  const V r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  V p = V{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const IV e = ((IV)t - (IV)magic + 127) << 23;  // 2^n
+  return p * (V)e;
+}
+
+// In-place activation; the switch sits outside the loop so each case vectorizes.
+template <typename T, int VB>
+FB_AI void apply_act_impl(T* p, int64_t n, int act) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (act == int(Act::kSiLU)) {
+      using V = Vec<float, VB>;
+      constexpr int64_t L = VB / sizeof(float);
+      int64_t i = 0;
+      for (; i + L <= n; i += L) {
+        const V x = vload<float, VB>(p + i);
+        vstore<float, VB>(p + i, x / (1.0f + vexp<VB>(-x)));
+      }
+      for (; i < n; ++i) p[i] = act_forward<float>(p[i], act);
+      return;
+    }
+  }
+  switch (act) {
+#define FB_DW_ACT_CASE(A) \
+  case A:                 \
+    for (int64_t i = 0; i < n; ++i) p[i] = act_forward<T>(p[i], A); \
+    break;
+    FB_DW_ACT_CASE(1)
+    FB_DW_ACT_CASE(2)
+    FB_DW_ACT_CASE(3)
+    FB_DW_ACT_CASE(4)
+    FB_DW_ACT_CASE(5)
+#undef FB_DW_ACT_CASE
+    default:
+      break;
+  }
+}
+
+// ---- per-ISA instantiation --------------------------------------------------------------------
+
+template <typename T>
+struct Kernels {
+  void (*flat_conv)(const T*, const int64_t*, const T*, int, T, T*, int64_t);
+  void (*flat_dot)(const T*, const T*, const int64_t*, int, int64_t, double*);
+  void (*fill_phases)(const T*, const RowCopy*, int64_t, int64_t, T*);
+  void (*interleave2)(const T*, const T*, T*, int64_t);
+  void (*nhwc_row)(const NhwcRow<T>&);
+  void (*copy_pixels)(const T*, int64_t, T*, int64_t, int64_t, int64_t);
+  void (*nhwc_wgrad)(const NhwcWgrad<T>&, int64_t, int64_t, T*, double*);
+  void (*apply_act)(T*, int64_t, int);
+  int64_t lanes;
+};
+
+#define FB_DW_ISA_KERNELS(NS, VB)                                                             \
+  namespace NS {                                                                              \
+  template <typename T>                                                                       \
+  void flat_conv(const T* P, const int64_t* base, const T* w, int nt, T init, T* out,         \
+                 int64_t nflat) {                                                             \
+    flat_conv_impl<T, VB>(P, base, w, nt, init, out, nflat);                                  \
+  }                                                                                           \
+  template <typename T>                                                                       \
+  void flat_dot(const T* G, const T* P, const int64_t* base, int nt, int64_t nflat,           \
+                double* acc) {                                                                \
+    flat_dot_impl<T, VB>(G, P, base, nt, nflat, acc);                                         \
+  }                                                                                           \
+  template <typename T>                                                                       \
+  void fill_phases(const T* x, const RowCopy* ops, int64_t nops, int64_t sw, T* P) {          \
+    fill_phases_impl<T, VB>(x, ops, nops, sw, P);                                             \
+  }                                                                                           \
+  template <typename T>                                                                       \
+  void interleave2(const T* e, const T* o, T* row, int64_t n) {                               \
+    interleave2_impl<T, VB>(e, o, row, n);                                                    \
+  }                                                                                           \
+  template <typename T>                                                                       \
+  void nhwc_row(const NhwcRow<T>& a) {                                                        \
+    nhwc_row_impl<T, VB>(a);                                                                  \
+  }                                                                                           \
+  template <typename T>                                                                       \
+  void copy_pixels(const T* s, int64_t ss, T* d, int64_t ds, int64_t n, int64_t w) {          \
+    copy_pixels_impl<T, VB>(s, ss, d, ds, n, w);                                              \
+  }                                                                                           \
+  template <typename T>                                                                       \
+  void nhwc_wgrad(const NhwcWgrad<T>& a, int64_t r0, int64_t r1, T* F, double* D) {          \
+    nhwc_wgrad_impl<T, VB>(a, r0, r1, F, D);                                                  \
+  }                                                                                           \
+  template <typename T>                                                                       \
+  void apply_act(T* p, int64_t n, int act) {                                                  \
+    apply_act_impl<T, VB>(p, n, act);                                                         \
+  }                                                                                           \
+  template <typename T>                                                                       \
+  Kernels<T> table() {                                                                        \
+    return {&flat_conv<T>,  &flat_dot<T>,   &fill_phases<T>, &interleave2<T>,                  \
+            &nhwc_row<T>,   &copy_pixels<T>, &nhwc_wgrad<T>, &apply_act<T>,                      \
+            int64_t(VB / sizeof(T))};                                                         \
+  }                                                                                           \
+  }
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma,f16c")
+FB_DW_ISA_KERNELS(isa_avx512, 64)
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+FB_DW_ISA_KERNELS(isa_avx2, 32)
+#pragma GCC pop_options
+
+FB_DW_ISA_KERNELS(isa_sse2, 16)
+
+enum class Isa { kSse2, kAvx2, kAvx512 };
+
+Isa detect_isa() {
+  Isa best = Isa::kSse2;
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::kAvx2;
+  if (best == Isa::kAvx2 && __builtin_cpu_supports("avx512f")) best = Isa::kAvx512;
+  // A narrower ISA may be forced (tests); a wider one than the CPU has is ignored.
+  if (const char* env = std::getenv("FASTBLOCKS_CPU_ISA")) {
+    const std::string s(env);
+    if (s == "sse2") best = Isa::kSse2;
+    if (s == "avx2" && best == Isa::kAvx512) best = Isa::kAvx2;
+  }
+  return best;
+}
+
+template <typename T>
+const Kernels<T>& kernels() {
+  static const Kernels<T> k = [] {
+    switch (detect_isa()) {
+      case Isa::kAvx512:
+        return isa_avx512::table<T>();
+      case Isa::kAvx2:
+        return isa_avx2::table<T>();
+      default:
+        return isa_sse2::table<T>();
+    }
+  }();
+  return k;
+}
+
+// ---- geometry and argument checks ---------------------------------------------------------------
+
+struct Geom {
+  int64_t N, C, M, H, W, OH, OW, KH, KW, sh, sw, ph, pw, dh, dw;
+  int64_t OC() const { return C * M; }
+  int64_t taps() const { return KH * KW; }
+};
+
+std::pair<int64_t, int64_t> pair_arg(at::IntArrayRef v, const char* op, const char* name) {
+  TORCH_CHECK(v.size() == 2, op, ": ", name, " must have 2 elements, got ", v.size());
+  return {v[0], v[1]};
+}
+
+void set_conv_args(Geom& g, const char* op, at::IntArrayRef stride, at::IntArrayRef padding,
+                   at::IntArrayRef dilation) {
+  std::tie(g.sh, g.sw) = pair_arg(stride, op, "stride");
+  std::tie(g.ph, g.pw) = pair_arg(padding, op, "padding");
+  std::tie(g.dh, g.dw) = pair_arg(dilation, op, "dilation");
+  TORCH_CHECK(g.sh >= 1 && g.sw >= 1, op, ": stride must be >= 1, got ", stride);
+  TORCH_CHECK(g.ph >= 0 && g.pw >= 0, op, ": padding must be >= 0, got ", padding);
+  TORCH_CHECK(g.dh >= 1 && g.dw >= 1, op, ": dilation must be >= 1, got ", dilation);
+}
+
+at::MemoryFormat mem_format(bool channels_last) {
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+void check_layout(const at::Tensor& t, const char* op, const char* name, bool channels_last) {
+  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be 4-d (N, C, H, W), got ", t.dim(), "-d");
+  TORCH_CHECK(t.is_contiguous(mem_format(channels_last)), op, ": ", name, " must be contiguous",
+              channels_last ? " in channels_last" : " (NCHW)", " memory format since channels_last=",
+              channels_last ? "True" : "False");
+}
+
+void check_weight(const at::Tensor& w, const char* op, int64_t OC, at::ScalarType dtype) {
+  TORCH_CHECK(w.dim() == 4 && w.size(1) == 1 && w.size(0) == OC, op,
+              ": weight must have shape (", OC, ", 1, KH, KW), got ", w.sizes());
+  TORCH_CHECK(w.size(2) >= 1 && w.size(3) >= 1, op, ": kernel size must be >= 1, got ", w.sizes());
+  TORCH_CHECK(w.is_contiguous(), op, ": weight must be contiguous");
+  TORCH_CHECK(w.scalar_type() == dtype, op, ": weight dtype ", w.scalar_type(),
+              " differs from the input dtype ", dtype);
+}
+
+// Work (multiply-adds) below which a task is not worth its own thread.
+constexpr int64_t kTaskWork = 1 << 15;
+int64_t grain_for(int64_t work_per_task) {
+  return std::max<int64_t>(1, kTaskWork / std::max<int64_t>(1, work_per_task));
+}
+
+// ---- NCHW forward ---------------------------------------------------------------------------------
+
+// Scratch geometry of the forward and weight-gradient passes. Planes of one channel for several
+// images sit at a fixed stride in the scratch; the 1-d tap sum then runs over all of them at
+// once (small planes, e.g. 7x7, would otherwise pay per-plane overhead many times over).
+struct PhasePlan {
+  int64_t A, PW, nflat, pstride;
+  int64_t NB;                 // images per task
+  std::vector<int64_t> base;  // per tap (kh, kw)
+  std::vector<RowCopy> rows;  // what fill_phases copies from each plane
+  int64_t flat_len(int64_t nb, int64_t lanes) const { return round_up((nb - 1) * pstride + nflat, lanes); }
+  // base[t] + flat_len(NB) never passes NB * pstride + PW + lanes.
+  int64_t scratch_size(int64_t lanes) const { return NB * pstride + PW + lanes; }
+};
+
+// Stack images while the scratch stays within ~64 KB (L2-resident).
+constexpr int64_t kStackElems = 16384;
+
+PhasePlan phase_plan(const Geom& g) {
+  PhasePlan s;
+  const int64_t qh_max = ((g.KH - 1) * g.dh) / g.sh, qw_max = ((g.KW - 1) * g.dw) / g.sw;
+  const int64_t A = g.OH + qh_max, PW = g.OW + qw_max;
+  s.A = A;
+  s.PW = PW;
+  s.nflat = g.OH * PW;
+  s.pstride = g.sh * g.sw * A * PW;
+  s.NB = std::clamp<int64_t>(kStackElems / std::max<int64_t>(s.pstride, 1), 1, std::max<int64_t>(g.N, 1));
+  s.base.resize(g.taps());
+  for (int64_t kh = 0; kh < g.KH; ++kh) {
+    for (int64_t kw = 0; kw < g.KW; ++kw) {
+      const int64_t b = (kh * g.dh) % g.sh, qh = (kh * g.dh) / g.sh;
+      const int64_t p = (kw * g.dw) % g.sw, qw = (kw * g.dw) / g.sw;
+      s.base[kh * g.KW + kw] = ((b * g.sw + p) * A + qh) * PW + qw;
+    }
+  }
+  for (int64_t b = 0; b < g.sh; ++b) {
+    for (int64_t a = 0; a < A; ++a) {
+      const int64_t ih = a * g.sh + b - g.ph;
+      if (ih < 0 || ih >= g.H) continue;
+      for (int64_t p = 0; p < g.sw; ++p) {
+        const int64_t jlo = std::clamp<int64_t>(ceil_div(g.pw - p, g.sw), 0, PW);
+        const int64_t jhi = std::clamp<int64_t>(floor_div(g.W - 1 + g.pw - p, g.sw) + 1, jlo, PW);
+        if (jhi > jlo) {
+          s.rows.push_back({ih * g.W + jlo * g.sw + p - g.pw, ((b * g.sw + p) * A + a) * PW + jlo, jhi - jlo});
+        }
+      }
+    }
+  }
+  return s;
+}
+
+// A plane of scalar_t as T: itself when the types agree, else converted into tmp.
+template <typename T, typename scalar_t>
+const T* plane_as(const scalar_t* x, int64_t n, std::vector<T>& tmp) {
+  if constexpr (std::is_same_v<T, scalar_t>) {
+    return x;
+  } else {
+    tmp.resize(n);
+    for (int64_t i = 0; i < n; ++i) tmp[i] = static_cast<T>(x[i]);
+    return tmp.data();
+  }
+}
+
+// Copies rows of n elements; short rows (7x7 layers) by a plain loop rather than a call.
+template <typename T, typename scalar_t>
+void copy_rows(const T* src, int64_t sstride, scalar_t* dst, int64_t dstride, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* s = src + r * sstride;
+    scalar_t* d = dst + r * dstride;
+    if (std::is_same_v<T, scalar_t> && n > 32) {
+      std::memcpy(d, s, n * sizeof(T));
+    } else {
+      for (int64_t i = 0; i < n; ++i) d[i] = static_cast<scalar_t>(s[i]);
+    }
+  }
+}
+
+template <typename scalar_t>
+void forward_nchw(const at::Tensor& x, const at::Tensor& weight, const at::Tensor* bias,
+                  const Geom& g, int act, at::Tensor& y) {
+  using T = at::opmath_type<scalar_t>;
+  const Kernels<T>& k = kernels<T>();
+  const PhasePlan s = phase_plan(g);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* wp = weight.const_data_ptr<scalar_t>();
+  const scalar_t* bp = bias ? bias->const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+  const int64_t nt = g.taps(), NB = s.NB, groups = ceil_div(g.N, NB);
+  at::parallel_for(0, g.C * groups, grain_for(NB * g.M * s.nflat * nt), [&](int64_t begin, int64_t end) {
+    std::vector<T> P(s.scratch_size(k.lanes), T(0)), out(s.flat_len(NB, k.lanes)), w(nt), tmp;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t c = task / groups, n0 = (task % groups) * NB, nb = std::min(NB, g.N - n0);
+      for (int64_t i = 0; i < nb; ++i) {
+        k.fill_phases(plane_as<T>(xp + ((n0 + i) * g.C + c) * g.H * g.W, g.H * g.W, tmp), s.rows.data(),
+                      int64_t(s.rows.size()), g.sw, P.data() + i * s.pstride);
+      }
+      const int64_t len = s.flat_len(nb, k.lanes);
+      for (int64_t j = 0; j < g.M; ++j) {
+        const int64_t oc = c * g.M + j;
+        for (int64_t t = 0; t < nt; ++t) w[t] = static_cast<T>(wp[oc * nt + t]);
+        const T init = bp ? static_cast<T>(bp[oc]) : T(0);
+        k.flat_conv(P.data(), s.base.data(), w.data(), int(nt), init, out.data(), len);
+        if (act) k.apply_act(out.data(), len, act);
+        for (int64_t i = 0; i < nb; ++i) {
+          copy_rows(out.data() + i * s.pstride, s.PW, yp + ((n0 + i) * g.OC() + oc) * g.OH * g.OW, g.OW,
+                    g.OH, g.OW);
+        }
+      }
+    }
+  });
+}
+
+// ---- NCHW input gradient -------------------------------------------------------------------------
+
+template <typename scalar_t>
+void backward_input_nchw(const at::Tensor& grad, const at::Tensor& weight, const Geom& g,
+                         at::Tensor& gx) {
+  using T = at::opmath_type<scalar_t>;
+  const Kernels<T>& k = kernels<T>();
+  const int64_t lanes = k.lanes;
+  // Zero-padded gradient planes G[i][j][LH + oh][LW + ow] (image i of the task, multiplier
+  // index j); input pixel (sh*a + rb, sw*t + rp) reads G[i][j][a + qh + LH][t + qw + LW] for the
+  // taps of its residue class: a 1-d sum over f = i*gslot + a*GW + t.
+  const int64_t LH = std::max<int64_t>(0, -floor_div(g.ph - (g.KH - 1) * g.dh, g.sh));
+  const int64_t LW = std::max<int64_t>(0, -floor_div(g.pw - (g.KW - 1) * g.dw, g.sw));
+  const int64_t qh_max = floor_div(g.sh - 1 + g.ph, g.sh), qw_max = floor_div(g.sw - 1 + g.pw, g.sw);
+  const int64_t GH = std::max(LH + g.OH, LH + qh_max + ceil_div(g.H, g.sh));
+  const int64_t GW = std::max(LW + g.OW, LW + qw_max + ceil_div(g.W, g.sw));
+  const int64_t gplane = GH * GW, gslot = g.M * gplane;
+  const int64_t NB = std::clamp<int64_t>(kStackElems / gslot, 1, g.N);
+  const int64_t groups = ceil_div(g.N, NB);
+  const int64_t gsize = NB * gslot + GW + lanes;
+  const int64_t Amax = ceil_div(g.H, g.sh);
+  const int64_t olen = round_up((NB - 1) * gslot + Amax * GW, lanes);
+  const int64_t nres_h = std::min(g.sh, g.H), nres_w = std::min(g.sw, g.W);
+  // Taps of each residue class (rb, rp): weight index (j, kh, kw) and scratch offset.
+  const int64_t nt = g.taps();
+  std::vector<std::vector<int64_t>> rtap(nres_h * nres_w), rbase(nres_h * nres_w);
+  for (int64_t rb = 0; rb < nres_h; ++rb) {
+    for (int64_t rp = 0; rp < nres_w; ++rp) {
+      for (int64_t kh = 0; kh < g.KH; ++kh) {
+        const int64_t vh = rb + g.ph - kh * g.dh;
+        if (floor_mod(vh, g.sh) != 0) continue;
+        for (int64_t kw = 0; kw < g.KW; ++kw) {
+          const int64_t vw = rp + g.pw - kw * g.dw;
+          if (floor_mod(vw, g.sw) != 0) continue;
+          for (int64_t j = 0; j < g.M; ++j) {
+            rtap[rb * nres_w + rp].push_back(j * nt + kh * g.KW + kw);
+            rbase[rb * nres_w + rp].push_back(j * gplane + (floor_div(vh, g.sh) + LH) * GW + floor_div(vw, g.sw) + LW);
+          }
+        }
+      }
+    }
+  }
+  const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+  const scalar_t* wp = weight.const_data_ptr<scalar_t>();
+  scalar_t* op = gx.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, g.C * groups, grain_for(NB * g.M * g.H * g.W * nt), [&](int64_t begin, int64_t end) {
+    std::vector<T> G(gsize, T(0)), out(nres_w * olen), wc(g.M * nt), w(g.M * nt), tmp, row(g.W);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t c = task / groups, n0 = (task % groups) * NB, nb = std::min(NB, g.N - n0);
+      for (int64_t i = 0; i < nb; ++i) {
+        for (int64_t j = 0; j < g.M; ++j) {
+          const T* src = plane_as<T>(gp + ((n0 + i) * g.OC() + c * g.M + j) * g.OH * g.OW, g.OH * g.OW, tmp);
+          copy_rows(src, g.OW, G.data() + i * gslot + j * gplane + LH * GW + LW, GW, g.OH, g.OW);
+        }
+      }
+      for (int64_t q = 0; q < g.M * nt; ++q) wc[q] = static_cast<T>(wp[c * g.M * nt + q]);
+      for (int64_t rb = 0; rb < nres_h; ++rb) {
+        const int64_t Ar = ceil_div(g.H - rb, g.sh);
+        for (int64_t rp = 0; rp < nres_w; ++rp) {
+          const std::vector<int64_t>& taps = rtap[rb * nres_w + rp];
+          for (size_t q = 0; q < taps.size(); ++q) w[q] = wc[taps[q]];
+          k.flat_conv(G.data(), rbase[rb * nres_w + rp].data(), w.data(), int(taps.size()), T(0),
+                      out.data() + rp * olen, round_up((nb - 1) * gslot + Ar * GW, lanes));
+        }
+        // Input row sh*a + rb gathers its column residues back together.
+        for (int64_t i = 0; i < nb; ++i) {
+          scalar_t* gxp = op + ((n0 + i) * g.C + c) * g.H * g.W;
+          for (int64_t a = 0; a < Ar; ++a) {
+            scalar_t* dst = gxp + (a * g.sh + rb) * g.W;
+            const T* o = out.data() + i * gslot + a * GW;
+            if (nres_w == 1) {
+              copy_rows(o, 0, dst, 0, 1, g.W);
+            } else if (nres_w == 2) {
+              k.interleave2(o, o + olen, row.data(), g.W);
+              copy_rows(row.data(), 0, dst, 0, 1, g.W);
+            } else {
+              for (int64_t iw = 0; iw < g.W; ++iw) {
+                dst[iw] = static_cast<scalar_t>(o[(iw % g.sw) * olen + iw / g.sw]);
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// ---- NCHW weight gradient ------------------------------------------------------------------------
+
+template <typename scalar_t>
+void backward_weight_nchw(const at::Tensor& grad, const at::Tensor& x, const Geom& g,
+                          at::Tensor& gw) {
+  using T = at::opmath_type<scalar_t>;
+  const Kernels<T>& k = kernels<T>();
+  const int64_t L = k.lanes;
+  const PhasePlan s = phase_plan(g);
+  const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* op = gw.mutable_data_ptr<scalar_t>();
+  const int64_t nt = g.taps(), NB = s.NB, gsz = s.flat_len(NB, L);
+  // One task per input channel: its m output channels' sums never leave the task, so the
+  // order of additions is fixed.
+  at::parallel_for(0, g.C, grain_for(g.N * g.M * s.nflat * nt), [&](int64_t begin, int64_t end) {
+    // Gf: the gradient planes laid out like the scratch's output positions, zero elsewhere, so
+    // the dot products ignore the extra columns and the gaps between stacked planes.
+    std::vector<T> P(s.scratch_size(L), T(0)), Gf(g.M * gsz, T(0)), tmp;
+    std::vector<double> D(g.M * nt * L);
+    for (int64_t c = begin; c < end; ++c) {
+      std::fill(D.begin(), D.end(), 0.0);
+      for (int64_t n0 = 0; n0 < g.N; n0 += NB) {
+        const int64_t nb = std::min(NB, g.N - n0);
+        for (int64_t i = 0; i < nb; ++i) {
+          k.fill_phases(plane_as<T>(xp + ((n0 + i) * g.C + c) * g.H * g.W, g.H * g.W, tmp), s.rows.data(),
+                        int64_t(s.rows.size()), g.sw, P.data() + i * s.pstride);
+          for (int64_t j = 0; j < g.M; ++j) {
+            const T* src = plane_as<T>(gp + ((n0 + i) * g.OC() + c * g.M + j) * g.OH * g.OW, g.OH * g.OW, tmp);
+            copy_rows(src, g.OW, Gf.data() + j * gsz + i * s.pstride, s.PW, g.OH, g.OW);
+          }
+        }
+        if (nb < NB) {  // a short last group: clear the planes the previous group left behind
+          for (int64_t j = 0; j < g.M; ++j) {
+            std::fill(Gf.begin() + j * gsz + nb * s.pstride, Gf.begin() + (j + 1) * gsz, T(0));
+          }
+        }
+        for (int64_t j = 0; j < g.M; ++j) {
+          k.flat_dot(Gf.data() + j * gsz, P.data(), s.base.data(), int(nt), s.flat_len(nb, L), D.data() + j * nt * L);
+        }
+      }
+      for (int64_t i = 0; i < g.M * nt; ++i) {
+        double sum = 0;
+        for (int64_t l = 0; l < L; ++l) sum += D[i * L + l];
+        op[c * g.M * nt + i] = static_cast<scalar_t>(sum);
+      }
+    }
+  });
+}
+
+// ---- channels_last (m == 1, C >= one vector) -----------------------------------------------------
+
+// Work split of the channels_last row kernels: tasks (image, channel chunk, band of rows); bands
+// only split images when there are too few (image, chunk) pairs to fill the threads. Images
+// that stream from memory (over 1 MB) take all channels in one chunk, so rows are read and
+// written contiguously (8x144x56x56 3x3: 1.3-1.4x faster than 64-channel chunks); smaller ones
+// take as many 4-vector slabs as keep the chunk's ring of padded source rows within 64 KB
+// (8x672x14x14 5x5 and 8x960x7x7 5x5: 1.15x faster than one chunk), measured by sweep.
+struct RowSplit {
+  int64_t nch, nbands, rows;
+  int64_t tasks(int64_t N) const { return N * nch * nbands; }
+};
+
+RowSplit row_split(int64_t N, int64_t rows, int64_t C, int64_t lanes, int64_t ring_pixels, int64_t elem,
+                   int64_t image_bytes) {
+  const int64_t ring_bytes = image_bytes > (int64_t(1) << 20) ? int64_t(512) << 10 : int64_t(64) << 10;
+  RowSplit s;
+  s.rows = rows;
+  const int64_t slabs = std::max<int64_t>(1, C / (4 * lanes));
+  const int64_t per_chunk = std::clamp<int64_t>(ring_bytes / (std::max<int64_t>(ring_pixels, 1) * 4 * lanes * elem), 1, slabs);
+  s.nch = std::max<int64_t>(1, slabs / per_chunk);
+  s.nbands = std::clamp<int64_t>(ceil_div(8 * at::get_num_threads(), N * s.nch), 1, std::max<int64_t>(rows, 1));
+  return s;
+}
+
+// Chunk k of nch (nch <= C / (4 * lanes)): whole 4-vector slabs; the last chunk takes the tail.
+std::pair<int64_t, int64_t> chunk_range(int64_t k, int64_t nch, int64_t C, int64_t lanes) {
+  const int64_t slab = 4 * lanes, slabs = C / slab;
+  const int64_t c0 = (k * slabs / nch) * slab;
+  const int64_t c1 = k + 1 == nch ? C : ((k + 1) * slabs / nch) * slab;
+  return {c0, c1};
+}
+
+// Calls fn(n, row, c0, c1) for every row of every task in [begin, end), rows in order.
+template <typename F>
+void for_task_rows(const RowSplit& s, int64_t C, int64_t lanes, int64_t begin, int64_t end, const F& fn) {
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t band = task % s.nbands, ck = (task / s.nbands) % s.nch, n = task / (s.nbands * s.nch);
+    const auto [c0, c1] = chunk_range(ck, s.nch, C, lanes);
+    for (int64_t r = band * s.rows / s.nbands; r < (band + 1) * s.rows / s.nbands; ++r) fn(n, r, c0, c1);
+  }
+}
+
+// A 64-byte aligned buffer (vector loads from std::vector storage would straddle cache lines).
+template <typename T>
+struct AlignedBuf {
+  std::vector<T> store;
+  T* ptr = nullptr;
+  explicit AlignedBuf(int64_t n) : store(n + 64 / sizeof(T)) {
+    const auto addr = reinterpret_cast<uintptr_t>(store.data());
+    ptr = store.data() + ((64 - addr % 64) % 64) / sizeof(T);
+  }
+};
+
+// wT[t][c] = weight[c][t] in T (by hand: a few ATen calls would cost more than a 7x7 layer).
+template <typename T>
+AlignedBuf<T> tap_major(const at::Tensor& weight, const Geom& g) {
+  AlignedBuf<T> wT(g.taps() * g.OC());
+  FB_DISPATCH_FLOATING(weight.scalar_type(), "depthwise", [&] {
+    const scalar_t* w = weight.const_data_ptr<scalar_t>();
+    for (int64_t c = 0; c < g.OC(); ++c) {
+      for (int64_t t = 0; t < g.taps(); ++t) wT.ptr[t * g.OC() + c] = static_cast<T>(w[c * g.taps() + t]);
+    }
+  });
+  return wT;
+}
+
+template <typename T>
+AlignedBuf<T> to_aligned(const at::Tensor& v) {
+  AlignedBuf<T> out(v.numel());
+  FB_DISPATCH_FLOATING(v.scalar_type(), "depthwise", [&] {
+    const scalar_t* p = v.const_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < v.numel(); ++i) out.ptr[i] = static_cast<T>(p[i]);
+  });
+  return out;
+}
+
+// Zero-padded copies of the source rows one task reads, for its channel chunk, in a ring of
+// `span` rows: each source row is copied once and serves every output row that needs it, and
+// the row kernels never meet a border. Source pixel s sits at padded pixel s + off; the pixels
+// outside the source stay zero (the same ones for every row, so they are zeroed once).
+template <typename T>
+struct PaddedRows {
+  int64_t span, Wp, off, stride;
+  AlignedBuf<T> buf;
+  std::vector<int64_t> tag;
+  PaddedRows(int64_t span_, int64_t Wp_, int64_t off_, int64_t stride_)
+      : span(span_), Wp(Wp_), off(off_), stride(stride_), buf(span_ * Wp_ * stride_), tag(span_) {
+    reset();
+  }
+  void reset() { std::fill(tag.begin(), tag.end(), std::numeric_limits<int64_t>::min()); }
+  // Row `row` of the current image and chunk; src: its pixel 0 at the chunk's first channel.
+  const T* get(const Kernels<T>& k, int64_t row, const T* src, int64_t src_pixels, int64_t src_stride,
+               int64_t width) {
+    const int64_t slot = floor_mod(row, span);
+    T* d = buf.ptr + slot * Wp * stride;
+    if (tag[slot] != row) {
+      const int64_t p0 = std::max<int64_t>(0, -off), p1 = std::min(src_pixels, Wp - off);
+      if (p1 > p0) k.copy_pixels(src + p0 * src_stride, src_stride, d + (p0 + off) * stride, stride, p1 - p0, width);
+      tag[slot] = row;
+    }
+    return d;
+  }
+};
+
+int64_t max_chunk_width(const RowSplit& s, int64_t C, int64_t lanes) {
+  int64_t w = 0;
+  for (int64_t k = 0; k < s.nch; ++k) {
+    const auto [c0, c1] = chunk_range(k, s.nch, C, lanes);
+    w = std::max(w, c1 - c0);
+  }
+  return w;
+}
+
+template <typename T>
+void forward_nhwc(const at::Tensor& x, const at::Tensor& weight, const at::Tensor* bias,
+                  const Geom& g, int act, at::Tensor& y) {
+  const Kernels<T>& k = kernels<T>();
+  const AlignedBuf<T> wT = tap_major<T>(weight, g);
+  const AlignedBuf<T> bT = bias ? to_aligned<T>(*bias) : AlignedBuf<T>(0);
+  const T* xp = x.const_data_ptr<T>();
+  const T* wp = wT.ptr;
+  const T* bp = bias ? bT.ptr : nullptr;
+  T* yp = y.mutable_data_ptr<T>();
+  const int64_t C = g.C;
+  // Padded input rows: output column t, tap kw reads padded pixel t*sw + kw*dw (input column
+  // t*sw + kw*dw - pw).
+  std::vector<int64_t> q(g.KW), wcol(g.KW);
+  for (int64_t kw = 0; kw < g.KW; ++kw) {
+    q[kw] = kw * g.dw;
+    wcol[kw] = kw * C;
+  }
+  const int64_t Wp = (g.OW - 1) * g.sw + (g.KW - 1) * g.dw + 1, span = (g.KH - 1) * g.dh + 1;
+  const RowSplit split = row_split(g.N, g.OH, C, k.lanes, span * Wp, sizeof(T), g.H * g.W * C * sizeof(T));
+  const int64_t stride = max_chunk_width(split, C, k.lanes);
+  const int64_t work = g.OH / split.nbands * g.OW * (C / split.nch) * g.taps();
+  at::parallel_for(0, split.tasks(g.N), grain_for(work), [&](int64_t begin, int64_t end) {
+    std::vector<const T*> rp(g.KH), wr(g.KH), scratch(2 * g.taps());
+    PaddedRows<T> pad(span, Wp, g.pw, stride);
+    int64_t cur_n = -1, cur_c = -1;
+    for_task_rows(split, C, k.lanes, begin, end, [&](int64_t n, int64_t oh, int64_t c0, int64_t c1) {
+      if (n != cur_n || c0 != cur_c) {
+        pad.reset();
+        cur_n = n;
+        cur_c = c0;
+      }
+      int nrows = 0;
+      for (int64_t kh = 0; kh < g.KH; ++kh) {
+        const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
+        if (ih < 0 || ih >= g.H) continue;
+        rp[nrows] = pad.get(k, ih, xp + (n * g.H + ih) * g.W * C + c0, g.W, C, c1 - c0);
+        wr[nrows++] = wp + kh * g.KW * C + c0;
+      }
+      T* dst = yp + (n * g.OH + oh) * g.OW * C + c0;
+      NhwcRow<T> a{rp.data(), wr.data(), nrows, q.data(), wcol.data(), int(g.KW), g.sw, g.OW,
+                   dst, C, stride, c1 - c0, bp ? bp + c0 : nullptr, scratch.data()};
+      k.nhwc_row(a);
+      if (act) {
+        for (int64_t ow = 0; ow < g.OW; ++ow) k.apply_act(dst + ow * C, c1 - c0, act);
+      }
+    });
+  });
+}
+
+template <typename T>
+void backward_input_nhwc(const at::Tensor& grad, const at::Tensor& weight, const Geom& g,
+                         at::Tensor& gx) {
+  const Kernels<T>& k = kernels<T>();
+  const AlignedBuf<T> wT = tap_major<T>(weight, g);
+  const T* gp = grad.const_data_ptr<T>();
+  const T* wp = wT.ptr;
+  T* op = gx.mutable_data_ptr<T>();
+  const int64_t C = g.C;
+  // Column taps of each residue class rp = iw % sw: iw = rp + sw*t reads gradient column q + t.
+  const int64_t nres = std::min(g.sw, g.W);
+  std::vector<std::vector<int64_t>> q(nres), wcol(nres);
+  int64_t qmin = 0, qmax = 0;
+  bool any = false;
+  for (int64_t rp = 0; rp < nres; ++rp) {
+    for (int64_t kw = 0; kw < g.KW; ++kw) {
+      const int64_t v = rp + g.pw - kw * g.dw;
+      if (floor_mod(v, g.sw) != 0) continue;
+      const int64_t qq = floor_div(v, g.sw);
+      qmin = any ? std::min(qmin, qq) : qq;
+      qmax = any ? std::max(qmax, qq) : qq;
+      any = true;
+      q[rp].push_back(qq);
+      wcol[rp].push_back(kw * C);
+    }
+  }
+  // Padded gradient rows: gradient column ow at padded pixel ow - qmin.
+  for (auto& v : q) {
+    for (auto& qq : v) qq -= qmin;
+  }
+  const int64_t Wp = std::max<int64_t>(1, qmax - qmin + ceil_div(g.W, g.sw));
+  const int64_t span = (g.KH - 1) * g.dh / g.sh + 2;
+  const RowSplit split = row_split(g.N, g.H, C, k.lanes, span * Wp, sizeof(T), g.H * g.W * C * sizeof(T));
+  const int64_t stride = max_chunk_width(split, C, k.lanes);
+  const int64_t work = g.H / split.nbands * g.W * (C / split.nch) * ceil_div(g.KH, g.sh) * ceil_div(g.KW, g.sw);
+  at::parallel_for(0, split.tasks(g.N), grain_for(work), [&](int64_t begin, int64_t end) {
+    std::vector<const T*> rows(g.KH), wr(g.KH), scratch(2 * g.taps());
+    PaddedRows<T> pad(span, Wp, -qmin, stride);
+    int64_t cur_n = -1, cur_c = -1;
+    for_task_rows(split, C, k.lanes, begin, end, [&](int64_t n, int64_t ih, int64_t c0, int64_t c1) {
+      if (n != cur_n || c0 != cur_c) {
+        pad.reset();
+        cur_n = n;
+        cur_c = c0;
+      }
+      int nrows = 0;
+      for (int64_t kh = 0; kh < g.KH; ++kh) {
+        const int64_t v = ih + g.ph - kh * g.dh;
+        if (floor_mod(v, g.sh) != 0) continue;
+        const int64_t oh = floor_div(v, g.sh);
+        if (oh < 0 || oh >= g.OH) continue;
+        rows[nrows] = pad.get(k, oh, gp + (n * g.OH + oh) * g.OW * C + c0, g.OW, C, c1 - c0);
+        wr[nrows++] = wp + kh * g.KW * C + c0;
+      }
+      for (int64_t rp = 0; rp < nres; ++rp) {
+        NhwcRow<T> a{rows.data(), wr.data(), nrows, q[rp].data(), wcol[rp].data(), int(q[rp].size()),
+                     1, ceil_div(g.W - rp, g.sw), op + ((n * g.H + ih) * g.W + rp) * C + c0, g.sw * C,
+                     stride, c1 - c0, nullptr, scratch.data()};
+        k.nhwc_row(a);
+      }
+    });
+  });
+}
+
+template <typename T>
+void backward_weight_nhwc(const at::Tensor& grad, const at::Tensor& x, const Geom& g,
+                          at::Tensor& gwT) {
+  const Kernels<T>& k = kernels<T>();
+  const int64_t C = g.C, nt = g.taps();
+  std::vector<int64_t> lo(g.KW), hi(g.KW);
+  for (int64_t kw = 0; kw < g.KW; ++kw) {
+    const int64_t off = kw * g.dw - g.pw;
+    lo[kw] = std::clamp<int64_t>(ceil_div(-off, g.sw), 0, g.OW);
+    hi[kw] = std::clamp<int64_t>(floor_div(g.W - 1 - off, g.sw) + 1, lo[kw], g.OW);
+  }
+  NhwcWgrad<T> a{grad.const_data_ptr<T>(), x.const_data_ptr<T>(), g.N, C, g.H, g.W, g.OH, g.OW,
+                 g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, lo.data(), hi.data()};
+  T* op = gwT.mutable_data_ptr<T>();  // (C, taps)
+  // Rows split into a fixed number of chunks (never depending on the thread count), each summed
+  // by one task, then the chunks added in order: deterministic and cache-friendly (a chunk
+  // walks whole rows, all channels).
+  const int64_t rows = g.N * g.OH, size = nt * C;
+  const int64_t K = std::clamp<int64_t>(std::min<int64_t>(16, (int64_t(1) << 22) / (size * 8)), 1, rows);
+  std::vector<double> D(K * size, 0.0);
+  at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> F(size, T(0));
+    for (int64_t kc = begin; kc < end; ++kc) {
+      k.nhwc_wgrad(a, kc * rows / K, (kc + 1) * rows / K, F.data(), D.data() + kc * size);
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t t = 0; t < nt; ++t) {
+      double sum = 0;
+      for (int64_t kc = 0; kc < K; ++kc) sum += D[kc * size + t * C + c];
+      op[c * nt + t] = static_cast<T>(sum);
+    }
+  }
+}
+
+// channels_last runs natively for m == 1 and at least one vector of channels.
+bool nhwc_native(const Geom& g, at::ScalarType dtype) {
+  const int64_t lanes = dtype == at::kDouble ? kernels<double>().lanes : kernels<float>().lanes;
+  return g.M == 1 && g.C >= lanes;
+}
+
+// The native channels_last kernels compute in float or double; fp16/bf16 go through float copies.
+at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// ---- ops ----------------------------------------------------------------------------------------
+
+at::Tensor depthwise_forward(const at::Tensor& x, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                             at::IntArrayRef padding, at::IntArrayRef dilation,
+                             at::IntArrayRef out_size, int64_t act, bool channels_last) {
+  constexpr const char* op = "depthwise_forward";
+  check_act(act);
+  check_layout(x, op, "x", channels_last);
+  Geom g{};
+  g.N = x.size(0);
+  g.C = x.size(1);
+  g.H = x.size(2);
+  g.W = x.size(3);
+  TORCH_CHECK(g.C >= 1, op, ": x must have at least one channel");
+  TORCH_CHECK(weight.dim() == 4 && weight.size(0) >= g.C && weight.size(0) % g.C == 0, op,
+              ": weight must have shape (C*m, 1, KH, KW) with C = ", g.C, ", got ", weight.sizes());
+  g.M = weight.size(0) / g.C;
+  check_weight(weight, op, g.OC(), x.scalar_type());
+  g.KH = weight.size(2);
+  g.KW = weight.size(3);
+  set_conv_args(g, op, stride, padding, dilation);
+  std::tie(g.OH, g.OW) = pair_arg(out_size, op, "out_size");
+  TORCH_CHECK(g.OH >= 0 && g.OW >= 0, op, ": out_size must be >= 0, got ", out_size);
+  const at::Tensor* b = nullptr;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.OC(), op, ": bias must have shape (",
+                g.OC(), ",), got ", bias->sizes());
+    TORCH_CHECK(bias->is_contiguous(), op, ": bias must be contiguous");
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), op, ": bias dtype ", bias->scalar_type(),
+                " differs from the input dtype ", x.scalar_type());
+    b = &*bias;
+  }
+  at::Tensor y = at::empty({g.N, g.OC(), g.OH, g.OW}, x.options().memory_format(mem_format(channels_last)));
+  if (y.numel() == 0) return y;
+  const int a = static_cast<int>(act);
+  if (channels_last && nhwc_native(g, x.scalar_type())) {
+    const at::ScalarType ct = compute_type(x.scalar_type());
+    const at::Tensor xc = x.to(ct);
+    at::Tensor yc = x.scalar_type() == ct ? y : at::empty_like(y, y.options().dtype(ct));
+    if (ct == at::kDouble) {
+      forward_nhwc<double>(xc, weight, b, g, a, yc);
+    } else {
+      forward_nhwc<float>(xc, weight, b, g, a, yc);
+    }
+    if (!yc.is_same(y)) y.copy_(yc);
+    return y;
+  }
+  const at::Tensor xc = x.contiguous();
+  at::Tensor yc = channels_last ? at::empty({g.N, g.OC(), g.OH, g.OW}, x.options()) : y;
+  FB_DISPATCH_FLOATING(x.scalar_type(), op, [&] { forward_nchw<scalar_t>(xc, weight, b, g, a, yc); });
+  if (!yc.is_same(y)) y.copy_(yc);
+  return y;
+}
+
+// in_size is (H, W), meaning multiplier 1 (C = grad channels), or (C, H, W): grad and weight alone
+// cannot tell C from m.
+at::Tensor depthwise_backward_input(const at::Tensor& grad, const at::Tensor& weight,
+                                    at::IntArrayRef in_size, at::IntArrayRef stride,
+                                    at::IntArrayRef padding, at::IntArrayRef dilation,
+                                    bool channels_last) {
+  constexpr const char* op = "depthwise_backward_input";
+  check_layout(grad, op, "grad", channels_last);
+  Geom g{};
+  g.N = grad.size(0);
+  const int64_t OC = grad.size(1);
+  g.OH = grad.size(2);
+  g.OW = grad.size(3);
+  TORCH_CHECK(in_size.size() == 2 || in_size.size() == 3, op,
+              ": in_size must be (H, W) or (C, H, W), got ", in_size);
+  g.C = in_size.size() == 3 ? in_size[0] : OC;
+  g.H = in_size[in_size.size() - 2];
+  g.W = in_size[in_size.size() - 1];
+  TORCH_CHECK(g.C >= 1 && OC >= g.C && OC % g.C == 0, op, ": grad has ", OC,
+              " channels, not a multiple of the ", g.C, " input channels");
+  TORCH_CHECK(g.H >= 0 && g.W >= 0, op, ": in_size must be >= 0, got ", in_size);
+  g.M = OC / g.C;
+  check_weight(weight, op, OC, grad.scalar_type());
+  g.KH = weight.size(2);
+  g.KW = weight.size(3);
+  set_conv_args(g, op, stride, padding, dilation);
+  at::Tensor gx = at::empty({g.N, g.C, g.H, g.W}, grad.options().memory_format(mem_format(channels_last)));
+  if (gx.numel() == 0) return gx;
+  if (g.OH == 0 || g.OW == 0) return gx.zero_();
+  if (channels_last && nhwc_native(g, grad.scalar_type())) {
+    const at::ScalarType ct = compute_type(grad.scalar_type());
+    const at::Tensor gc = grad.to(ct);
+    at::Tensor xc = grad.scalar_type() == ct ? gx : at::empty_like(gx, gx.options().dtype(ct));
+    if (ct == at::kDouble) {
+      backward_input_nhwc<double>(gc, weight, g, xc);
+    } else {
+      backward_input_nhwc<float>(gc, weight, g, xc);
+    }
+    if (!xc.is_same(gx)) gx.copy_(xc);
+    return gx;
+  }
+  const at::Tensor gc = grad.contiguous();
+  at::Tensor xc = channels_last ? at::empty({g.N, g.C, g.H, g.W}, grad.options()) : gx;
+  FB_DISPATCH_FLOATING(grad.scalar_type(), op, [&] { backward_input_nchw<scalar_t>(gc, weight, g, xc); });
+  if (!xc.is_same(gx)) gx.copy_(xc);
+  return gx;
+}
+
+at::Tensor depthwise_backward_weight(const at::Tensor& grad, const at::Tensor& x,
+                                     at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, at::IntArrayRef dilation,
+                                     bool channels_last) {
+  constexpr const char* op = "depthwise_backward_weight";
+  check_layout(grad, op, "grad", channels_last);
+  check_layout(x, op, "x", channels_last);
+  TORCH_CHECK(grad.scalar_type() == x.scalar_type(), op, ": grad dtype ", grad.scalar_type(),
+              " differs from x dtype ", x.scalar_type());
+  Geom g{};
+  g.N = x.size(0);
+  g.C = x.size(1);
+  g.H = x.size(2);
+  g.W = x.size(3);
+  const int64_t OC = grad.size(1);
+  TORCH_CHECK(grad.size(0) == g.N, op, ": grad batch ", grad.size(0), " differs from x batch ", g.N);
+  TORCH_CHECK(g.C >= 1 && OC >= g.C && OC % g.C == 0, op, ": grad has ", OC,
+              " channels, not a multiple of x's ", g.C);
+  g.M = OC / g.C;
+  g.OH = grad.size(2);
+  g.OW = grad.size(3);
+  std::tie(g.KH, g.KW) = pair_arg(kernel_size, op, "kernel_size");
+  TORCH_CHECK(g.KH >= 1 && g.KW >= 1, op, ": kernel_size must be >= 1, got ", kernel_size);
+  set_conv_args(g, op, stride, padding, dilation);
+  at::Tensor gw = at::zeros({OC, 1, g.KH, g.KW}, x.options());
+  if (g.N == 0 || g.OH == 0 || g.OW == 0 || g.H == 0 || g.W == 0) return gw;
+  if (channels_last && nhwc_native(g, x.scalar_type())) {
+    const at::ScalarType ct = compute_type(x.scalar_type());
+    const at::Tensor gc = grad.to(ct), xc = x.to(ct);
+    at::Tensor wc = x.scalar_type() == ct ? gw : at::empty_like(gw, gw.options().dtype(ct));
+    if (ct == at::kDouble) {
+      backward_weight_nhwc<double>(gc, xc, g, wc);
+    } else {
+      backward_weight_nhwc<float>(gc, xc, g, wc);
+    }
+    if (!wc.is_same(gw)) gw.copy_(wc);
+    return gw;
+  }
+  const at::Tensor gc = grad.contiguous(), xc = x.contiguous();
+  FB_DISPATCH_FLOATING(x.scalar_type(), op, [&] { backward_weight_nchw<scalar_t>(gc, xc, g, gw); });
+  return gw;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastblocks_C, CPU, m) {
+  m.impl("depthwise_forward", &depthwise_forward);
+  m.impl("depthwise_backward_input", &depthwise_backward_input);
+  m.impl("depthwise_backward_weight", &depthwise_backward_weight);
+}
+
+}  // namespace fastblocks::cpu
