@@ -2,34 +2,33 @@
 // groups=C) followed by an activation, its input gradient and its weight gradient, for NCHW and
 // channels_last, any kernel size, stride, dilation, top/left padding and channel multiplier.
 //
-// NCHW: every (n, c) plane is first copied (and converted to the accumulation type) into a
-// zero-padded scratch plane split into stride phases, P[row % sh][col % sw][row / sh][col / sw].
-// In that layout each kernel tap reads a contiguous run that starts at a fixed offset, so the
-// whole output plane becomes one 1-d sum over taps, out[f] = sum_t w_t * P[base_t + f], with f
-// running over output rows of the scratch width (the few columns past OW are computed and
-// dropped). The inner loop has no branch and no border case, and is register-blocked over
-// 8 vectors. The input gradient is the same 1-d sum per residue class of (ih % sh, iw % sw)
-// over a zero-padded copy of the gradient planes; the weight gradient is a dot product per tap
-// of the (zero-columned) gradient plane with the same shifted runs.
-// channels_last: vectors run over channels (contiguous), 8 output pixels at a time through the
-// interior of a row, one at a time with bounds checks at its borders; the weight gradient keeps
-// one vector block of channels per task. Multiplier m > 1 and C below one vector take the NCHW
-// path through a layout copy (rare in real networks).
+// NCHW: each (n, c) plane is copied (and converted to the accumulation type) into a zero-padded
+// scratch split into stride phases, P[row % sh][col % sw][row / sh][col / sw]. There every
+// kernel tap reads a contiguous run at a fixed offset, so a whole output plane is one 1-d sum,
+// out[f] = sum_t w_t * P[base_t + f], f running over output rows of the scratch width (the few
+// columns past OW are computed and dropped): no branch, no border case, 8 vectors in registers.
+// Planes of one channel for several images share a call where the gaps between them are small.
+// The input gradient is the same sum per residue class (ih % sh, iw % sw) over zero-padded
+// gradient planes; the weight gradient is a dot product per tap of the gradient plane (zero in
+// the dropped columns) with the same runs.
+// channels_last: vectors run over channels. Each task (image, channel chunk, band of rows)
+// keeps zero-padded copies of the source rows it reads in a small ring, so no output pixel is
+// a border case; stride-1 rows use sliding blocks (up to 8 pixels x one vector, every source
+// vector loaded once and multiplied by all kernel columns in registers), other rows 4 pixels x
+// 4 vectors. The weight gradient walks whole rows over all channels, in a fixed number of row
+// chunks. Multiplier m > 1, and C below one vector, go through the NCHW kernels and a layout
+// copy (rare in real networks).
 //
 // Vectors are GCC vector extensions compiled three times (AVX-512, AVX2+FMA, SSE2) in
 // `#pragma GCC target` regions and picked once at run time, so the binary runs on any x86-64;
-// FASTBLOCKS_CPU_ISA=avx512|avx2|sse2 forces a narrower one (tests use it to cover all three).
-// fp16/bf16 accumulate in float, fp32 in float, fp64 in double; the weight gradient sums every
-// row or 1024-element chunk in the accumulation type and adds those partials in double. Every
-// output element is produced by one task in a fixed order, so results do not depend on the
-// number of threads.
+// FASTBLOCKS_CPU_ISA=avx2|sse2 forces a narrower one (tests use it to cover all three).
+// fp16/bf16 accumulate in float, fp32 in float, fp64 in double. Weight-gradient sums run 16-64
+// products per lane in the accumulation type, then add up in double; every output element is
+// produced by one task in a fixed order, so results do not depend on the number of threads.
+// Known deviation: with inf/NaN in x, the NCHW weight-gradient kernel (also behind channels_last
+// when m > 1 or C < one vector) can return NaN for taps that eager keeps finite: the dropped
+// columns multiply zero gradients by x.
 //
-// Measured (2-core AMD EPYC with AVX-512, torch 2.13, 2 threads, fp32, batch 1, median time
-// ratio eager / fastblocks through the public op; bench/results/cpu-amd-epyc-2t/
-// ops-depthwise_conv2d.json): forward 1.10x-1.62x on NCHW layers (240x28x28 5x5: 1.48x;
-// 480x14x14 3x3: 1.62x), 0.81x-1.33x channels_last; fwd+bwd 1.24x-11.4x on 5x5 layers, but
-// 0.64x-0.95x on 3x3 480x14x14, where the fixed cost of the registered op's Python autograd
-// path outweighs the kernels.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -712,25 +711,32 @@ int64_t grain_for(int64_t work_per_task) {
 struct PhasePlan {
   int64_t A, PW, nflat, pstride;
   int64_t NB;                 // images per task
+  bool joint;                 // one 1-d sum across the stacked planes (gaps between them small)
   std::vector<int64_t> base;  // per tap (kh, kw)
   std::vector<RowCopy> rows;  // what fill_phases copies from each plane
   int64_t flat_len(int64_t nb, int64_t lanes) const { return round_up((nb - 1) * pstride + nflat, lanes); }
-  // base[t] + flat_len(NB) never passes NB * pstride + PW + lanes.
+  // base[t] + flat_len(nb) never passes NB * pstride + PW + lanes; outputs stay below NB * pstride.
   int64_t scratch_size(int64_t lanes) const { return NB * pstride + PW + lanes; }
 };
 
 // Stack images while the scratch stays within ~64 KB (L2-resident).
 constexpr int64_t kStackElems = 16384;
 
-PhasePlan phase_plan(const Geom& g) {
+PhasePlan phase_plan(const Geom& g, int64_t lanes) {
   PhasePlan s;
   const int64_t qh_max = ((g.KH - 1) * g.dh) / g.sh, qw_max = ((g.KW - 1) * g.dw) / g.sw;
   const int64_t A = g.OH + qh_max, PW = g.OW + qw_max;
   s.A = A;
   s.PW = PW;
   s.nflat = g.OH * PW;
-  s.pstride = g.sh * g.sw * A * PW;
+  // Plane stride: a whole number of vectors past the phase planes, so a plane's output run
+  // rounded up to whole vectors stays inside its own (zero-padded) slot.
+  s.pstride = round_up(g.sh * g.sw * A * PW, lanes) + lanes;
   s.NB = std::clamp<int64_t>(kStackElems / std::max<int64_t>(s.pstride, 1), 1, std::max<int64_t>(g.N, 1));
+  // Summing across the gaps between stacked planes is wasted work: worth one call only while the
+  // gaps stay under a quarter of the outputs (stride 1); stride-2 phase planes are 4x larger
+  // than their outputs and go plane by plane.
+  s.joint = 4 * (s.pstride - s.nflat) <= s.nflat;
   s.base.resize(g.taps());
   for (int64_t kh = 0; kh < g.KH; ++kh) {
     for (int64_t kw = 0; kw < g.KW; ++kw) {
@@ -786,27 +792,35 @@ void forward_nchw(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
                   const Geom& g, int act, at::Tensor& y) {
   using T = at::opmath_type<scalar_t>;
   const Kernels<T>& k = kernels<T>();
-  const PhasePlan s = phase_plan(g);
+  const PhasePlan s = phase_plan(g, k.lanes);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   const scalar_t* wp = weight.const_data_ptr<scalar_t>();
   const scalar_t* bp = bias ? bias->const_data_ptr<scalar_t>() : nullptr;
   scalar_t* yp = y.mutable_data_ptr<scalar_t>();
   const int64_t nt = g.taps(), NB = s.NB, groups = ceil_div(g.N, NB);
   at::parallel_for(0, g.C * groups, grain_for(NB * g.M * s.nflat * nt), [&](int64_t begin, int64_t end) {
-    std::vector<T> P(s.scratch_size(k.lanes), T(0)), out(s.flat_len(NB, k.lanes)), w(nt), tmp;
+    std::vector<T> P(s.scratch_size(k.lanes), T(0)), out(NB * s.pstride), w(nt), tmp;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t c = task / groups, n0 = (task % groups) * NB, nb = std::min(NB, g.N - n0);
       for (int64_t i = 0; i < nb; ++i) {
         k.fill_phases(plane_as<T>(xp + ((n0 + i) * g.C + c) * g.H * g.W, g.H * g.W, tmp), s.rows.data(),
                       int64_t(s.rows.size()), g.sw, P.data() + i * s.pstride);
       }
-      const int64_t len = s.flat_len(nb, k.lanes);
+      const int64_t len = s.flat_len(nb, k.lanes), plane_len = s.flat_len(1, k.lanes);
       for (int64_t j = 0; j < g.M; ++j) {
         const int64_t oc = c * g.M + j;
         for (int64_t t = 0; t < nt; ++t) w[t] = static_cast<T>(wp[oc * nt + t]);
         const T init = bp ? static_cast<T>(bp[oc]) : T(0);
-        k.flat_conv(P.data(), s.base.data(), w.data(), int(nt), init, out.data(), len);
-        if (act) k.apply_act(out.data(), len, act);
+        if (s.joint) {
+          k.flat_conv(P.data(), s.base.data(), w.data(), int(nt), init, out.data(), len);
+          if (act) k.apply_act(out.data(), len, act);
+        } else {
+          for (int64_t i = 0; i < nb; ++i) {
+            T* o = out.data() + i * s.pstride;
+            k.flat_conv(P.data() + i * s.pstride, s.base.data(), w.data(), int(nt), init, o, plane_len);
+            if (act) k.apply_act(o, s.nflat, act);
+          }
+        }
         for (int64_t i = 0; i < nb; ++i) {
           copy_rows(out.data() + i * s.pstride, s.PW, yp + ((n0 + i) * g.OC() + oc) * g.OH * g.OW, g.OW,
                     g.OH, g.OW);
@@ -832,12 +846,17 @@ void backward_input_nchw(const at::Tensor& grad, const at::Tensor& weight, const
   const int64_t qh_max = floor_div(g.sh - 1 + g.ph, g.sh), qw_max = floor_div(g.sw - 1 + g.pw, g.sw);
   const int64_t GH = std::max(LH + g.OH, LH + qh_max + ceil_div(g.H, g.sh));
   const int64_t GW = std::max(LW + g.OW, LW + qw_max + ceil_div(g.W, g.sw));
-  const int64_t gplane = GH * GW, gslot = g.M * gplane;
+  // Slot stride of one image: whole vectors plus one, so per-image output runs rounded up to
+  // whole vectors stay inside their slot.
+  const int64_t gplane = GH * GW, gslot = round_up(g.M * gplane, lanes) + lanes;
   const int64_t NB = std::clamp<int64_t>(kStackElems / gslot, 1, g.N);
   const int64_t groups = ceil_div(g.N, NB);
   const int64_t gsize = NB * gslot + GW + lanes;
   const int64_t Amax = ceil_div(g.H, g.sh);
-  const int64_t olen = round_up((NB - 1) * gslot + Amax * GW, lanes);
+  const int64_t olen = NB * gslot;
+  // As in the forward: one sum across the stacked images only while the gaps between them stay
+  // under a quarter of their outputs.
+  const bool joint = 4 * (gslot - Amax * GW) <= Amax * GW;
   const int64_t nres_h = std::min(g.sh, g.H), nres_w = std::min(g.sw, g.W);
   // Taps of each residue class (rb, rp): weight index (j, kh, kw) and scratch offset.
   const int64_t nt = g.taps();
@@ -877,8 +896,15 @@ void backward_input_nchw(const at::Tensor& grad, const at::Tensor& weight, const
         for (int64_t rp = 0; rp < nres_w; ++rp) {
           const std::vector<int64_t>& taps = rtap[rb * nres_w + rp];
           for (size_t q = 0; q < taps.size(); ++q) w[q] = wc[taps[q]];
-          k.flat_conv(G.data(), rbase[rb * nres_w + rp].data(), w.data(), int(taps.size()), T(0),
-                      out.data() + rp * olen, round_up((nb - 1) * gslot + Ar * GW, lanes));
+          if (joint) {
+            k.flat_conv(G.data(), rbase[rb * nres_w + rp].data(), w.data(), int(taps.size()), T(0),
+                        out.data() + rp * olen, round_up((nb - 1) * gslot + Ar * GW, lanes));
+          } else {
+            for (int64_t i = 0; i < nb; ++i) {
+              k.flat_conv(G.data() + i * gslot, rbase[rb * nres_w + rp].data(), w.data(), int(taps.size()), T(0),
+                          out.data() + rp * olen + i * gslot, round_up(Ar * GW, lanes));
+            }
+          }
         }
         // Input row sh*a + rb gathers its column residues back together.
         for (int64_t i = 0; i < nb; ++i) {
@@ -911,11 +937,11 @@ void backward_weight_nchw(const at::Tensor& grad, const at::Tensor& x, const Geo
   using T = at::opmath_type<scalar_t>;
   const Kernels<T>& k = kernels<T>();
   const int64_t L = k.lanes;
-  const PhasePlan s = phase_plan(g);
+  const PhasePlan s = phase_plan(g, L);
   const scalar_t* gp = grad.const_data_ptr<scalar_t>();
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   scalar_t* op = gw.mutable_data_ptr<scalar_t>();
-  const int64_t nt = g.taps(), NB = s.NB, gsz = s.flat_len(NB, L);
+  const int64_t nt = g.taps(), NB = s.NB, gsz = NB * s.pstride;
   // One task per input channel: its m output channels' sums never leave the task, so the
   // order of additions is fixed.
   at::parallel_for(0, g.C, grain_for(g.N * g.M * s.nflat * nt), [&](int64_t begin, int64_t end) {
@@ -941,7 +967,14 @@ void backward_weight_nchw(const at::Tensor& grad, const at::Tensor& x, const Geo
           }
         }
         for (int64_t j = 0; j < g.M; ++j) {
-          k.flat_dot(Gf.data() + j * gsz, P.data(), s.base.data(), int(nt), s.flat_len(nb, L), D.data() + j * nt * L);
+          if (s.joint) {
+            k.flat_dot(Gf.data() + j * gsz, P.data(), s.base.data(), int(nt), s.flat_len(nb, L), D.data() + j * nt * L);
+          } else {
+            for (int64_t i = 0; i < nb; ++i) {
+              k.flat_dot(Gf.data() + j * gsz + i * s.pstride, P.data() + i * s.pstride, s.base.data(), int(nt),
+                         s.flat_len(1, L), D.data() + j * nt * L);
+            }
+          }
         }
       }
       for (int64_t i = 0; i < g.M * nt; ++i) {
