@@ -15,7 +15,7 @@ def _extension():
     from torch.utils import cpp_extension as ce
 
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
-    sources = ["csrc/ops.cpp"] + rel("csrc/cpu/*.cpp")
+    sources = ["csrc/ops.cpp"] + rel("csrc/cpu/*.cpp") + rel("csrc/autograd/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     # -fopenmp: at::parallel_for in our headers only spreads work over threads when the
     # extension itself is compiled with OpenMP.

@@ -1,7 +1,8 @@
 // Every schema of fastblocks._C, in one place. Kernels register per device in
 // csrc/cpu/<family>.cpp (CPU) and csrc/cuda/<family>.cpp (CUDA). These ops are the raw kernels:
 // autograd, fake kernels and argument checking live in fastblocks/ops/<family>.py, which calls
-// them from the public `fastblocks::` ops.
+// them from the public `fastblocks::` ops. The exception is csrc/autograd/<family>.cpp: C++
+// autograd nodes for plain eager training, where a Python one costs more than the kernels.
 //
 // Layout contract shared with the Triton launchers: 4-d inputs arrive contiguous in the
 // memory format named by `channels_last`, and outputs are returned contiguous in that format.
@@ -36,4 +37,9 @@ TORCH_LIBRARY(fastblocks_C, m) {
   m.def(
       "depthwise_backward_weight(Tensor grad, Tensor x, int[2] kernel_size, int[2] stride, "
       "int[2] padding, int[2] dilation, bool channels_last) -> Tensor");
+  // depthwise_forward with its autograd node in C++ (csrc/autograd/depthwise.cpp): the plain
+  // eager training path of the cpu and cuda backends, whose backward runs the three ops above.
+  m.def(
+      "depthwise_train(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, int[2] out_size, int act, bool channels_last) -> Tensor");
 }

@@ -139,6 +139,22 @@ def resolve(family: str, device: torch.device, c_op: str | None = None) -> str:
     """
     name = _selected.get()
     dev = device.type
+    # Memoized: called for every kernel launch. The key holds everything the answer reads
+    # that can change while the process runs (the interpreter switch only matters to triton
+    # on CPU tensors; reading the environment costs microseconds).
+    interpret = _extension.triton_interpret() if name == "triton" and dev == "cpu" else None
+    key = (name, family, dev, c_op, AUTO_CUDA_ORDER.get(family), interpret, _extension.C_ERROR,
+           _extension.TRITON_ERROR)
+    resolved = _resolved.get(key)
+    if resolved is None:
+        resolved = _resolved[key] = _resolve(name, family, dev, c_op)
+    return resolved
+
+
+_resolved: dict[tuple, str] = {}
+
+
+def _resolve(name: str, family: str, dev: str, c_op: str | None) -> str:
     if name != "auto":
         reason = why_unavailable(name, dev, c_op if name in ("cpu", "cuda") else None)
         if reason is not None:

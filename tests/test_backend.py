@@ -112,9 +112,10 @@ def test_backward_runs_on_the_backend_selected_at_forward(monkeypatch):
     assert x.grad is not None
 
 
-def test_direct_call_only_for_plain_eager_inference(monkeypatch):
-    """Plain eager inference calls the kernels directly; anything needing autograd, fake
-    tensors or tracing goes through the registered op."""
+def test_registered_op_only_when_more_than_plain_eager(monkeypatch):
+    """Plain eager inference calls the kernels and plain eager training an autograd.Function
+    around them; fake tensors and tracing go through the registered op. All give one result,
+    and a second derivative raises on both paths instead of coming out silently wrong."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from fastblocks.ops import activation as act_mod
@@ -124,13 +125,21 @@ def test_direct_call_only_for_plain_eager_inference(monkeypatch):
     monkeypatch.setattr(act_mod, "_activation_op", lambda *a: calls.append(1) or real(*a))
     x = torch.randn(4, 5)
     direct = ops.silu(x)
-    assert calls == []
     with torch.no_grad():
         ops.silu(x.requires_grad_())
-    assert calls == []
-    via_op = ops.silu(x)  # requires grad now
-    assert calls == [1] and via_op.grad_fn is not None
-    torch.testing.assert_close(direct, via_op.detach(), rtol=0, atol=0)
+    trained = ops.silu(x)  # requires grad now
+    assert calls == [] and type(trained.grad_fn).__name__ == "ActivationFunctionBackward"
+    via_op = real(x, 5)
+    assert via_op.grad_fn is not None
+    for y in (direct, trained, via_op):
+        torch.testing.assert_close(y.detach(), direct, rtol=0, atol=0)
+    (g_direct,) = torch.autograd.grad(trained.sum(), x)
+    (g_op,) = torch.autograd.grad(via_op.sum(), x)
+    torch.testing.assert_close(g_direct, g_op, rtol=0, atol=0)
+    for y in (ops.silu(x), real(x, 5)):
+        (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError):
+            g.sum().backward()
     with FakeTensorMode() as mode:
         fake = ops.silu(mode.from_tensor(torch.randn(2, 3)))
-    assert calls == [1, 1] and type(fake).__name__ == "FakeTensor"
+    assert calls == [1] and type(fake).__name__ == "FakeTensor"

@@ -9,6 +9,7 @@ from torch import nn
 
 import fastblocks
 from fastblocks.ops import depthwise_conv2d
+from fastblocks.ops._activation_codes import activation_code
 from fastblocks.ops.depthwise import reference_depthwise_conv2d
 from fastblocks.testing import needs_reference
 from tolerances import KERNEL_BACKENDS_CPU, KERNEL_BACKENDS_CUDA, assert_parity
@@ -162,7 +163,8 @@ def test_gradcheck(backend):
     fast = backend == "triton"
     n, h, w = (1, 5, 4) if fast else (2, 6, 7)
     for pad, stride, dil, act, k in (("same", 1, 1, "silu", (3, 3)), (1, 2, 1, None, (3, 3)),
-                                     ((0, 2), 1, 2, "hardswish", (2, 3))):
+                                     ((0, 2), 1, 2, "hardswish", (2, 3)),
+                                     (1, 1, 1, "relu6", (3, 1))):
         x = torch.randn(n, 3, h, w, dtype=torch.float64, requires_grad=True)
         wt = torch.randn(6, 1, *k, dtype=torch.float64, requires_grad=True)
         b = torch.randn(6, dtype=torch.float64, requires_grad=True)
@@ -179,13 +181,54 @@ def test_opcheck(backend):
     b = torch.randn(8, dtype=torch.float64, requires_grad=True)
     with fastblocks.backend(backend):
         for xx in (x, x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()):
-            torch.library.opcheck(torch.ops.fastblocks.depthwise_conv2d.default,
-                                  (xx, w, b, [1, 1], [1, 0], [1, 1], [9, 7], 5))
+            for act in (5, 2):  # silu: backward recomputes z; relu6: backward reads y
+                torch.library.opcheck(torch.ops.fastblocks.depthwise_conv2d.default,
+                                      (xx, w, b, [1, 1], [1, 0], [1, 1], [9, 7], act))
             g = torch.randn(2, 8, 9, 7, dtype=torch.float64)
-            for bias, mask in ((b.detach(), [True, True, True]), (None, [True, False, False]),
-                               (None, [False, True, False])):
+            for mask in ([True, True, True], [True, False, False], [False, True, False]):
                 torch.library.opcheck(torch.ops.fastblocks.depthwise_conv2d_backward.default,
-                                      (g, xx.detach(), w.detach(), bias, [1, 1], [1, 0], [1, 1], 5, mask))
+                                      (g, xx.detach(), w.detach(), [1, 1], [1, 0], [1, 1], mask))
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS_CPU)
+def test_training_paths_agree(backend):
+    """Plain eager training runs a C++ autograd node around the kernels (cpu and cuda
+    backends) or a Python autograd.Function (triton); the registered op runs the Python
+    autograd functions through the dispatcher. relu/relu6 stay fused (backward reads the
+    output), hardswish/hardsigmoid/silu run as a second pass (backward reads the saved
+    pre-activation). Every route gives eager's values and gradients, and none a silent second
+    derivative."""
+    torch.manual_seed(3)
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64)
+    w = torch.randn(8, 1, 3, 3, dtype=torch.float64)
+    b = torch.randn(8, dtype=torch.float64)
+    g = torch.randn(2, 8, 7, 6, dtype=torch.float64)
+    with fastblocks.backend(backend):
+        for act, fused_node in (("relu6", True), ("relu", True), ("silu", False),
+                                ("hardswish", False), ("hardsigmoid", False), (None, True)):
+            leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+            ref = F.conv2d(leaves[0], leaves[1], leaves[2], 1, 1, 1, 4)
+            ref = ref if act is None else getattr(F, act)(ref)
+            expected = (ref, *torch.autograd.grad(ref, leaves, g))
+            y = depthwise_conv2d(*leaves, 1, 1, activation=act)
+            node = y.grad_fn.name()
+            if backend == "cpu":
+                assert "DepthwiseTrain" in node, node
+            else:
+                assert node == ("DepthwiseConv2dFunctionBackward" if fused_node
+                                else "ActivationFunctionBackward"), (act, node)
+            torch.testing.assert_close((y, *torch.autograd.grad(y, leaves, g)), expected)
+            code = activation_code(act)
+
+            def registered():
+                return torch.ops.fastblocks.depthwise_conv2d(*leaves, [1, 1], [1, 1], [1, 1],
+                                                             [7, 6], code)
+            y = registered()
+            torch.testing.assert_close((y, *torch.autograd.grad(y, leaves, g)), expected)
+            for y in (registered(), depthwise_conv2d(*leaves, 1, 1, activation=act)):
+                (gx,) = torch.autograd.grad(y, leaves[0], g, create_graph=True)
+                with pytest.raises(RuntimeError):  # no second derivative, not a silent one
+                    gx.sum().backward()
 
 
 @pytest.mark.parametrize("backend", ("cpu", "triton"))

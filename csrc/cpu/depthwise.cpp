@@ -915,8 +915,12 @@ void backward_input_nchw(const at::Tensor& grad, const at::Tensor& weight, const
             if (nres_w == 1) {
               copy_rows(o, 0, dst, 0, 1, g.W);
             } else if (nres_w == 2) {
-              k.interleave2(o, o + olen, row.data(), g.W);
-              copy_rows(row.data(), 0, dst, 0, 1, g.W);
+              if constexpr (std::is_same_v<T, scalar_t>) {
+                k.interleave2(o, o + olen, dst, g.W);
+              } else {
+                k.interleave2(o, o + olen, row.data(), g.W);
+                copy_rows(row.data(), 0, dst, 0, 1, g.W);
+              }
             } else {
               for (int64_t iw = 0; iw < g.W; ++iw) {
                 dst[iw] = static_cast<scalar_t>(o[(iw % g.sw) * olen + iw / g.sw]);
@@ -1231,8 +1235,13 @@ void backward_weight_nhwc(const at::Tensor& grad, const at::Tensor& x, const Geo
   // Rows split into a fixed number of chunks (never depending on the thread count), each summed
   // by one task, then the chunks added in order: deterministic and cache-friendly (a chunk
   // walks whole rows, all channels).
+  // Chunk count: a power of two from the work (2 for a 14x14x576 layer, 16 from 4M multiply-
+  // adds up), capped so the per-chunk double sums stay within 4 MB.
   const int64_t rows = g.N * g.OH, size = nt * C;
-  const int64_t K = std::clamp<int64_t>(std::min<int64_t>(16, (int64_t(1) << 22) / (size * 8)), 1, rows);
+  const int64_t work = rows * g.OW * size;
+  int64_t K = 2;
+  while (K < 16 && (K << 19) <= work) K *= 2;
+  K = std::clamp<int64_t>(std::min<int64_t>(K, (int64_t(1) << 22) / (size * 8)), 1, rows);
   std::vector<double> D(K * size, 0.0);
   at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> F(size, T(0));

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .._backend import capture, restored
 from ._dispatch import run_kernel
-from ._fastpath import direct_call_ok
+from ._fastpath import direct_autograd, direct_call_ok, plain_eager
 from ._activation_codes import ACTIVATION_NAMES, activation_code
 from ._layout import as_dense, like_layout
 from ._validate import check_same, check_tensor
@@ -65,7 +65,7 @@ def run_backward(grad: Tensor, x: Tensor, act: int) -> Tensor:
 
 @torch.library.custom_op("fastblocks::activation", mutates_args=())
 def _activation_op(x: Tensor, act: int) -> Tensor:
-    # apply_activation calls run_forward directly for plain eager inference (_fastpath)
+    # plain eager code calls run_forward without this op (see _fastpath)
     return run_forward(as_dense(x), act)
 
 
@@ -80,11 +80,15 @@ def _check_backward_args(grad: Tensor, x: Tensor) -> None:
         raise ValueError(f"grad has shape {tuple(grad.shape)} but x has {tuple(x.shape)}")
 
 
-@torch.library.custom_op("fastblocks::activation_backward", mutates_args=())
-def _activation_backward_op(grad: Tensor, x: Tensor, act: int) -> Tensor:
+def _backward_impl(grad: Tensor, x: Tensor, act: int) -> Tensor:
     _check_backward_args(grad, x)
     x = as_dense(x)
     return run_backward(like_layout(grad, x), x, act)
+
+
+@torch.library.custom_op("fastblocks::activation_backward", mutates_args=())
+def _activation_backward_op(grad: Tensor, x: Tensor, act: int) -> Tensor:
+    return _backward_impl(grad, x, act)
 
 
 @_activation_backward_op.register_fake
@@ -100,13 +104,21 @@ def _setup_context(ctx, inputs, output) -> None:
     capture(ctx)
 
 
-def _backward(ctx, grad: Tensor):
-    (x,) = ctx.saved_tensors
-    with restored(ctx):
-        return _activation_backward_op(grad, x, ctx.act), None
+def _make_backward(backward_kernel):
+    def backward(ctx, grad: Tensor):
+        (x,) = ctx.saved_tensors
+        with restored(ctx):
+            return backward_kernel(grad, x, ctx.act), None
+    return backward
 
 
-torch.library.register_autograd("fastblocks::activation", _backward, setup_context=_setup_context)
+torch.library.register_autograd("fastblocks::activation", _make_backward(_activation_backward_op),
+                                setup_context=_setup_context)
+
+# plain eager training: the same autograd functions around direct kernel calls (_fastpath)
+_activation_direct = direct_autograd(
+    "ActivationFunction", lambda x, act: run_forward(as_dense(x), act), _setup_context,
+    _make_backward(_backward_impl))
 
 
 # ---- public functions ------------------------------------------------------------------------
@@ -120,7 +132,7 @@ def apply_activation(x: Tensor, activation: str | None) -> Tensor:
     code = activation_code(activation)
     if direct_call_ok(x):
         return run_forward(as_dense(x), code)
-    return _activation_op(x, code)
+    return (_activation_direct if plain_eager(x) else _activation_op)(x, code)
 
 
 def hardswish(x: Tensor) -> Tensor:

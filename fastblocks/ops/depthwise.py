@@ -6,9 +6,11 @@ eval-mode depthwise -> BatchNorm (folded into weight and bias) -> activation cha
 pass over memory (MobileNetV1/V2/V3, EfficientNet, MnasNet, ShuffleNet, Xception).
 
 Registered ops: ``fastblocks::depthwise_conv2d`` and its backward
-``fastblocks::depthwise_conv2d_backward`` (input, weight and bias gradients in one op). The
-backward of a fused activation recomputes the pre-activation with one more forward pass
-instead of storing it: the same memory as an unfused conv that saves only its input.
+``fastblocks::depthwise_conv2d_backward`` (input, weight and bias gradients in one op, from
+the gradient of the pre-activation). In training, relu and relu6 stay fused (their backward
+reads the output); hardswish, hardsigmoid and silu run as a second op whose backward reads the
+saved pre-activation, as eager's does. Recomputing it in backward instead would cost a whole
+extra convolution pass for the memory of one activation map.
 
 Layout: NCHW or channels_last, chosen like PyTorch's convolution (channels_last when x is
 channels_last-contiguous); the output keeps it. Any other strides are copied once into NCHW.
@@ -19,14 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._backend import capture, restored
+from .._backend import capture, resolve, restored
 from ._dispatch import run_kernel
-from ._fastpath import direct_call_ok
+from ._fastpath import direct_autograd, needs_grad, plain_eager
 from ._activation_codes import activation_code
 from ._conv_args import conv_geometry
 from ._layout import empty, is_channels_last, memory_format
 from ._validate import check_ndim, check_same, check_tensor
-from .activation import reference_forward as _act_reference, run_backward as _act_backward
+from .activation import (_activation_backward_op, _backward_impl as _activation_backward_impl,
+                         apply_activation, reference_forward as _act_reference)
 
 __all__ = ["depthwise_conv2d", "reference_depthwise_conv2d"]
 
@@ -117,26 +120,14 @@ def _(x, weight, bias, stride, padding, dilation, out_size, act):
     return empty((x.shape[0], weight.shape[0], *out_size), x, is_channels_last(x))
 
 
-@torch.library.custom_op("fastblocks::depthwise_conv2d_backward", mutates_args=())
-def _depthwise_backward_op(grad: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None,
-                           stride: list[int], padding: list[int], dilation: list[int], act: int,
-                           output_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
-    """(grad_x, grad_weight, grad_bias); an entry whose output_mask is False is an empty
-    placeholder (custom ops cannot return None)."""
+def _backward_impl(grad: Tensor, x: Tensor, weight: Tensor, stride, padding, dilation,
+                   output_mask) -> tuple[Tensor, Tensor, Tensor]:
     x, cl = _canonical(x)
     weight = weight.contiguous()
     stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
     grad = grad.contiguous(memory_format=memory_format(cl))
-    if act:
-        # dL/dz = dL/dy * act'(z): recompute z = conv + bias (one forward pass) rather than
-        # having stored it.
-        b = None if bias is None else bias.contiguous()
-        z = run_kernel("depthwise", "depthwise_forward", x.device,
-                       (x, weight, b, stride, padding, dilation, tuple(grad.shape[-2:]), 0, cl),
-                       _reference_forward)
-        grad = _act_backward(grad, z, act)
     # distinct placeholders: outputs of a custom op must not alias each other
-    gx, gw, gb = x.new_empty(0), x.new_empty(0), x.new_empty(0)
+    gx = gw = gb = None
     if output_mask[0]:
         gx = run_kernel("depthwise", "depthwise_backward_input", x.device,
                         (grad, weight, tuple(x.shape[1:]), stride, padding, dilation, cl),
@@ -147,39 +138,85 @@ def _depthwise_backward_op(grad: Tensor, x: Tensor, weight: Tensor, bias: Tensor
                         _reference_backward_weight)
     if output_mask[2]:
         acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
-        gb = grad.sum(dim=(0, 2, 3), dtype=acc).to(grad.dtype)
-    return gx, gw, gb
+        gb = grad.sum(dim=(0, 2, 3), dtype=acc)
+        gb = gb if gb.dtype == grad.dtype else gb.to(grad.dtype)
+    return tuple(x.new_empty(0) if g is None else g for g in (gx, gw, gb))
+
+
+@torch.library.custom_op("fastblocks::depthwise_conv2d_backward", mutates_args=())
+def _depthwise_backward_op(grad: Tensor, x: Tensor, weight: Tensor, stride: list[int],
+                           padding: list[int], dilation: list[int],
+                           output_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad_x, grad_weight, grad_bias) of the convolution plus bias, from the gradient of its
+    pre-activation output; an entry whose output_mask is False is an empty placeholder
+    (custom ops cannot return None)."""
+    return _backward_impl(grad, x, weight, stride, padding, dilation, output_mask)
 
 
 @_depthwise_backward_op.register_fake
-def _(grad, x, weight, bias, stride, padding, dilation, act, output_mask):
+def _(grad, x, weight, stride, padding, dilation, output_mask):
     gx = empty(x.shape, x, is_channels_last(x)) if output_mask[0] else x.new_empty(0)
     gw = weight.new_empty(weight.shape) if output_mask[1] else x.new_empty(0)
     gb = grad.new_empty((weight.shape[0],)) if output_mask[2] else x.new_empty(0)
     return gx, gw, gb
 
 
+# Activations whose derivative the output gives exactly (y > 0 iff z > 0; 0 < y < 6 iff
+# 0 < z < 6, with the same kinks as ATen's threshold/hardtanh backward): their backward reads
+# the saved output. The others (hardswish, hardsigmoid, silu) would need the pre-activation z;
+# depthwise_conv2d does not fuse them when a gradient is needed (it saves z, as eager does),
+# and a direct call of the op with one recomputes z in backward.
+_FROM_OUTPUT = (0, activation_code("relu"), activation_code("relu6"))
+
+
 def _setup_context(ctx, inputs, output):
     x, weight, bias, stride, padding, dilation, out_size, act = inputs
-    ctx.save_for_backward(x, weight, bias)
+    from_output = act in _FROM_OUTPUT
+    ctx.save_for_backward(x, weight, None if from_output else bias,
+                          output if act and from_output else None)
     ctx.args = (stride, padding, dilation, act)
     ctx.mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                 bias is not None and ctx.needs_input_grad[2]]
     capture(ctx)
 
 
-def _backward(ctx, grad):
-    x, weight, bias = ctx.saved_tensors
-    stride, padding, dilation, act = ctx.args
-    with restored(ctx):
-        gx, gw, gb = _depthwise_backward_op(grad, x, weight, bias, stride, padding, dilation, act,
-                                            ctx.mask)
-    return (gx if ctx.mask[0] else None, gw if ctx.mask[1] else None,
-            gb if ctx.mask[2] else None, None, None, None, None, None)
+def _make_backward(forward_kernel, activation_backward_kernel, backward_kernel):
+    """The autograd backward, given the forward, activation-backward and convolution-backward
+    kernels: the registered ops (dispatcher path) or their bodies (plain eager path)."""
+    def backward(ctx, grad):
+        x, weight, bias, y = ctx.saved_tensors
+        stride, padding, dilation, act = ctx.args
+        with restored(ctx):
+            if act:
+                if y is None:  # recompute z = conv + bias with one more forward pass
+                    y = forward_kernel(x, weight, bias, stride, padding, dilation,
+                                       list(grad.shape[-2:]), 0)
+                grad = activation_backward_kernel(grad, y, act)
+            gx, gw, gb = backward_kernel(grad, x, weight, stride, padding, dilation, ctx.mask)
+        return (gx if ctx.mask[0] else None, gw if ctx.mask[1] else None,
+                gb if ctx.mask[2] else None, None, None, None, None, None)
+    return backward
 
 
-torch.library.register_autograd("fastblocks::depthwise_conv2d", _backward,
-                                setup_context=_setup_context)
+torch.library.register_autograd(
+    "fastblocks::depthwise_conv2d",
+    _make_backward(_depthwise_op, _activation_backward_op, _depthwise_backward_op),
+    setup_context=_setup_context)
+
+# plain eager training: the same autograd functions around direct kernel calls (_fastpath)
+_depthwise_direct = direct_autograd(
+    "DepthwiseConv2dFunction", _forward_impl, _setup_context,
+    _make_backward(_forward_impl, _activation_backward_impl, _backward_impl))
+
+
+def _c_kernels_selected(device: torch.device) -> bool:
+    """Whether the selected backend runs both the depthwise and the activation kernels from
+    fastblocks._C on `device` (then training can use the C++ autograd node)."""
+    return (resolve("depthwise", device, "depthwise_forward") in _C_BACKENDS
+            and resolve("activation", device, "activation_forward") in _C_BACKENDS)
+
+
+_C_BACKENDS = ("cpu", "cuda")
 
 
 # ---- public function -------------------------------------------------------------------------
@@ -228,8 +265,25 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stri
         raise ValueError("x must have at least one channel")
     code = activation_code(activation)
     geo = conv_geometry(tuple(x.shape[-2:]), tuple(weight.shape[-2:]), stride, padding, dilation)
-    # plain eager inference skips the registered op's overhead (see _fastpath)
-    op = _forward_impl if direct_call_ok(x, weight, bias) else _depthwise_op
-    y = op(x, weight, bias, list(geo.stride), list(geo.padding), list(geo.dilation),
-           list(geo.out_size), code)
+    args = (list(geo.stride), list(geo.padding), list(geo.dilation), list(geo.out_size))
+    if not needs_grad(x, weight, bias):
+        # inference fuses every activation; plain eager skips the registered op (_fastpath)
+        op = _forward_impl if plain_eager(x, weight, bias) else _depthwise_op
+        y = op(x, weight, bias, *args, code)
+    else:
+        # training fuses only the activations whose backward reads the output; for the
+        # others it stores the pre-activation for their backward, as eager does, instead of
+        # recomputing it there with a second convolution
+        if plain_eager(x, weight, bias) and _c_kernels_selected(x.device):
+            # the same policy with the autograd node in C++ (csrc/autograd/depthwise.cpp)
+            x, cl = _canonical(x)
+            y = torch.ops.fastblocks_C.depthwise_train(
+                x, weight.contiguous(), None if bias is None else bias.contiguous(), *args,
+                code, cl)
+            return y.squeeze(0) if unbatched else y
+        fused = code if code in _FROM_OUTPUT else 0
+        op = _depthwise_direct if plain_eager(x, weight, bias) else _depthwise_op
+        y = op(x, weight, bias, *args, fused)
+        if fused != code:
+            y = apply_activation(y, activation)
     return y.squeeze(0) if unbatched else y
