@@ -19,7 +19,7 @@ def _extension():
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     # -fopenmp: at::parallel_for in our headers only spreads work over threads when the
     # extension itself is compiled with OpenMP.
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-std=c++20", "-fopenmp"]
     with_cuda = (
         os.environ.get("FASTBLOCKS_NO_CUDA") != "1"
         and torch.version.cuda is not None
@@ -27,7 +27,7 @@ def _extension():
     )
     if with_cuda:
         sources += rel("csrc/cuda/*.cpp") + rel("csrc/cuda/*.cu")
-        nvcc = ["-O3", "-std=c++17", "-lineinfo"]
+        nvcc = ["-O3", "-std=c++20", "-lineinfo"]
         return ce.CUDAExtension(
             "fastblocks._C", sources, include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"],

@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "fastblocks/cpu_utils.h"
+#include "fastblocks/cpu_vec.h"
 
 // The kernels pass GCC vector types between always-inline helpers only; the ABI note about
 // 64-byte vectors without AVX-512 does not apply.
@@ -496,28 +497,11 @@ FB_AI void nhwc_wgrad_impl(const NhwcWgrad<T>& a, int64_t r0, int64_t r1, T* F, 
   }
 }
 
-// exp for float vectors: Cephes' expf polynomial after n = round(x / ln 2) (about 1 ulp, like
-// the Sleef exp behind ATen's vectorized SiLU); scalar expf would make a fused SiLU cost more
+// exp for float vectors (fastblocks/cpu_vec.h); scalar expf would make a fused SiLU cost more
 // than the convolution.
 template <int VB>
 FB_AI Vec<float, VB> vexp(Vec<float, VB> x) {
-  using V = Vec<float, VB>;
-  using IV = Vec<int32_t, VB>;
-  x = x < V{} + 88.37626f ? x : V{} + 88.37626f;
-  x = x > V{} - 87.33654f ? x : V{} - 87.33654f;
-  const V magic = V{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const V t = x * 1.44269504f + magic;
-  const V n = t - magic;
-  const V r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  V p = V{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const IV e = ((IV)t - (IV)magic + 127) << 23;  // 2^n
-  return p * (V)e;
+  return exp_cephes<Vec<float, VB>, Vec<int32_t, VB>>(x);
 }
 
 // In-place activation; the switch sits outside the loop so each case vectorizes.
