@@ -297,6 +297,35 @@ def test_bad_inputs():
 
 # ---- module ---------------------------------------------------------------------------------
 
+@pytest.mark.skipif(fastblocks._extension.C_ERROR is not None, reason="fastblocks._C not built")
+def test_kernel_contract_errors_name_the_argument():
+    """The fastblocks_C ops check their contract themselves (csrc/include/fastblocks/
+    depthwise_args.h, shared by the CPU and CUDA kernels): callers below the Python API get an
+    error naming the op and the argument, never a wrong result or a crash."""
+    C = torch.ops.fastblocks_C
+    x, w, b = torch.randn(2, 4, 6, 6), torch.randn(8, 1, 3, 3), torch.randn(8)
+    g = torch.randn(2, 8, 6, 6)
+    s, p, d, o = [1, 1], [1, 1], [1, 1], [6, 6]
+    bad = [
+        (lambda: C.depthwise_forward(x, w, b, [0, 1], p, d, o, 0, False), "forward: stride"),
+        (lambda: C.depthwise_forward(x, w, b, s, [-1, 0], d, o, 0, False), "forward: padding"),
+        (lambda: C.depthwise_forward(x, w, b, s, p, [1, 0], o, 0, False), "forward: dilation"),
+        (lambda: C.depthwise_forward(x, w[:6], None, s, p, d, o, 0, False), "forward: weight"),
+        (lambda: C.depthwise_forward(x, w, b[:4], s, p, d, o, 0, False), "forward: bias"),
+        (lambda: C.depthwise_forward(x, w.double(), b, s, p, d, o, 0, False), "forward: weight dtype"),
+        (lambda: C.depthwise_forward(x, w, b, s, p, d, o, 9, False), "forward: unknown activation"),
+        (lambda: C.depthwise_forward(x, w, b, s, p, d, o, 0, True), "forward: x must be contiguous in channels_last"),
+        (lambda: C.depthwise_backward_input(g, w, [3, 6, 6], s, p, d, False), "backward_input: grad has 8 channels"),
+        (lambda: C.depthwise_backward_input(g, w[:, :, :2], [4, 6, 6], s, p, d, True), "backward_input: grad must be contiguous"),
+        (lambda: C.depthwise_backward_weight(g[:1], x, [3, 3], s, p, d, False), "backward_weight: grad batch"),
+        (lambda: C.depthwise_backward_weight(g, x, [0, 3], s, p, d, False), "backward_weight: kernel_size"),
+        (lambda: C.depthwise_backward_weight(g.half(), x, [3, 3], s, p, d, False), "backward_weight: grad dtype"),
+    ]
+    for call, message in bad:
+        with pytest.raises(RuntimeError, match=message):
+            call()
+
+
 def test_module_is_a_drop_in_for_conv2d():
     torch.manual_seed(3)
     conv = nn.Conv2d(6, 12, 3, stride=2, padding=1, groups=6)

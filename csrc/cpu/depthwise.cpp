@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "fastblocks/cpu_utils.h"
+#include "fastblocks/depthwise_args.h"
 #include "fastblocks/cpu_vec.h"
 
 // The kernels pass GCC vector types between always-inline helpers only; the ABI note about
@@ -646,40 +647,14 @@ struct Geom {
   int64_t taps() const { return KH * KW; }
 };
 
-std::pair<int64_t, int64_t> pair_arg(at::IntArrayRef v, const char* op, const char* name) {
-  TORCH_CHECK(v.size() == 2, op, ": ", name, " must have 2 elements, got ", v.size());
-  return {v[0], v[1]};
+// The argument checks are fastblocks/depthwise_args.h, shared with the CUDA bindings; the
+// kernels here read the geometry under these shorter names.
+Geom geom_of(const DepthwiseShape& s) {
+  return Geom{s.n, s.c, s.mult, s.h, s.w, s.oh, s.ow, s.kh, s.kw,
+              s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h, s.dil_w};
 }
 
-void set_conv_args(Geom& g, const char* op, at::IntArrayRef stride, at::IntArrayRef padding,
-                   at::IntArrayRef dilation) {
-  std::tie(g.sh, g.sw) = pair_arg(stride, op, "stride");
-  std::tie(g.ph, g.pw) = pair_arg(padding, op, "padding");
-  std::tie(g.dh, g.dw) = pair_arg(dilation, op, "dilation");
-  TORCH_CHECK(g.sh >= 1 && g.sw >= 1, op, ": stride must be >= 1, got ", stride);
-  TORCH_CHECK(g.ph >= 0 && g.pw >= 0, op, ": padding must be >= 0, got ", padding);
-  TORCH_CHECK(g.dh >= 1 && g.dw >= 1, op, ": dilation must be >= 1, got ", dilation);
-}
-
-at::MemoryFormat mem_format(bool channels_last) {
-  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
-
-void check_layout(const at::Tensor& t, const char* op, const char* name, bool channels_last) {
-  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be 4-d (N, C, H, W), got ", t.dim(), "-d");
-  TORCH_CHECK(t.is_contiguous(mem_format(channels_last)), op, ": ", name, " must be contiguous",
-              channels_last ? " in channels_last" : " (NCHW)", " memory format since channels_last=",
-              channels_last ? "True" : "False");
-}
-
-void check_weight(const at::Tensor& w, const char* op, int64_t OC, at::ScalarType dtype) {
-  TORCH_CHECK(w.dim() == 4 && w.size(1) == 1 && w.size(0) == OC, op,
-              ": weight must have shape (", OC, ", 1, KH, KW), got ", w.sizes());
-  TORCH_CHECK(w.size(2) >= 1 && w.size(3) >= 1, op, ": kernel size must be >= 1, got ", w.sizes());
-  TORCH_CHECK(w.is_contiguous(), op, ": weight must be contiguous");
-  TORCH_CHECK(w.scalar_type() == dtype, op, ": weight dtype ", w.scalar_type(),
-              " differs from the input dtype ", dtype);
-}
+using depthwise::mem_format;
 
 // Work (multiply-adds) below which a task is not worth its own thread.
 constexpr int64_t kTaskWork = 1 << 15;
@@ -1258,32 +1233,9 @@ at::Tensor depthwise_forward(const at::Tensor& x, const at::Tensor& weight,
                              at::IntArrayRef padding, at::IntArrayRef dilation,
                              at::IntArrayRef out_size, int64_t act, bool channels_last) {
   constexpr const char* op = "depthwise_forward";
-  check_act(act);
-  check_layout(x, op, "x", channels_last);
-  Geom g{};
-  g.N = x.size(0);
-  g.C = x.size(1);
-  g.H = x.size(2);
-  g.W = x.size(3);
-  TORCH_CHECK(g.C >= 1, op, ": x must have at least one channel");
-  TORCH_CHECK(weight.dim() == 4 && weight.size(0) >= g.C && weight.size(0) % g.C == 0, op,
-              ": weight must have shape (C*m, 1, KH, KW) with C = ", g.C, ", got ", weight.sizes());
-  g.M = weight.size(0) / g.C;
-  check_weight(weight, op, g.OC(), x.scalar_type());
-  g.KH = weight.size(2);
-  g.KW = weight.size(3);
-  set_conv_args(g, op, stride, padding, dilation);
-  std::tie(g.OH, g.OW) = pair_arg(out_size, op, "out_size");
-  TORCH_CHECK(g.OH >= 0 && g.OW >= 0, op, ": out_size must be >= 0, got ", out_size);
-  const at::Tensor* b = nullptr;
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.OC(), op, ": bias must have shape (",
-                g.OC(), ",), got ", bias->sizes());
-    TORCH_CHECK(bias->is_contiguous(), op, ": bias must be contiguous");
-    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), op, ": bias dtype ", bias->scalar_type(),
-                " differs from the input dtype ", x.scalar_type());
-    b = &*bias;
-  }
+  const Geom g = geom_of(depthwise::forward_shape(x, weight, bias, stride, padding, dilation,
+                                                  out_size, act, channels_last));
+  const at::Tensor* b = bias.has_value() && bias->defined() ? &*bias : nullptr;
   at::Tensor y = at::empty({g.N, g.OC(), g.OH, g.OW}, x.options().memory_format(mem_format(channels_last)));
   if (y.numel() == 0) return y;
   const int a = static_cast<int>(act);
@@ -1313,25 +1265,8 @@ at::Tensor depthwise_backward_input(const at::Tensor& grad, const at::Tensor& we
                                     at::IntArrayRef padding, at::IntArrayRef dilation,
                                     bool channels_last) {
   constexpr const char* op = "depthwise_backward_input";
-  check_layout(grad, op, "grad", channels_last);
-  Geom g{};
-  g.N = grad.size(0);
-  const int64_t OC = grad.size(1);
-  g.OH = grad.size(2);
-  g.OW = grad.size(3);
-  TORCH_CHECK(in_size.size() == 2 || in_size.size() == 3, op,
-              ": in_size must be (H, W) or (C, H, W), got ", in_size);
-  g.C = in_size.size() == 3 ? in_size[0] : OC;
-  g.H = in_size[in_size.size() - 2];
-  g.W = in_size[in_size.size() - 1];
-  TORCH_CHECK(g.C >= 1 && OC >= g.C && OC % g.C == 0, op, ": grad has ", OC,
-              " channels, not a multiple of the ", g.C, " input channels");
-  TORCH_CHECK(g.H >= 0 && g.W >= 0, op, ": in_size must be >= 0, got ", in_size);
-  g.M = OC / g.C;
-  check_weight(weight, op, OC, grad.scalar_type());
-  g.KH = weight.size(2);
-  g.KW = weight.size(3);
-  set_conv_args(g, op, stride, padding, dilation);
+  const Geom g = geom_of(depthwise::backward_input_shape(grad, weight, in_size, stride, padding,
+                                                         dilation, channels_last));
   at::Tensor gx = at::empty({g.N, g.C, g.H, g.W}, grad.options().memory_format(mem_format(channels_last)));
   if (gx.numel() == 0) return gx;
   if (g.OH == 0 || g.OW == 0) return gx.zero_();
@@ -1359,25 +1294,9 @@ at::Tensor depthwise_backward_weight(const at::Tensor& grad, const at::Tensor& x
                                      at::IntArrayRef padding, at::IntArrayRef dilation,
                                      bool channels_last) {
   constexpr const char* op = "depthwise_backward_weight";
-  check_layout(grad, op, "grad", channels_last);
-  check_layout(x, op, "x", channels_last);
-  TORCH_CHECK(grad.scalar_type() == x.scalar_type(), op, ": grad dtype ", grad.scalar_type(),
-              " differs from x dtype ", x.scalar_type());
-  Geom g{};
-  g.N = x.size(0);
-  g.C = x.size(1);
-  g.H = x.size(2);
-  g.W = x.size(3);
-  const int64_t OC = grad.size(1);
-  TORCH_CHECK(grad.size(0) == g.N, op, ": grad batch ", grad.size(0), " differs from x batch ", g.N);
-  TORCH_CHECK(g.C >= 1 && OC >= g.C && OC % g.C == 0, op, ": grad has ", OC,
-              " channels, not a multiple of x's ", g.C);
-  g.M = OC / g.C;
-  g.OH = grad.size(2);
-  g.OW = grad.size(3);
-  std::tie(g.KH, g.KW) = pair_arg(kernel_size, op, "kernel_size");
-  TORCH_CHECK(g.KH >= 1 && g.KW >= 1, op, ": kernel_size must be >= 1, got ", kernel_size);
-  set_conv_args(g, op, stride, padding, dilation);
+  const Geom g = geom_of(depthwise::backward_weight_shape(grad, x, kernel_size, stride, padding,
+                                                          dilation, channels_last));
+  const int64_t OC = g.OC();
   at::Tensor gw = at::zeros({OC, 1, g.KH, g.KW}, x.options());
   if (g.N == 0 || g.OH == 0 || g.OW == 0 || g.H == 0 || g.W == 0) return gw;
   if (channels_last && nhwc_native(g, x.scalar_type())) {

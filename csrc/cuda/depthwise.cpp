@@ -1,6 +1,6 @@
 // Torch bindings of the depthwise CUDA launchers (csrc/cuda/depthwise.cu): check the contract of
-// the fastblocks_C schemas (csrc/ops.cpp; same checks and messages as csrc/cpu/depthwise.cpp),
-// allocate the outputs in the requested memory format, launch on the current stream.
+// the fastblocks_C schemas (csrc/ops.cpp; fastblocks/depthwise_args.h, shared with the CPU
+// kernels), allocate the outputs in the requested memory format, launch on the current stream.
 // Status: syntax-checked against PyTorch's headers; not yet built or run on a CUDA machine.
 #include <torch/library.h>
 
@@ -9,91 +9,30 @@
 #include <utility>
 
 #include "fastblocks/cuda_binding.h"
+#include "fastblocks/depthwise_args.h"
 #include "launchers.h"
 
 namespace fastblocks::cuda {
 namespace {
 
-at::MemoryFormat mem_format(bool channels_last) {
-  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
-
-std::pair<int64_t, int64_t> pair_arg(at::IntArrayRef v, const char* op, const char* name) {
-  TORCH_CHECK(v.size() == 2, op, ": ", name, " must have 2 elements, got ", v.size());
-  return {v[0], v[1]};
-}
-
-void set_conv_args(DepthwiseShape& s, const char* op, at::IntArrayRef stride,
-                   at::IntArrayRef padding, at::IntArrayRef dilation) {
-  std::tie(s.stride_h, s.stride_w) = pair_arg(stride, op, "stride");
-  std::tie(s.pad_h, s.pad_w) = pair_arg(padding, op, "padding");
-  std::tie(s.dil_h, s.dil_w) = pair_arg(dilation, op, "dilation");
-  TORCH_CHECK(s.stride_h >= 1 && s.stride_w >= 1, op, ": stride must be >= 1, got ", stride);
-  TORCH_CHECK(s.pad_h >= 0 && s.pad_w >= 0, op, ": padding must be >= 0, got ", padding);
-  TORCH_CHECK(s.dil_h >= 1 && s.dil_w >= 1, op, ": dilation must be >= 1, got ", dilation);
-}
-
-// A 4-d CUDA tensor of a supported dtype, contiguous in the memory format the caller names.
-void check_layout(const at::Tensor& t, const char* op, const char* name, bool channels_last) {
+// The shared contract (fastblocks/depthwise_args.h) plus what only CUDA needs: a CUDA tensor
+// of a dtype the kernels are compiled for.
+void check_cuda(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got one on ", t.device());
-  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be 4-d (N, C, H, W), got ", t.dim(), "-d");
-  TORCH_CHECK(t.is_contiguous(mem_format(channels_last)), op, ": ", name, " must be contiguous",
-              channels_last ? " in channels_last" : " (NCHW)", " memory format since channels_last=",
-              channels_last ? "True" : "False");
   (void)dtype_of(t);  // throws on dtypes the kernels are not compiled for
-}
-
-void check_like(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name,
-                const char* ref_name) {
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ",
-              ref_name, " is on ", ref.device());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " dtype ", t.scalar_type(),
-              " differs from the ", ref_name, " dtype ", ref.scalar_type());
-}
-
-void check_weight(const at::Tensor& w, const char* op, int64_t OC, const at::Tensor& ref,
-                  const char* ref_name) {
-  TORCH_CHECK(w.dim() == 4 && w.size(1) == 1 && w.size(0) == OC, op,
-              ": weight must have shape (", OC, ", 1, KH, KW), got ", w.sizes());
-  TORCH_CHECK(w.size(2) >= 1 && w.size(3) >= 1, op, ": kernel size must be >= 1, got ", w.sizes());
-  TORCH_CHECK(w.is_contiguous(), op, ": weight must be contiguous");
-  check_like(w, ref, op, "weight", ref_name);
 }
 
 at::Tensor depthwise_forward_cuda(const at::Tensor& x, const at::Tensor& weight,
                                   const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                   at::IntArrayRef padding, at::IntArrayRef dilation,
                                   at::IntArrayRef out_size, int64_t act, bool channels_last) {
-  constexpr const char* op = "depthwise_forward";
-  TORCH_CHECK(act >= 0 && act < kNumActs, "fastblocks: unknown activation code ", act);
-  check_layout(x, op, "x", channels_last);
-  DepthwiseShape s{};
-  s.n = x.size(0);
-  s.c = x.size(1);
-  s.h = x.size(2);
-  s.w = x.size(3);
-  TORCH_CHECK(s.c >= 1, op, ": x must have at least one channel");
-  TORCH_CHECK(weight.dim() == 4 && weight.size(0) >= s.c && weight.size(0) % s.c == 0, op,
-              ": weight must have shape (C*m, 1, KH, KW) with C = ", s.c, ", got ", weight.sizes());
-  s.mult = weight.size(0) / s.c;
-  const int64_t OC = s.c * s.mult;
-  check_weight(weight, op, OC, x, "input");
-  s.kh = weight.size(2);
-  s.kw = weight.size(3);
-  set_conv_args(s, op, stride, padding, dilation);
-  std::tie(s.oh, s.ow) = pair_arg(out_size, op, "out_size");
-  TORCH_CHECK(s.oh >= 0 && s.ow >= 0, op, ": out_size must be >= 0, got ", out_size);
-  s.channels_last = channels_last;
-  const void* bias_ptr = nullptr;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == OC, op, ": bias must have shape (", OC,
-                ",), got ", bias->sizes());
-    TORCH_CHECK(bias->is_contiguous(), op, ": bias must be contiguous");
-    check_like(*bias, x, op, "bias", "input");
-    bias_ptr = bias->const_data_ptr();
-  }
+  check_cuda(x, "depthwise_forward", "x");
+  const DepthwiseShape s =
+      depthwise::forward_shape(x, weight, bias, stride, padding, dilation, out_size, act, channels_last);
+  const int64_t OC = s.out_channels();
+  const void* bias_ptr = bias.has_value() && bias->defined() ? bias->const_data_ptr() : nullptr;
   const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor y = at::empty({s.n, OC, s.oh, s.ow}, x.options().memory_format(mem_format(channels_last)));
+  at::Tensor y = at::empty({s.n, OC, s.oh, s.ow}, x.options().memory_format(depthwise::mem_format(channels_last)));
   if (y.numel() == 0) return y;
   FB_CUDA_CHECK(depthwise_forward(x.const_data_ptr(), weight.const_data_ptr(), bias_ptr,
                                   y.mutable_data_ptr(), s, static_cast<int>(act), dtype_of(x),
@@ -107,30 +46,12 @@ at::Tensor depthwise_backward_input_cuda(const at::Tensor& grad, const at::Tenso
                                          at::IntArrayRef in_size, at::IntArrayRef stride,
                                          at::IntArrayRef padding, at::IntArrayRef dilation,
                                          bool channels_last) {
-  constexpr const char* op = "depthwise_backward_input";
-  check_layout(grad, op, "grad", channels_last);
-  DepthwiseShape s{};
-  s.n = grad.size(0);
-  const int64_t OC = grad.size(1);
-  s.oh = grad.size(2);
-  s.ow = grad.size(3);
-  TORCH_CHECK(in_size.size() == 2 || in_size.size() == 3, op,
-              ": in_size must be (H, W) or (C, H, W), got ", in_size);
-  s.c = in_size.size() == 3 ? in_size[0] : OC;
-  s.h = in_size[in_size.size() - 2];
-  s.w = in_size[in_size.size() - 1];
-  TORCH_CHECK(s.c >= 1 && OC >= s.c && OC % s.c == 0, op, ": grad has ", OC,
-              " channels, not a multiple of the ", s.c, " input channels");
-  TORCH_CHECK(s.h >= 0 && s.w >= 0, op, ": in_size must be >= 0, got ", in_size);
-  s.mult = OC / s.c;
-  check_weight(weight, op, OC, grad, "grad");
-  s.kh = weight.size(2);
-  s.kw = weight.size(3);
-  set_conv_args(s, op, stride, padding, dilation);
-  s.channels_last = channels_last;
+  check_cuda(grad, "depthwise_backward_input", "grad");
+  const DepthwiseShape s = depthwise::backward_input_shape(grad, weight, in_size, stride, padding,
+                                                           dilation, channels_last);
   const c10::cuda::CUDAGuard guard(grad.device());
   at::Tensor gx =
-      at::empty({s.n, s.c, s.h, s.w}, grad.options().memory_format(mem_format(channels_last)));
+      at::empty({s.n, s.c, s.h, s.w}, grad.options().memory_format(depthwise::mem_format(channels_last)));
   if (gx.numel() == 0) return gx;
   if (grad.numel() == 0) return gx.zero_();  // OH or OW is 0: no tap lands anywhere
   FB_CUDA_CHECK(depthwise_backward_input(grad.const_data_ptr(), weight.const_data_ptr(),
@@ -143,26 +64,10 @@ at::Tensor depthwise_backward_weight_cuda(const at::Tensor& grad, const at::Tens
                                           at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                           at::IntArrayRef padding, at::IntArrayRef dilation,
                                           bool channels_last) {
-  constexpr const char* op = "depthwise_backward_weight";
-  check_layout(grad, op, "grad", channels_last);
-  check_layout(x, op, "x", channels_last);
-  check_like(grad, x, op, "grad", "x");
-  DepthwiseShape s{};
-  s.n = x.size(0);
-  s.c = x.size(1);
-  s.h = x.size(2);
-  s.w = x.size(3);
-  const int64_t OC = grad.size(1);
-  TORCH_CHECK(grad.size(0) == s.n, op, ": grad batch ", grad.size(0), " differs from x batch ", s.n);
-  TORCH_CHECK(s.c >= 1 && OC >= s.c && OC % s.c == 0, op, ": grad has ", OC,
-              " channels, not a multiple of x's ", s.c);
-  s.mult = OC / s.c;
-  s.oh = grad.size(2);
-  s.ow = grad.size(3);
-  std::tie(s.kh, s.kw) = pair_arg(kernel_size, op, "kernel_size");
-  TORCH_CHECK(s.kh >= 1 && s.kw >= 1, op, ": kernel_size must be >= 1, got ", kernel_size);
-  set_conv_args(s, op, stride, padding, dilation);
-  s.channels_last = channels_last;
+  check_cuda(x, "depthwise_backward_weight", "x");
+  const DepthwiseShape s = depthwise::backward_weight_shape(grad, x, kernel_size, stride, padding,
+                                                            dilation, channels_last);
+  const int64_t OC = s.out_channels();
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor gw = at::empty({OC, 1, s.kh, s.kw}, x.options());
   // Scratch for the deterministic two-pass reduction; 0 bytes when there is nothing to reduce

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "fastblocks/common.h"
+#include "fastblocks/depthwise_shape.h"
 
 namespace fastblocks::cuda {
 
@@ -20,14 +21,6 @@ cudaError_t activation_backward(const void* g, const void* x, void* gx, int64_t 
 // Depthwise 2-d convolution. Tensors are contiguous NCHW, or NHWC when channels_last.
 // Input (N, C, H, W), weight (C*mult, 1, KH, KW), output (N, C*mult, OH, OW); pad_* are the
 // top/left offsets. bias may be null. Accumulation in float (double for fp64).
-struct DepthwiseShape {
-  int64_t n, c, h, w;     // input
-  int64_t mult;           // channel multiplier: output channel oc reads input channel oc / mult
-  int64_t oh, ow;         // output spatial size
-  int64_t kh, kw;
-  int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
-  bool channels_last;
-};
 
 cudaError_t depthwise_forward(const void* x, const void* weight, const void* bias, void* y,
                               const DepthwiseShape& s, int act, DType dtype, cudaStream_t stream);
