@@ -24,8 +24,9 @@ from torch.autograd.function import once_differentiable
 
 def plain_eager(*tensors) -> bool:
     """True when nothing but eager PyTorch sees these (possibly None) tensors: not tracing or
-    compiling, no tensor subclass (FakeTensor, ...), no dispatch or __torch_function__ mode."""
-    if torch.compiler.is_compiling():
+    compiling, no torch.func transform (its wrapped tensors pass for plain ones), no tensor
+    subclass (FakeTensor, ...), no dispatch or __torch_function__ mode."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return False
     for t in tensors:
         if t is not None and type(t) is not torch.Tensor:
