@@ -11,6 +11,12 @@
 // The input gradient is the same sum per residue class (ih % sh, iw % sw) over zero-padded
 // gradient planes; the weight gradient is a dot product per tap of the gradient plane (zero in
 // the dropped columns) with the same runs.
+// NCHW planes of up to 1024 pixels (m == 1, C >= one vector) skip the phase split: a task takes
+// one image's block of L channels (L = vector lanes), transposes it into pixel vectors (16x16
+// register transposes with AVX-512), runs the channels_last row kernels below and transposes the
+// result back, as oneDNN does with its 16-channel blocked layout. The per-plane overhead of the
+// phase-split path made 32x960x7x7 3x3 forward 2.4x slower than eager; blocked, it is 1.6-1.9x
+// faster (2-thread AMD EPYC dev box, interleaved with eager in one process).
 // channels_last: vectors run over channels. Each task (image, channel chunk, band of rows)
 // keeps zero-padded copies of the source rows it reads in a small ring, so no output pixel is
 // a border case; stride-1 rows use sliding blocks (up to 8 pixels x one vector, every source
@@ -407,6 +413,62 @@ FB_AI void copy_pixels_impl(const T* src, int64_t sstride, T* dst, int64_t dstri
   }
 }
 
+// ---- NCHW in channel blocks: one image's L channels (L = vector lanes) at a time -------------
+
+// In-place transpose of L vectors of L lanes: log2(L) rounds of zipping row i with row i + L/2.
+template <typename T, int VB>
+FB_AI void transpose_impl(Vec<T, VB>* r) {
+  using V = Vec<T, VB>;
+  constexpr int L = VB / sizeof(T);
+#pragma GCC unroll 4
+  for (int s = 1; s < L; s *= 2) {
+    V t[L];
+#pragma GCC unroll 16
+    for (int i = 0; i < L / 2; ++i) {
+      t[2 * i] = zip_lo<T, VB>(r[i], r[i + L / 2], std::make_index_sequence<L>{});
+      t[2 * i + 1] = zip_hi<T, VB>(r[i], r[i + L / 2], std::make_index_sequence<L>{});
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < L; ++i) r[i] = t[i];
+  }
+}
+
+// Gathers L planes (channel l at src + l*plane, npix >= L pixels) into pixel vectors:
+// dst[idx[p]*L + l] = src[l*plane + p], skipping pixels with idx[p] < 0. The last block of L
+// pixels overlaps its neighbour.
+template <typename T, int VB>
+FB_AI void gather_block_impl(const T* src, int64_t plane, int64_t npix, const int64_t* idx, T* dst) {
+  using V = Vec<T, VB>;
+  constexpr int64_t L = VB / sizeof(T);
+  for (int64_t pi = 0; pi < npix; pi += L) {
+    const int64_t p = std::min(pi, npix - L);
+    V r[L];
+#pragma GCC unroll 16
+    for (int64_t l = 0; l < L; ++l) r[l] = vload<T, VB>(src + l * plane + p);
+    transpose_impl<T, VB>(r);
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < L; ++i) {
+      if (idx[p + i] >= 0) vstore<T, VB>(dst + idx[p + i] * L, r[i]);
+    }
+  }
+}
+
+// The inverse: dst[l*plane + p] = src[p*L + l] for p < npix (npix >= L).
+template <typename T, int VB>
+FB_AI void scatter_block_impl(const T* src, int64_t npix, T* dst, int64_t plane) {
+  using V = Vec<T, VB>;
+  constexpr int64_t L = VB / sizeof(T);
+  for (int64_t pi = 0; pi < npix; pi += L) {
+    const int64_t p = std::min(pi, npix - L);
+    V r[L];
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < L; ++i) r[i] = vload<T, VB>(src + (p + i) * L);
+    transpose_impl<T, VB>(r);
+#pragma GCC unroll 16
+    for (int64_t l = 0; l < L; ++l) vstore<T, VB>(dst + l * plane + p, r[l]);
+  }
+}
+
 // Weight gradient, channels_last, m == 1, over rows [r0, r1) of the flattened (n, oh):
 // D[t*C + c] += sum of g[n, oh, ow, c] * x[n, ih, iw, c] for tap t. Products are summed over one
 // row segment in T, added into the float scratch F (taps*C, zero on entry and exit) and moved
@@ -548,6 +610,8 @@ struct Kernels {
   void (*copy_pixels)(const T*, int64_t, T*, int64_t, int64_t, int64_t);
   void (*nhwc_wgrad)(const NhwcWgrad<T>&, int64_t, int64_t, T*, double*);
   void (*apply_act)(T*, int64_t, int);
+  void (*gather_block)(const T*, int64_t, int64_t, const int64_t*, T*);
+  void (*scatter_block)(const T*, int64_t, T*, int64_t);
   int64_t lanes;
 };
 
@@ -588,10 +652,18 @@ struct Kernels {
     apply_act_impl<T, VB>(p, n, act);                                                         \
   }                                                                                           \
   template <typename T>                                                                       \
+  void gather_block(const T* s, int64_t pl, int64_t n, const int64_t* idx, T* d) {           \
+    gather_block_impl<T, VB>(s, pl, n, idx, d);                                               \
+  }                                                                                           \
+  template <typename T>                                                                       \
+  void scatter_block(const T* s, int64_t n, T* d, int64_t pl) {                              \
+    scatter_block_impl<T, VB>(s, n, d, pl);                                                   \
+  }                                                                                           \
+  template <typename T>                                                                       \
   Kernels<T> table() {                                                                        \
     return {&flat_conv<T>,  &flat_dot<T>,   &fill_phases<T>, &interleave2<T>,                  \
             &nhwc_row<T>,   &copy_pixels<T>, &nhwc_wgrad<T>, &apply_act<T>,                      \
-            int64_t(VB / sizeof(T))};                                                         \
+            &gather_block<T>, &scatter_block<T>, int64_t(VB / sizeof(T))};                    \
   }                                                                                           \
   }
 
@@ -1242,6 +1314,111 @@ void backward_weight_nhwc(const at::Tensor& grad, const at::Tensor& x, const Geo
   }
 }
 
+// ---- NCHW small planes in channel blocks ----------------------------------------------------------
+
+// Planes this small go through channel blocks: one task gathers L channels (L = vector lanes) of
+// one image into pixel vectors [row][col][L], runs the channels_last row kernels there and
+// transposes the result back into the L output planes. The phase-split path pays per-plane
+// overhead (scratch fill, a 1-d sum of a few vectors, row copies) that dominates at 7x7/14x14.
+constexpr int64_t kBlockedMaxPixels = 1024;
+
+bool nchw_blocked(const Geom& g, int64_t lanes) {
+  return g.M == 1 && g.C >= lanes && g.H * g.W >= lanes && g.OH * g.OW >= lanes &&
+         std::max(g.H * g.W, g.OH * g.OW) <= kBlockedMaxPixels;
+}
+
+// dst[idx[p]*L + l] = src[l*plane + p] (idx[p] >= 0), converted to T.
+template <typename T, typename scalar_t>
+void gather_planes(const Kernels<T>& k, const scalar_t* src, int64_t plane, int64_t npix, const int64_t* idx,
+                   T* dst) {
+  const int64_t L = k.lanes;
+  if constexpr (std::is_same_v<T, scalar_t>) {
+    k.gather_block(src, plane, npix, idx, dst);
+  } else {
+    for (int64_t l = 0; l < L; ++l) {
+      for (int64_t p = 0; p < npix; ++p) {
+        if (idx[p] >= 0) dst[idx[p] * L + l] = static_cast<T>(src[l * plane + p]);
+      }
+    }
+  }
+}
+
+// dst[l*plane + p] = src[p*L + l], converted to scalar_t.
+template <typename T, typename scalar_t>
+void scatter_planes(const Kernels<T>& k, const T* src, int64_t npix, scalar_t* dst, int64_t plane) {
+  const int64_t L = k.lanes;
+  if constexpr (std::is_same_v<T, scalar_t>) {
+    k.scatter_block(src, npix, dst, plane);
+  } else {
+    for (int64_t l = 0; l < L; ++l) {
+      for (int64_t p = 0; p < npix; ++p) dst[l * plane + p] = static_cast<scalar_t>(src[p * L + l]);
+    }
+  }
+}
+
+// First channel of block b of ceil(C / L): the last block overlaps its neighbour.
+inline int64_t block_c0(int64_t b, int64_t C, int64_t L) { return std::min(b * L, C - L); }
+
+// wb[t*L + l] = weight[c0 + l][t] in T.
+template <typename T, typename scalar_t>
+void block_weights(const scalar_t* w, int64_t c0, int64_t nt, int64_t L, T* wb) {
+  for (int64_t l = 0; l < L; ++l) {
+    for (int64_t t = 0; t < nt; ++t) wb[t * L + l] = static_cast<T>(w[(c0 + l) * nt + t]);
+  }
+}
+
+template <typename scalar_t>
+void forward_nchw_blocked(const at::Tensor& x, const at::Tensor& weight, const at::Tensor* bias,
+                          const Geom& g, int act, at::Tensor& y) {
+  using T = at::opmath_type<scalar_t>;
+  const Kernels<T>& k = kernels<T>();
+  const int64_t L = k.lanes, nt = g.taps(), HW = g.H * g.W, OHW = g.OH * g.OW;
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* wp = weight.const_data_ptr<scalar_t>();
+  const scalar_t* bp = bias ? bias->const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+  // Scratch S[ih][col][L], input column iw at col iw + pw (columns past Wp are never read);
+  // rows outside the input are left out of the tap sums, as in forward_nhwc.
+  const int64_t Wp = (g.OW - 1) * g.sw + (g.KW - 1) * g.dw + 1;
+  std::vector<int64_t> idx(HW), q(g.KW), wcol(g.KW);
+  for (int64_t p = 0; p < HW; ++p) {
+    const int64_t col = p % g.W + g.pw;
+    idx[p] = col < Wp ? (p / g.W) * Wp + col : -1;
+  }
+  for (int64_t kw = 0; kw < g.KW; ++kw) {
+    q[kw] = kw * g.dw;
+    wcol[kw] = kw * L;
+  }
+  const int64_t nblk = ceil_div(g.C, L);
+  at::parallel_for(0, g.N * nblk, grain_for(OHW * L * nt), [&](int64_t begin, int64_t end) {
+    AlignedBuf<T> S(g.H * Wp * L), O(OHW * L), wb(nt * L), bb(L);
+    std::fill(S.ptr, S.ptr + g.H * Wp * L, T(0));
+    std::vector<const T*> rp(g.KH), wr(g.KH), scratch(2 * nt);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / nblk, c0 = block_c0(task % nblk, g.C, L);
+      gather_planes(k, xp + (n * g.C + c0) * HW, HW, HW, idx.data(), S.ptr);
+      block_weights(wp, c0, nt, L, wb.ptr);
+      if (bp) {
+        for (int64_t l = 0; l < L; ++l) bb.ptr[l] = static_cast<T>(bp[c0 + l]);
+      }
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        int nrows = 0;
+        for (int64_t kh = 0; kh < g.KH; ++kh) {
+          const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
+          if (ih < 0 || ih >= g.H) continue;
+          rp[nrows] = S.ptr + ih * Wp * L;
+          wr[nrows++] = wb.ptr + kh * g.KW * L;
+        }
+        NhwcRow<T> a{rp.data(), wr.data(), nrows, q.data(), wcol.data(), int(g.KW), g.sw, g.OW,
+                     O.ptr + oh * g.OW * L, L, L, L, bp ? bb.ptr : nullptr, scratch.data()};
+        k.nhwc_row(a);
+      }
+      if (act) k.apply_act(O.ptr, OHW * L, act);
+      scatter_planes(k, O.ptr, OHW, yp + (n * g.C + c0) * OHW, OHW);
+    }
+  });
+}
+
 // channels_last runs natively for m == 1 and at least one vector of channels.
 bool nhwc_native(const Geom& g, at::ScalarType dtype) {
   const int64_t lanes = dtype == at::kDouble ? kernels<double>().lanes : kernels<float>().lanes;
@@ -1301,7 +1478,13 @@ at::Tensor depthwise_forward(const at::Tensor& x, const at::Tensor& weight,
   }
   const at::Tensor xc = x.contiguous();
   at::Tensor yc = channels_last ? at::empty({g.N, g.OC(), g.OH, g.OW}, x.options()) : y;
-  FB_DISPATCH_FLOATING(x.scalar_type(), op, [&] { forward_nchw<scalar_t>(xc, weight, b, g, a, yc); });
+  FB_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
+    if (nchw_blocked(g, kernels<at::opmath_type<scalar_t>>().lanes)) {
+      forward_nchw_blocked<scalar_t>(xc, weight, b, g, a, yc);
+    } else {
+      forward_nchw<scalar_t>(xc, weight, b, g, a, yc);
+    }
+  });
   if (!yc.is_same(y)) y.copy_(yc);
   return y;
 }
