@@ -24,7 +24,9 @@
 // a border case; stride-1 rows use sliding blocks (up to 8 pixels x one vector, every source
 // vector loaded once and multiplied by all kernel columns in registers), other rows 4 pixels x
 // 4 vectors. The weight gradient walks whole rows over all channels, in a fixed number of row
-// chunks. Multiplier m > 1, and C below one vector, go through the NCHW kernels and a layout
+// chunks; dilation-1 kernel rows 3, 5 or 7 wide at stride 1 or 2 keep a block of gradient
+// vectors in registers and load each source vector once for all its taps (3x3: the three
+// kernel rows together, 9 independent sums). Multiplier m > 1, and C below one vector, go through the NCHW kernels and a layout
 // copy (rare in real networks).
 //
 // Vectors are GCC vector extensions compiled three times (AVX-512, AVX2+FMA, SSE2) in
@@ -539,19 +541,201 @@ FB_AI void wgrad_slab(const NhwcWgrad<T>& a, const T* grow, int64_t r, int64_t c
   }
 }
 
+// Sliding weight-gradient blocks (dilation 1, KW in {3, 5, 7}, stride SW in {1, 2}): UP
+// gradient vectors stay in registers while the (UP-1)*SW + KW source vectors they meet are each
+// loaded once and multiplied into the KW tap sums of the kernel row: 0.75 loads per FMA for
+// 3x3 stride 1 instead of 2 (wgrad_segment loads both operands of every product).
+template <typename T, int VB, int KW, int SW, int UP>
+FB_AI void wgrad_slide_block(const T* g, const T* x, int64_t C, int64_t o, Vec<T, VB>* acc) {
+  using V = Vec<T, VB>;
+  V gv[UP];
+#pragma GCC unroll 8
+  for (int u = 0; u < UP; ++u) gv[u] = vload<T, VB>(g + (o + u) * C);
+  const T* xp = x + o * SW * C;
+#pragma GCC unroll 32
+  for (int i = 0; i < (UP - 1) * SW + KW; ++i) {
+    const V xv = vload<T, VB>(xp + i * C);
+#pragma GCC unroll 8
+    for (int kw = 0; kw < KW; ++kw) {
+      const int d = i - kw;
+      if (d >= 0 && d % SW == 0 && d / SW < UP) acc[kw] += gv[d / SW] * xv;
+    }
+  }
+}
+
+// One channel vector (at c0) of one gradient row, all taps: like wgrad_slab, interior output
+// columns [olo, ohi) (valid for every kw) in sliding blocks, the border columns per tap.
+template <typename T, int VB, int KW, int SW>
+FB_AI void wgrad_slide_vec(const NhwcWgrad<T>& a, const T* grow, int64_t r, int64_t c0, T* F, int64_t skip,
+                           int64_t olo, int64_t ohi) {
+  using V = Vec<T, VB>;
+  constexpr int64_t L = VB / sizeof(T);
+  constexpr int UP = VB == 64 ? 8 : 4;  // UP + KW + 1 vectors within the register file
+  const int64_t C = a.C, n = r / a.OH, oh = r % a.OH;
+  const T* g = grow + c0;
+  for (int64_t kh = 0; kh < a.KH; ++kh) {
+    const int64_t ih = oh * a.sh - a.ph + kh * a.dh;
+    if (ih < 0 || ih >= a.H) continue;
+    const T* x = a.x + (n * a.H + ih) * a.W * C + c0 - a.pw * C;  // x + (ow*SW + kw)*C: tap kw
+    V acc[KW] = {};
+    int64_t o = olo;
+    for (; o + UP <= ohi; o += UP) wgrad_slide_block<T, VB, KW, SW, UP>(g, x, C, o, acc);
+    // Rows are short (7-28 columns): the rest in halving blocks rather than one at a time.
+    if (UP > 4 && o + 4 <= ohi) {
+      wgrad_slide_block<T, VB, KW, SW, 4>(g, x, C, o, acc);
+      o += 4;
+    }
+    if (o + 2 <= ohi) {
+      wgrad_slide_block<T, VB, KW, SW, 2>(g, x, C, o, acc);
+      o += 2;
+    }
+    if (o < ohi) wgrad_slide_block<T, VB, KW, SW, 1>(g, x, C, o, acc);
+#pragma GCC unroll 8
+    for (int kw = 0; kw < KW; ++kw) {
+      for (int64_t ow = a.ow_lo[kw]; ow < std::min(a.ow_hi[kw], olo); ++ow) {
+        acc[kw] += vload<T, VB>(g + ow * C) * vload<T, VB>(x + (ow * SW + kw) * C);
+      }
+      for (int64_t ow = ohi; ow < a.ow_hi[kw]; ++ow) {
+        acc[kw] += vload<T, VB>(g + ow * C) * vload<T, VB>(x + (ow * SW + kw) * C);
+      }
+      V sum = acc[kw];
+      if (skip > 0) {
+        using IV = IVec<T, VB>;
+        using I = std::remove_reference_t<decltype(IV{}[0])>;
+        IV lane;
+        for (int64_t l = 0; l < L; ++l) lane[l] = I(l);
+        sum = (V)((IV)sum & (IV)(lane >= I(skip)));
+      }
+      T* f = F + (kh * KW + kw) * C + c0;
+      vstore<T, VB>(f, vload<T, VB>(f) + sum);
+    }
+  }
+}
+
+// 3x3: the three kernel rows together (when all three source rows exist): 9 independent sums
+// instead of 3 hide the FMA latency, and each gradient vector is loaded once, not three times.
+template <typename T, int VB, int SW, int UP>
+FB_AI void wgrad_slide_block33(const T* g, const T* const* x, int64_t C, int64_t o, Vec<T, VB> (*acc)[3]) {
+  using V = Vec<T, VB>;
+  V gv[UP];
+#pragma GCC unroll 8
+  for (int u = 0; u < UP; ++u) gv[u] = vload<T, VB>(g + (o + u) * C);
+#pragma GCC unroll 3
+  for (int kh = 0; kh < 3; ++kh) {
+    const T* xp = x[kh] + o * SW * C;
+#pragma GCC unroll 32
+    for (int i = 0; i < (UP - 1) * SW + 3; ++i) {
+      const V xv = vload<T, VB>(xp + i * C);
+#pragma GCC unroll 3
+      for (int kw = 0; kw < 3; ++kw) {
+        const int d = i - kw;
+        if (d >= 0 && d % SW == 0 && d / SW < UP) acc[kh][kw] += gv[d / SW] * xv;
+      }
+    }
+  }
+}
+
+template <typename T, int VB, int SW>
+FB_AI void wgrad_slide_vec33(const NhwcWgrad<T>& a, const T* grow, const T* const* xr, int64_t c0, T* F,
+                             int64_t skip, int64_t olo, int64_t ohi) {
+  using V = Vec<T, VB>;
+  constexpr int64_t L = VB / sizeof(T);
+  constexpr int UP = VB == 64 ? 8 : 4;  // UP + 9 + 1 vectors within the register file
+  const int64_t C = a.C;
+  const T* g = grow + c0;
+  const T* x[3] = {xr[0] + c0, xr[1] + c0, xr[2] + c0};
+  V acc[3][3] = {};
+  int64_t o = olo;
+  for (; o + UP <= ohi; o += UP) wgrad_slide_block33<T, VB, SW, UP>(g, x, C, o, acc);
+  if (UP > 4 && o + 4 <= ohi) {
+    wgrad_slide_block33<T, VB, SW, 4>(g, x, C, o, acc);
+    o += 4;
+  }
+  if (o + 2 <= ohi) {
+    wgrad_slide_block33<T, VB, SW, 2>(g, x, C, o, acc);
+    o += 2;
+  }
+  if (o < ohi) wgrad_slide_block33<T, VB, SW, 1>(g, x, C, o, acc);
+#pragma GCC unroll 3
+  for (int kh = 0; kh < 3; ++kh) {
+#pragma GCC unroll 3
+    for (int kw = 0; kw < 3; ++kw) {
+      for (int64_t ow = a.ow_lo[kw]; ow < std::min(a.ow_hi[kw], olo); ++ow) {
+        acc[kh][kw] += vload<T, VB>(g + ow * C) * vload<T, VB>(x[kh] + (ow * SW + kw) * C);
+      }
+      for (int64_t ow = ohi; ow < a.ow_hi[kw]; ++ow) {
+        acc[kh][kw] += vload<T, VB>(g + ow * C) * vload<T, VB>(x[kh] + (ow * SW + kw) * C);
+      }
+      V sum = acc[kh][kw];
+      if (skip > 0) {
+        using IV = IVec<T, VB>;
+        using I = std::remove_reference_t<decltype(IV{}[0])>;
+        IV lane;
+        for (int64_t l = 0; l < L; ++l) lane[l] = I(l);
+        sum = (V)((IV)sum & (IV)(lane >= I(skip)));
+      }
+      T* f = F + (kh * 3 + kw) * C + c0;
+      vstore<T, VB>(f, vload<T, VB>(f) + sum);
+    }
+  }
+}
+
+template <typename T, int VB, int KW, int SW>
+FB_AI void wgrad_slide_row(const NhwcWgrad<T>& a, const T* grow, int64_t r, T* F) {
+  constexpr int64_t L = VB / sizeof(T);
+  int64_t olo = 0, ohi = a.OW;
+  for (int64_t kw = 0; kw < KW; ++kw) {
+    olo = std::max(olo, a.ow_lo[kw]);
+    ohi = std::min(ohi, a.ow_hi[kw]);
+  }
+  ohi = std::max(ohi, olo);
+  if constexpr (KW == 3) {
+    const int64_t n = r / a.OH, oh = r % a.OH;
+    const int64_t ih0 = oh * a.sh - a.ph;
+    if (a.KH == 3 && ih0 >= 0 && ih0 + 2 * a.dh < a.H) {
+      const T* xr[3];
+      for (int kh = 0; kh < 3; ++kh) xr[kh] = a.x + (n * a.H + ih0 + kh * a.dh) * a.W * a.C - a.pw * a.C;
+      int64_t cb = 0;
+      for (; cb + L <= a.C; cb += L) wgrad_slide_vec33<T, VB, SW>(a, grow, xr, cb, F, 0, olo, ohi);
+      if (cb < a.C) wgrad_slide_vec33<T, VB, SW>(a, grow, xr, a.C - L, F, cb - (a.C - L), olo, ohi);
+      return;
+    }
+  }
+  int64_t cb = 0;
+  for (; cb + L <= a.C; cb += L) wgrad_slide_vec<T, VB, KW, SW>(a, grow, r, cb, F, 0, olo, ohi);
+  if (cb < a.C) wgrad_slide_vec<T, VB, KW, SW>(a, grow, r, a.C - L, F, cb - (a.C - L), olo, ohi);
+}
+
 template <typename T, int VB>
 FB_AI void nhwc_wgrad_impl(const NhwcWgrad<T>& a, int64_t r0, int64_t r1, T* F, double* D) {
   constexpr int64_t L = VB / sizeof(T);
   constexpr int UC = 2;  // 2 vectors x 4 pixels = 8 independent sums
   const int64_t C = a.C, size = a.KH * a.KW * C;
   const int64_t rows_per_flush = std::max<int64_t>(1, 64 / std::max<int64_t>(a.OW, 1));
+  // Sliding blocks for dilation-1 3/5/7-wide kernel rows at stride 1 or 2 (10 * KW + sw).
+  const int64_t slide = a.dw == 1 && (a.KW == 3 || a.KW == 5 || a.KW == 7) && (a.sw == 1 || a.sw == 2)
+                            ? 10 * a.KW + a.sw : 0;
   int64_t pending = 0;
   for (int64_t r = r0; r < r1; ++r) {
     const T* grow = a.g + r * a.OW * C;
-    int64_t cb = 0;
-    for (; cb + UC * L <= C; cb += UC * L) wgrad_slab<T, VB, UC>(a, grow, r, cb, F, 0);
-    for (; cb + L <= C; cb += L) wgrad_slab<T, VB, 1>(a, grow, r, cb, F, 0);
-    if (cb < C) wgrad_slab<T, VB, 1>(a, grow, r, C - L, F, cb - (C - L));
+    if (slide == 31) {
+      wgrad_slide_row<T, VB, 3, 1>(a, grow, r, F);
+    } else if (slide == 32) {
+      wgrad_slide_row<T, VB, 3, 2>(a, grow, r, F);
+    } else if (slide == 51) {
+      wgrad_slide_row<T, VB, 5, 1>(a, grow, r, F);
+    } else if (slide == 52) {
+      wgrad_slide_row<T, VB, 5, 2>(a, grow, r, F);
+    } else if (slide == 71) {
+      wgrad_slide_row<T, VB, 7, 1>(a, grow, r, F);
+    } else if (slide == 72) {
+      wgrad_slide_row<T, VB, 7, 2>(a, grow, r, F);
+    } else {
+      int64_t cb = 0;
+      for (; cb + UC * L <= C; cb += UC * L) wgrad_slab<T, VB, UC>(a, grow, r, cb, F, 0);
+      for (; cb + L <= C; cb += L) wgrad_slab<T, VB, 1>(a, grow, r, cb, F, 0);
+      if (cb < C) wgrad_slab<T, VB, 1>(a, grow, r, C - L, F, cb - (C - L));
+    }
     if (++pending == rows_per_flush || r + 1 == r1) {
       for (int64_t i = 0; i < size; ++i) {
         D[i] += static_cast<double>(F[i]);
