@@ -405,12 +405,18 @@ FB_AI void nhwc_row_impl(const NhwcRow<T>& a) {
 }
 
 // dst[p * dstride + c] = src[p * sstride + c] for p < npix, c < width (width >= one vector).
+// ahead != 0: also fetches src + ahead + the same offsets into L2 (the source row copied one
+// output row later), so the next copy does not wait on memory line by line.
 template <typename T, int VB>
-FB_AI void copy_pixels_impl(const T* src, int64_t sstride, T* dst, int64_t dstride, int64_t npix, int64_t width) {
+FB_AI void copy_pixels_impl(const T* src, int64_t sstride, T* dst, int64_t dstride, int64_t npix, int64_t width,
+                            int64_t ahead) {
   constexpr int64_t L = VB / sizeof(T);
   for (int64_t p = 0; p < npix; ++p) {
     const T* s = src + p * sstride;
     T* d = dst + p * dstride;
+    if (ahead) {
+      for (int64_t c = 0; c < width; c += L) __builtin_prefetch(s + ahead + c, 0, 2);
+    }
     for (int64_t c = 0; c < width; c += L) {
       const int64_t c0 = std::min(c, width - L);
       vstore<T, VB>(d + c0, vload<T, VB>(s + c0));
@@ -842,7 +848,7 @@ struct Kernels {
   void (*fill_phases)(const T*, const RowCopy*, int64_t, int64_t, T*);
   void (*interleave2)(const T*, const T*, T*, int64_t);
   void (*nhwc_row)(const NhwcRow<T>&);
-  void (*copy_pixels)(const T*, int64_t, T*, int64_t, int64_t, int64_t);
+  void (*copy_pixels)(const T*, int64_t, T*, int64_t, int64_t, int64_t, int64_t);
   void (*nhwc_wgrad)(const NhwcWgrad<T>&, int64_t, int64_t, T*, double*);
   void (*apply_act)(T*, int64_t, int);
   void (*gather_block)(const T*, int64_t, int64_t, const int64_t*, T*);
@@ -875,8 +881,8 @@ struct Kernels {
     nhwc_row_impl<T, VB>(a);                                                                  \
   }                                                                                           \
   template <typename T>                                                                       \
-  void copy_pixels(const T* s, int64_t ss, T* d, int64_t ds, int64_t n, int64_t w) {          \
-    copy_pixels_impl<T, VB>(s, ss, d, ds, n, w);                                              \
+  void copy_pixels(const T* s, int64_t ss, T* d, int64_t ds, int64_t n, int64_t w, int64_t a) { \
+    copy_pixels_impl<T, VB>(s, ss, d, ds, n, w, a);                                           \
   }                                                                                           \
   template <typename T>                                                                       \
   void nhwc_wgrad(const NhwcWgrad<T>& a, int64_t r0, int64_t r1, T* F, double* D) {          \
@@ -1372,14 +1378,17 @@ struct PaddedRows {
     reset();
   }
   void reset() { std::fill(tag.begin(), tag.end(), std::numeric_limits<int64_t>::min()); }
-  // Row `row` of the current image and chunk; src: its pixel 0 at the chunk's first channel.
+  // Row `row` of the current image and chunk; src: its pixel 0 at the chunk's first channel;
+  // ahead: offset of the source row to prefetch while copying (0: none).
   const T* get(const Kernels<T>& k, int64_t row, const T* src, int64_t src_pixels, int64_t src_stride,
-               int64_t width) {
+               int64_t width, int64_t ahead) {
     const int64_t slot = floor_mod(row, span);
     T* d = buf.ptr + slot * Wp * stride;
     if (tag[slot] != row) {
       const int64_t p0 = std::max<int64_t>(0, -off), p1 = std::min(src_pixels, Wp - off);
-      if (p1 > p0) k.copy_pixels(src + p0 * src_stride, src_stride, d + (p0 + off) * stride, stride, p1 - p0, width);
+      if (p1 > p0) {
+        k.copy_pixels(src + p0 * src_stride, src_stride, d + (p0 + off) * stride, stride, p1 - p0, width, ahead);
+      }
       tag[slot] = row;
     }
     return d;
@@ -1431,7 +1440,8 @@ void forward_nhwc(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
       for (int64_t kh = 0; kh < g.KH; ++kh) {
         const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
         if (ih < 0 || ih >= g.H) continue;
-        rp[nrows] = pad.get(k, ih, xp + (n * g.H + ih) * g.W * C + c0, g.W, C, c1 - c0);
+        rp[nrows] = pad.get(k, ih, xp + (n * g.H + ih) * g.W * C + c0, g.W, C, c1 - c0,
+                            ih + g.sh < g.H ? g.sh * g.W * C : 0);
         wr[nrows++] = wp + kh * g.KW * C + c0;
       }
       T* dst = yp + (n * g.OH + oh) * g.OW * C + c0;
@@ -1496,7 +1506,8 @@ void backward_input_nhwc(const at::Tensor& grad, const at::Tensor& weight, const
         if (floor_mod(v, g.sh) != 0) continue;
         const int64_t oh = floor_div(v, g.sh);
         if (oh < 0 || oh >= g.OH) continue;
-        rows[nrows] = pad.get(k, oh, gp + (n * g.OH + oh) * g.OW * C + c0, g.OW, C, c1 - c0);
+        rows[nrows] = pad.get(k, oh, gp + (n * g.OH + oh) * g.OW * C + c0, g.OW, C, c1 - c0,
+                              oh + 1 < g.OH ? g.OW * C : 0);
         wr[nrows++] = wp + kh * g.KW * C + c0;
       }
       for (int64_t rp = 0; rp < nres; ++rp) {
