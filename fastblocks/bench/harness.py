@@ -34,7 +34,7 @@ import fastblocks
 from .. import testing
 from . import env
 from .cases import DTYPE_SHORT, REGISTRY, Case, OpBench, get_op
-from .timing import L2_FLUSH_BYTES, Budget, CudaTimer, copy_bandwidth, time_cpu
+from .timing import L2_FLUSH_BYTES, Budget, CudaTimer, copy_bandwidth, time_cpu_interleaved
 
 SCHEMA = "fastblocks-bench/1"
 BASE_PROVIDERS = ("eager", "compile", "compile-max-autotune")
@@ -327,9 +327,39 @@ def _time_provider(case: Case, provider: str, sets: list[_Inputs], ref, cfg: Ben
             row.update(timing.as_dict())
             row["peak_mem_bytes"] = _peak_bytes(calls[0], case.device)
         else:
-            row.update(time_cpu(calls, budget).as_dict())
+            # timed by the caller, interleaved with the case's other providers
+            # (time_cpu_interleaved); each call re-enters this provider's backend
+            row["_cpu_calls"] = [_in_backend(backend, c) for c in calls]
             row["peak_mem_bytes"] = None
     return row
+
+
+def _in_backend(backend: str | None, call: Callable) -> Callable:
+    if backend is None:
+        return call
+
+    def run():
+        with fastblocks.backend(backend):
+            call()
+    return run
+
+
+def _time_cpu_rows(rows: list[dict], budget: Budget) -> None:
+    """Time, interleaved, the CPU rows that _time_provider left calls on; store the timings."""
+    pending = [r for r in rows if "_cpu_calls" in r]
+    if not pending:
+        return
+    try:
+        with torch.autograd.set_multithreading_enabled(False):
+            timings = time_cpu_interleaved([r["_cpu_calls"] for r in pending], budget)
+        for r, t in zip(pending, timings):
+            r.update(t.as_dict())
+    except Exception as exc:
+        for r in pending:
+            r["error"] = _short_error(exc)
+    finally:
+        for r in pending:
+            del r["_cpu_calls"]
 
 
 def time_one(case: Case, provider: str, budget: Budget | None = None, graphs: str = "batch1") -> dict:
@@ -343,8 +373,10 @@ def time_one(case: Case, provider: str, budget: Budget | None = None, graphs: st
     with torch.autograd.set_multithreading_enabled(False):
         ref = _reference(case, sets[0])
     try:
-        return {**_case_fields(case), "provider": provider,
-                **_time_provider(case, provider, sets, ref, cfg, budget, timer)}
+        row = {**_case_fields(case), "provider": provider,
+               **_time_provider(case, provider, sets, ref, cfg, budget, timer)}
+        _time_cpu_rows([row], budget)
+        return row
     finally:
         del sets, ref, timer
         _free(dev)
@@ -435,6 +467,7 @@ def run(cfg: BenchConfig, on_case_done: Callable[[dict], None] | None = None) ->
                     _free(dev)
                 rows.append(row)
                 bar.update()
+            _time_cpu_rows(rows, budget)
             del sets, ref
             _free(dev)
             if on_case_done is not None:  # e.g. save partial results: a run cut short keeps them
@@ -462,7 +495,8 @@ def _timing_note(dev, budget: Budget, cfg: BenchConfig) -> str:
                   "never": ""}[cfg.graphs]
         return (f"{graphs}CUDA events around each call after a {L2_FLUSH_BYTES >> 20} MiB L2 flush; "
                 f"median of ~{budget.rep_ms:g} ms of calls after ~{budget.warmup_ms:g} ms warm-up")
-    return (f"time.perf_counter per call, median of ~{budget.cpu_rep_s:g} s of calls after "
+    return (f"time.perf_counter per call, the case's providers alternating call by call, median "
+            f"of ~{budget.cpu_rep_s:g} s of the slowest provider's calls after "
             f"~{budget.cpu_warmup_s:g} s warm-up; inputs rotated among up to {CPU_MAX_SETS} sets "
             f"(~{CPU_ROTATE_BYTES >> 20} MiB); {torch.get_num_threads()} threads")
 

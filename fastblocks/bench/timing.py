@@ -57,25 +57,42 @@ class Budget:
 
 # ---- CPU -------------------------------------------------------------------------------------
 
-def time_cpu(fns: Sequence[Callable], budget: Budget) -> Timing:
-    """Median of per-call host-clock times (CPU work is synchronous)."""
+def _warm_up(fns: Sequence[Callable], budget: Budget) -> float:
+    """Call at least once per input set, then until cpu_warmup_s; the mean seconds per call."""
     k = len(fns)
     t0 = time.perf_counter()
     i = 0
-    while True:  # warm-up: at least one call per input set, then until cpu_warmup_s
+    while True:
         fns[i % k]()
         i += 1
         if i >= k and time.perf_counter() - t0 >= budget.cpu_warmup_s:
             break
-    est = (time.perf_counter() - t0) / i
-    n = int(min(max(budget.cpu_rep_s / max(est, 1e-9), budget.cpu_min_reps), budget.cpu_max_reps))
-    times = []
+    return (time.perf_counter() - t0) / i
+
+
+def time_cpu(fns: Sequence[Callable], budget: Budget) -> Timing:
+    """Median of per-call host-clock times (CPU work is synchronous)."""
+    return time_cpu_interleaved([fns], budget)[0]
+
+
+def time_cpu_interleaved(providers: Sequence[Sequence[Callable]], budget: Budget) -> list[Timing]:
+    """Per provider (a list of calls, one per input set), the median of per-call host-clock
+    times, the providers' calls alternating one by one: a shared CPU host's slow phases (other
+    tenants, descheduled vCPUs; tens of percent on the dev box) then fall on every provider
+    alike, so their ratio is an in-process ratio. Every provider gets the same number of calls,
+    sized by the slowest one's budget."""
+    ests = [_warm_up(fns, budget) for fns in providers]
+    n = int(min(max(budget.cpu_rep_s / max(max(ests), 1e-9), budget.cpu_min_reps),
+                budget.cpu_max_reps))
+    times: list[list[float]] = [[] for _ in providers]
     for j in range(n):
-        fn = fns[j % k]
-        s = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - s) * 1e6)
-    return _summary(times, "cpu perf_counter")
+        for fns, out in zip(providers, times):
+            fn = fns[j % len(fns)]
+            s = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - s) * 1e6)
+    method = "cpu perf_counter" + (", providers interleaved call by call" if len(providers) > 1 else "")
+    return [_summary(t, method) for t in times]
 
 
 # ---- CUDA ------------------------------------------------------------------------------------
