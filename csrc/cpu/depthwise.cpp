@@ -1432,6 +1432,43 @@ void forward_nhwc(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   });
 }
 
+// The input gradient as a gather: input column iw = rp + sw*t (residue class rp = iw % sw)
+// reads gradient column t + q[rp][i] with weight column wcol[rp][i] (kw * col_step, the
+// weight's stride between kernel columns in the caller's layout). q is shifted so the
+// leftmost tap reads padded gradient column 0: gradient column ow sits at ow - qmin in padded
+// rows of Wp pixels.
+struct ColumnTaps {
+  std::vector<std::vector<int64_t>> q, wcol;
+  int64_t qmin = 0, Wp = 1;
+  int64_t nres() const { return static_cast<int64_t>(q.size()); }
+};
+
+ColumnTaps column_taps(const Geom& g, int64_t col_step) {
+  ColumnTaps t;
+  const int64_t nres = std::min(g.sw, g.W);
+  t.q.resize(nres);
+  t.wcol.resize(nres);
+  int64_t qmax = 0;
+  bool any = false;
+  for (int64_t rp = 0; rp < nres; ++rp) {
+    for (int64_t kw = 0; kw < g.KW; ++kw) {
+      const int64_t v = rp + g.pw - kw * g.dw;
+      if (floor_mod(v, g.sw) != 0) continue;
+      const int64_t qq = floor_div(v, g.sw);
+      t.qmin = any ? std::min(t.qmin, qq) : qq;
+      qmax = any ? std::max(qmax, qq) : qq;
+      any = true;
+      t.q[rp].push_back(qq);
+      t.wcol[rp].push_back(kw * col_step);
+    }
+  }
+  for (auto& v : t.q) {
+    for (auto& qq : v) qq -= t.qmin;
+  }
+  t.Wp = std::max<int64_t>(1, qmax - t.qmin + ceil_div(g.W, g.sw));
+  return t;
+}
+
 template <typename T>
 void backward_input_nhwc(const at::Tensor& grad, const at::Tensor& weight, const Geom& g,
                          at::Tensor& gx) {
@@ -1441,28 +1478,10 @@ void backward_input_nhwc(const at::Tensor& grad, const at::Tensor& weight, const
   const T* wp = wT.ptr;
   T* op = gx.mutable_data_ptr<T>();
   const int64_t C = g.C;
-  // Column taps of each residue class rp = iw % sw: iw = rp + sw*t reads gradient column q + t.
-  const int64_t nres = std::min(g.sw, g.W);
-  std::vector<std::vector<int64_t>> q(nres), wcol(nres);
-  int64_t qmin = 0, qmax = 0;
-  bool any = false;
-  for (int64_t rp = 0; rp < nres; ++rp) {
-    for (int64_t kw = 0; kw < g.KW; ++kw) {
-      const int64_t v = rp + g.pw - kw * g.dw;
-      if (floor_mod(v, g.sw) != 0) continue;
-      const int64_t qq = floor_div(v, g.sw);
-      qmin = any ? std::min(qmin, qq) : qq;
-      qmax = any ? std::max(qmax, qq) : qq;
-      any = true;
-      q[rp].push_back(qq);
-      wcol[rp].push_back(kw * C);
-    }
-  }
-  // Padded gradient rows: gradient column ow at padded pixel ow - qmin.
-  for (auto& v : q) {
-    for (auto& qq : v) qq -= qmin;
-  }
-  const int64_t Wp = std::max<int64_t>(1, qmax - qmin + ceil_div(g.W, g.sw));
+  const ColumnTaps taps = column_taps(g, C);
+  const auto& q = taps.q;
+  const auto& wcol = taps.wcol;
+  const int64_t nres = taps.nres(), qmin = taps.qmin, Wp = taps.Wp;
   const int64_t span = (g.KH - 1) * g.dh / g.sh + 2;
   const RowSplit split = row_split(g.N, g.H, C, k.lanes, span * Wp, sizeof(T), g.H * g.W * C * sizeof(T));
   const int64_t stride = max_chunk_width(split, C, k.lanes);
@@ -1653,27 +1672,10 @@ void backward_input_nchw_blocked(const at::Tensor& grad, const at::Tensor& weigh
   const scalar_t* gp = grad.const_data_ptr<scalar_t>();
   const scalar_t* wp = weight.const_data_ptr<scalar_t>();
   scalar_t* op = gx.mutable_data_ptr<scalar_t>();
-  // Column taps of each residue class rp = iw % sw, as in backward_input_nhwc.
-  const int64_t nres = std::min(g.sw, g.W);
-  std::vector<std::vector<int64_t>> q(nres), wcol(nres);
-  int64_t qmin = 0, qmax = 0;
-  bool any = false;
-  for (int64_t rp = 0; rp < nres; ++rp) {
-    for (int64_t kw = 0; kw < g.KW; ++kw) {
-      const int64_t v = rp + g.pw - kw * g.dw;
-      if (floor_mod(v, g.sw) != 0) continue;
-      const int64_t qq = floor_div(v, g.sw);
-      qmin = any ? std::min(qmin, qq) : qq;
-      qmax = any ? std::max(qmax, qq) : qq;
-      any = true;
-      q[rp].push_back(qq);
-      wcol[rp].push_back(kw * L);
-    }
-  }
-  for (auto& v : q) {
-    for (auto& qq : v) qq -= qmin;
-  }
-  const int64_t Wp = std::max<int64_t>(1, qmax - qmin + ceil_div(g.W, g.sw));
+  const ColumnTaps taps = column_taps(g, L);
+  const auto& q = taps.q;
+  const auto& wcol = taps.wcol;
+  const int64_t nres = taps.nres(), qmin = taps.qmin, Wp = taps.Wp;
   std::vector<int64_t> idx(OHW);
   for (int64_t p = 0; p < OHW; ++p) {
     const int64_t col = p % g.OW - qmin;

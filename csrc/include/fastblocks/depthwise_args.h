@@ -64,6 +64,17 @@ inline void check_weight(DepthwiseShape& s, const at::Tensor& w, const char* op,
   s.kw = w.size(3);
 }
 
+// The output side of the backward ops, from grad: its channels (a multiple of the s.c input
+// channels: the multiplier) and spatial size.
+inline void set_from_grad(DepthwiseShape& s, const at::Tensor& grad, const char* op) {
+  const int64_t OC = grad.size(1);
+  TORCH_CHECK(s.c >= 1 && OC >= s.c && OC % s.c == 0, op, ": grad has ", OC,
+              " channels, not a multiple of the ", s.c, " input channels");
+  s.mult = OC / s.c;
+  s.oh = grad.size(2);
+  s.ow = grad.size(3);
+}
+
 inline DepthwiseShape forward_shape(const at::Tensor& x, const at::Tensor& weight,
                                     const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                     at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -104,19 +115,14 @@ inline DepthwiseShape backward_input_shape(const at::Tensor& grad, const at::Ten
   check_layout(grad, op, "grad", channels_last);
   DepthwiseShape s{};
   s.n = grad.size(0);
-  const int64_t OC = grad.size(1);
-  s.oh = grad.size(2);
-  s.ow = grad.size(3);
   s.channels_last = channels_last;
   TORCH_CHECK(in_size.size() == 2 || in_size.size() == 3, op,
               ": in_size must be (H, W) or (C, H, W), got ", in_size);
-  s.c = in_size.size() == 3 ? in_size[0] : OC;
+  s.c = in_size.size() == 3 ? in_size[0] : grad.size(1);
   s.h = in_size[in_size.size() - 2];
   s.w = in_size[in_size.size() - 1];
-  TORCH_CHECK(s.c >= 1 && OC >= s.c && OC % s.c == 0, op, ": grad has ", OC,
-              " channels, not a multiple of the ", s.c, " input channels");
   TORCH_CHECK(s.h >= 0 && s.w >= 0, op, ": in_size must be >= 0, got ", in_size);
-  s.mult = OC / s.c;
+  set_from_grad(s, grad, op);
   check_weight(s, weight, op, grad, "grad");
   set_conv_args(s, op, stride, padding, dilation);
   return s;
@@ -136,13 +142,8 @@ inline DepthwiseShape backward_weight_shape(const at::Tensor& grad, const at::Te
   s.h = x.size(2);
   s.w = x.size(3);
   s.channels_last = channels_last;
-  const int64_t OC = grad.size(1);
   TORCH_CHECK(grad.size(0) == s.n, op, ": grad batch ", grad.size(0), " differs from x batch ", s.n);
-  TORCH_CHECK(s.c >= 1 && OC >= s.c && OC % s.c == 0, op, ": grad has ", OC,
-              " channels, not a multiple of x's ", s.c);
-  s.mult = OC / s.c;
-  s.oh = grad.size(2);
-  s.ow = grad.size(3);
+  set_from_grad(s, grad, op);
   std::tie(s.kh, s.kw) = pair_arg(kernel_size, op, "kernel_size");
   TORCH_CHECK(s.kh >= 1 && s.kw >= 1, op, ": kernel_size must be >= 1, got ", kernel_size);
   set_conv_args(s, op, stride, padding, dilation);
