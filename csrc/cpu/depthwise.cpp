@@ -280,10 +280,11 @@ FB_AI void nhwc_block(const T* const* tsrc, const T* const* tw, int ntap, int64_
   }
 }
 
-// Step-1 outputs t .. t+UP whose KW column taps are consecutive source pixels q0 + j (weights at
-// wcol[j]): each source vector is loaded once and meets its KW weights in registers (about 0.4
-// loads per FMA for a 5-wide kernel instead of 1.25).
-template <typename T, int VB, int KW, int UP>
+// Outputs t .. t+UP at step SW whose KW column taps are consecutive source pixels q0 + j
+// (weights at wcol[j]): output u reads source pixels (t+u)*SW + q0 + j, so the (UP-1)*SW + KW
+// source vectors of a block are each loaded once and meet all their taps in registers (about
+// 0.4 loads per FMA for a 5-wide kernel at step 1, 0.6 at step 2, instead of 1.25).
+template <typename T, int VB, int KW, int SW, int UP>
 FB_AI void nhwc_slide(const NhwcRow<T>& a, int64_t q0, const int64_t* wcol, int64_t t, int64_t c0) {
   using V = Vec<T, VB>;
   const int64_t C = a.C;
@@ -295,15 +296,15 @@ FB_AI void nhwc_slide(const NhwcRow<T>& a, int64_t q0, const int64_t* wcol, int6
     V wv[KW];
 #pragma GCC unroll 8
     for (int j = 0; j < KW; ++j) wv[j] = vload<T, VB>(a.wrows[r] + wcol[j] + c0);
-    const T* src = a.rows[r] + (q0 + t) * C + c0;
-#pragma GCC unroll 16
-    for (int i = 0; i < UP + KW - 1; ++i) {
+    const T* src = a.rows[r] + (q0 + t * SW) * C + c0;
+#pragma GCC unroll 32
+    for (int i = 0; i < (UP - 1) * SW + KW; ++i) {
       const V xv = vload<T, VB>(src);
       src += C;
 #pragma GCC unroll 8
-      for (int j = 0; j < KW; ++j) {
-        const int u = i - j;
-        if (u >= 0 && u < UP) acc[u] += wv[j] * xv;
+      for (int u = 0; u < UP; ++u) {
+        const int j = i - u * SW;
+        if (j >= 0 && j < KW) acc[u] += wv[j] * xv;
       }
     }
   }
@@ -317,29 +318,29 @@ FB_AI void nhwc_slide(const NhwcRow<T>& a, int64_t q0, const int64_t* wcol, int6
 #define FB_DW_FOR_BLOCKS(t, count, up) \
   for (int64_t t##_i = 0, t = 0; t##_i < (count); t##_i += (up), t = std::min(t##_i, (count) - (up)))
 
-template <typename T, int VB, int KW, int UP>
+template <typename T, int VB, int KW, int SW, int UP>
 FB_AI void nhwc_row_slide_up(const NhwcRow<T>& a, int64_t q0, const int64_t* wcol) {
   constexpr int64_t L = VB / sizeof(T);
   for (int64_t cb = 0; cb < a.width; cb += L) {
     const int64_t c0 = std::min(cb, a.width - L);  // the last vector overlaps its neighbour
-    FB_DW_FOR_BLOCKS(t, a.count, UP) nhwc_slide<T, VB, KW, UP>(a, q0, wcol, t, c0);
+    FB_DW_FOR_BLOCKS(t, a.count, UP) nhwc_slide<T, VB, KW, SW, UP>(a, q0, wcol, t, c0);
   }
 }
 
 // Blocks of up to 8 pixels (8 sums + KW weights + 1 source vector fit 16 registers), as even as
 // possible: a 14-wide row takes 7 + 7, not 8 + 8 overlapping.
-template <typename T, int VB, int KW>
+template <typename T, int VB, int KW, int SW>
 FB_AI void nhwc_row_slide(const NhwcRow<T>& a, int64_t q0, const int64_t* wcol) {
   const int64_t up = a.count <= 8 ? a.count : ceil_div(a.count, ceil_div(a.count, 8));
   switch (up) {
-    case 1: return nhwc_row_slide_up<T, VB, KW, 1>(a, q0, wcol);
-    case 2: return nhwc_row_slide_up<T, VB, KW, 2>(a, q0, wcol);
-    case 3: return nhwc_row_slide_up<T, VB, KW, 3>(a, q0, wcol);
-    case 4: return nhwc_row_slide_up<T, VB, KW, 4>(a, q0, wcol);
-    case 5: return nhwc_row_slide_up<T, VB, KW, 5>(a, q0, wcol);
-    case 6: return nhwc_row_slide_up<T, VB, KW, 6>(a, q0, wcol);
-    case 7: return nhwc_row_slide_up<T, VB, KW, 7>(a, q0, wcol);
-    default: return nhwc_row_slide_up<T, VB, KW, 8>(a, q0, wcol);
+    case 1: return nhwc_row_slide_up<T, VB, KW, SW, 1>(a, q0, wcol);
+    case 2: return nhwc_row_slide_up<T, VB, KW, SW, 2>(a, q0, wcol);
+    case 3: return nhwc_row_slide_up<T, VB, KW, SW, 3>(a, q0, wcol);
+    case 4: return nhwc_row_slide_up<T, VB, KW, SW, 4>(a, q0, wcol);
+    case 5: return nhwc_row_slide_up<T, VB, KW, SW, 5>(a, q0, wcol);
+    case 6: return nhwc_row_slide_up<T, VB, KW, SW, 6>(a, q0, wcol);
+    case 7: return nhwc_row_slide_up<T, VB, KW, SW, 7>(a, q0, wcol);
+    default: return nhwc_row_slide_up<T, VB, KW, SW, 8>(a, q0, wcol);
   }
 }
 
@@ -385,8 +386,12 @@ FB_AI void nhwc_row_generic(const NhwcRow<T>& a) {
 
 template <typename T, int VB>
 FB_AI void nhwc_row_impl(const NhwcRow<T>& a) {
-  // Sliding blocks need step 1 and column taps on consecutive source pixels (in any order).
-  if (a.step == 1 && (a.ncol == 3 || a.ncol == 5 || a.ncol == 7)) {
+  // Sliding blocks need column taps on consecutive source pixels (in any order): at step 1 the
+  // forward's 3/5/7-wide rows and the input gradient's residue classes (2-4 taps at stride 2),
+  // at step 2 the forward's 3/5/7-wide rows.
+  const bool step1 = a.step == 1 && (a.ncol >= 2 && a.ncol <= 5 || a.ncol == 7);
+  const bool step2 = a.step == 2 && (a.ncol == 3 || a.ncol == 5 || a.ncol == 7);
+  if (step1 || step2) {
     int64_t order[7], wcol[7];
     for (int i = 0; i < a.ncol; ++i) order[i] = i;
     std::sort(order, order + a.ncol, [&](int64_t x, int64_t y) { return a.q[x] < a.q[y]; });
@@ -396,10 +401,21 @@ FB_AI void nhwc_row_impl(const NhwcRow<T>& a) {
       consecutive = consecutive && a.q[order[i]] == q0 + i;
       wcol[i] = a.wcol[order[i]];
     }
+    if (consecutive && step1) {
+      switch (a.ncol) {
+        case 2: return nhwc_row_slide<T, VB, 2, 1>(a, q0, wcol);
+        case 3: return nhwc_row_slide<T, VB, 3, 1>(a, q0, wcol);
+        case 4: return nhwc_row_slide<T, VB, 4, 1>(a, q0, wcol);
+        case 5: return nhwc_row_slide<T, VB, 5, 1>(a, q0, wcol);
+        default: return nhwc_row_slide<T, VB, 7, 1>(a, q0, wcol);
+      }
+    }
     if (consecutive) {
-      if (a.ncol == 3) return nhwc_row_slide<T, VB, 3>(a, q0, wcol);
-      if (a.ncol == 5) return nhwc_row_slide<T, VB, 5>(a, q0, wcol);
-      return nhwc_row_slide<T, VB, 7>(a, q0, wcol);
+      switch (a.ncol) {
+        case 3: return nhwc_row_slide<T, VB, 3, 2>(a, q0, wcol);
+        case 5: return nhwc_row_slide<T, VB, 5, 2>(a, q0, wcol);
+        default: return nhwc_row_slide<T, VB, 7, 2>(a, q0, wcol);
+      }
     }
   }
   nhwc_row_generic<T, VB>(a);
