@@ -90,6 +90,20 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def cpu_pages() -> dict:
+    """How large CPU tensors get their pages: c10's THP_MEM_ALLOC_ENABLE (madvise huge pages
+    for allocations of 2 MB and more) and the kernel's transparent-huge-page mode."""
+    mode = None
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            text = f.read()
+        mode = text[text.index("[") + 1:text.index("]")]
+    except (OSError, ValueError):
+        pass
+    return {"thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
+            "transparent_hugepage": mode}
+
+
 def load_average() -> float | None:
     """The host's 1-minute load average (None where unknown): other work on the machine makes
     CPU timings noisy, so results record it."""
