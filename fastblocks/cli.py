@@ -182,21 +182,23 @@ def _device(name: str | None):
     return torch.device(name)
 
 
-HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
+def _reexec_with_reused_memory() -> None:
+    """Re-run this command with glibc's malloc keeping freed memory for reuse.
 
-
-def _reexec_with_huge_pages() -> None:
-    """Re-run this command with PyTorch's CPU allocator asking for transparent huge pages.
-
-    A fresh tensor of more than ~32 MB is a fresh mmap, and on 4 KiB pages its first touch
-    page-faults once per page: on the 2-core VM the CPU results come from, writing a new
-    102 MB tensor took 28-34 ms with 4 KiB pages and 7 ms with huge pages. That cost lands on
-    every provider alike, is noisy, and hides the kernels. c10 reads the variable once, at its
-    first allocation, so it must be set before torch starts: hence a new process.
+    By default glibc serves each allocation over 32 MB with a fresh mmap and unmaps it on free,
+    so every call that makes such a tensor page-faults on its first touch, 4 KiB at a time: on
+    the 2-core VM the CPU results come from, relu of a new 95 MB tensor took 31 ms, of which
+    the kernel is 4 ms (a copy into an existing buffer: 6 ms). That cost lands on every
+    provider alike, is noisy, and hides the kernels; a training loop on a caching allocator
+    (jemalloc, tcmalloc, or PyTorch's own on CUDA) does not pay it. With mmap off and no
+    trimming, freed tensors are reused: 4.1 ms. glibc reads the tunables at start-up, hence a
+    new process. Tunables the caller set are left alone.
     """
-    if os.environ.get(HUGE_PAGES_ENV) == "1":
+    from .bench import env as bench_env
+
+    if os.environ.get(bench_env.MALLOC_TUNABLES_ENV):
         return
-    env = {**os.environ, HUGE_PAGES_ENV: "1"}
+    env = {**os.environ, bench_env.MALLOC_TUNABLES_ENV: bench_env.REUSE_MEMORY_TUNABLES}
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", "fastblocks.cli", *sys.argv[1:]], env)
@@ -208,8 +210,8 @@ def cmd_bench_ops(args) -> int:
 
     ops, all_ops = _resolve_ops(args.op, required=True)
     device = _device(args.device)
-    if device.type == "cpu" and not args.small_pages and args.from_command_line:
-        _reexec_with_huge_pages()
+    if device.type == "cpu" and not args.system_malloc and args.from_command_line:
+        _reexec_with_reused_memory()
     providers = None
     if args.providers:
         try:
@@ -541,9 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--graphs", choices=["batch1", "always", "never"], default="batch1",
                    help="CUDA-graph timing: batch-1 cases (default), every case, or none")
     s.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
-    s.add_argument("--small-pages", action="store_true",
-                   help="CPU: keep 4 KiB pages for large tensors (default: the command re-runs itself "
-                        "with THP_MEM_ALLOC_ENABLE=1; see bench/README.md)")
+    s.add_argument("--system-malloc", action="store_true",
+                   help="CPU: keep glibc's default malloc (default: the command re-runs itself with "
+                        "freed memory kept for reuse; see bench/README.md)")
     s.add_argument("--out", default=os.path.join("bench", "results"), metavar="DIR",
                    help="results root (default bench/results): writes DIR/<device-slug>/<name>.json")
     s.add_argument("--name", help="results file name (default ops-<ops> or ops-all)")

@@ -197,3 +197,21 @@ def test_cli_demo_subprocess():
     assert len(verdict) == 1 and "ops match eager" in verdict[0]
     if proc.returncode == 1:
         assert "MISMATCH" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the re-run applies to CPU benchmarks")
+def test_cli_bench_cpu_reruns_with_reused_memory(tmp_path):
+    """From the command line a CPU benchmark re-runs itself with glibc keeping freed memory
+    (no first-touch page faults per call), records it, and --system-malloc opts out."""
+    base = [sys.executable, "-m", "fastblocks.cli", "bench", "ops", "--op", "relu6", "--shapes", "sweep",
+            "--quick", "--providers", "eager", "--out", str(tmp_path), "--no-progress", "--no-plot",
+            "--threads", "1"]
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    for extra, reuses in (([], True), (["--system-malloc"], False)):
+        proc = subprocess.run(base + ["--name", f"m{int(reuses)}"] + extra, capture_output=True, text=True,
+                              timeout=120, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        path = re.search(r"^results: (.+\.json)$", proc.stdout, re.M).group(1)
+        data = json.loads(open(path).read())
+        assert data["device"]["malloc"]["reuses_freed_memory"] is reuses
+        assert ("page-faults on first touch" in proc.stdout) is (not reuses)

@@ -90,18 +90,17 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def cpu_pages() -> dict:
-    """How large CPU tensors get their pages: c10's THP_MEM_ALLOC_ENABLE (madvise huge pages
-    for allocations of 2 MB and more) and the kernel's transparent-huge-page mode."""
-    mode = None
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            text = f.read()
-        mode = text[text.index("[") + 1:text.index("]")]
-    except (OSError, ValueError):
-        pass
-    return {"thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
-            "transparent_hugepage": mode}
+# glibc malloc tunables under which freed memory is reused rather than unmapped (see
+# fastblocks.cli._reexec_with_reused_memory): no mmap-served allocations, no heap trimming.
+MALLOC_TUNABLES_ENV = "GLIBC_TUNABLES"
+REUSE_MEMORY_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
+
+
+def cpu_malloc() -> dict:
+    """How CPU tensors get their memory: glibc's tunables, and whether they keep freed memory
+    for reuse (fresh large tensors then do not page-fault on every call)."""
+    tunables = os.environ.get(MALLOC_TUNABLES_ENV)
+    return {"glibc_tunables": tunables, "reuses_freed_memory": tunables == REUSE_MEMORY_TUNABLES}
 
 
 def load_average() -> float | None:

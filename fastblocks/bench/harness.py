@@ -416,7 +416,7 @@ def run(cfg: BenchConfig, on_case_done: Callable[[dict], None] | None = None) ->
         info["host_load_avg"] = env.load_average()  # before the run: other work on the host
         if dev.type == "cpu":
             info["thread_check"] = env.cpu_oversubscribed()
-            info["pages"] = env.cpu_pages()
+            info["malloc"] = env.cpu_malloc()
         copy = copy_bandwidth(dev, budget)
         timer = CudaTimer(dev) if dev.type == "cuda" else None
         rows: list[dict] = []
@@ -678,10 +678,11 @@ def format_table(results: dict) -> str:
     elif dev["type"] == "cpu" and load is not None and load > 0.75 * ncpu:
         lines.append(f"warning: the host was busy when the run began (load average {load:g} on "
                      f"{ncpu} CPUs): CPU timings may be noisy")
-    pages = dev.get("pages")
-    if pages and not pages["thp_mem_alloc_enable"]:
-        lines.append("note: large CPU tensors on 4 KiB pages (THP_MEM_ALLOC_ENABLE unset): a new tensor "
-                     "over ~32 MB page-faults on first touch, a cost every provider pays alike")
+    malloc = dev.get("malloc")
+    if malloc and not malloc["reuses_freed_memory"]:
+        lines.append("note: glibc's default malloc: every new CPU tensor over 32 MB is a fresh mmap that "
+                     "page-faults on first touch, a cost every provider pays alike (the command line "
+                     "re-runs itself to avoid it unless --system-malloc)")
     graph_errors = {r["graph_error"] for r in rows if r.get("graph_error")}
     for e in sorted(graph_errors):
         lines.append(f"CUDA graph capture failed (timed without graphs): {e}")
