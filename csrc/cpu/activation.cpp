@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "fastblocks/cpu_utils.h"
@@ -17,14 +18,27 @@ namespace {
 // that at::parallel_for's per-task overhead stays under ~1%.
 constexpr int64_t kGrain = 32768;
 
-// fp16/bf16 are widened to float element by element (c10::Half/BFloat16 conversions); float and
-// double loops vectorize directly.
+// float and double loops vectorize directly. fp16/bf16 run in chunks through a float buffer:
+// widen_n, the float loop, narrow_n (cpu_utils.h; bit-identical to c10's conversions). GCC 12
+// does not vectorize one loop that converts, computes and converts back (it picks 16-bit
+// vectors and then cannot fit the floats), and c10's scalar fp16 conversions made the fp16
+// activations ~40x slower than ATen's.
+constexpr int64_t kChunk = 512;
+
 template <typename scalar_t, int ACT>
 FB_CPU_CLONES void forward_loop(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
                                 int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t i = 0; i < n; ++i) {
-    y[i] = static_cast<scalar_t>(act_forward_ct<ACT, acc_t>(static_cast<acc_t>(x[i])));
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    for (int64_t i = 0; i < n; ++i) y[i] = act_forward_ct<ACT, acc_t>(x[i]);
+  } else {
+    alignas(64) acc_t buf[kChunk];
+    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+      const int64_t m = std::min(kChunk, n - i0);
+      widen_n(x + i0, buf, m);
+      for (int64_t i = 0; i < m; ++i) buf[i] = act_forward_ct<ACT, acc_t>(buf[i]);
+      narrow_n(buf, y + i0, m);
+    }
   }
 }
 
@@ -33,10 +47,18 @@ template <typename scalar_t, int ACT>
 FB_CPU_CLONES void backward_loop(const scalar_t* g, const scalar_t* __restrict__ x, scalar_t* gx,
                                  int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
 #pragma GCC ivdep
-  for (int64_t i = 0; i < n; ++i) {
-    gx[i] = static_cast<scalar_t>(
-        act_backward_ct<ACT, acc_t>(static_cast<acc_t>(g[i]), static_cast<acc_t>(x[i])));
+    for (int64_t i = 0; i < n; ++i) gx[i] = act_backward_ct<ACT, acc_t>(g[i], x[i]);
+  } else {
+    alignas(64) acc_t gb[kChunk], xb[kChunk];
+    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+      const int64_t m = std::min(kChunk, n - i0);
+      widen_n(g + i0, gb, m);
+      widen_n(x + i0, xb, m);
+      for (int64_t i = 0; i < m; ++i) gb[i] = act_backward_ct<ACT, acc_t>(gb[i], xb[i]);
+      narrow_n(gb, gx + i0, m);  // gx may be g: chunk i0 of g was read above
+    }
   }
 }
 

@@ -1371,16 +1371,30 @@ struct PaddedRows {
     reset();
   }
   void reset() { std::fill(tag.begin(), tag.end(), std::numeric_limits<int64_t>::min()); }
-  // Row `row` of the current image and chunk; src: its pixel 0 at the chunk's first channel;
-  // ahead: offset of the source row to prefetch while copying (0: none).
-  const T* get(const Kernels<T>& k, int64_t row, const T* src, int64_t src_pixels, int64_t src_stride,
+  // Row `row` of the current image and chunk; src: its pixel 0 at the chunk's first channel,
+  // in the storage type S (fp16/bf16 rows are widened to T here, in cache); ahead: offset of the
+  // source row to prefetch while copying (0: none).
+  template <typename S>
+  const T* get(const Kernels<T>& k, int64_t row, const S* src, int64_t src_pixels, int64_t src_stride,
                int64_t width, int64_t ahead) {
     const int64_t slot = floor_mod(row, span);
     T* d = buf.ptr + slot * Wp * stride;
     if (tag[slot] != row) {
       const int64_t p0 = std::max<int64_t>(0, -off), p1 = std::min(src_pixels, Wp - off);
       if (p1 > p0) {
-        k.copy_pixels(src + p0 * src_stride, src_stride, d + (p0 + off) * stride, stride, p1 - p0, width, ahead);
+        src += p0 * src_stride;
+        d += (p0 + off) * stride;
+        if constexpr (std::is_same_v<S, T>) {
+          k.copy_pixels(src, src_stride, d, stride, p1 - p0, width, ahead);
+        } else {
+          for (int64_t p = 0; p < p1 - p0; ++p) {
+            if (ahead) {
+              for (int64_t c = 0; c < width; c += 64 / sizeof(S)) __builtin_prefetch(src + p * src_stride + ahead + c, 0, 2);
+            }
+            widen_n(src + p * src_stride, d + p * stride, width);
+          }
+        }
+        d = buf.ptr + slot * Wp * stride;
       }
       tag[slot] = row;
     }
@@ -1397,16 +1411,20 @@ int64_t max_chunk_width(const RowSplit& s, int64_t C, int64_t lanes) {
   return w;
 }
 
-template <typename T>
+// x and y in the storage type S, the sums in T. fp16/bf16 (S != T) are widened as the padded
+// rows are copied and narrowed from a row of T after the epilogue, so the tensors are read and
+// written once, in their own type.
+template <typename S, typename T>
 void forward_nhwc(const at::Tensor& x, const at::Tensor& weight, const at::Tensor* bias,
                   const Geom& g, int act, at::Tensor& y) {
+  constexpr bool direct = std::is_same_v<S, T>;
   const Kernels<T>& k = kernels<T>();
   const AlignedBuf<T> wT = tap_major<T>(weight, g);
   const AlignedBuf<T> bT = bias ? to_aligned<T>(*bias) : AlignedBuf<T>(0);
-  const T* xp = x.const_data_ptr<T>();
+  const S* xp = x.const_data_ptr<S>();
   const T* wp = wT.ptr;
   const T* bp = bias ? bT.ptr : nullptr;
-  T* yp = y.mutable_data_ptr<T>();
+  S* yp = y.mutable_data_ptr<S>();
   const int64_t C = g.C;
   // Padded input rows: output column t, tap kw reads padded pixel t*sw + kw*dw (input column
   // t*sw + kw*dw - pw).
@@ -1422,6 +1440,7 @@ void forward_nhwc(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   at::parallel_for(0, split.tasks(g.N), grain_for(work), [&](int64_t begin, int64_t end) {
     std::vector<const T*> rp(g.KH), wr(g.KH), scratch(2 * g.taps());
     PaddedRows<T> pad(span, Wp, g.pw, stride);
+    AlignedBuf<T> row(direct ? 0 : g.OW * stride);  // one output row in T before narrowing
     int64_t cur_n = -1, cur_c = -1;
     for_task_rows(split, C, k.lanes, begin, end, [&](int64_t n, int64_t oh, int64_t c0, int64_t c1) {
       if (n != cur_n || c0 != cur_c) {
@@ -1437,12 +1456,22 @@ void forward_nhwc(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
                             ih + g.sh < g.H ? g.sh * g.W * C : 0);
         wr[nrows++] = wp + kh * g.KW * C + c0;
       }
-      T* dst = yp + (n * g.OH + oh) * g.OW * C + c0;
+      S* out = yp + (n * g.OH + oh) * g.OW * C + c0;
+      T* dst;
+      int64_t dst_step;
+      if constexpr (direct) {
+        dst = out;
+        dst_step = C;
+      } else {
+        dst = row.ptr;
+        dst_step = stride;
+      }
       NhwcRow<T> a{rp.data(), wr.data(), nrows, q.data(), wcol.data(), int(g.KW), g.sw, g.OW,
-                   dst, C, stride, c1 - c0, bp ? bp + c0 : nullptr, scratch.data()};
+                   dst, dst_step, stride, c1 - c0, bp ? bp + c0 : nullptr, scratch.data()};
       k.nhwc_row(a);
-      if (act) {
-        for (int64_t ow = 0; ow < g.OW; ++ow) k.apply_act(dst + ow * C, c1 - c0, act);
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        if (act) k.apply_act(dst + ow * dst_step, c1 - c0, act);
+        if constexpr (!direct) narrow_n(dst + ow * dst_step, out + ow * C, c1 - c0);
       }
     });
   });
@@ -1485,14 +1514,16 @@ ColumnTaps column_taps(const Geom& g, int64_t col_step) {
   return t;
 }
 
-template <typename T>
+// grad and gx in the storage type S, the sums in T, as in forward_nhwc.
+template <typename S, typename T>
 void backward_input_nhwc(const at::Tensor& grad, const at::Tensor& weight, const Geom& g,
                          at::Tensor& gx) {
+  constexpr bool direct = std::is_same_v<S, T>;
   const Kernels<T>& k = kernels<T>();
   const AlignedBuf<T> wT = tap_major<T>(weight, g);
-  const T* gp = grad.const_data_ptr<T>();
+  const S* gp = grad.const_data_ptr<S>();
   const T* wp = wT.ptr;
-  T* op = gx.mutable_data_ptr<T>();
+  S* op = gx.mutable_data_ptr<S>();
   const int64_t C = g.C;
   const ColumnTaps taps = column_taps(g, C);
   const auto& q = taps.q;
@@ -1505,6 +1536,7 @@ void backward_input_nhwc(const at::Tensor& grad, const at::Tensor& weight, const
   at::parallel_for(0, split.tasks(g.N), grain_for(work), [&](int64_t begin, int64_t end) {
     std::vector<const T*> rows(g.KH), wr(g.KH), scratch(2 * g.taps());
     PaddedRows<T> pad(span, Wp, -qmin, stride);
+    AlignedBuf<T> row(direct ? 0 : g.W * stride);  // one input-gradient row in T before narrowing
     int64_t cur_n = -1, cur_c = -1;
     for_task_rows(split, C, k.lanes, begin, end, [&](int64_t n, int64_t ih, int64_t c0, int64_t c1) {
       if (n != cur_n || c0 != cur_c) {
@@ -1522,11 +1554,24 @@ void backward_input_nhwc(const at::Tensor& grad, const at::Tensor& weight, const
                               oh + 1 < g.OH ? g.OW * C : 0);
         wr[nrows++] = wp + kh * g.KW * C + c0;
       }
+      S* out = op + (n * g.H + ih) * g.W * C + c0;
+      T* dst;
+      int64_t pix;  // pixel stride of dst
+      if constexpr (direct) {
+        dst = out;
+        pix = C;
+      } else {
+        dst = row.ptr;
+        pix = stride;
+      }
       for (int64_t rp = 0; rp < nres; ++rp) {
         NhwcRow<T> a{rows.data(), wr.data(), nrows, q[rp].data(), wcol[rp].data(), int(q[rp].size()),
-                     1, ceil_div(g.W - rp, g.sw), op + ((n * g.H + ih) * g.W + rp) * C + c0, g.sw * C,
+                     1, ceil_div(g.W - rp, g.sw), dst + rp * pix, g.sw * pix,
                      stride, c1 - c0, nullptr, scratch.data()};
         k.nhwc_row(a);
+      }
+      if constexpr (!direct) {
+        for (int64_t iw = 0; iw < g.W; ++iw) narrow_n(dst + iw * pix, out + iw * C, c1 - c0);
       }
     });
   });
@@ -1778,7 +1823,8 @@ bool nhwc_native(const Geom& g, at::ScalarType dtype) {
   return g.M == 1 && g.C >= lanes;
 }
 
-// The native channels_last kernels compute in float or double; fp16/bf16 go through float copies.
+// The channels_last weight gradient computes in float or double; fp16/bf16 go through float
+// copies of grad and x (the forward and input gradient widen row by row instead).
 at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 // ---- ops ----------------------------------------------------------------------------------------
@@ -1795,15 +1841,9 @@ at::Tensor depthwise_forward(const at::Tensor& x, const at::Tensor& weight,
   if (y.numel() == 0) return y;
   const int a = static_cast<int>(act);
   if (channels_last && nhwc_native(g, x.scalar_type())) {
-    const at::ScalarType ct = compute_type(x.scalar_type());
-    const at::Tensor xc = x.to(ct);
-    at::Tensor yc = x.scalar_type() == ct ? y : at::empty_like(y, y.options().dtype(ct));
-    if (ct == at::kDouble) {
-      forward_nhwc<double>(xc, weight, b, g, a, yc);
-    } else {
-      forward_nhwc<float>(xc, weight, b, g, a, yc);
-    }
-    if (!yc.is_same(y)) y.copy_(yc);
+    FB_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
+      forward_nhwc<scalar_t, at::opmath_type<scalar_t>>(x, weight, b, g, a, y);
+    });
     return y;
   }
   const at::Tensor xc = x.contiguous();
@@ -1832,15 +1872,9 @@ at::Tensor depthwise_backward_input(const at::Tensor& grad, const at::Tensor& we
   if (gx.numel() == 0) return gx;
   if (g.OH == 0 || g.OW == 0) return gx.zero_();
   if (channels_last && nhwc_native(g, grad.scalar_type())) {
-    const at::ScalarType ct = compute_type(grad.scalar_type());
-    const at::Tensor gc = grad.to(ct);
-    at::Tensor xc = grad.scalar_type() == ct ? gx : at::empty_like(gx, gx.options().dtype(ct));
-    if (ct == at::kDouble) {
-      backward_input_nhwc<double>(gc, weight, g, xc);
-    } else {
-      backward_input_nhwc<float>(gc, weight, g, xc);
-    }
-    if (!xc.is_same(gx)) gx.copy_(xc);
+    FB_DISPATCH_FLOATING(grad.scalar_type(), op, [&] {
+      backward_input_nhwc<scalar_t, at::opmath_type<scalar_t>>(grad, weight, g, gx);
+    });
     return gx;
   }
   const at::Tensor gc = grad.contiguous();

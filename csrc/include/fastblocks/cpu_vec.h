@@ -22,9 +22,7 @@ namespace fastblocks::cpu {
 template <typename To, typename From>
 inline __attribute__((always_inline)) To bits_as(From from) {
   static_assert(sizeof(To) == sizeof(From), "bits_as needs types of one size");
-  To to;
-  std::memcpy(&to, &from, sizeof(to));
-  return to;
+  return __builtin_bit_cast(To, from);
 }
 
 // exp(x) with no libm call, so loops calling it vectorize: Cody-Waite reduction by ln 2 and
