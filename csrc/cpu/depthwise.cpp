@@ -21,19 +21,25 @@
 // process, several processes; eager's speed varies from process to process).
 // channels_last: vectors run over channels. Each task (image, channel chunk, band of rows)
 // keeps zero-padded copies of the source rows it reads in a small ring, so no output pixel is
-// a border case; stride-1 rows use sliding blocks (up to 8 pixels x one vector, every source
-// vector loaded once and multiplied by all kernel columns in registers), other rows 4 pixels x
-// 4 vectors. The weight gradient walks whole rows over all channels, in a fixed number of row
-// chunks; dilation-1 kernel rows 3, 5 or 7 wide at stride 1 or 2 keep a block of gradient
-// vectors in registers and load each source vector once for all its taps (3x3: the three
-// kernel rows together, 9 independent sums). Multiplier m > 1, and C below one vector, go through the NCHW kernels and a layout
-// copy (rare in real networks).
+// a border case; rows whose column taps are consecutive source pixels use sliding blocks (up to
+// 8 pixels x one vector, every source vector loaded once and multiplied by all the kernel
+// columns it meets, in registers): forward rows of 3/5/7-wide kernels at stride 1 or 2, and the
+// input gradient's residue classes of 2-5 or 7 taps; other rows take 4 pixels x 4 vectors.
+// (Sliding the stride-2 rows took 32x240x28x28 5x5 and 32x672x14x14 5x5 stride-2 channels_last
+// forwards from 1.01x to 1.14-1.19x eager's speed, in-process on the 2-thread dev box.)
+// The weight gradient walks whole rows over all channels, in a fixed number of row chunks;
+// dilation-1 kernel rows 3, 5 or 7 wide at stride 1 or 2 keep a block of gradient vectors in
+// registers and load each source vector once for all its taps (3x3: the three kernel rows
+// together, 9 independent sums). Multiplier m > 1, and C below one vector, go through the NCHW
+// kernels and a layout copy (rare in real networks).
 //
 // Vectors are GCC vector extensions compiled three times (AVX-512, AVX2+FMA, SSE2) in
 // `#pragma GCC target` regions and picked once at run time, so the binary runs on any x86-64;
 // FASTBLOCKS_CPU_ISA=avx2|sse2 forces a narrower one (tests use it to cover all three).
-// fp16/bf16 accumulate in float, fp32 in float, fp64 in double. Weight-gradient sums run 16-64
-// products per lane in the accumulation type, then add up in double; every output element is
+// fp16/bf16 accumulate in float, fp32 in float, fp64 in double; in channels_last the forward
+// and input gradient widen fp16/bf16 rows as they copy them into the ring and narrow each output
+// row once (the weight gradient still works on float copies of grad and x). Weight-gradient
+// sums run 16-64 products per lane in the accumulation type, then add up in double; every output element is
 // produced by one task in a fixed order, so results do not depend on the number of threads.
 // Known deviation: with inf/NaN in x, the phase-split NCHW weight-gradient kernel (planes over
 // 1024 pixels, m > 1 or C < one vector; also behind channels_last when m > 1 or C < one vector)
