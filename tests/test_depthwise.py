@@ -327,6 +327,14 @@ def test_bad_inputs():
         kw.update(override)
         with pytest.raises(exc, match=pattern):
             depthwise_conv2d(**kw)
+    # The geometry is memoized: values equal to valid ones as dict keys (True == 1, 1.0 == 1)
+    # must still be refused after the valid ones were cached, and lists resolve like tuples.
+    depthwise_conv2d(x, w, None, stride=(1, 1), padding=1, dilation=1)
+    for bad in (dict(stride=True), dict(stride=(1, True)), dict(padding=1.0), dict(dilation=[1, 1.0])):
+        with pytest.raises(TypeError, match=r"must be an int or a pair of ints"):
+            depthwise_conv2d(x, w, None, **{"stride": 1, "padding": 1, "dilation": 1, **bad})
+    torch.testing.assert_close(depthwise_conv2d(x, w, None, stride=[2, 1], padding=[1, 0]),
+                               F.conv2d(x, w, None, (2, 1), (1, 0), groups=4))
 
 
 # ---- module ---------------------------------------------------------------------------------

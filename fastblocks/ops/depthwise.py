@@ -25,7 +25,7 @@ from .._backend import capture, resolve, restored
 from ._dispatch import run_kernel
 from ._fastpath import direct_autograd, needs_grad, plain_eager
 from ._activation_codes import activation_code
-from ._conv_args import conv_geometry
+from ._conv_args import conv_geometry_cached
 from ._layout import empty, is_channels_last, memory_format
 from ._validate import check_ndim, check_same, check_tensor
 from .activation import (_activation_backward_op, _backward_impl as _activation_backward_impl,
@@ -264,7 +264,7 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stri
     if c == 0:
         raise ValueError("x must have at least one channel")
     code = activation_code(activation)
-    geo = conv_geometry(tuple(x.shape[-2:]), tuple(weight.shape[-2:]), stride, padding, dilation)
+    geo = conv_geometry_cached(tuple(x.shape[-2:]), tuple(weight.shape[-2:]), stride, padding, dilation)
     args = (list(geo.stride), list(geo.padding), list(geo.dilation), list(geo.out_size))
     if not needs_grad(x, weight, bias):
         # inference fuses every activation; plain eager skips the registered op (_fastpath)
