@@ -132,7 +132,8 @@ def test_cpu_low_precision_channels_last_is_the_fp32_kernel_rounded(dtype):
     fp32 kernel on the widened tensors, rounded, bit for bit (NaN and inf included)."""
     torch.manual_seed(7)
     cases = [(2, 16, 9, 9, 3, 1, "relu6"), (1, 40, 14, 13, 5, 2, "silu"), (2, 24, 7, 7, 7, 1, "hardswish"),
-             (1, 33, 12, 12, 3, 2, None), (1, 64, 5, 5, 5, 1, "relu"), (2, 48, 11, 10, 5, 2, None)]
+             (1, 33, 12, 12, 3, 2, None), (1, 64, 5, 5, 5, 1, "relu"), (2, 48, 11, 10, 5, 2, None),
+             (1, 1040, 100, 100, 3, 1, "silu")]  # a large image: several channel chunks per row
     for n, c, h, w, k, s, act in cases:
         x = torch.randn(n, c, h, w).to(dtype).contiguous(memory_format=torch.channels_last)
         x[0, 0, 1, 1], x[0, 1, 2, 2] = float("nan"), float("inf")

@@ -1424,6 +1424,8 @@ struct PaddedRows {
         d += (p0 + off) * stride;
         if constexpr (std::is_same_v<S, T>) {
           k.copy_pixels(src, src_stride, d, stride, p1 - p0, width, ahead);
+        } else if (src_stride == width && stride == width) {  // whole pixels: one call per row
+          widen_n(src, d, (p1 - p0) * width);
         } else {
           for (int64_t p = 0; p < p1 - p0; ++p) {
             if (ahead) {
@@ -1508,9 +1510,17 @@ void forward_nhwc(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
       NhwcRow<T> a{rp.data(), wr.data(), nrows, q.data(), wcol.data(), int(g.KW), g.sw, g.OW,
                    dst, dst_step, stride, c1 - c0, bp ? bp + c0 : nullptr, scratch.data()};
       k.nhwc_row(a);
-      for (int64_t ow = 0; ow < g.OW; ++ow) {
-        if (act) k.apply_act(dst + ow * dst_step, c1 - c0, act);
-        if constexpr (!direct) narrow_n(dst + ow * dst_step, out + ow * C, c1 - c0);
+      if (act && dst_step == c1 - c0) {  // whole pixels: one call per row
+        k.apply_act(dst, g.OW * dst_step, act);
+      } else if (act) {
+        for (int64_t ow = 0; ow < g.OW; ++ow) k.apply_act(dst + ow * dst_step, c1 - c0, act);
+      }
+      if constexpr (!direct) {
+        if (dst_step == C && c1 - c0 == C) {
+          narrow_n(dst, out, g.OW * C);
+        } else {
+          for (int64_t ow = 0; ow < g.OW; ++ow) narrow_n(dst + ow * dst_step, out + ow * C, c1 - c0);
+        }
       }
     });
   });
@@ -1611,7 +1621,11 @@ void backward_input_nhwc(const at::Tensor& grad, const at::Tensor& weight, const
         k.nhwc_row(a);
       }
       if constexpr (!direct) {
-        for (int64_t iw = 0; iw < g.W; ++iw) narrow_n(dst + iw * pix, out + iw * C, c1 - c0);
+        if (pix == C && c1 - c0 == C) {  // whole pixels: one call per row
+          narrow_n(dst, out, g.W * C);
+        } else {
+          for (int64_t iw = 0; iw < g.W; ++iw) narrow_n(dst + iw * pix, out + iw * C, c1 - c0);
+        }
       }
     });
   });
