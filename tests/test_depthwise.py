@@ -126,16 +126,18 @@ def test_fuzz_low_precision(backend):
 
 @pytest.mark.skipif("cpu" not in KERNEL_BACKENDS_CPU, reason="fastblocks._C CPU kernels not built")
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
-def test_cpu_low_precision_channels_last_is_the_fp32_kernel_rounded(dtype):
-    """fp16/bf16 channels_last layers with a vector of channels or more are widened row by row
-    inside the kernel and narrowed once at the end: forward and input gradient must equal the
-    fp32 kernel on the widened tensors, rounded, bit for bit (NaN and inf included)."""
+@pytest.mark.parametrize("layout", (torch.channels_last, torch.contiguous_format))
+def test_cpu_low_precision_is_the_fp32_kernel_rounded(dtype, layout):
+    """fp16/bf16 layers with a vector of channels or more are widened inside the kernel (rows
+    in channels_last, channel blocks or planes in NCHW) and narrowed once at the end: forward
+    and input gradient must equal the fp32 kernel on the widened tensors, rounded, bit for bit
+    (NaN and inf included)."""
     torch.manual_seed(7)
     cases = [(2, 16, 9, 9, 3, 1, "relu6"), (1, 40, 14, 13, 5, 2, "silu"), (2, 24, 7, 7, 7, 1, "hardswish"),
              (1, 33, 12, 12, 3, 2, None), (1, 64, 5, 5, 5, 1, "relu"), (2, 48, 11, 10, 5, 2, None),
              (1, 1040, 100, 100, 3, 1, "silu")]  # a large image: several channel chunks per row
     for n, c, h, w, k, s, act in cases:
-        x = torch.randn(n, c, h, w).to(dtype).contiguous(memory_format=torch.channels_last)
+        x = torch.randn(n, c, h, w).to(dtype).contiguous(memory_format=layout)
         x[0, 0, 1, 1], x[0, 1, 2, 2] = float("nan"), float("inf")
         x[0, 2, 3, 3] = 70000.0 if dtype == torch.bfloat16 else 60000.0  # rounds away from the grid
         wt, b = torch.randn(c, 1, k, k).to(dtype), torch.randn(c).to(dtype)
@@ -147,13 +149,13 @@ def test_cpu_low_precision_channels_last_is_the_fp32_kernel_rounded(dtype):
                 xx = xx.detach().requires_grad_()
                 z = depthwise_conv2d(xx, ww, bb, s, k // 2, 1, None)
                 g = torch.linspace(-3, 3, z.numel()).reshape(z.shape).to(dtype).to(z.dtype)  # on dtype's grid
-                gx, = torch.autograd.grad(z, xx, g.contiguous(memory_format=torch.channels_last))
+                gx, = torch.autograd.grad(z, xx, g.contiguous(memory_format=layout))
             return y, gx
 
         y, gx = run(x, wt, b)
         y32, gx32 = run(x.float(), wt.float(), b.float())
-        assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
-        assert gx.dtype == dtype and gx.is_contiguous(memory_format=torch.channels_last)
+        assert y.dtype == dtype and y.is_contiguous(memory_format=layout)
+        assert gx.dtype == dtype and gx.is_contiguous(memory_format=layout)
         label = f"{dtype} {(n, c, h, w, k, s, act)}"
         torch.testing.assert_close(y, y32.to(dtype), rtol=0, atol=0, equal_nan=True, msg=label)
         torch.testing.assert_close(gx, gx32.to(dtype), rtol=0, atol=0, equal_nan=True, msg=label)

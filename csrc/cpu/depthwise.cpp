@@ -38,7 +38,8 @@
 // FASTBLOCKS_CPU_ISA=avx2|sse2 forces a narrower one (tests use it to cover all three).
 // fp16/bf16 accumulate in float, fp32 in float, fp64 in double; in channels_last the forward
 // and input gradient widen fp16/bf16 rows as they copy them into the ring and narrow each output
-// row once (the weight gradient still works on float copies of grad and x). Weight-gradient
+// row once (the weight gradient still works on float copies of grad and x); NCHW widens each
+// plane or channel block and narrows each output plane (widen_n/narrow_n). Weight-gradient
 // sums run 16-64 products per lane in the accumulation type, then add up in double; every output element is
 // produced by one task in a fixed order, so results do not depend on the number of threads.
 // Known deviation: with inf/NaN in x, the phase-split NCHW weight-gradient kernel (planes over
@@ -1094,7 +1095,7 @@ const T* plane_as(const scalar_t* x, int64_t n, std::vector<T>& tmp) {
     return x;
   } else {
     tmp.resize(n);
-    for (int64_t i = 0; i < n; ++i) tmp[i] = static_cast<T>(x[i]);
+    widen_n(x, tmp.data(), n);
     return tmp.data();
   }
 }
@@ -1105,10 +1106,12 @@ void copy_rows(const T* src, int64_t sstride, scalar_t* dst, int64_t dstride, in
   for (int64_t r = 0; r < rows; ++r) {
     const T* s = src + r * sstride;
     scalar_t* d = dst + r * dstride;
-    if (std::is_same_v<T, scalar_t> && n > 32) {
+    if constexpr (!std::is_same_v<T, scalar_t>) {
+      narrow_n(s, d, n);
+    } else if (n > 32) {
       std::memcpy(d, s, n * sizeof(T));
     } else {
-      for (int64_t i = 0; i < n; ++i) d[i] = static_cast<scalar_t>(s[i]);
+      for (int64_t i = 0; i < n; ++i) d[i] = s[i];
     }
   }
 }
@@ -1691,12 +1694,11 @@ void gather_planes(const Kernels<T>& k, const scalar_t* src, int64_t plane, int6
   const int64_t L = k.lanes;
   if constexpr (std::is_same_v<T, scalar_t>) {
     k.gather_block(src, plane, npix, idx, dst);
-  } else {
-    for (int64_t l = 0; l < L; ++l) {
-      for (int64_t p = 0; p < npix; ++p) {
-        if (idx[p] >= 0) dst[idx[p] * L + l] = static_cast<T>(src[l * plane + p]);
-      }
-    }
+  } else {  // fp16/bf16: widen the L planes (contiguous in NCHW), then the same transposes
+    thread_local std::vector<T> wide;
+    wide.resize(L * plane);
+    widen_n(src, wide.data(), L * plane);
+    k.gather_block(wide.data(), plane, npix, idx, dst);
   }
 }
 
@@ -1706,9 +1708,14 @@ void scatter_planes(const Kernels<T>& k, const T* src, int64_t npix, scalar_t* d
   const int64_t L = k.lanes;
   if constexpr (std::is_same_v<T, scalar_t>) {
     k.scatter_block(src, npix, dst, plane);
+  } else if (npix == plane) {  // fp16/bf16: the transposes in T, then one narrowing pass
+    thread_local std::vector<T> wide;
+    wide.resize(L * plane);
+    k.scatter_block(src, npix, wide.data(), plane);
+    narrow_n(wide.data(), dst, L * plane);
   } else {
     for (int64_t l = 0; l < L; ++l) {
-      for (int64_t p = 0; p < npix; ++p) dst[l * plane + p] = static_cast<scalar_t>(src[p * L + l]);
+      for (int64_t p = 0; p < npix; ++p) dst[l * plane + p] = narrow<scalar_t>(src[p * L + l]);
     }
   }
 }
