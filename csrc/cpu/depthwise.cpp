@@ -40,8 +40,9 @@
 // and input gradient widen fp16/bf16 rows as they copy them into the ring and narrow each output
 // row once (the weight gradient still works on float copies of grad and x); NCHW widens each
 // plane or channel block and narrows each output plane (widen_n/narrow_n). Weight-gradient
-// sums run 16-64 products per lane in the accumulation type, then add up in double; every output element is
-// produced by one task in a fixed order, so results do not depend on the number of threads.
+// sums run 16-64 products per lane in the accumulation type, then add up in double; every
+// output element is produced by one task in a fixed order, so results do not depend on the
+// number of threads or on which thread ran a task.
 // Known deviation: with inf/NaN in x, the phase-split NCHW weight-gradient kernel (planes over
 // 1024 pixels, m > 1 or C < one vector; also behind channels_last when m > 1 or C < one vector)
 // can return NaN for taps that eager keeps finite: the dropped columns multiply zero gradients
