@@ -1,6 +1,9 @@
 """Depthwise convolution: seeded fuzz against eager F.conv2d(groups=C) per backend, forward and
 every gradient; gradcheck; opcheck; torch.compile; bad inputs; the DepthwiseConv2d module."""
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -18,26 +21,32 @@ ACTIVATIONS = (None, "relu", "relu6", "hardswish", "hardsigmoid", "silu")
 KERNELS = ((1, 1), (3, 3), (5, 5), (7, 7), (1, 3), (3, 1), (1, 7), (7, 1), (2, 2), (4, 3), (3, 5))
 
 
-def make_configs(count: int, seed: int, max_hw: int = 13):
+def make_configs(count: int, seed: int, max_hw: int = 13, **choices):
     """Random valid configurations: kernel, stride, padding (int, pair, "same", "valid"),
     dilation, multiplier, odd sizes (1, 7, 13, and 113 now and then), batch 0, both layouts,
-    bias or not, every activation."""
+    bias or not, every activation. choices overrides the lists drawn from (kernels, strides,
+    dilations, channels, heights, widths, multipliers) and the chance of a thin 113-wide plane
+    (thin)."""
+    pick = dict(kernels=KERNELS, strides=[1, 1, 2, 2, 3, (1, 2), (2, 1)], dilations=[1, 1, 1, 2, (1, 2), 3],
+                channels=[1, 2, 3, 5], heights=[1, 2, 7, 13, max_hw], widths=[1, 3, 8, 13, max_hw],
+                multipliers=[1, 1, 2, 3], thin=0.03)
+    pick.update(choices)
     rng = random.Random(seed)
     configs = []
     while len(configs) < count:
-        kh, kw = rng.choice(KERNELS)
-        stride = rng.choice([1, 1, 2, 2, 3, (1, 2), (2, 1)])
-        dilation = rng.choice([1, 1, 1, 2, (1, 2), 3])
+        kh, kw = rng.choice(pick["kernels"])
+        stride = rng.choice(pick["strides"])
+        dilation = rng.choice(pick["dilations"])
         padding = rng.choice([0, 1, 2, 3, (0, 1), (2, 0), "same", "valid"])
         if padding == "same":
             stride = 1
         n = rng.choice([0, 1, 1, 2])
-        c = rng.choice([1, 2, 3, 5])
-        h = rng.choice([1, 2, 7, 13, max_hw])
-        w = rng.choice([1, 3, 8, 13, max_hw])
-        if rng.random() < 0.03:  # a long thin plane: odd width 113
+        c = rng.choice(pick["channels"])
+        h = rng.choice(pick["heights"])
+        w = rng.choice(pick["widths"])
+        if rng.random() < pick["thin"]:  # a long thin plane: odd width 113
             h, w, c, n = rng.choice([1, 3]), 113, 1, 1
-        cfg = dict(n=n, c=c, h=h, w=w, m=rng.choice([1, 1, 2, 3]), k=(kh, kw), stride=stride,
+        cfg = dict(n=n, c=c, h=h, w=w, m=rng.choice(pick["multipliers"]), k=(kh, kw), stride=stride,
                    padding=padding, dilation=dilation, bias=rng.random() < 0.7,
                    activation=rng.choice(ACTIVATIONS), channels_last=rng.random() < 0.5)
         try:  # keep only configurations F.conv2d accepts
@@ -99,6 +108,13 @@ def check_config(cfg, backend, dtype, device="cpu"):
 # ---- CPU: C++ kernels and the Triton interpreter ------------------------------------------
 
 FUZZ = make_configs(220, seed=2026)
+# Channels of one vector and more (16 fp32 lanes with AVX-512, 8 with AVX2, 4 with SSE2), which
+# FUZZ's C <= 5 never reaches: the channels_last row kernels (read in place or through the ring,
+# border blocks included), channel chunks with an overlapping last vector (24, 40, 72), and the
+# blocked NCHW kernels.
+WIDE = make_configs(150, seed=11, kernels=KERNELS + ((3, 3), (5, 5), (7, 7)) * 3, channels=(16, 24, 40, 72), strides=(1, 1, 2, (1, 2), (2, 1)),
+                    dilations=(1, 1, 1, 1, 2, (2, 1)), multipliers=(1, 1, 1, 1, 2), thin=0,
+                    heights=(1, 3, 7, 13), widths=(1, 2, 3, 5, 9, 17, 30))
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS_CPU + ("torch",))
@@ -112,6 +128,30 @@ def test_fuzz_fp32(backend):
 def test_fuzz_fp64(backend):
     for cfg in FUZZ[::4]:
         check_config(cfg, backend, torch.float64)
+
+
+@pytest.mark.skipif("cpu" not in KERNEL_BACKENDS_CPU, reason="fastblocks._C CPU kernels not built")
+def test_fuzz_vector_wide_channels():
+    for cfg in WIDE:
+        check_config(cfg, "cpu", torch.float32)
+    for cfg in WIDE[::3]:
+        check_config(cfg, "cpu", torch.float64)
+
+
+@pytest.mark.skipif("cpu" not in KERNEL_BACKENDS_CPU, reason="fastblocks._C CPU kernels not built")
+@pytest.mark.parametrize("isa", ("avx2", "sse2"))
+def test_narrower_isas(isa):
+    """The CPU kernels are compiled for AVX-512, AVX2 and SSE2 and pick one per process;
+    FASTBLOCKS_CPU_ISA forces a narrower one, in a fresh interpreter."""
+    script = ("import torch, test_depthwise as t\n"
+              "for cfg in t.WIDE + t.FUZZ[::4]:\n"
+              "    t.check_config(cfg, 'cpu', torch.float32)\n"
+              "for cfg in t.WIDE[::4]:\n"
+              "    t.check_config(cfg, 'cpu', torch.float64)\n")
+    env = dict(os.environ, FASTBLOCKS_CPU_ISA=isa)
+    done = subprocess.run([sys.executable, "-c", script], cwd=os.path.dirname(__file__), env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS_CPU)
@@ -172,6 +212,18 @@ def test_real_layer_shapes(backend):
             cfg = dict(n=n, c=c, h=h, w=w, m=1, k=(k, k), stride=s, padding=k // 2, dilation=1,
                        bias=True, activation=act, channels_last=cl)
             check_config(cfg, backend, torch.float32)
+
+
+@pytest.mark.skipif("cpu" not in KERNEL_BACKENDS_CPU, reason="fastblocks._C CPU kernels not built")
+@pytest.mark.parametrize("c, stride", ((64, 1), (40, 1), (48, 2)))
+def test_cpu_channels_last_outputs_streamed_to_memory(c, stride):
+    """fp32 channels_last outputs of 16 MB and more (the forward's y, the input gradient) are
+    written with non-temporal stores where a pixel's channels are vector-aligned and plain stores
+    where not (40 channels: 160-byte pixels); at stride 2 only the input gradient streams."""
+    hw = 2 + int(((16 << 20) / (2 * c * 4)) ** 0.5) if stride == 1 else 300
+    cfg = dict(n=2, c=c, h=hw, w=hw, m=1, k=(3, 3), stride=stride, padding=1, dilation=1,
+               bias=True, activation="relu6", channels_last=True)
+    check_config(cfg, "cpu", torch.float32)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS_CPU)
