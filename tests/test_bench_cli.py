@@ -215,3 +215,22 @@ def test_cli_bench_cpu_reruns_with_reused_memory(tmp_path):
         data = json.loads(open(path).read())
         assert data["device"]["malloc"]["reuses_freed_memory"] is reuses
         assert ("page-faults on first touch" in proc.stdout) is (not reuses)
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_float64_reference_by_chunks_of_images(monkeypatch, layout):
+    """The harness's float64 reference of a large case, a few images at a time (x's gradient
+    concatenated, weight and bias gradients summed), equals the whole-batch one."""
+    op = REGISTRY["depthwise_conv2d"]
+    shape = op.shapes("representative", "cpu", [5], False)[0]
+    case = op.case(shape, torch.float32, layout, "fwd+bwd", torch.device("cpu"))
+    inp = harness._prepare_sets(case, 1)[0]
+    whole = harness._reference(case, inp)[2]()
+    x = inp.args[0]
+    monkeypatch.setattr(harness, "HI_CHUNK_BYTES", 2 * x[0].numel() * 8)  # 2 images a chunk
+    chunked = harness._reference(case, inp)[2]()
+    assert chunked[0].shape == whole[0].shape and chunked[0].dtype == torch.float64
+    torch.testing.assert_close(chunked[0], whole[0], rtol=0, atol=0)
+    for got, exp in zip(chunked[1], whole[1]):
+        assert got.shape == exp.shape
+        torch.testing.assert_close(got, exp, rtol=1e-12, atol=1e-12)
