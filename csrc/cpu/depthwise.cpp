@@ -508,7 +508,10 @@ FB_AI void nhwc_row_impl(const NhwcRow<T>& a) {
 }
 
 // dst[p * dstride + c] = src[p * sstride + c] for p < npix, c < width (width >= one vector).
-template <typename T, int VB>
+// STREAM: non-temporal stores where dst is vector-aligned, so an output row bound for memory is
+// written without first being read into cache (a third of a streaming layer's traffic); each
+// thread fences (_mm_sfence) after its last row.
+template <typename T, int VB, bool STREAM>
 FB_AI void copy_pixels_impl(const T* src, int64_t sstride, T* dst, int64_t dstride, int64_t npix, int64_t width) {
   constexpr int64_t L = VB / sizeof(T);
   for (int64_t p = 0; p < npix; ++p) {
@@ -516,25 +519,8 @@ FB_AI void copy_pixels_impl(const T* src, int64_t sstride, T* dst, int64_t dstri
     T* d = dst + p * dstride;
     for (int64_t c = 0; c < width; c += L) {
       const int64_t c0 = std::min(c, width - L);
-      vstore<T, VB>(d + c0, vload<T, VB>(s + c0));
-    }
-  }
-}
-
-// dst[p * dstride + c] = src[p * sstride + c] as copy_pixels, with non-temporal stores where
-// dst is vector-aligned: an output row bound for memory is written without first being read
-// into cache (a third of a streaming layer's traffic). Each thread fences (_mm_sfence) after
-// its last row.
-template <typename T, int VB>
-FB_AI void stream_pixels_impl(const T* src, int64_t sstride, T* dst, int64_t dstride, int64_t npix, int64_t width) {
-  constexpr int64_t L = VB / sizeof(T);
-  for (int64_t p = 0; p < npix; ++p) {
-    const T* s = src + p * sstride;
-    T* d = dst + p * dstride;
-    for (int64_t c = 0; c < width; c += L) {
-      const int64_t c0 = std::min(c, width - L);
       const Vec<T, VB> v = vload<T, VB>(s + c0);
-      if (reinterpret_cast<uintptr_t>(d + c0) % VB == 0) {
+      if (STREAM && reinterpret_cast<uintptr_t>(d + c0) % VB == 0) {
         vstream<T, VB>(d + c0, v);
       } else {
         vstore<T, VB>(d + c0, v);
@@ -1003,11 +989,11 @@ struct Kernels {
   }                                                                                           \
   template <typename T>                                                                       \
   void copy_pixels(const T* s, int64_t ss, T* d, int64_t ds, int64_t n, int64_t w) {          \
-    copy_pixels_impl<T, VB>(s, ss, d, ds, n, w);                                              \
+    copy_pixels_impl<T, VB, false>(s, ss, d, ds, n, w);                                       \
   }                                                                                           \
   template <typename T>                                                                       \
   void stream_pixels(const T* s, int64_t ss, T* d, int64_t ds, int64_t n, int64_t w) {        \
-    stream_pixels_impl<T, VB>(s, ss, d, ds, n, w);                                            \
+    copy_pixels_impl<T, VB, true>(s, ss, d, ds, n, w);                                        \
   }                                                                                           \
   template <typename T>                                                                       \
   void nhwc_wgrad(const NhwcWgrad<T>& a, int64_t r0, int64_t r1, T* F, double* D) {          \
@@ -1586,6 +1572,16 @@ struct PaddedRows {
     }
     return d;
   }
+  // The row the kernels read: the tensor's own row where `in_place` (possible only when S is
+  // T; the kernels then take the borders from a row of zeros), else get()'s padded copy.
+  template <typename S>
+  const T* read(const Kernels<T>& k, bool in_place, int64_t row, const S* src, int64_t src_pixels,
+                int64_t src_stride, int64_t width) {
+    if constexpr (std::is_same_v<S, T>) {
+      if (in_place) return src;
+    }
+    return get(k, row, src, src_pixels, src_stride, width);
+  }
 };
 
 int64_t max_chunk_width(const RowSplit& s, int64_t C, int64_t lanes) {
@@ -1609,9 +1605,11 @@ bool streams_to_memory(const at::Tensor& y) {
 
 // Rows ahead whose source rows are prefetched during a row (1 and 2 measured alike; 1 keeps
 // the fewest lines in flight), when source and output together outgrow the last-level cache.
-// Batch-32 channels_last forwards, 2 threads, geomean over the bench's 28 layers: 1.14x eager
-// without prefetching, 1.49x with. Below the threshold they cost more than they save (measured
-// on ring rows: 32x960x7x7 3x3 and 32x1152x7x7 5x5, 0.76-0.82x eager with, 0.85-0.92x without).
+// Batch-32 channels_last forwards, 2 threads of an AMD EPYC, geomean over the bench's 28
+// layers: 1.14x eager without prefetching, 1.49x with (on a 2-thread Xeon with a large L3:
+// 1.31-1.35x either way, also with prefetching below the threshold). Below the threshold,
+// on the EPYC, they cost more than they save (measured on ring rows: 32x960x7x7 3x3 and
+// 32x1152x7x7 5x5, 0.76-0.82x eager with, 0.85-0.92x without).
 constexpr int64_t kPrefetchRows = 1;
 int64_t prefetch_rows(const at::Tensor& src, const at::Tensor& out) {
   return src.nbytes() + out.nbytes() >= (int64_t(16) << 20) ? kPrefetchRows : 0;
@@ -1698,12 +1696,7 @@ void forward_nhwc(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
       }
       int nrows = 0;
       sources(oh, [&](int64_t kh, int64_t ih) {
-        const S* xrow = xp + (n * g.H + ih) * g.W * C + c0;
-        if constexpr (direct) {
-          rp[nrows] = in_place ? xrow : pad.get(k, ih, xrow, g.W, C, c1 - c0);
-        } else {
-          rp[nrows] = pad.get(k, ih, xrow, g.W, C, c1 - c0);
-        }
+        rp[nrows] = pad.read(k, in_place, ih, xp + (n * g.H + ih) * g.W * C + c0, g.W, C, c1 - c0);
         wr[nrows++] = wp + kh * g.KW * C + c0;
       });
       RowPrefetch pf = plan_prefetch(split, k.lanes, task, oh, end, ahead, src,
@@ -1808,9 +1801,22 @@ void backward_input_nhwc(const at::Tensor& grad, const at::Tensor& weight, const
   const int64_t work = g.H / split.nbands * g.W * (C / split.nch) * ceil_div(g.KH, g.sh) * ceil_div(g.KW, g.sw);
   const bool stream = direct && streams_to_memory(gx);
   const int64_t ahead = prefetch_rows(grad, gx);
+  // fp32/fp64 gradient rows are read in place, as the forward reads its input, when every
+  // residue class of input columns slides (its taps are consecutive gradient columns).
+  // Batch-32 channels_last forward+backward bench, 2 threads of a Xeon (AVX-512), two runs
+  // each: 1.42-1.43x eager geomean copying, 1.46x in place.
+  bool in_place = direct && g.dw == 1;
+  for (int64_t rp = 0; rp < nres; ++rp) {
+    std::vector<int64_t> sorted = q[rp];
+    std::sort(sorted.begin(), sorted.end());
+    const bool consecutive = std::adjacent_find(sorted.begin(), sorted.end(),
+                                                [](int64_t a, int64_t b) { return b != a + 1; }) == sorted.end();
+    in_place = in_place && slides(1, int64_t(sorted.size())) && consecutive;
+  }
+  const AlignedBuf<T> zeros(in_place ? stride : 0);
   parallel_dynamic(split.tasks(g.N), ring_grain(split.tasks(g.N), work), [&](const auto& next) {
     std::vector<const T*> rows(g.KH), wr(g.KH), scratch(2 * g.taps());
-    PaddedRows<T> pad(span, Wp, -qmin, stride);
+    PaddedRows<T> pad(in_place ? 0 : span, Wp, -qmin, stride);
     // One input-gradient row in T before narrowing or streaming to memory.
     AlignedBuf<T> row(direct && !stream ? 0 : g.W * stride);
     int64_t cur_n = -1, cur_c = -1;
@@ -1824,7 +1830,7 @@ void backward_input_nhwc(const at::Tensor& grad, const at::Tensor& weight, const
       }
       int nrows = 0;
       sources(ih, [&](int64_t kh, int64_t oh) {
-        rows[nrows] = pad.get(k, oh, gp + (n * g.OH + oh) * g.OW * C + c0, g.OW, C, c1 - c0);
+        rows[nrows] = pad.read(k, in_place, oh, gp + (n * g.OH + oh) * g.OW * C + c0, g.OW, C, c1 - c0);
         wr[nrows++] = wp + kh * g.KW * C + c0;
       });
       RowPrefetch pf = plan_prefetch(split, k.lanes, task, ih, end, ahead, src,
@@ -1844,6 +1850,12 @@ void backward_input_nhwc(const at::Tensor& grad, const at::Tensor& weight, const
         NhwcRow<T> a{rows.data(), wr.data(), nrows, q[rp].data(), wcol[rp].data(), int(q[rp].size()),
                      1, ceil_div(g.W - rp, g.sw), dst + rp * pix, g.sw * pix,
                      stride, c1 - c0, nullptr, scratch.data(), &pf};
+        if (in_place) {
+          a.C = C;
+          a.src_off = -qmin;  // padded column p is gradient column p + qmin
+          a.src_pixels = g.OW;
+          a.zeros = zeros.ptr;
+        }
         k.nhwc_row(a);
       }
       pf.finish();
