@@ -26,15 +26,19 @@ inline __attribute__((always_inline)) To bits_as(From from) {
 }
 
 // exp(x) with no libm call, so loops calling it vectorize: Cody-Waite reduction by ln 2 and
-// Cephes' degree-6 polynomial (about 1 ulp, like the Sleef exp behind ATen's vectorized SiLU;
-// the inputs are clamped to the range whose result is a normal float, so it saturates instead
-// of returning inf/0). F is float (I int32_t) or a GCC vector of floats (I: of int32_t), so
+// Cephes' degree-6 polynomial (about 1 ulp, like the Sleef exp behind ATen's vectorized SiLU).
+// The polynomial sees inputs clamped to the range whose result is a normal float; above
+// ln(FLT_MAX) the result is inf, as expf's, so silu(-inf) is NaN and silu(-100) is -0.0 as in
+// eager; below the range it stays at the smallest normal (expf would go subnormal, then 0:
+// 1 + exp(-x) and x / (1 + exp(-x)) come out the same). NaN propagates (the clamps are
+// selects a NaN fails). F is float (I int32_t) or a GCC vector of floats (I: of int32_t), so
 // the scalar activations and the vectorized depthwise epilogue share one implementation.
 template <typename F, typename I>
 inline __attribute__((always_inline)) F exp_cephes(F x) {
   const F zero{};
-  x = x < zero + 88.37626f ? x : zero + 88.37626f;
-  x = x > zero - 87.33654f ? x : zero - 87.33654f;
+  const auto overflow = x > zero + 88.72283935546875f;  // ln(FLT_MAX), rounded to float
+  x = x > zero + 88.37626f ? zero + 88.37626f : x;
+  x = x < zero - 87.33654f ? zero - 87.33654f : x;
   // round to nearest by adding and removing 1.5 * 2^23 (std::floor is a libm call unless
   // -fno-trapping-math, which would stop the loop vectorizing)
   const F magic = zero + 12582912.0f;
@@ -50,7 +54,8 @@ inline __attribute__((always_inline)) F exp_cephes(F x) {
   p = p * r * r + r + 1.0f;
   // 2^n: n sits in t's low mantissa bits, so bits(t) - bits(magic) is n as an integer
   const I e = (bits_as<I>(t) - bits_as<I>(magic) + 127) << 23;
-  return p * bits_as<F>(e);
+  const F y = p * bits_as<F>(e);
+  return overflow ? zero + __builtin_inff() : y;
 }
 
 inline float vec_expf(float x) { return exp_cephes<float, int32_t>(x); }
