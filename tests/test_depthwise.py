@@ -149,8 +149,8 @@ def test_narrower_isas(isa):
               "for cfg in t.WIDE[::4]:\n"
               "    t.check_config(cfg, 'cpu', torch.float64)\n"
               # fp16/bf16 rows are converted per ISA: bit for bit against the fp32 kernel (not
-              # against eager, whose bf16 channels_last conv with a channel multiplier returned
-              # NaN in some processes on the dev box)
+              # against eager, whose bf16 channels_last conv with a channel multiplier reads
+              # memory it never wrote: bench/repro_eager_bf16_depthwise_nan.py)
               "for dtype in (torch.float16, torch.bfloat16):\n"
               "    for layout in (torch.channels_last, torch.contiguous_format):\n"
               "        t.test_cpu_low_precision_is_the_fp32_kernel_rounded(dtype, layout)\n")
