@@ -1134,7 +1134,11 @@ enum class Isa { kSse2, kAvx2, kAvx512 };
 Isa detect_isa() {
   Isa best = Isa::kSse2;
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::kAvx2;
+  // The AVX2 and AVX-512 regions are compiled with F16C too and run vcvtph2ps/vcvtps2ph
+  // (widen_pixels_impl), so they need it (every AVX2 CPU so far has it).
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+    best = Isa::kAvx2;
+  }
   if (best == Isa::kAvx2 && __builtin_cpu_supports("avx512f")) best = Isa::kAvx512;
   // A narrower ISA may be forced (tests); a wider one than the CPU has is ignored.
   if (const char* env = std::getenv("FASTBLOCKS_CPU_ISA")) {
