@@ -16,10 +16,11 @@ from ._backend import (
     why_unavailable,
 )
 from . import ops, nn  # noqa: E402  (ops registers the torch.library ops on import)
+from .models import create_model, list_models  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS", "BackendUnavailableError", "available_backends", "backend", "get_backend",
-    "set_backend", "why_unavailable", "ops", "nn", "__version__",
+    "set_backend", "why_unavailable", "ops", "nn", "create_model", "list_models", "__version__",
 ]

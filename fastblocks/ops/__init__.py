@@ -1,5 +1,6 @@
 """Functional fastblocks ops: validated, registered with torch.library, backend-dispatched."""
 from .activation import apply_activation, hardsigmoid, hardswish, relu, relu6, silu
 from .depthwise import depthwise_conv2d
+from .conv_bn_act import conv_bias_act, conv_bn_act
 
-__all__ = ["apply_activation", "depthwise_conv2d", "hardsigmoid", "hardswish", "relu", "relu6", "silu"]
+__all__ = ["apply_activation", "conv_bias_act", "conv_bn_act", "depthwise_conv2d", "hardsigmoid", "hardswish", "relu", "relu6", "silu"]

@@ -1,0 +1,1 @@
+"""Imports every family file so its models register. Add a family here (sorted)."""
