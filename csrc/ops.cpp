@@ -42,4 +42,15 @@ TORCH_LIBRARY(fastblocks_C, m) {
   m.def(
       "depthwise_train(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
       "int[2] dilation, int[2] out_size, int act, bool channels_last) -> Tensor");
+
+  // shuffle family: y[:, o] = act(cat(a, b)[:, src(o)] + bias[src(o)]) with ShuffleNet's
+  // src(o) = (o % groups) * (C / groups) + o / groups; b and bias optional. The backward takes
+  // the gradient of y (and y itself when act is relu/relu6, whose derivative it gives) and
+  // returns the gradients of a (the first `split` channels) and b (the rest, maybe empty).
+  m.def(
+      "channel_shuffle_forward(Tensor a, Tensor? b, Tensor? bias, int groups, int act, "
+      "bool channels_last) -> Tensor");
+  m.def(
+      "channel_shuffle_backward(Tensor grad, Tensor? y, int split, int groups, int act, "
+      "bool channels_last) -> (Tensor, Tensor)");
 }

@@ -8,6 +8,7 @@
 
 #include "fastblocks/common.h"
 #include "fastblocks/depthwise_shape.h"
+#include "fastblocks/shuffle_shape.h"
 
 namespace fastblocks::cuda {
 
@@ -33,5 +34,17 @@ int64_t depthwise_backward_weight_workspace(const DepthwiseShape& s);
 cudaError_t depthwise_backward_weight(const void* grad, const void* x, void* grad_w,
                                       void* workspace, const DepthwiseShape& s, DType dtype,
                                       cudaStream_t stream);
+
+// Channel shuffle of a (channels [0, s.split)) and b (the rest; null when s.split == s.c) into
+// y (N, C, H, W) contiguous in the format: y[:, o] = act(cat[:, src(o)] + bias[src(o)]),
+// src(o) = (o % groups) * (C / groups) + o / groups. bias may be null.
+cudaError_t channel_shuffle_forward(const void* a, const void* b, const void* bias, void* y,
+                                    const ShuffleShape& s, int act, DType dtype,
+                                    cudaStream_t stream);
+// The inverse: ga/gb (strides in s) from grad (N, C, H, W) contiguous in the format, times
+// relu/relu6's derivative read from y (act 1/2; y null when act is 0).
+cudaError_t channel_shuffle_backward(const void* grad, const void* y, void* ga, void* gb,
+                                     const ShuffleShape& s, int act, DType dtype,
+                                     cudaStream_t stream);
 
 }  // namespace fastblocks::cuda

@@ -2,5 +2,6 @@
 from ._fold import fold_batchnorm
 from .activation import Hardsigmoid, Hardswish, ReLU6, SiLU
 from .depthwise import DepthwiseConv2d
+from .shuffle import ChannelShuffle, GroupedConv2d
 
-__all__ = ["DepthwiseConv2d", "Hardsigmoid", "Hardswish", "ReLU6", "SiLU", "fold_batchnorm"]
+__all__ = ["ChannelShuffle", "DepthwiseConv2d", "GroupedConv2d", "Hardsigmoid", "Hardswish", "ReLU6", "SiLU", "fold_batchnorm"]

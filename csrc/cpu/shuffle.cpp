@@ -1,0 +1,292 @@
+// CPU kernels of the shuffle family: channel shuffle (ShuffleNet), optionally of the
+// concatenation of two tensors, with a fused bias + activation epilogue, and its backward.
+//
+// Forward:  y[:, o] = act(cat(a, b)[:, src(o)] + bias[src(o)]),  src(o) = (o % g) * k + o / g,
+//           k = C / g (torch.nn.ChannelShuffle's order: view (g, k), transpose, flatten).
+// Backward: the inverse permutation, dst(c) = (c % k) * g + c / k, through act' read from the
+//           saved output (relu and relu6 only, whose derivative the output gives exactly),
+//           split back into the gradients of a (channels [0, split)) and b (the rest).
+//
+// NCHW moves whole planes (a memcpy when there is no epilogue, as ATen's channel_shuffle);
+// NHWC gathers each pixel's channel row through a permutation table. Both are memory-bound:
+// one read and one write per element.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "fastblocks/cpu_utils.h"
+#include "fastblocks/cpu_vec.h"
+#include "fastblocks/shuffle_args.h"
+
+namespace fastblocks::cpu {
+namespace {
+
+// Elements per parallel task, as activation.cpp: ~1% task overhead, all cores busy on 1M elements.
+constexpr int64_t kGrain = 32768;
+// fp16/bf16 epilogues run through a float buffer of this many elements (see activation.cpp).
+constexpr int64_t kChunk = 512;
+
+// One or two tensors seen as a single channel axis: channels [0, split) live in p0, the rest
+// in p1. Each may be a channel slice of a larger tensor (x.chunk(2, dim=1) in ShuffleNet v2):
+// NCHW planes are contiguous with batch strides sn0/sn1; NHWC pixels are rows of channels
+// with pixel strides sp0/sp1 (the batch stride is hw * sp).
+template <typename T>
+struct Channels {
+  T* p0;
+  T* p1;
+  const ShuffleShape& s;
+  // start of channel c's plane in image n (NCHW)
+  T* plane(int64_t n, int64_t c) const {
+    return c < s.split ? p0 + n * s.sn0 + c * s.hw : p1 + n * s.sn1 + (c - s.split) * s.hw;
+  }
+  // channel rows of pixel q = n * hw + p (NHWC)
+  T* row0(int64_t q) const { return p0 + q * s.sp0; }
+  T* row1(int64_t q) const { return p1 == nullptr ? nullptr : p1 + q * s.sp1; }
+};
+
+// out[i] = act(in[i] + bias) over n contiguous elements; in == out allowed.
+template <typename scalar_t, int ACT, bool BIAS>
+FB_CPU_CLONES void plane_epilogue(const scalar_t* in, scalar_t* out, int64_t n,
+                                  at::opmath_type<scalar_t> bias) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) {
+      acc_t v = in[i];
+      if constexpr (BIAS) v += bias;
+      out[i] = act_forward_ct<ACT, acc_t>(v);
+    }
+  } else {
+    alignas(64) acc_t buf[kChunk];
+    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+      const int64_t m = std::min(kChunk, n - i0);
+      widen_n(in + i0, buf, m);
+      for (int64_t i = 0; i < m; ++i) {
+        acc_t v = buf[i];
+        if constexpr (BIAS) v += bias;
+        buf[i] = act_forward_ct<ACT, acc_t>(v);
+      }
+      narrow_n(buf, out + i0, m);
+    }
+  }
+}
+
+// row[i] = act(row[i] + bias[i]) in place over a pixel's n channels (NHWC epilogue).
+template <typename scalar_t, int ACT, bool BIAS>
+FB_CPU_CLONES void row_epilogue(scalar_t* row, const at::opmath_type<scalar_t>* __restrict__ bias,
+                                int64_t n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    for (int64_t i = 0; i < n; ++i) {
+      acc_t v = row[i];
+      if constexpr (BIAS) v += bias[i];
+      row[i] = act_forward_ct<ACT, acc_t>(v);
+    }
+  } else {
+    alignas(64) acc_t buf[kChunk];
+    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+      const int64_t m = std::min(kChunk, n - i0);
+      widen_n(row + i0, buf, m);
+      for (int64_t i = 0; i < m; ++i) {
+        acc_t v = buf[i];
+        if constexpr (BIAS) v += bias[i0 + i];
+        buf[i] = act_forward_ct<ACT, acc_t>(v);
+      }
+      narrow_n(buf, row + i0, m);
+    }
+  }
+}
+
+// gx[i] = act'(from y[i]) * g[i]; gx may alias g (the NHWC path gathers into one buffer).
+template <typename scalar_t, int ACT>
+FB_CPU_CLONES void grad_epilogue(const scalar_t* g, const scalar_t* __restrict__ y, scalar_t* gx,
+                                 int64_t n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) gx[i] = act_backward_ct<ACT, acc_t>(g[i], y[i]);
+  } else {
+    alignas(64) acc_t gb[kChunk], yb[kChunk];
+    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+      const int64_t m = std::min(kChunk, n - i0);
+      widen_n(g + i0, gb, m);
+      widen_n(y + i0, yb, m);
+      for (int64_t i = 0; i < m; ++i) gb[i] = act_backward_ct<ACT, acc_t>(gb[i], yb[i]);
+      narrow_n(gb, gx + i0, m);
+    }
+  }
+}
+
+// Storage-width integer of an element: the permutations move bits, no conversion.
+template <typename T>
+using Bits = std::conditional_t<sizeof(T) == 2, uint16_t,
+                                std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
+
+// out[o] = (table[o] < split ? r0[table[o]] : r1[table[o] - split]) for o < c: one pixel's row.
+template <typename B>
+FB_CPU_CLONES void gather_row(const B* __restrict__ r0, const B* __restrict__ r1, int64_t split,
+                              const int64_t* __restrict__ table, B* __restrict__ out, int64_t c) {
+  if (r1 == nullptr) {
+    for (int64_t o = 0; o < c; ++o) out[o] = r0[table[o]];
+  } else {
+    for (int64_t o = 0; o < c; ++o) {
+      const int64_t s = table[o];
+      out[o] = s < split ? r0[s] : r1[s - split];
+    }
+  }
+}
+
+// out[o] = src(o) (forward), or dst(o) (inverse = true) for the shuffle of c channels in g groups.
+std::vector<int64_t> permutation(int64_t c, int64_t g, bool inverse) {
+  const int64_t k = c / g;
+  std::vector<int64_t> table(c);
+  for (int64_t o = 0; o < c; ++o) table[o] = inverse ? (o % k) * g + o / k : (o % g) * k + o / g;
+  return table;
+}
+
+at::Tensor channel_shuffle_forward(const at::Tensor& a, const std::optional<at::Tensor>& b,
+                                   const std::optional<at::Tensor>& bias, int64_t groups,
+                                   int64_t act, bool channels_last) {
+  const ShuffleShape sh = shuffle::forward_shape(a, b, bias, groups, act, channels_last);
+  const int64_t n = sh.n, c = sh.c, hw = sh.hw, ca = sh.split;
+  const bool has_b = b.has_value() && b->defined();
+  const bool has_bias = bias.has_value() && bias->defined();
+  at::Tensor y = at::empty({n, c, a.size(2), a.size(3)},
+                           a.options().memory_format(shuffle::mem_format(channels_last)));
+  if (y.numel() == 0) return y;
+  const auto table = permutation(c, groups, false);
+  FB_DISPATCH_FLOATING(a.scalar_type(), "channel_shuffle_forward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using B = Bits<scalar_t>;
+    const Channels<const B> in{reinterpret_cast<const B*>(a.const_data_ptr<scalar_t>()),
+                               has_b ? reinterpret_cast<const B*>(b->const_data_ptr<scalar_t>())
+                                     : nullptr,
+                               sh};
+    B* out = reinterpret_cast<B*>(y.mutable_data_ptr<scalar_t>());
+    // bias in output order (NHWC rows) or per source channel (NCHW planes), in acc_t
+    std::vector<acc_t> pbias;
+    if (has_bias) {
+      const scalar_t* bp = bias->const_data_ptr<scalar_t>();
+      pbias.resize(c);
+      for (int64_t o = 0; o < c; ++o) pbias[o] = static_cast<acc_t>(bp[table[o]]);
+    }
+    dispatch_act(static_cast<int>(act), [&](auto a_) {
+      constexpr int ACT = decltype(a_)::value;
+      auto run = [&](auto bias_flag) {
+        constexpr bool BIAS = decltype(bias_flag)::value;
+        constexpr bool EPILOGUE = BIAS || ACT != 0;
+        if (!channels_last) {
+          const int64_t grain = std::max<int64_t>(1, kGrain / hw);
+          at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
+            for (int64_t i = begin; i < end; ++i) {
+              const int64_t nn = i / c, o = i % c;
+              const B* src = in.plane(nn, table[o]);
+              B* dst = out + i * hw;
+              if constexpr (!EPILOGUE) {
+                std::memcpy(dst, src, hw * sizeof(B));
+              } else {
+                plane_epilogue<scalar_t, ACT, BIAS>(reinterpret_cast<const scalar_t*>(src),
+                                                    reinterpret_cast<scalar_t*>(dst), hw,
+                                                    BIAS ? pbias[o] : acc_t(0));
+              }
+            }
+          });
+        } else {
+          const int64_t grain = std::max<int64_t>(1, kGrain / c);
+          at::parallel_for(0, n * hw, grain, [&](int64_t begin, int64_t end) {
+            for (int64_t q = begin; q < end; ++q) {
+              B* dst = out + q * c;
+              gather_row(in.row0(q), in.row1(q), ca, table.data(), dst, c);
+              if constexpr (EPILOGUE) {
+                row_epilogue<scalar_t, ACT, BIAS>(reinterpret_cast<scalar_t*>(dst),
+                                                  BIAS ? pbias.data() : nullptr, c);
+              }
+            }
+          });
+        }
+      };
+      if (has_bias) run(std::true_type{}); else run(std::false_type{});
+    });
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> channel_shuffle_backward(const at::Tensor& grad,
+                                                            const std::optional<at::Tensor>& y,
+                                                            int64_t split, int64_t groups,
+                                                            int64_t act, bool channels_last) {
+  const ShuffleShape sh = shuffle::backward_shape(grad, y, split, groups, act, channels_last);
+  const int64_t n = sh.n, c = sh.c, hw = sh.hw;
+  const bool has_y = act != 0;
+  const auto options = grad.options().memory_format(shuffle::mem_format(channels_last));
+  at::Tensor ga = at::empty({n, split, grad.size(2), grad.size(3)}, options);
+  at::Tensor gb = at::empty({n, c - split, grad.size(2), grad.size(3)}, options);
+  if (grad.numel() == 0) return {ga, gb};
+  const auto table = permutation(c, groups, true);
+  FB_DISPATCH_FLOATING(grad.scalar_type(), "channel_shuffle_backward", [&] {
+    using B = Bits<scalar_t>;
+    const B* gp = reinterpret_cast<const B*>(grad.const_data_ptr<scalar_t>());
+    const B* yp = has_y ? reinterpret_cast<const B*>(y->const_data_ptr<scalar_t>()) : nullptr;
+    const Channels<B> out{reinterpret_cast<B*>(ga.mutable_data_ptr<scalar_t>()),
+                          reinterpret_cast<B*>(gb.mutable_data_ptr<scalar_t>()), sh};
+    dispatch_act(static_cast<int>(act), [&](auto a_) {
+      constexpr int ACT = decltype(a_)::value;
+      if constexpr (ACT == 0 || ACT == int(Act::kReLU) || ACT == int(Act::kReLU6)) {
+        if (!channels_last) {
+          const int64_t grain = std::max<int64_t>(1, kGrain / hw);
+          at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
+            for (int64_t i = begin; i < end; ++i) {
+              const int64_t nn = i / c, cc = i % c;
+              const int64_t from = (nn * c + table[cc]) * hw;
+              B* dst = out.plane(nn, cc);
+              if constexpr (ACT == 0) {
+                std::memcpy(dst, gp + from, hw * sizeof(B));
+              } else {
+                grad_epilogue<scalar_t, ACT>(reinterpret_cast<const scalar_t*>(gp + from),
+                                             reinterpret_cast<const scalar_t*>(yp + from),
+                                             reinterpret_cast<scalar_t*>(dst), hw);
+              }
+            }
+          });
+        } else {
+          const int64_t grain = std::max<int64_t>(1, kGrain / c);
+          at::parallel_for(0, n * hw, grain, [&](int64_t begin, int64_t end) {
+            // a whole row when it must be split in two or carry act' (read with y's row)
+            std::vector<B> gbuf, ybuf;
+            const bool direct = ACT == 0 && split == c;
+            if (!direct) gbuf.resize(c);
+            if (ACT != 0) ybuf.resize(c);
+            for (int64_t q = begin; q < end; ++q) {
+              B* g_row = direct ? out.row0(q) : gbuf.data();
+              gather_row<B>(gp + q * c, nullptr, c, table.data(), g_row, c);
+              if (direct) continue;
+              if constexpr (ACT != 0) {
+                gather_row<B>(yp + q * c, nullptr, c, table.data(), ybuf.data(), c);
+                grad_epilogue<scalar_t, ACT>(reinterpret_cast<const scalar_t*>(g_row),
+                                             reinterpret_cast<const scalar_t*>(ybuf.data()),
+                                             reinterpret_cast<scalar_t*>(g_row), c);
+              }
+              if (split) std::memcpy(out.row0(q), g_row, split * sizeof(B));
+              if (c - split) std::memcpy(out.row1(q), g_row + split, (c - split) * sizeof(B));
+            }
+          });
+        }
+      }
+    });
+  });
+  return {ga, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastblocks_C, CPU, m) {
+  m.impl("channel_shuffle_forward", &channel_shuffle_forward);
+  m.impl("channel_shuffle_backward", &channel_shuffle_backward);
+}
+
+}  // namespace fastblocks::cpu

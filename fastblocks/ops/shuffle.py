@@ -1,0 +1,316 @@
+"""Channel shuffle (ShuffleNet), and concatenation + shuffle in one pass.
+
+``channel_shuffle(x, groups)`` has ``torch.nn.ChannelShuffle``'s semantics: with C = g * k
+channels, output channel ``o = i * g + j`` is input channel ``j * k + i`` (view (N, g, k, ...),
+transpose, flatten). Its backward is the inverse permutation, a shuffle with k groups.
+``concat_shuffle(a, b, groups)`` is ``channel_shuffle(torch.cat([a, b], 1), groups)`` without
+the concatenated tensor (ShuffleNet v2's unit ends with it); the gradient is split back.
+
+Registered ops: ``fastblocks::channel_shuffle(a, b, bias, groups, act)``, which also serves as
+the fused epilogue of ``grouped_conv2d`` (bias, activation, then the shuffled write), and its
+backward ``fastblocks::channel_shuffle_backward``. In training only relu and relu6 are fused
+(their derivative is read from the output); the others run as a separate activation op on the
+shuffled output (an activation commutes with a channel permutation), as depthwise_conv2d does.
+
+Layout: the output is channels_last when the inputs suggest it (PyTorch's
+``suggest_memory_format``, as ATen's channel_shuffle and cat decide), else NCHW. An input that
+is a channel slice of such a tensor (``x.chunk(2, dim=1)`` in ShuffleNet v2) is read in place;
+anything else is copied once.
+
+No ``register_autocast``: ATen treats channel_shuffle as dtype-preserving and torch.cat as
+"promote" under autocast, so concat_shuffle promotes mixed dtypes (only under autocast) and
+channel_shuffle keeps its input's dtype, as eager does.
+
+ShuffleNet: Zhang et al., "ShuffleNet: An Extremely Efficient Convolutional Neural Network for
+Mobile Devices" (CVPR 2018); Ma et al., "ShuffleNet V2: Practical Guidelines for Efficient CNN
+Architecture Design" (ECCV 2018).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._backend import capture, restored
+from ._activation_codes import ACTIVATION_NAMES, activation_code
+from ._dispatch import run_kernel
+from ._fastpath import direct_autograd, needs_grad, plain_eager
+from ._layout import empty, memory_format
+from ._validate import check_same, check_tensor
+from .activation import (_activation_backward_op, _backward_impl as _activation_backward_impl,
+                         apply_activation, reference_forward as _act_reference)
+
+try:  # the stride test behind ATen's Tensor::suggest_memory_format
+    from torch._prims_common import suggest_memory_format as _suggest
+except ImportError:  # pragma: no cover - older torch
+    _suggest = None
+
+__all__ = ["channel_shuffle", "concat_shuffle", "reference_channel_shuffle",
+           "reference_concat_shuffle"]
+
+_RELU, _RELU6 = activation_code("relu"), activation_code("relu6")
+# activations whose derivative the output gives exactly (see depthwise.py)
+_FROM_OUTPUT = (0, _RELU, _RELU6)
+
+
+# ---- eager reference ------------------------------------------------------------------------
+
+def reference_channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    """The eager composition: torch.nn.functional.channel_shuffle."""
+    return torch.nn.functional.channel_shuffle(x, groups)
+
+
+def reference_concat_shuffle(a: Tensor, b: Tensor, groups: int = 2) -> Tensor:
+    """The eager composition: torch.cat then channel_shuffle."""
+    return torch.nn.functional.channel_shuffle(torch.cat([a, b], 1), groups)
+
+
+def _permute(x: Tensor, groups: int) -> Tensor:
+    n, c = x.shape[:2]
+    return x.reshape(n, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+
+
+def _fresh(t: Tensor, channels_last: bool) -> Tensor:
+    """A new tensor (custom ops must not return views of their inputs) in the format."""
+    return torch.empty_like(t, memory_format=memory_format(channels_last)).copy_(t)
+
+
+# The references take the kernels' arguments (same names, same order) for the `torch` backend.
+
+def _reference_forward(a, b, bias, groups, act, channels_last):
+    x = a if b is None else torch.cat([a, b], 1)
+    if bias is not None:
+        x = x + bias.view(1, -1, 1, 1)
+    if act:
+        x = _act_reference(x, act)
+    return _fresh(_permute(x, groups), channels_last)
+
+
+def _reference_backward(grad, y, split, groups, act, channels_last):
+    aten = torch.ops.aten
+    if act == _RELU:
+        grad = aten.threshold_backward(grad, y, 0)
+    elif act == _RELU6:
+        grad = aten.hardtanh_backward(grad, y, 0.0, 6.0)
+    g = _permute(grad, grad.shape[1] // groups)
+    return _fresh(g[:, :split], channels_last), _fresh(g[:, split:], channels_last)
+
+
+# ---- layout ----------------------------------------------------------------------------------
+
+def _suggests_channels_last(t: Tensor) -> bool:
+    if t.dim() != 4:
+        return False
+    if _suggest is None:
+        return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    return _suggest(t) == torch.channels_last
+
+
+def _reads_in_place(t: Tensor, channels_last: bool) -> bool:
+    """Whether the kernels read `t` as it is: contiguous in the format, or a channel slice of
+    such a tensor (mirrors outer_stride in csrc/cpu/shuffle.cpp)."""
+    n, c, h, w = t.shape
+    s = t.stride()
+    if not channels_last:
+        outer = s[0] if n > 1 else c * h * w
+        return ((w <= 1 or s[3] == 1) and (h <= 1 or s[2] == w) and (c <= 1 or s[1] == h * w)
+                and outer >= c * h * w)
+    outer = s[3] if w > 1 else s[2] if h > 1 else s[0] if n > 1 else c
+    return ((c <= 1 or s[1] == 1) and (w <= 1 or s[3] == outer) and (h <= 1 or s[2] == w * outer)
+            and (n <= 1 or s[0] == h * w * outer) and outer >= c)
+
+
+def _prepare(t: Tensor, channels_last: bool) -> Tensor:
+    return t if _reads_in_place(t, channels_last) else t.contiguous(
+        memory_format=memory_format(channels_last))
+
+
+def _layout(a: Tensor, b: Tensor | None) -> bool:
+    """channels_last when every input suggests it (ATen's rule for cat, and for
+    channel_shuffle of one tensor)."""
+    return _suggests_channels_last(a) and (b is None or _suggests_channels_last(b))
+
+
+# ---- backend dispatch ------------------------------------------------------------------------
+
+def _forward_impl(a: Tensor, b: Tensor | None, bias: Tensor | None, groups: int,
+                  act: int) -> Tensor:
+    cl = _layout(a, b)
+    a = _prepare(a, cl)
+    b = None if b is None else _prepare(b, cl)
+    bias = None if bias is None else bias.contiguous()
+    return run_kernel("shuffle", "channel_shuffle_forward", a.device, (a, b, bias, groups, act, cl),
+                      _reference_forward)
+
+
+def _backward_impl(grad: Tensor, y: Tensor | None, split: int, groups: int, act: int,
+                   channels_last: bool) -> tuple[Tensor, Tensor]:
+    fmt = memory_format(channels_last)
+    grad = grad.contiguous(memory_format=fmt)
+    y = None if y is None or not act else y.contiguous(memory_format=fmt)
+    return run_kernel("shuffle", "channel_shuffle_backward", grad.device,
+                      (grad, y, split, groups, act, channels_last), _reference_backward)
+
+
+# ---- registered ops --------------------------------------------------------------------------
+
+@torch.library.custom_op("fastblocks::channel_shuffle", mutates_args=())
+def _shuffle_op(a: Tensor, b: Tensor | None, bias: Tensor | None, groups: int, act: int) -> Tensor:
+    """act(cat(a, b) + bias) with its channels shuffled in `groups` groups; b, bias optional."""
+    return _forward_impl(a, b, bias, groups, act)
+
+
+@_shuffle_op.register_fake
+def _(a, b, bias, groups, act):
+    c = a.shape[1] + (0 if b is None else b.shape[1])
+    return empty((a.shape[0], c, *a.shape[2:]), a, _layout(a, b))
+
+
+@torch.library.custom_op("fastblocks::channel_shuffle_backward", mutates_args=())
+def _shuffle_backward_op(grad: Tensor, y: Tensor | None, split: int, groups: int, act: int,
+                         channels_last: bool) -> tuple[Tensor, Tensor]:
+    """(grad_a, grad_b) of channel_shuffle from the gradient of its output (and the output
+    itself for act relu/relu6); grad_b has 0 channels when there was no b."""
+    return _backward_impl(grad, y, split, groups, act, channels_last)
+
+
+@_shuffle_backward_op.register_fake
+def _(grad, y, split, groups, act, channels_last):
+    n, c, h, w = grad.shape
+    return (empty((n, split, h, w), grad, channels_last),
+            empty((n, c - split, h, w), grad, channels_last))
+
+
+def _setup_context(ctx, inputs, output):
+    a, b, bias, groups, act = inputs
+    from_output = act in _FROM_OUTPUT
+    # from_output: y gives act'; otherwise the inputs, to recompute the pre-activation
+    ctx.save_for_backward(output if act and from_output else None,
+                          None if from_output else a, None if from_output else b,
+                          None if from_output else bias)
+    ctx.args = (a.shape[1], groups, act, _layout(a, b), b is not None)
+    ctx.bias_grad = bias is not None and ctx.needs_input_grad[2]
+    capture(ctx)
+
+
+def _make_backward(forward_kernel, activation_backward_kernel, backward_kernel):
+    """The autograd backward from the forward, activation-backward and shuffle-backward
+    kernels: the registered ops (dispatcher path) or their bodies (plain eager path)."""
+    def backward(ctx, grad):
+        y, a, b, bias = ctx.saved_tensors
+        split, groups, act, cl, has_b = ctx.args
+        with restored(ctx):
+            if act not in _FROM_OUTPUT:  # recompute the shuffled pre-activation
+                z = forward_kernel(a, b, bias, groups, 0)
+                grad = activation_backward_kernel(grad, z, act)
+                act = 0
+            ga, gb = backward_kernel(grad, y, split, groups, act, cl)
+            gbias = None
+            if ctx.bias_grad:
+                acc = torch.float64 if ga.dtype == torch.float64 else torch.float32
+                gbias = torch.cat([ga.sum((0, 2, 3), dtype=acc), gb.sum((0, 2, 3), dtype=acc)])
+                gbias = gbias.to(ga.dtype)
+        return ga, (gb if has_b else None), gbias, None, None
+    return backward
+
+
+torch.library.register_autograd(
+    "fastblocks::channel_shuffle",
+    _make_backward(_shuffle_op, _activation_backward_op, _shuffle_backward_op),
+    setup_context=_setup_context)
+
+# plain eager training: the same autograd functions around direct kernel calls (_fastpath)
+_shuffle_direct = direct_autograd(
+    "ChannelShuffleFunction", _forward_impl, _setup_context,
+    _make_backward(_forward_impl, _activation_backward_impl, _backward_impl))
+
+
+def shuffle_epilogue(a: Tensor, b: Tensor | None, bias: Tensor | None, groups: int,
+                     act: int) -> Tensor:
+    """act(cat(a, b) + bias[:, None, None]), channels shuffled in `groups` groups, through the
+    path plain eager code or the compiler needs. Arguments are assumed checked. In training,
+    an activation whose derivative the output does not give runs as a second op."""
+    tensors = (a, b, bias)
+    if not needs_grad(*tensors):
+        return (_forward_impl if plain_eager(*tensors) else _shuffle_op)(a, b, bias, groups, act)
+    fused = act if act in _FROM_OUTPUT else 0
+    y = (_shuffle_direct if plain_eager(*tensors) else _shuffle_op)(a, b, bias, groups, fused)
+    if fused != act:
+        y = apply_activation(y, ACTIVATION_NAMES[act])
+    return y
+
+
+# ---- argument checks ----------------------------------------------------------------------------
+
+def check_groups(groups, channels: int, arg: str = "groups", what: str = "x") -> None:
+    """`groups` is a positive int dividing `channels`: TypeError/ValueError naming `arg`."""
+    if not isinstance(groups, int) or isinstance(groups, bool):
+        raise TypeError(f"{arg} must be an int, got {type(groups).__name__}")
+    if groups <= 0:
+        raise ValueError(f"{arg} must be positive, got {groups}")
+    if channels % groups:
+        raise ValueError(f"{arg}={groups} must divide the channels of {what} ({channels})")
+
+
+# ---- public functions --------------------------------------------------------------------------
+
+def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    """Shuffle the channels of ``x`` in ``groups`` groups, as ``torch.nn.ChannelShuffle``.
+
+    With C = groups * k, output channel ``i * groups + j`` is input channel ``j * k + i``.
+
+    Args:
+        x: (N, C, *) with at least one trailing dim, typically (N, C, H, W); float16,
+            bfloat16, float32 or float64; NCHW or channels_last (the output keeps it).
+        groups: positive int dividing C.
+
+    Returns:
+        A new tensor of x's shape and dtype.
+
+    Raises:
+        TypeError: x is not a floating tensor, or groups is not an int.
+        ValueError: x has fewer than 3 dims, groups <= 0, or groups does not divide C.
+    """
+    check_tensor(x, "x")
+    if x.dim() < 3:
+        raise ValueError(f"x must have at least 3 dims (N, C, *), got shape {tuple(x.shape)}")
+    check_groups(groups, x.shape[1])
+    shape = x.shape
+    if x.dim() != 4:
+        x = x.reshape(shape[0], shape[1], -1, 1)
+    y = shuffle_epilogue(x, None, None, groups, 0)
+    return y if len(shape) == 4 else y.reshape(shape)
+
+
+def concat_shuffle(a: Tensor, b: Tensor, groups: int = 2) -> Tensor:
+    """``channel_shuffle(torch.cat([a, b], dim=1), groups)`` in one pass (ShuffleNet v2's unit).
+
+    Args:
+        a: (N, Ca, H, W); b: (N, Cb, H, W), same device; same dtype (under autocast mixed
+            dtypes are promoted, as torch.cat does). Either may be a channel slice of a larger
+            tensor (``x.chunk(2, dim=1)``), read in place.
+        groups: positive int dividing Ca + Cb (ShuffleNet v2 uses 2).
+
+    Returns:
+        (N, Ca + Cb, H, W), channels_last if both inputs are, else NCHW. Gradients flow back
+        to a and b.
+
+    Raises:
+        TypeError: non-tensor or non-floating inputs, mixed dtypes outside autocast, or a
+            non-int groups.
+        ValueError: a or b not 4-d, shapes that disagree outside dim 1, devices that differ,
+            groups <= 0 or not dividing Ca + Cb.
+    """
+    check_tensor(a, "a")
+    check_tensor(b, "b")
+    if a.dtype != b.dtype and torch.is_autocast_enabled(a.device.type):
+        dtype = torch.promote_types(a.dtype, b.dtype)
+        a, b = a.to(dtype), b.to(dtype)
+    check_same(a, "a", b, "b")
+    for t, arg in ((a, "a"), (b, "b")):
+        if t.dim() != 4:
+            raise ValueError(f"{arg} must be 4-d (N, C, H, W), got shape {tuple(t.shape)}")
+    if (b.shape[0], *b.shape[2:]) != (a.shape[0], *a.shape[2:]):
+        raise ValueError(f"b has shape {tuple(b.shape)} but a has {tuple(a.shape)}; they must "
+                         "agree in every dim but 1")
+    check_groups(groups, a.shape[1] + b.shape[1], what="cat(a, b)")
+    return shuffle_epilogue(a, b, None, groups, 0)
