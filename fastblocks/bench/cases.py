@@ -404,3 +404,195 @@ def get_op(name: str) -> OpBench:
 
 def list_ops() -> list[str]:
     return list(REGISTRY)
+
+
+# ---- shuffle family: channel_shuffle, concat_shuffle, grouped_conv2d ----------------------------
+
+def _shuffle_module():
+    try:
+        return importlib.import_module("fastblocks.ops.shuffle")
+    except Exception as exc:
+        raise OpUnavailable(f"fastblocks.ops.shuffle is not available ({type(exc).__name__}: {exc})") from exc
+
+
+class ShuffleBench(OpBench):
+    """channel_shuffle (eager: F.channel_shuffle, ATen's kernel) or concat_shuffle (eager:
+    torch.cat then F.channel_shuffle; ``a`` is the first half of a wider tensor, as
+    ShuffleNet v2's x.chunk(2, dim=1) makes it). Bytes: read and write every element once
+    (fwd), and again for the gradient (fwd+bwd)."""
+    family = "shuffle"
+    c_ops = ("channel_shuffle_forward", "channel_shuffle_backward")
+    shape_sets = {"shufflenet": "ShuffleNet v1 (g=3, 8) and v2 1.0x shuffle tensors, 224x224"}
+
+    def __init__(self, name: str):
+        self.name = name
+        self.description = ("fastblocks.ops.channel_shuffle" if name == "channel_shuffle" else
+                            "fastblocks.ops.concat_shuffle: torch.cat + channel shuffle in one pass")
+
+    def missing(self):
+        try:
+            _shuffle_module()
+        except OpUnavailable as exc:
+            return str(exc)
+        return None
+
+    def default_sets(self, device_type, quick):
+        return ["shufflenet"]
+
+    def default_batches(self, device_type, quick):
+        if device_type == "cuda":
+            return [1, 32] if quick else [1, 32, 256]
+        return [1, 32]
+
+    def shapes(self, set_name, device_type, batches, quick):
+        if set_name != "shufflenet":
+            raise KeyError(set_name)
+        tensors = [t for t in S.SHUFFLE_TENSORS if self.name == "channel_shuffle" or t.groups == 2]
+        return [Shape(set_name, f"{n}x{t.channels}x{t.size}x{t.size} g{t.groups}",
+                      f"{t.channels}x{t.size}² g{t.groups}" + (f" b{n}" if len(batches) > 1 else ""),
+                      {"shape": [n, t.channels, t.size, t.size], "groups": t.groups}, n, t.source)
+                for n in batches for t in tensors]
+
+    def case(self, shape, dtype, layout, mode, device):
+        mod = _shuffle_module()
+        n, c, h, w = shape.params["shape"]
+        g = shape.params["groups"]
+        es = torch.empty((), dtype=dtype).element_size()
+        numel = n * c * h * w
+        if self.name == "channel_shuffle":
+            def make_inputs(seed):
+                return [_randn((n, c, h, w), dtype, device, _gen(device, seed), 1.0, layout)]
+            eager, fast, names = (lambda x: mod.reference_channel_shuffle(x, g),
+                                  lambda x: mod.channel_shuffle(x, g), ("x",))
+            grad_idx = (0,)
+        else:
+            def make_inputs(seed):
+                gen = _gen(device, seed)
+                x = _randn((n, c, h, w), dtype, device, gen, 1.0, layout)
+                return [x[:, : c // 2], _randn((n, c - c // 2, h, w), dtype, device, gen, 1.0, layout)]
+            eager, fast, names = (lambda a, b: mod.reference_concat_shuffle(a, b, g),
+                                  lambda a, b: mod.concat_shuffle(a, b, g), ("a", "b"))
+            grad_idx = (0, 1)
+        return Case(op=self.name, family=self.family, c_ops=self.c_ops, shape=shape, dtype=dtype,
+                    layout=layout, mode=mode, device=device, make_inputs=make_inputs, eager=eager,
+                    fast=fast, grad_idx=grad_idx, bytes=(2 if mode == "fwd" else 4) * numel * es,
+                    flops=None, arg_names=names)
+
+    def fuzz(self, device, dtype, seed=0):
+        mod = _shuffle_module()
+        gen = _gen(device, seed)
+        out = []
+        for n, c, h, w, g, layout in ((2, 6, 5, 3, 3, "nchw"), (1, 16, 4, 4, 8, "channels_last"),
+                                      (0, 4, 3, 3, 2, "nchw"), (1, 12, 1, 7, 4, "channels_last")):
+            x = _randn((n, c, h, w), dtype, device, gen, 1.0, layout)
+            label = f"{n}x{c}x{h}x{w} g{g} {layout}"
+            if self.name == "channel_shuffle":
+                out.append(FuzzCase(label, [x], (0,), lambda x, g=g: mod.reference_channel_shuffle(x, g),
+                                    lambda x, g=g: mod.channel_shuffle(x, g), ("x",)))
+            else:
+                b = _randn((n, c // 2 + g, h, w), dtype, device, gen, 1.0, layout)
+                out.append(FuzzCase(label + " (a: a channel slice)", [x[:, : c // 2 + g], b], (0, 1),
+                                    lambda a, b, g=g: mod.reference_concat_shuffle(a, b, g),
+                                    lambda a, b, g=g: mod.concat_shuffle(a, b, g), ("a", "b")))
+        return out
+
+    def demo_shape(self, device_type):
+        n = 32 if device_type == "cuda" else 1
+        return Shape("shufflenet", f"{n}x116x28x28 g2", "116x28² g2",
+                     {"shape": [n, 116, 28, 28], "groups": 2}, n, S.SHUFFLE_TENSORS[0].source)
+
+
+class GroupedConvBench(OpBench):
+    """grouped_conv2d with bias (a folded BN), activation and shuffle as the network has them;
+    eager: F.conv2d, then the activation, then F.channel_shuffle (three passes)."""
+    name = "grouped_conv2d"
+    family = "shuffle"
+    c_ops = ("channel_shuffle_forward", "channel_shuffle_backward")
+    description = "fastblocks.ops.grouped_conv2d: grouped conv + bias + activation + shuffle"
+    shape_sets = {
+        "shufflenet_v1_g3": "ShuffleNet v1 g=3: the 1x1 GConvs (+ shuffle), 224x224",
+        "shufflenet_v1_g8": "ShuffleNet v1 g=8: the 1x1 GConvs (+ shuffle), 224x224",
+        "resnext50_32x4d": "ResNeXt-50 32x4d: every grouped 3x3 (cardinality 32), 224x224",
+    }
+
+    def missing(self):
+        try:
+            importlib.import_module("fastblocks.ops.grouped_conv")
+        except Exception as exc:
+            return f"fastblocks.ops.grouped_conv is not available ({type(exc).__name__}: {exc})"
+        return None
+
+    def default_sets(self, device_type, quick):
+        return list(self.shape_sets)
+
+    def default_batches(self, device_type, quick):
+        if device_type == "cuda":
+            return [1, 32] if quick else [1, 32, 256]
+        return [1]
+
+    def shapes(self, set_name, device_type, batches, quick):
+        layers = S.GROUPED_CONV_NETS[set_name]
+        out = []
+        for n in batches:
+            for L in layers:
+                label = (f"{n}x{L.c_in}x{L.size}x{L.size}->{L.c_out} k{L.kernel} s{L.stride} g{L.groups}"
+                         f" {L.activation or 'none'}" + (f" shuffle{L.shuffle_groups}" if L.shuffle_groups else ""))
+                short = f"{L.c_in}->{L.c_out} {L.size}² g{L.groups}" + (f" b{n}" if len(batches) > 1 else "")
+                params = {"N": n, "C_in": L.c_in, "C_out": L.c_out, "H": L.size, "W": L.size,
+                          "kernel": L.kernel, "stride": L.stride, "padding": L.padding,
+                          "groups": L.groups, "activation": L.activation,
+                          "shuffle_groups": L.shuffle_groups, "net": L.net}
+                out.append(Shape(set_name, label, short, params, n, f"{L.net}: {L.source}"))
+        return out
+
+    def case(self, shape, dtype, layout, mode, device):
+        from fastblocks.ops.grouped_conv import grouped_conv2d, reference_grouped_conv2d
+        p = shape.params
+        n, ci, co, h, w, k, s = p["N"], p["C_in"], p["C_out"], p["H"], p["W"], p["kernel"], p["stride"]
+        kw = dict(stride=s, padding=p["padding"], groups=p["groups"], activation=p["activation"],
+                  shuffle_groups=p["shuffle_groups"])
+        oh = (h + 2 * p["padding"] - k) // s + 1
+        es = torch.empty((), dtype=dtype).element_size()
+        x_n, w_n, y_n = n * ci * h * w, co * ci // p["groups"] * k * k, n * co * oh * oh
+        fwd_bytes = (x_n + w_n + co + y_n) * es
+        bwd_bytes = (y_n + x_n + w_n + x_n + w_n + co) * es
+        fwd_flops = 2 * n * co * oh * oh * (ci // p["groups"]) * k * k
+
+        def make_inputs(seed):
+            gen = _gen(device, seed)
+            return [_randn((n, ci, h, w), dtype, device, gen, 1.0, layout),
+                    _randn((co, ci // p["groups"], k, k), dtype, device, gen, (k * k * ci / p["groups"]) ** -0.5),
+                    _randn((co,), dtype, device, gen, 0.1)]
+
+        return Case(op=self.name, family=self.family, c_ops=self.c_ops, shape=shape, dtype=dtype,
+                    layout=layout, mode=mode, device=device, make_inputs=make_inputs,
+                    eager=lambda x, wt, b: reference_grouped_conv2d(x, wt, b, **kw),
+                    fast=lambda x, wt, b: grouped_conv2d(x, wt, b, **kw), grad_idx=(0, 1, 2),
+                    bytes=fwd_bytes if mode == "fwd" else fwd_bytes + bwd_bytes,
+                    flops=fwd_flops if mode == "fwd" else 3 * fwd_flops,
+                    arg_names=("x", "weight", "bias"))
+
+    def fuzz(self, device, dtype, seed=0):
+        from fastblocks.ops.grouped_conv import grouped_conv2d, reference_grouped_conv2d
+        gen = _gen(device, seed)
+        out = []
+        for n, ci, co, hw, k, s, g, act, sg, layout in (
+                (2, 6, 12, 5, 1, 1, 3, "relu", 3, "nchw"), (1, 16, 16, 6, 3, 2, 8, "relu", None, "channels_last"),
+                (1, 4, 6, 4, 1, 1, 1, "relu6", 3, "nchw"), (0, 6, 6, 3, 3, 1, 2, "silu", 2, "channels_last"),
+                (1, 8, 8, 7, 3, 1, 4, "hardswish", 4, "nchw")):
+            args = [_randn((n, ci, hw, hw), dtype, device, gen, 1.0, layout),
+                    _randn((co, ci // g, k, k), dtype, device, gen, 0.5), _randn((co,), dtype, device, gen, 0.1)]
+            kw = dict(stride=s, padding=k // 2, groups=g, activation=act, shuffle_groups=sg)
+            out.append(FuzzCase(f"{n}x{ci}x{hw}x{hw}->{co} k{k} s{s} g{g} {act} shuffle{sg} {layout}",
+                                args, (0, 1, 2), lambda x, wt, b, kw=kw: reference_grouped_conv2d(x, wt, b, **kw),
+                                lambda x, wt, b, kw=kw: grouped_conv2d(x, wt, b, **kw), ("x", "weight", "bias")))
+        return out
+
+    def demo_shape(self, device_type):
+        n = 32 if device_type == "cuda" else 1
+        return self.shapes("shufflenet_v1_g3", device_type, [n], True)[2]
+
+
+REGISTRY.update({"channel_shuffle": ShuffleBench("channel_shuffle"),
+                 "concat_shuffle": ShuffleBench("concat_shuffle"),
+                 "grouped_conv2d": GroupedConvBench()})

@@ -155,3 +155,100 @@ SWEEP_GPU = tuple(2 ** e for e in range(16, 27))          # 2^16 .. 2^26, every 
 SWEEP_GPU_QUICK = tuple(2 ** e for e in range(16, 27, 2))  # 2^16 .. 2^26, every 4x
 SWEEP_CPU = tuple(2 ** e for e in range(16, 23, 2))        # 2^16 .. 2^22, every 4x
 SWEEP_CPU_QUICK = (2 ** 16, 2 ** 20)
+
+
+# ---- shuffle family: ShuffleNet v1/v2 and ResNeXt-50 32x4d, 224x224 -----------------------------
+#
+# - ShuffleNet v1: Zhang et al. (CVPR 2018), Table 1. Stage outputs 28, 14, 7 with 240/480/960
+#   channels (g = 3) or 384/768/1536 (g = 8); a unit's bottleneck is a quarter of its output.
+#   Its first 1x1 GConv (-> BN -> ReLU) is followed by the channel shuffle (fused here); in
+#   stage 2's first unit that conv is ungrouped (24 input channels), where the shuffle folds
+#   into the weight. The second 1x1 GConv (-> BN, no activation) expands back; in a stride-2
+#   unit it makes out - in channels for the concatenation with the pooled shortcut.
+# - ShuffleNet v2 1.0x: Ma et al. (ECCV 2018), Table 5: stages of 116/232/464 channels at
+#   28/14/7; every unit ends with concat (two halves) + channel shuffle (groups 2).
+# - ResNeXt-50 32x4d: Xie et al. (CVPR 2017), Table 1: the grouped 3x3 (cardinality 32) of
+#   every bottleneck, widths 128/256/512/1024 at 56/28/14/7, stride 2 on the first block of
+#   conv3-5 (torchvision puts the stride on the 3x3), each followed by BN and ReLU.
+
+@dataclass(frozen=True)
+class GroupedConvLayer:
+    c_in: int
+    c_out: int
+    size: int            # input H = W
+    kernel: int
+    stride: int
+    groups: int
+    activation: str | None
+    shuffle_groups: int | None
+    net: str
+    source: str
+
+    @property
+    def padding(self) -> int:
+        return (self.kernel - 1) // 2
+
+    @property
+    def out_size(self) -> int:
+        return (self.size + 2 * self.padding - self.kernel) // self.stride + 1
+
+
+def _shufflenet_v1(g, widths):
+    c2, c3, c4 = widths
+    net = f"shufflenet_v1_g{g}"
+    rows = [  # (c_in, c_out, size, groups, act, shuffle, source)
+        (24, c2 // 4, 56, 1, "relu", g, "stage 2 unit 1, 1x1 conv (ungrouped) + shuffle"),
+        (c2 // 4, c2 - 24, 28, g, None, None, "stage 2 unit 1, 1x1 GConv expand (concat unit)"),
+        (c2, c2 // 4, 28, g, "relu", g, "stage 2 units 2-4, 1x1 GConv + shuffle"),
+        (c2 // 4, c2, 28, g, None, None, "stage 2 units 2-4, 1x1 GConv expand"),
+        (c2, c3 // 4, 28, g, "relu", g, "stage 3 unit 1, 1x1 GConv + shuffle"),
+        (c3, c3 // 4, 14, g, "relu", g, "stage 3 units 2-8, 1x1 GConv + shuffle"),
+        (c3 // 4, c3, 14, g, None, None, "stage 3 units 2-8, 1x1 GConv expand"),
+        (c3, c4 // 4, 14, g, "relu", g, "stage 4 unit 1, 1x1 GConv + shuffle"),
+        (c4, c4 // 4, 7, g, "relu", g, "stage 4 units 2-4, 1x1 GConv + shuffle"),
+        (c4 // 4, c4, 7, g, None, None, "stage 4 units 2-4, 1x1 GConv expand"),
+    ]
+    return tuple(GroupedConvLayer(ci, co, s, 1, 1, gr, a, sh, net, src)
+                 for ci, co, s, gr, a, sh, src in rows)
+
+
+SHUFFLENET_V1_G3 = _shufflenet_v1(3, (240, 480, 960))
+SHUFFLENET_V1_G8 = _shufflenet_v1(8, (384, 768, 1536))
+
+RESNEXT50_32X4D = tuple(GroupedConvLayer(w, w, s, 3, st, 32, "relu", None, "resnext50_32x4d", src)
+                        for w, s, st, src in (
+    (128, 56, 1, "conv2, 3 blocks"),
+    (256, 56, 2, "conv3 block 1 (stride 2)"),
+    (256, 28, 1, "conv3 blocks 2-4"),
+    (512, 28, 2, "conv4 block 1 (stride 2)"),
+    (512, 14, 1, "conv4 blocks 2-6"),
+    (1024, 14, 2, "conv5 block 1 (stride 2)"),
+    (1024, 7, 1, "conv5 blocks 2-3"),
+))
+
+GROUPED_CONV_NETS = {
+    "shufflenet_v1_g3": SHUFFLENET_V1_G3,
+    "shufflenet_v1_g8": SHUFFLENET_V1_G8,
+    "resnext50_32x4d": RESNEXT50_32X4D,
+}
+
+
+@dataclass(frozen=True)
+class ShuffleTensor:
+    channels: int        # after the concatenation (split in two equal halves for concat)
+    size: int
+    groups: int
+    source: str
+
+
+# Tensors a channel shuffle runs on: ShuffleNet v2's concat + shuffle (groups 2) and
+# ShuffleNet v1's shuffle after the first GConv (the unfused form).
+SHUFFLE_TENSORS = (
+    ShuffleTensor(116, 28, 2, "ShuffleNet v2 1.0x stage 2 (concat + shuffle)"),
+    ShuffleTensor(232, 14, 2, "ShuffleNet v2 1.0x stage 3 (concat + shuffle)"),
+    ShuffleTensor(464, 7, 2, "ShuffleNet v2 1.0x stage 4 (concat + shuffle)"),
+    ShuffleTensor(60, 28, 3, "ShuffleNet v1 g=3 stage 2 bottleneck"),
+    ShuffleTensor(120, 14, 3, "ShuffleNet v1 g=3 stage 3 bottleneck"),
+    ShuffleTensor(96, 28, 8, "ShuffleNet v1 g=8 stage 2 bottleneck"),
+    ShuffleTensor(384, 7, 8, "ShuffleNet v1 g=8 stage 4 bottleneck"),
+)

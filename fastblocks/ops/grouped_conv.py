@@ -33,10 +33,14 @@ Transformations for Deep Neural Networks" (ResNeXt, CVPR 2017); Zhang et al., "S
 from __future__ import annotations
 
 import torch.nn.functional as F
+import torch
 from torch import Tensor
 
+from .._backend import resolve
 from ._activation_codes import activation_code
 from ._conv_args import conv_geometry_cached
+from ._fastpath import direct_call_ok
+from ._layout import is_channels_last, memory_format
 from ._validate import check_ndim, check_same, check_tensor
 from .activation import apply_activation
 from .shuffle import check_groups, shuffle_epilogue
@@ -65,6 +69,15 @@ def permute_output_channels(t: Tensor, shuffle_groups: int) -> Tensor:
     ungrouped conv. Differentiable (a view, transpose and reshape)."""
     c = t.shape[0]
     return t.reshape(shuffle_groups, c // shuffle_groups, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
+
+
+def _gemm_serves(x: Tensor, weight: Tensor, bias: Tensor | None, geo) -> bool:
+    """Whether the Triton GEMM kernel (kernels/grouped_conv.py: 1x1, stride 1, no padding,
+    inference in plain eager code, fp16/bf16/fp32) runs this call: the triton backend only."""
+    return (weight.shape[-2:] == (1, 1) and geo.stride == (1, 1) and geo.padding == (0, 0)
+            and geo.dilation == (1, 1) and tuple(geo.out_size) == tuple(x.shape[-2:])
+            and x.dtype != torch.float64 and direct_call_ok(x, weight, bias)
+            and resolve("grouped_conv", x.device) == "triton")
 
 
 def grouped_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
@@ -119,12 +132,20 @@ def grouped_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride
         check_groups(shuffle_groups, c_out, "shuffle_groups", "the output (C_out)")
         if shuffle_groups in (1, c_out):  # the identity permutation
             shuffle_groups = None
-    conv_geometry_cached(tuple(x.shape[-2:]), tuple(weight.shape[-2:]), stride, padding, dilation)
+    geo = conv_geometry_cached(tuple(x.shape[-2:]), tuple(weight.shape[-2:]), stride, padding,
+                               dilation)
 
     if shuffle_groups is not None and groups == 1:
         weight = permute_output_channels(weight, shuffle_groups)
         bias = None if bias is None else permute_output_channels(bias, shuffle_groups)
         shuffle_groups = None
+    if _gemm_serves(x, weight, bias, geo):
+        from fastblocks.kernels.grouped_conv import grouped_conv1x1_forward
+        cl = is_channels_last(x) or is_channels_last(weight)
+        y = grouped_conv1x1_forward(x.contiguous(memory_format=memory_format(cl)),
+                                    weight.contiguous(), None if bias is None else bias.contiguous(),
+                                    groups, code, shuffle_groups or 1, cl)
+        return y.squeeze(0) if unbatched else y
     bias_in_epilogue = bias is not None and x.device.type != "cpu"
     z = F.conv2d(x, weight, None if bias_in_epilogue else bias, stride, padding, dilation, groups)
     if shuffle_groups is None and not bias_in_epilogue:
