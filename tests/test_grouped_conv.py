@@ -43,6 +43,10 @@ def make_configs(count, seed):
                    dilation=rng.choice([1, 1, 2]), groups=groups, bias=rng.random() < 0.7,
                    activation=rng.choice(ACTIVATIONS), shuffle_groups=shuffle,
                    channels_last=rng.random() < 0.5)
+        if k == (1, 1) and cfg["dilation"] > 1:
+            # eager F.conv2d with a bias segfaults on some of these (torch 2.13.0+cpu, oneDNN):
+            # 2x12x3x1 channels_last, 1x1, stride (1, 2), padding 1, dilation 2, groups 4
+            continue
         try:  # keep only configurations F.conv2d accepts
             F.conv2d(torch.empty(1, c_in, cfg["h"], cfg["w"]), torch.empty(c_out, c_in // groups, *k),
                      None, stride, padding, cfg["dilation"], groups)
@@ -112,7 +116,7 @@ def test_fuzz_fp64():
 
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
 def test_fuzz_low_precision(dtype):
-    for cfg in FUZZ[1::6]:
+    for cfg in FUZZ[1::10]:
         if cfg["n"] and cfg["h"] * cfg["w"] >= 4:
             check_config(cfg, "cpu", dtype)
 
@@ -157,13 +161,13 @@ def test_groups_one_folds_the_shuffle_into_the_weight():
 
 def test_gradcheck():
     for groups, sg, act, k in ((3, 4, "relu", 1), (2, 2, "silu", 3), (1, 3, "hardswish", 1)):
-        x = torch.randn(2, 6, 4, 5, dtype=torch.float64, requires_grad=True)
+        x = torch.randn(1, 6, 3, 2, dtype=torch.float64, requires_grad=True)
         w = torch.randn(12, 6 // groups, k, k, dtype=torch.float64, requires_grad=True)
         b = torch.randn(12, dtype=torch.float64, requires_grad=True)
         with fastblocks.backend("cpu"):
             assert torch.autograd.gradcheck(
                 lambda *t: grouped_conv2d(*t, padding=k // 2, groups=groups, activation=act,
-                                          shuffle_groups=sg), (x, w, b))
+                                          shuffle_groups=sg), (x, w, b), fast_mode=True)
 
 
 def test_compile_fullgraph():

@@ -113,6 +113,8 @@ def _reads_in_place(t: Tensor, channels_last: bool) -> bool:
     such a tensor (mirrors outer_stride in csrc/cpu/shuffle.cpp)."""
     n, c, h, w = t.shape
     s = t.stride()
+    if t.numel() == 0:  # never read
+        return True
     if not channels_last:
         outer = s[0] if n > 1 else c * h * w
         return ((w <= 1 or s[3] == 1) and (h <= 1 or s[2] == w) and (c <= 1 or s[1] == h * w)

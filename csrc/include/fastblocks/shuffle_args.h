@@ -21,6 +21,7 @@ inline at::MemoryFormat mem_format(bool channels_last) {
 inline int64_t outer_stride(const at::Tensor& t, bool channels_last, const char* what) {
   TORCH_CHECK(t.dim() == 4, "channel_shuffle: ", what, " must be 4-d");
   const int64_t n = t.size(0), c = t.size(1), h = t.size(2), w = t.size(3);
+  if (t.numel() == 0) return channels_last ? c : c * h * w;  // never read; any strides do
   bool ok;
   int64_t outer;
   if (!channels_last) {
