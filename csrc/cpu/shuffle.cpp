@@ -141,6 +141,34 @@ FB_CPU_CLONES void gather_row(const B* __restrict__ r0, const B* __restrict__ r1
   }
 }
 
+// out[i * G + j] = rows[j][i] for i < k, j < G: one NHWC pixel's shuffle when every group of
+// k source channels lies in one tensor (always for one tensor; for concat when split % k == 0,
+// as in ShuffleNet v2). With G fixed, GCC vectorizes the interleaving stores, which the
+// table gather cannot (measured on the 2-core dev VM, 32x384x7x7 fp32 g=8 channels_last:
+// the table gather ran at 0.35x ATen's channel_shuffle).
+template <typename B, int G>
+FB_CPU_CLONES void interleave_fixed(const B* const* rows, B* __restrict__ out, int64_t k) {
+  const B* __restrict__ r[G];
+  for (int j = 0; j < G; ++j) r[j] = rows[j];
+  for (int64_t i = 0; i < k; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < G; ++j) out[i * G + j] = r[j][i];
+  }
+}
+
+template <typename B>
+void interleave_rows(const B* const* rows, B* __restrict__ out, int64_t g, int64_t k) {
+  switch (g) {
+    case 2: return interleave_fixed<B, 2>(rows, out, k);
+    case 3: return interleave_fixed<B, 3>(rows, out, k);
+    case 4: return interleave_fixed<B, 4>(rows, out, k);
+    case 8: return interleave_fixed<B, 8>(rows, out, k);
+    default:
+      for (int64_t i = 0; i < k; ++i)
+        for (int64_t j = 0; j < g; ++j) out[i * g + j] = rows[j][i];
+  }
+}
+
 // out[o] = src(o) (forward), or dst(o) (inverse = true) for the shuffle of c channels in g groups.
 std::vector<int64_t> permutation(int64_t c, int64_t g, bool inverse) {
   const int64_t k = c / g;
@@ -198,10 +226,21 @@ at::Tensor channel_shuffle_forward(const at::Tensor& a, const std::optional<at::
           });
         } else {
           const int64_t grain = std::max<int64_t>(1, kGrain / c);
+          const int64_t k = c / groups;
+          const bool by_rows = ca % k == 0;
           at::parallel_for(0, n * hw, grain, [&](int64_t begin, int64_t end) {
+            std::vector<const B*> rows(by_rows ? groups : 0);
             for (int64_t q = begin; q < end; ++q) {
               B* dst = out + q * c;
-              gather_row(in.row0(q), in.row1(q), ca, table.data(), dst, c);
+              if (by_rows) {
+                const B* r0 = in.row0(q);
+                const B* r1 = in.row1(q);
+                for (int64_t j = 0; j < groups; ++j)
+                  rows[j] = j * k < ca ? r0 + j * k : r1 + (j * k - ca);
+                interleave_rows(rows.data(), dst, groups, k);
+              } else {
+                gather_row(in.row0(q), in.row1(q), ca, table.data(), dst, c);
+              }
               if constexpr (EPILOGUE) {
                 row_epilogue<scalar_t, ACT, BIAS>(reinterpret_cast<scalar_t*>(dst),
                                                   BIAS ? pbias.data() : nullptr, c);
