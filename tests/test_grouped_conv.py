@@ -159,6 +159,13 @@ def test_groups_one_folds_the_shuffle_into_the_weight():
     assert "fastblocks.channel_shuffle" in str(gm.graph)
 
 
+def test_unbatched_input():
+    x, w, b = torch.randn(6, 5, 5), torch.randn(12, 2, 3, 3), torch.randn(12)
+    y = grouped_conv2d(x, w, b, 1, 1, groups=3, activation="relu6", shuffle_groups=4)
+    assert y.shape == (12, 5, 5)
+    torch.testing.assert_close(y, F.channel_shuffle(F.relu6(F.conv2d(x, w, b, 1, 1, 1, 3))[None], 4)[0])
+
+
 def test_gradcheck():
     for groups, sg, act, k in ((3, 4, "relu", 1), (2, 2, "silu", 3), (1, 3, "hardswish", 1)):
         x = torch.randn(1, 6, 3, 2, dtype=torch.float64, requires_grad=True)
