@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as _dt
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -99,20 +100,36 @@ def _step_fn(model: nn.Module, cfg: ModelBenchConfig, x: torch.Tensor, target: t
     return step
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Kineto prints a line to the C-level stderr at every profiler start and stop."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _cpu_peak_bytes(step) -> int | None:
-    """Peak of allocated bytes above the start of one step, from the profiler's memory events."""
+    """Peak of allocated bytes above the start of one step, from the allocation (+) and free
+    (-) records that torch.profiler(profile_memory=True) keeps, in time order."""
     try:
         from torch.profiler import ProfilerActivity, profile
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             step()
-        events = sorted((e for e in prof.events() if e.name == "[memory]"),
-                        key=lambda e: e.time_range.start)
+        events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                        key=lambda e: e.start_ns())
         live = peak = 0
         for e in events:
-            live += e.cpu_memory_usage
+            live += e.nbytes()
             peak = max(peak, live)
         return peak
-    except Exception:
+    except Exception:  # a profiler without these records: say unknown, do not guess
         return None
 
 
@@ -226,7 +243,8 @@ def format_table(results: dict) -> str:
         table.append([r["provider"], f(r["images_per_s"], ".1f"), f(r["median_ms"], ".2f"),
                       f(r["p90_ms"], ".2f"),
                       f(r["peak_bytes"] / 2 ** 20 if r["peak_bytes"] is not None else None, ".1f"),
-                      f(r.get("speedup_vs_eager"), ".2f") + "x", f(r.get("speedup_vs_compile"), ".2f") + "x"])
+                      f(r.get("speedup_vs_eager"), ".2f") + "x" if r.get("speedup_vs_eager") else "-",
+                      f(r.get("speedup_vs_compile"), ".2f") + "x" if r.get("speedup_vs_compile") else "-"])
     widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
     for j, row in enumerate(table):
         lines.append("  ".join(str(c).ljust(widths[i]) if i == 0 else str(c).rjust(widths[i])

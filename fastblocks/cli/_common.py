@@ -86,3 +86,24 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):  # exit code 2 and a message, as argparse does, plus a hint
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def timing_threads(device, threads: int | None) -> str:
+    """Set torch's CPU threads for a timing run: ``threads`` when given; otherwise one thread
+    when other processes hold the cores (a parallel region then waits for time slices and a
+    10 µs op takes milliseconds: fastblocks.bench.env.cpu_oversubscribed). Returns a note for
+    the header ("" when nothing was changed). Call only from a command (it sets global state)."""
+    import torch
+
+    from ..bench import env
+    if device.type != "cpu":
+        return ""
+    if threads:
+        torch.set_num_threads(threads)
+        return ""
+    check = env.cpu_oversubscribed()
+    if check["oversubscribed"]:
+        torch.set_num_threads(1)
+        return (f" (other processes hold the CPU: {check['threads']} threads took "
+                f"{check['multi_us'] / 1000:.0f} ms per parallel op, so timing with 1)")
+    return ""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from ._common import UsageError, device_arg, dtype_arg, positive_int, reexec_with_reused_memory
+from ._common import (UsageError, device_arg, dtype_arg, positive_int, reexec_with_reused_memory,
+                      timing_threads)
 from ._model_spec import load_model
 
 
@@ -18,6 +19,9 @@ def cmd_bench_models(args) -> int:
     device = device_arg(args.device)
     if device.type == "cpu" and not args.system_malloc and args.from_command_line:
         reexec_with_reused_memory()
+    note = timing_threads(device, args.threads)
+    if note:
+        print(f"CPU{note}")
     providers = tuple(args.providers.split(",")) if args.providers else mb.PROVIDERS
     bad = [p for p in providers if p not in mb.PROVIDERS]
     if bad:
@@ -33,7 +37,7 @@ def cmd_bench_models(args) -> int:
             name=spec.label, make_model=lambda spec=spec: spec.model, input_size=size,
             batch=args.batch, dtype=args.dtype or torch.float32, train=args.train,
             channels_last=args.channels_last, device=device, providers=providers, budget=budget,
-            threads=args.threads, progress=False if args.no_progress else None)
+            threads=None, progress=False if args.no_progress else None)
         results = mb.run(cfg)
         results["command"] = "fastblocks " + " ".join(args.argv)
         print(mb.format_table(results))

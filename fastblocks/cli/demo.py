@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import warnings
 
-from ._common import device_arg, positive_int, print_table
+from ._common import device_arg, positive_int, print_table, timing_threads
 from .demo_ops import demo_ops
 
 SPEED_MODELS = ("mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0")
@@ -144,12 +144,11 @@ def cmd_demo(args) -> int:
     from ..bench import env
 
     device = device_arg(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    note = timing_threads(device, args.threads)
     v = env.versions()
     info = env.device_info(device)
     where = (f"GPU {info['name']}" if device.type == "cuda"
-             else f"CPU {info['name']}, {info['threads']} threads"
+             else f"CPU {info['name']}, {torch.get_num_threads()} threads{note}"
              + (" (no GPU here)" if not torch.cuda.is_available() else ""))
     print("fastblocks demo: optimize() a model, check it against eager, measure it")
     print(f"  device  {where}")

@@ -4,28 +4,16 @@ from __future__ import annotations
 import math
 import warnings
 
-from ._common import device_arg, fmt_err, print_table
+from ._common import device_arg, fmt_err, print_table, timing_threads
 
 
 def demo_ops(args) -> int:
     import torch
 
-    from ..bench import env
-
     device = device_arg(args.device)
     old_threads = torch.get_num_threads()
-    thread_note = ""
-    if device.type == "cpu":
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        else:
-            check = env.cpu_oversubscribed()
-            if check["oversubscribed"]:
-                torch.set_num_threads(1)
-                thread_note = (f" (other processes hold the CPU: {check['threads']} threads took "
-                               f"{check['multi_us'] / 1000:.0f} ms per parallel op, so timing with 1)")
     try:
-        return _demo(args, device, thread_note)
+        return _demo(args, device, timing_threads(device, args.threads))
     finally:
         torch.set_num_threads(old_threads)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from ._common import device_arg, dtype_arg, positive_int, print_table
+from ._common import device_arg, dtype_arg, positive_int, print_table, timing_threads
 from ._model_spec import load_model
 
 
@@ -30,12 +30,11 @@ def cmd_profile(args) -> int:
     dtype = args.dtype or torch.float32
     model = spec.model.to(device=device, dtype=dtype)
     x = torch.randn(args.batch, c, h, w, device=device, dtype=dtype)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    note = timing_threads(device, args.threads)
     blocks, totals = profile_model(model, x, depth=args.depth, reps=args.reps)
     info = env.device_info(device)
     print(f"fastblocks profile {spec.label}: input {args.batch}x{c}x{h}x{w} "
-          f"{str(dtype).replace('torch.', '')}, eval, on {info['name']} ({torch.get_num_threads()} threads)")
+          f"{str(dtype).replace('torch.', '')}, eval, on {info['name']} ({torch.get_num_threads()} threads){note}")
     print("  time: median of forward hooks around each block (host clock; device synchronized); "
           "bytes: inputs + outputs + weights of each leaf module")
     rows = [["block", "type", "params", "FLOPs", "bytes", "eager ms", "share", "fastblocks ms", "x", "served by"]]
