@@ -1,1 +1,2 @@
 """Imports every family file so its models register. Add a family here (sorted)."""
+from . import cifar_resnet, preact_resnet, resnet  # noqa: F401,E402

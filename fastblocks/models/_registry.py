@@ -80,7 +80,7 @@ def list_models(pattern: str | None = None) -> list[str]:
     return names if pattern is None else [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
 
-def create_model(name: str, *, fused: bool = True, pretrained=False, num_classes: int = 1000,
+def create_model(name: str, *, fused: bool = True, pretrained=False, num_classes: int | None = None,
                  **kwargs) -> nn.Module:
     """Build a registered architecture.
 
@@ -91,7 +91,8 @@ def create_model(name: str, *, fused: bool = True, pretrained=False, num_classes
         pretrained: False; True for the model's default weights (where the registry knows a
             source, else ValueError); or a path to a state_dict file (``torch.save``), loaded
             with ``strict=True``.
-        num_classes: outputs of the classifier (or the task's output size).
+        num_classes: outputs of the classifier (or the task's output size); default the
+            model's own (1000 for ImageNet models, 10 for the CIFAR ones).
         **kwargs: the variant's own knobs (width multiplier, dropout, ...).
 
     Returns: an ``nn.Module`` in train mode (as torch.nn models are built).
@@ -101,7 +102,9 @@ def create_model(name: str, *, fused: bool = True, pretrained=False, num_classes
     missing.
     """
     info = model_info(name)
-    model = info.builder(num_classes=num_classes, **kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    model = info.builder(**kwargs)
     if pretrained is True:
         if not info.pretrained:
             raise ValueError(f"no pretrained weights are known for {name!r}; pass a state_dict "
