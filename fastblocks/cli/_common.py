@@ -107,3 +107,9 @@ def timing_threads(device, threads: int | None) -> str:
         return (f" (other processes hold the CPU: {check['threads']} threads took "
                 f"{check['multi_us'] / 1000:.0f} ms per parallel op, so timing with 1)")
     return ""
+
+
+def swap_summary(report) -> str:
+    """One line of an optimize() report: "17 conv-bn-act, 2 activation" (or "nothing")."""
+    counts = report.counts()
+    return ", ".join(f"{n} {p}" for p, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "nothing"

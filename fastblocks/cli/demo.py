@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import warnings
 
-from ._common import device_arg, positive_int, print_table, timing_threads
+from ._common import device_arg, positive_int, print_table, swap_summary, timing_threads
 from .demo_ops import demo_ops
 
 SPEED_MODELS = ("mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0")
@@ -93,7 +93,7 @@ def _classify(device) -> tuple[bool, list[str]]:
         notes.append(f"expected 'military uniform' (652) on top, eager says {top_ref.indices[0].item()}")
     report = getattr(fast, "fastblocks_report", None)
     if report is not None:
-        print(f"  optimize: {report.summary() if hasattr(report, 'summary') else report}")
+        print(f"  optimize() swapped: {swap_summary(report)}")
     return ok and same, notes
 
 

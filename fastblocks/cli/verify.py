@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 
-from ._common import UsageError, device_arg, dtype_arg, positive_int, print_table
+from ._common import UsageError, device_arg, dtype_arg, positive_int, print_table, swap_summary
 from ._model_spec import load_model
 from .verify_ops import verify_ops
 
@@ -38,7 +38,7 @@ def verify_model(args) -> int:
           f"input {args.batch}x{c}x{h}x{w} {str(dtype).replace('torch.', '')} on {device}")
     report = getattr(optimized, "fastblocks_report", None)
     if report is not None:
-        print(f"  swapped: {report.summary()}" if hasattr(report, "summary") else f"  {report}")
+        print(f"  swapped: {swap_summary(report)}")
     gen = torch.Generator().manual_seed(args.seed)
     x = torch.randn(args.batch, c, h, w, generator=gen).to(device=device, dtype=dtype)
     failed = 0
