@@ -2,3 +2,6 @@
 from . import cifar_resnet, preact_resnet, resnet  # noqa: F401,E402
 from . import classic, vgg  # noqa: F401,E402
 from . import densenet, squeezenet  # noqa: F401,E402
+from . import ibn_resnet, shake_shake, siamese  # noqa: F401,E402
+from . import vit  # noqa: F401,E402
+from . import googlenet  # noqa: F401,E402
