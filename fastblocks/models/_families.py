@@ -5,3 +5,4 @@ from . import densenet, squeezenet  # noqa: F401,E402
 from . import ibn_resnet, shake_shake, siamese  # noqa: F401,E402
 from . import vit  # noqa: F401,E402
 from . import googlenet  # noqa: F401,E402
+from . import fractalnet  # noqa: F401,E402
