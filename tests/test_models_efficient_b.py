@@ -12,6 +12,7 @@ import pathlib
 
 import pytest
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -76,6 +77,17 @@ def test_forward_backward(name, res):
     for pname, p in model.named_parameters():
         assert p.grad is not None, pname
         assert torch.isfinite(p.grad).all(), pname
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_traces_with_fx(name):
+    """optimize()'s torch.fx path finds inline patterns (ShuffleNet's view-transpose-view
+    shuffle, the SE gate's multiply) only where a model traces."""
+    model = zoo.create_model(name, fused=False, num_classes=10).eval()
+    graph = torch.fx.symbolic_trace(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(graph(x), model(x), rtol=0, atol=0)
 
 
 # Published parameter counts (ImageNet, 1000 classes) and where each comes from. Ours must be

@@ -34,10 +34,10 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     Shapes: (N, C, H, W) -> (N, C, H, W), any floating dtype; C must be divisible by ``groups``
     (the view raises otherwise).
     """
-    n, c, h, w = x.shape
-    x = x.view(n, groups, c // groups, h, w)
+    batchsize, num_channels, height, width = x.size()
+    x = x.view(batchsize, groups, num_channels // groups, height, width)
     x = torch.transpose(x, 1, 2).contiguous()
-    return x.view(n, c, h, w)
+    return x.view(batchsize, num_channels, height, width)
 
 
 def _depthwise(channels: int, stride: int) -> nn.Conv2d:
