@@ -335,6 +335,9 @@ def test_fused_equals_plain(name, res, train):
 
 @pytest.mark.slow
 def test_fused_shufflenet_v2_compiles_fullgraph():
+    """No graph break in the fused ShuffleNetV2 x1.0 (issue 14). aot_eager: dynamo's capture and
+    AOT autograd's tracing through our ops' fake kernels are what fullgraph checks; inductor's
+    C++ codegen of the whole net took 163 s on the shared 2-core dev machine (aot_eager: 24 s)."""
     pytest.importorskip("fastblocks.optimize", reason="fastblocks.optimize is not merged yet")
     plain = zoo.create_model("shufflenet_v2_x1_0", fused=False, num_classes=10)
     _randomise_norms(plain)
@@ -343,6 +346,6 @@ def test_fused_shufflenet_v2_compiles_fullgraph():
     plain.eval(), fused.eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        compiled = torch.compile(fused, fullgraph=True)(x)
+        compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")(x)
         ref, ref_hi = plain(x), copy.deepcopy(plain).double()(x.double())
     assert_parity(compiled, ref, ref_hi, what="compiled fused output", reduction=True)
