@@ -305,14 +305,14 @@ def test_fused_equals_plain(name, res, train):
     BN running statistics. Whole-network fp32 results are long reductions, so they are held to
     the fp32-reduction rule of fastblocks.testing: assert_close, or an error against the
     float64 model at most 2x the plain fp32 model's own."""
-    pytest.importorskip("fastblocks.optimize", reason="fastblocks.optimize is not merged yet")
+    optimize = pytest.importorskip("fastblocks.optimize",
+                                   reason="fastblocks.optimize is not merged yet").optimize
     torch.manual_seed(0)
     plain = zoo.create_model(name, fused=False, num_classes=10)
     _randomise_norms(plain)
     hi = copy.deepcopy(plain).double()
-    fused = zoo.create_model(name, fused=True, num_classes=10)
+    fused = optimize(copy.deepcopy(plain), inplace=True)
     assert list(fused.state_dict()) == list(plain.state_dict())
-    fused.load_state_dict(plain.state_dict())
     for m in (plain, hi, fused):
         m.train(train)
     x = torch.randn(2, 3, res, res)
@@ -331,6 +331,24 @@ def test_fused_equals_plain(name, res, train):
                 assert fs[k] == ps[k], k
             elif k.endswith(("running_mean", "running_var")):
                 assert_parity(fs[k], ps[k], hs[k], what=f"{name} {k}", reduction=True)
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_fused_state_dict_is_plains(name):
+    """create_model(fused=True) and the plain model load each other's state_dicts (strict)."""
+    pytest.importorskip("fastblocks.optimize", reason="fastblocks.optimize is not merged yet")
+    plain = zoo.create_model(name, fused=False, num_classes=10)
+    _randomise_norms(plain)
+    fused = zoo.create_model(name, fused=True, num_classes=10)
+    fused.load_state_dict(plain.state_dict(), strict=True)
+    back = zoo.create_model(name, fused=False, num_classes=10)
+    back.load_state_dict(fused.state_dict(), strict=True)
+    for k, v in plain.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_parity(fused.eval()(x), plain.eval()(x), copy.deepcopy(plain).double()(x.double()),
+                      what=f"{name} output after load_state_dict", reduction=True)
 
 
 @pytest.mark.slow
