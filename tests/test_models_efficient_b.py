@@ -333,9 +333,10 @@ def test_fused_equals_plain(name, res, train):
                 assert_parity(fs[k], ps[k], hs[k], what=f"{name} {k}", reduction=True)
 
 
-@pytest.mark.parametrize("name", list(SMALL))
+@pytest.mark.parametrize("name", ["shufflenet_v1_g3", "shufflenet_v2_x1_0"])
 def test_fused_state_dict_is_plains(name):
-    """create_model(fused=True) and the plain model load each other's state_dicts (strict)."""
+    """create_model(fused=True) and the plain model load each other's state_dicts (strict);
+    one model per family here, as test_fused_equals_plain checks every model's keys."""
     pytest.importorskip("fastblocks.optimize", reason="fastblocks.optimize is not merged yet")
     plain = zoo.create_model(name, fused=False, num_classes=10)
     _randomise_norms(plain)
