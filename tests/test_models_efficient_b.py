@@ -20,7 +20,7 @@ import fastblocks.models as zoo
 from fastblocks.models._blocks import SqueezeExcitation
 from fastblocks.models.se_resnet import SEBottleneck
 from fastblocks.models.shufflenet_v1 import STAGE_OUT_CHANNELS, ShuffleNetV1, ShuffleV1Unit
-from fastblocks.models.shufflenet_v2 import ShuffleNetV2, ShuffleV2Unit, channel_shuffle
+from fastblocks.models.shufflenet_v2 import ShuffleV2Unit, channel_shuffle
 from fastblocks.models.xception import SeparableConv2d, Xception
 
 from tolerances import assert_parity
@@ -29,7 +29,7 @@ KEYS = pathlib.Path(__file__).resolve().parent / "data" / "torchvision_keys"
 
 # name -> test resolution (batch 2). The 22-28M-parameter nets take about 2 s each for one
 # forward + backward at this size (1 thread, the 2-core dev machine); their fused-parity tests
-# run three copies in two modes and carry the slow marker.
+# (8-15 s each: float64 and float32 copies, train and eval) carry the slow marker.
 SMALL = {f"shufflenet_v1_g{g}": 64 for g in (1, 2, 3, 4, 8)}
 SMALL.update({f"shufflenet_v2_{w}": 64 for w in ("x0_5", "x1_0", "x1_5", "x2_0")})
 LARGE = {"xception": 71, "se_resnet50": 64, "se_resnext50_32x4d": 64}  # 71: Keras' minimum
@@ -126,7 +126,8 @@ def test_parameter_count_matches_published(name, published, source):
     with torch.device("meta"):  # shapes only: no 28M-weight initialisation on the CPU
         model = zoo.create_model(name, fused=False)
     ours = _num_params(model)
-    assert abs(ours - published) <= 0.01 * published, f"{name}: {ours:,} vs {published:,} ({source})"
+    assert abs(ours - published) <= 0.01 * published, \
+        f"{name}: {ours:,} vs {published:,} ({source})"
 
 
 def test_xception_counts_equal_keras_exactly():
@@ -268,7 +269,8 @@ def test_se_blocks():
     # the block: bottleneck -> SE gate (pool -> fc -> ReLU -> fc -> sigmoid) -> scale -> + x -> ReLU
     block = SEBottleneck(256, 64).eval()
     x = torch.randn(2, 256, 5, 5)
-    y = block.bn3(block.conv3(block.relu(block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x))))))))
+    y = block.relu(block.bn1(block.conv1(x)))
+    y = block.bn3(block.conv3(block.relu(block.bn2(block.conv2(y)))))
     se = block.se_module
     gate = torch.sigmoid(se.fc2(F.relu(se.fc1(y.mean((2, 3), keepdim=True)))))
     torch.testing.assert_close(block(x), F.relu(y * gate + x))
