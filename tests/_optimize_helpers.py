@@ -25,7 +25,9 @@ def forward_backward(model: nn.Module, x: torch.Tensor, seed: int = 0):
     gen = torch.Generator().manual_seed(seed + 1)
     g = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)
     out.backward(g)
-    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    # names without torch.compile's "_orig_mod." prefix
+    grads = {n.removeprefix("_orig_mod."): p.grad for n, p in model.named_parameters()
+             if p.grad is not None}
     return out.detach(), x.grad, grads
 
 
@@ -59,7 +61,8 @@ def assert_same_model(plain: nn.Module, fused: nn.Module, x: torch.Tensor, train
             ok, err, msg = compare(g_f[name], g_p[name], g_r[name],
                                    reduction=True)
             assert ok, f"step {step} gradient of {name}: {msg}"
-    sd_p, sd_f = plain.state_dict(), fused.state_dict()
+    sd_p = plain.state_dict()
+    sd_f = {k.removeprefix("_orig_mod."): v for k, v in fused.state_dict().items()}
     assert list(sd_p) == list(sd_f)
     for k in sd_p:
         torch.testing.assert_close(sd_f[k], sd_p[k], msg=lambda m: f"{k}: {m}")
