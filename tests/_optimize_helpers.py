@@ -50,11 +50,16 @@ def assert_same_model(plain: nn.Module, fused: nn.Module, x: torch.Tensor, train
                     torch.manual_seed(step)
                     outs.append(output_of(m(xx)))
             o_p, o_f, o_r = outs
-        ok, err, msg = compare(o_f, o_p, o_r if o_p.dtype != torch.float32 else None)
+        # A model's output is a chain of convolutions, each a sum of C*kh*kw products, and an
+        # eval-mode BN folded into the conv's weight rounds differently from the BN applied
+        # after it (measured: 2e-4 relative on tiny HF MobileNetV1 logits). So the output is
+        # checked as fastblocks.testing checks large reductions: assert_close, or an error
+        # against the float64 model at most LOWP_FACTOR x eager's own.
+        ok, err, msg = compare(o_f, o_p, o_r, reduction=True)
         assert ok, f"step {step} forward ({'train' if train else 'eval'}): {msg}"
         if not backward:
             continue
-        ok, err, msg = compare(gx_f, gx_p, gx_r)
+        ok, err, msg = compare(gx_f, gx_p, gx_r, reduction=True)  # as the output
         assert ok, f"step {step} input gradient: {msg}"
         assert g_f.keys() == g_p.keys()
         for name in g_p:
