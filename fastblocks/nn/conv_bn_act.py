@@ -35,8 +35,17 @@ _ACT_MODULES = {None: nn.Identity, "relu": nn.ReLU, "relu6": nn.ReLU6, "hardswis
 
 
 def _fold_key(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> tuple:
-    ts = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-    return tuple((id(t), t._version, t.dtype, t.device) if t is not None else None for t in ts) + (bn.eps,)
+    # the module dicts directly: nn.Module.__getattr__ and per-tensor tuples cost ~25 us here
+    # against a 17 us 1x1 conv (timeit, 2-core dev box under load); dtype and device of the
+    # weight catch `.to()`, which swaps a parameter's data under the same object
+    p, q, r = conv._parameters, bn._parameters, bn._buffers
+    w = p["weight"]
+    return (id(w), w._version, w.dtype, w.device, _ver(p.get("bias")), _ver(q.get("weight")),
+            _ver(q.get("bias")), _ver(r.get("running_mean")), _ver(r.get("running_var")), bn.eps)
+
+
+def _ver(t):
+    return None if t is None else (id(t), t._version, t.dtype)
 
 
 def _padded_input(conv: nn.Conv2d, x: Tensor) -> tuple[Tensor, object]:
