@@ -25,7 +25,9 @@ def forward_backward(model: nn.Module, x: torch.Tensor, seed: int = 0):
     gen = torch.Generator().manual_seed(seed + 1)
     g = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)
     out.backward(g)
-    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    # names without torch.compile's "_orig_mod." prefix
+    grads = {n.removeprefix("_orig_mod."): p.grad for n, p in model.named_parameters()
+             if p.grad is not None}
     return out.detach(), x.grad, grads
 
 
@@ -48,18 +50,24 @@ def assert_same_model(plain: nn.Module, fused: nn.Module, x: torch.Tensor, train
                     torch.manual_seed(step)
                     outs.append(output_of(m(xx)))
             o_p, o_f, o_r = outs
-        ok, err, msg = compare(o_f, o_p, o_r if o_p.dtype != torch.float32 else None)
+        # A model's output is a chain of convolutions, each a sum of C*kh*kw products, and an
+        # eval-mode BN folded into the conv's weight rounds differently from the BN applied
+        # after it (measured: 2e-4 relative on tiny HF MobileNetV1 logits). So the output is
+        # checked as fastblocks.testing checks large reductions: assert_close, or an error
+        # against the float64 model at most LOWP_FACTOR x eager's own.
+        ok, err, msg = compare(o_f, o_p, o_r, reduction=True)
         assert ok, f"step {step} forward ({'train' if train else 'eval'}): {msg}"
         if not backward:
             continue
-        ok, err, msg = compare(gx_f, gx_p, gx_r)
+        ok, err, msg = compare(gx_f, gx_p, gx_r, reduction=True)  # as the output
         assert ok, f"step {step} input gradient: {msg}"
         assert g_f.keys() == g_p.keys()
         for name in g_p:
             ok, err, msg = compare(g_f[name], g_p[name], g_r[name],
                                    reduction=True)
             assert ok, f"step {step} gradient of {name}: {msg}"
-    sd_p, sd_f = plain.state_dict(), fused.state_dict()
+    sd_p = plain.state_dict()
+    sd_f = {k.removeprefix("_orig_mod."): v for k, v in fused.state_dict().items()}
     assert list(sd_p) == list(sd_f)
     for k in sd_p:
         torch.testing.assert_close(sd_f[k], sd_p[k], msg=lambda m: f"{k}: {m}")
