@@ -51,9 +51,9 @@ def _build(name, **kw):
     return create_model(name, fused=False, **kw)
 
 
-def _input(name, batch=2):
+def _input(name, batch=2, side=32):
     # 32x32 leaves the classifiers' stride-32 features 1x1; LR-ASPP needs room for its 1/16 map
-    side = 64 if name.startswith("lraspp") else 32
+    side = max(side, 64) if name.startswith("lraspp") else side
     return torch.randn(batch, 3, side, side)
 
 
@@ -133,40 +133,58 @@ def test_parameter_count_published(name):
     assert abs(count - published) <= max(0.01 * published, rounding), (name, count, source)
 
 
-@needs_optimize
-@pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("name", _param(NAMES))
-def test_fused_equals_reference(name, mode):
-    ref = _build(name, num_classes=5)
+def _randomized(name, num_classes=5):
+    model = _build(name, num_classes=num_classes)
     with torch.no_grad():  # BN statistics away from (0, 1) so eval-mode folding is exercised
-        for m in ref.modules():
+        for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
                 m.weight.normal_(1, 0.1)
                 m.bias.normal_(0, 0.1)
+    return model
+
+
+def _run(model, x, backward=True):
+    x = x.clone().requires_grad_(backward)
+    torch.manual_seed(1)  # the same dropout / stochastic-depth draws in train mode
+    out = model(x)
+    if backward:
+        out.square().sum().backward()
+    return out.detach(), x.grad, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@needs_optimize
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("name", _param(NAMES))
+def test_fused_equals_reference(name, mode):
+    """The fused model against its reference with the same weights: forward, input gradient and
+    every parameter gradient, and the BN running statistics a training step leaves, in float64
+    (the swap must not change the math: assert_close defaults); and the float32 eval output by
+    fastblocks.testing's rule for large reductions against the float64 result. (Whole-network
+    float32 gradients in train mode are not compared: BatchNorm over batch 2 at the last stages'
+    small maps amplifies rounding by ~1e5, so even eager float32 is far from float64.)"""
+    ref = _randomized(name)
     getattr(ref, mode)()
-    hi = copy.deepcopy(ref).double()
     fused = optimize(copy.deepcopy(ref), inplace=True)
     assert list(fused.state_dict()) == list(ref.state_dict())
     assert fused.training == (mode == "train")
-    x = _input(name)
-    results = []
-    for model, inp in ((ref, x.clone()), (fused, x.clone()), (hi, x.double())):
-        inp.requires_grad_()
-        torch.manual_seed(1)  # the same dropout / stochastic-depth draws in train mode
-        out = model(inp)
-        out.square().sum().backward()
-        results.append((out, inp.grad))
-    # a whole network is a chain of large sums: fastblocks.testing's fp32 reduction rule applies
-    for i, what in enumerate(("output", "input gradient")):
-        assert_parity(results[1][i], results[0][i], results[2][i], f"{name} {mode} {what}",
-                      reduction=True)
-    if mode == "train":  # running statistics updated alike
-        fs, rs = fused.state_dict(), ref.state_dict()
-        for k in rs:
-            if "running_" in k:
-                assert_parity(fs[k], rs[k], hi.state_dict()[k].to(rs[k].dtype), k, reduction=True)
+    # 64x64: at 32x32 train-mode BN normalizes 2 values per channel at the 1x1 stages, where
+    # float64 results of two summation orders differ by 1e-7 (efficientnet_b0, measured)
+    x = _input(name, side=64).double()
+    ref64, fused64 = copy.deepcopy(ref).double(), copy.deepcopy(fused).double()
+    (out_r, gx_r, state_r), (out_f, gx_f, state_f) = _run(ref64, x), _run(fused64, x)
+    torch.testing.assert_close(out_f, out_r)
+    torch.testing.assert_close(gx_f, gx_r)
+    grads_r = dict((k, p.grad) for k, p in ref64.named_parameters())
+    for k, p in fused64.named_parameters():
+        torch.testing.assert_close(p.grad, grads_r[k], msg=lambda m: f"grad of {k}: {m}")
+    for k in state_r:
+        torch.testing.assert_close(state_f[k], state_r[k], msg=lambda m: f"{k} after step: {m}")
+    if mode == "eval":
+        with torch.no_grad():
+            out32, eager32 = fused(x.float()), ref(x.float())
+        assert_parity(out32, eager32, out_r, f"{name} float32 eval output", reduction=True)
 
 
 def test_torchvision_weights_give_same_outputs():
