@@ -41,8 +41,13 @@ NAMES = (["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_sm
 TORCHVISION = [n for n in NAMES if not n.startswith(("mobilenet_v1", "efficientnet_lite"))]
 
 
-def _param(names):
-    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in names]
+# the fused-parity test runs float64 forward+backward twice; B2/B3/Lite2 use the same classes
+# as B0/B1/Lite1, so they only join the slow run
+SLOW_PARITY = SLOW | {"efficientnet_b2", "efficientnet_b3", "efficientnet_lite2"}
+
+
+def _param(names, slow=SLOW):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in names]
 
 
 def _build(name, **kw):
@@ -156,7 +161,7 @@ def _run(model, x, backward=True):
 
 @needs_optimize
 @pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("name", _param(NAMES))
+@pytest.mark.parametrize("name", _param(NAMES, SLOW_PARITY))
 def test_fused_equals_reference(name, mode):
     """The fused model against its reference with the same weights: forward, input gradient and
     every parameter gradient, and the BN running statistics a training step leaves, in float64
