@@ -297,18 +297,11 @@ def test_lraspp_is_dilated_and_returns_input_size():
 def _grace_hopper():
     """The photograph, preprocessed as the EfficientNet-Lite-PyTorch README documents (short side
     resized to 224, RGB in [0, 1], ImageNet mean/std)."""
-    np = pytest.importorskip("numpy")
-    cbook = pytest.importorskip("matplotlib.cbook")
-    image = pytest.importorskip("PIL.Image")
-    with cbook.get_sample_data("grace_hopper.jpg") as f:
-        img = image.open(f).convert("RGB")
-    w, h = img.size
-    scale = 224 / min(w, h)
-    img = img.resize((round(w * scale), round(h * scale)), image.BILINEAR)
-    x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
-    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
-    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-    return ((x - mean) / std)[None]
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("PIL")
+    from fastblocks.models import normalize_input
+    from fastblocks.models._preprocess import load_sample_photo
+    return normalize_input("efficientnet_lite0", load_sample_photo())
 
 
 def test_pretrained_lite0_classifies_grace_hopper():
