@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,27 @@ def test_launch_errors_are_reported(emu):
     assert forward(0, 0, 0, 0, ctypes.byref(s), 0, 0, None) == 1  # cudaErrorInvalidValue
     with pytest.raises(LookupError, match="depthwise_forward"):
         emu.launcher("no_such_launcher")
+
+
+def _kernel_templates() -> set[tuple[str, str]]:
+    """(family, kernel) for every __global__ function template of the families the emulation
+    builds, read from the .cu sources."""
+    found = set()
+    for fam in cuda_emu.FAMILIES:
+        text = (cuda_emu.CUDA_SRC / f"{fam}.cu").read_text()
+        for m in re.finditer(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(",
+                             text):
+            found.add((fam, m.group(1)))
+    return found
+
+
+def test_every_kernel_was_launched(emu, request):
+    """Runs last: every __global__ kernel of every emulated family was launched by the tests
+    above (so a kernel added to a .cu file without a test here fails this)."""
+    selected = [it.name for it in request.session.items if it.path == request.node.path]
+    if (sum(n.startswith("test_depthwise[") for n in selected) < len(DW_CASES) * 2 * len(DTYPES)
+            or sum(n.startswith("test_activation[") for n in selected) < 2 * 2 * len(DTYPES)):
+        pytest.skip("checks coverage only when every kernel test of this module is selected")
+    launched = {re.search(r"::(\w+)<", name).group(1) for name in emu.launched() if "::" in name}
+    missing = sorted(f"{fam}.cu: {k}" for fam, k in _kernel_templates() if k not in launched)
+    assert not missing, f"kernels never launched by the emulation tests: {missing}"

@@ -85,6 +85,8 @@ unsigned live_lanes();
 // Returns cudaSuccess or the launch error, which cudaGetLastError() then reports.
 using Body = void (*)(void* closure);
 cudaError_t run_grid(dim3 grid, dim3 block, size_t smem, Body body, void* closure);
+// Counts launches per kernel address (fb_emu_launches: which kernels the tests reached).
+void record_launch(const void* kernel);
 
 template <typename T> T* dynamic_shared() { return reinterpret_cast<T*>(dynamic_shared_bytes()); }
 
@@ -96,6 +98,7 @@ template <typename... P> struct Launch {
   size_t smem;
   template <typename... A> void operator()(A&&... a) const {
     static_assert(sizeof...(A) == sizeof...(P), "kernel launched with the wrong argument count");
+    record_launch(reinterpret_cast<const void*>(kernel));
     struct Closure {
       void (*kernel)(P...);
       std::tuple<std::decay_t<P>...> args;

@@ -143,6 +143,27 @@ class EmuLib:
                               f"(known: {sorted(d.split('(')[0] for d in self.symbols)})")
         return getattr(self.dll, hits[0])
 
+    def launched(self) -> dict[str, int]:
+        """Launches so far per kernel instantiation (demangled name, e.g. ``void
+        fastblocks::cuda::(anonymous namespace)::nhwc_kernel<float, 3, 3, 1, 2, 4, false>(...)``)."""
+        cap = 4096
+        addrs, counts = (ctypes.c_void_p * cap)(), (ctypes.c_uint64 * cap)()
+        n = min(self.dll.fb_emu_launches(addrs, counts, cap), cap)
+        names = self._local_functions()
+        return {names.get(addrs[i], hex(addrs[i] or 0)): counts[i] for i in range(n)}
+
+    def _local_functions(self) -> dict[int, str]:
+        # Kernels live in anonymous namespaces: local symbols, listed by nm but not by nm -D.
+        base = ctypes.cast(self.dll.fb_emu_seed, ctypes.c_void_p).value
+        out = subprocess.run(["nm", "-C", "--defined-only", str(self.path)], capture_output=True,
+                             text=True, check=True).stdout.splitlines()
+        table = {}
+        for line in out:
+            addr, kind, name = line.split(" ", 2)
+            table[int(addr, 16)] = name
+        seed_off = next(a for a, nm in table.items() if nm == "fb_emu_seed")
+        return {base - seed_off + a: nm for a, nm in table.items()}
+
     def last_message(self) -> str:
         return self.dll.fb_emu_last_message().decode()
 

@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <random>
 #include <string>
 #include <vector>
@@ -54,6 +56,8 @@ thread_local std::string tl_last_message;
 thread_local std::vector<void*> tl_stacks;  // pool: a stack per fiber, reused across launches
 thread_local std::vector<unsigned char> tl_smem;
 thread_local std::mt19937 tl_rng(12345);
+std::mutex g_launch_mutex;
+std::map<const void*, uint64_t> g_launches;
 
 void* stack_for(size_t i) {
   while (tl_stacks.size() <= i) {
@@ -173,6 +177,11 @@ bool run_block(Block& b) {
 }
 }  // namespace
 
+void record_launch(const void* kernel) {
+  std::lock_guard<std::mutex> lock(g_launch_mutex);
+  ++g_launches[kernel];
+}
+
 const uint3& thread_idx() { return tl_fiber->tid; }
 const uint3& block_idx() { return tl_block->bidx; }
 const dim3& block_dim() { return tl_block->bdim; }
@@ -281,5 +290,19 @@ cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
 // For the Python side: the message of the last launch error, and the schedule's seed.
 const char* fb_emu_last_message(void) { return fb_emu::tl_last_message.c_str(); }
 void fb_emu_seed(unsigned seed) { fb_emu::tl_rng.seed(seed); }
+
+// Kernels launched so far: up to `cap` (address, count) pairs; returns how many there are.
+int fb_emu_launches(const void** addrs, uint64_t* counts, int cap) {
+  std::lock_guard<std::mutex> lock(fb_emu::g_launch_mutex);
+  int i = 0;
+  for (const auto& [addr, count] : fb_emu::g_launches) {
+    if (i < cap) {
+      addrs[i] = addr;
+      counts[i] = count;
+    }
+    ++i;
+  }
+  return i;
+}
 
 }  // extern "C"
