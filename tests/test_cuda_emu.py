@@ -241,6 +241,45 @@ def test_launch_errors_are_reported(emu):
         emu.launcher("no_such_launcher")
 
 
+def test_emulated_warp_primitives(emu):
+    """Shuffles (xor, down, up, indexed), ballot and atomicAdd follow CUDA's definitions
+    (csrc/emu/emu_selftest.cu: 3 blocks of 2 warps)."""
+    st = "fb_emu_selftest"
+    f = emu.launcher("warp_ops", st)
+    f.argtypes, f.restype = [vp] * 7 + [cint], cint
+    blocks, n = 3, 3 * 64
+    x = torch.randn(n)
+    out = {k: torch.full((n,), float("nan")) for k in ("xor", "scan", "bcast")}
+    down, total = torch.zeros(n // 32), torch.zeros(1)
+    ballot32 = torch.zeros(n // 32, dtype=torch.int32)
+    _check_launch(emu, f(x.data_ptr(), out["xor"].data_ptr(), down.data_ptr(),
+                         out["scan"].data_ptr(), out["bcast"].data_ptr(), ballot32.data_ptr(),
+                         total.data_ptr(), blocks))
+    warps = x.view(-1, 32)
+    sums = warps.sum(1)
+    torch.testing.assert_close(out["xor"].view(-1, 32), sums[:, None].expand(-1, 32))
+    torch.testing.assert_close(down, sums)
+    torch.testing.assert_close(out["scan"].view(-1, 32), warps.cumsum(1))
+    torch.testing.assert_close(out["bcast"].view(-1, 32), warps[:, 3:4].expand(-1, 32))
+    bits = ((warps > 0).long() << torch.arange(32)).sum(1)
+    assert ballot32.long().bitwise_and(0xFFFFFFFF).tolist() == bits.tolist()
+    torch.testing.assert_close(total, x.sum().view(1), rtol=1e-5, atol=1e-5)  # order differs
+
+
+def test_emulation_reports_barrier_misuse_and_poisons_shared_memory(emu):
+    st = "fb_emu_selftest"
+    div = emu.launcher("divergent_barrier", st)
+    div.argtypes, div.restype = [vp], cint
+    out = torch.zeros(32, dtype=torch.int32)
+    assert div(out.data_ptr()) != 0
+    assert "divergent __syncthreads()" in emu.last_message()
+    smem = emu.launcher("unwritten_smem", st)
+    smem.argtypes, smem.restype = [vp, cint], cint
+    y = torch.zeros(40)
+    _check_launch(emu, smem(y.data_ptr(), 40))
+    assert torch.isnan(y).all(), "dynamic shared memory should read NaN until written"
+
+
 def _kernel_templates() -> set[tuple[str, str]]:
     """(family, kernel) for every __global__ function template of the families the emulation
     builds, read from the .cu sources."""

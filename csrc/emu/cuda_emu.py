@@ -70,7 +70,7 @@ def rewrite(source: str) -> str:
 
 
 def _sources() -> list[Path]:
-    deps = sorted(EMU.glob("*.h")) + sorted(EMU.glob("*.cpp")) + sorted(CUDA_SRC.glob("*.cu*"))
+    deps = sorted(EMU.glob("*.h")) + sorted(EMU.glob("*.cpp")) + sorted(EMU.glob("*.cu")) + sorted(CUDA_SRC.glob("*.cu*"))
     deps += sorted(CUDA_SRC.glob("*.h")) + sorted((ROOT / "csrc" / "include").rglob("*.h"))
     return deps
 
@@ -96,8 +96,8 @@ def build(cache: Path | None = None, jobs: int | None = None) -> Path:
     flags = [*CXXFLAGS, "-include", str(EMU / "cuda_emu.h"), f"-I{ROOT / 'csrc' / 'include'}",
              f"-I{CUDA_SRC}", f"-I{EMU}", f"-isystem{inc}"]
     units = [(EMU / "cuda_emu_runtime.cpp", None)]
-    for fam in FAMILIES:
-        cu = CUDA_SRC / f"{fam}.cu"
+    for cu in [*(CUDA_SRC / f"{fam}.cu" for fam in FAMILIES), EMU / "emu_selftest.cu"]:
+        fam = cu.stem
         if not cu.is_file():
             raise FileNotFoundError(f"cuda_emu FAMILIES names {fam!r} but {cu} does not exist")
         src = out_dir / f"{fam}.emu.cpp"
@@ -130,14 +130,14 @@ class EmuLib:
         self.dll.fb_emu_last_message.restype = ctypes.c_char_p
         syms = subprocess.run(["nm", "-D", "--defined-only", str(path)], capture_output=True,
                               text=True, check=True).stdout.split()
-        mangled = [s for s in syms if s.startswith("_ZN10fastblocks4cuda")]
+        mangled = [s for s in syms if s.startswith(("_ZN10fastblocks4cuda", "_ZN15fb_emu_selftest"))]
         demangled = subprocess.run(["c++filt"], input="\n".join(mangled), capture_output=True,
                                    text=True, check=True).stdout.splitlines()
         self.symbols = {d: m for d, m in zip(demangled, mangled)}
 
-    def launcher(self, name: str):
-        """The ctypes function of `fastblocks::cuda::<name>(...)`; set its argtypes/restype."""
-        hits = [m for d, m in self.symbols.items() if d.startswith(f"fastblocks::cuda::{name}(")]
+    def launcher(self, name: str, namespace: str = "fastblocks::cuda"):
+        """The ctypes function of `<namespace>::<name>(...)`; set its argtypes/restype."""
+        hits = [m for d, m in self.symbols.items() if d.startswith(f"{namespace}::{name}(")]
         if len(hits) != 1:
             raise LookupError(f"cuda_emu: {len(hits)} launchers named {name!r} "
                               f"(known: {sorted(d.split('(')[0] for d in self.symbols)})")
