@@ -11,7 +11,7 @@
 # nvidia-smi probe, the archive and the copy):
 #   build      170  pip install -e . with MAX_JOBS = all cores (CPU + CUDA kernels; --no-deps)
 #   test        90  pytest -m cuda: parity with eager on the GPU, every backend and dtype
-#                   (junit XML kept: bench/gpu_where_ran.py reads which tests passed)
+#                   (junit XML kept: bench/where_ran.py reads which tests passed)
 #   memcheck    45  compute-sanitizer --tool memcheck over bench/gpu_sanitize_cases.py
 #   racecheck   45  compute-sanitizer --tool racecheck over the same multi-tile cases
 #   quick      120  fastblocks bench ops --op all --quick (every op family, every backend)

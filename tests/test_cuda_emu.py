@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import json
+import os
 import re
 from pathlib import Path
 
@@ -52,7 +54,11 @@ def emu():
     except cuda_emu.EmuUnavailable as exc:
         pytest.skip(f"CUDA emulation cannot be built here: {exc}")
     lib.seed(1234)
-    return lib
+    yield lib
+    # bench/where_ran.py --record asks for the kernels this run launched (README table)
+    log = os.environ.get("FASTBLOCKS_EMU_LAUNCH_LOG")
+    if log:
+        Path(log).write_text(json.dumps(lib.launched(), indent=1, sort_keys=True) + "\n")
 
 
 def _fn(lib, name, argtypes, restype=cint):
@@ -299,6 +305,16 @@ def test_every_kernel_was_launched(emu, request):
     if (sum(n.startswith("test_depthwise[") for n in selected) < len(DW_CASES) * 2 * len(DTYPES)
             or sum(n.startswith("test_activation[") for n in selected) < 2 * 2 * len(DTYPES)):
         pytest.skip("checks coverage only when every kernel test of this module is selected")
-    launched = {re.search(r"::(\w+)<", name).group(1) for name in emu.launched() if "::" in name}
+    launched = {m.group(1) for name in emu.launched() if (m := re.search(r"::(\w+)[<(]", name))}
     missing = sorted(f"{fam}.cu: {k}" for fam, k in _kernel_templates() if k not in launched)
     assert not missing, f"kernels never launched by the emulation tests: {missing}"
+
+
+def test_every_cuda_source_is_emulated():
+    """Every csrc/cuda/*.cu is built by the emulation: a new family is one line in
+    csrc/emu/cuda_emu.py (FAMILIES) plus tests of its launchers here."""
+    missing = sorted(cu.stem for cu in cuda_emu.CUDA_SRC.glob("*.cu")
+                     if cu.stem not in cuda_emu.FAMILIES)
+    assert not missing, (f"csrc/cuda/{{{','.join(missing)}}}.cu not emulated: add the stem to "
+                         "FAMILIES in csrc/emu/cuda_emu.py and test its launchers in "
+                         "tests/test_cuda_emu.py")
