@@ -37,14 +37,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backend", default="cuda", choices=["cuda", "triton", "cpu"],
                    help="cpu: the same cases on CPU tensors (to check this script without a GPU)")
+    p.add_argument("--dtype", action="append", choices=["float32", "bfloat16", "float16"],
+                   help="dtypes to run (repeatable; default float32 and bfloat16)")
     args = p.parse_args(argv)
+    dtypes = [getattr(torch, d) for d in (args.dtype or ["float32", "bfloat16"])]
     if args.backend != "cpu" and not torch.cuda.is_available():
         print("gpu_sanitize_cases: no CUDA GPU", file=sys.stderr)
         return 2
     dev = torch.device("cpu" if args.backend == "cpu" else "cuda")
     failures = 0
     gen = torch.Generator(device="cpu").manual_seed(0)
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in dtypes:
         for layout in (torch.contiguous_format, torch.channels_last):
             for shape, k, s, pad, act in DEPTHWISE:
                 c = shape[1]
