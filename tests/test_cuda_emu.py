@@ -4,9 +4,9 @@ run through their launchers on CPU tensors and compared with the eager reference
 of fastblocks.testing. CI has no GPU: this is where the CUDA kernels' arithmetic, indexing and
 barriers are tested; speed, real concurrency and the memory model are not (bench/gpu_session.sh).
 
-Every output buffer sits between guard bytes (0xFF: NaN in every float dtype) and starts out
-NaN: a kernel that writes outside its output fails the guard check, one that leaves an element
-unwritten or reads outside its inputs (also NaN-guarded) fails the comparison.
+Every output buffer sits between guard bytes (0x5A) and starts out NaN, every input between
+0xFF bytes (NaN in every float dtype): a kernel that writes outside its output fails the guard
+check, one that leaves an element unwritten or reads outside its inputs fails the comparison.
 
 Covered: every launcher of the activation and depthwise families; every activation, forward and
 backward, vectorized and scalar (misaligned) paths; depthwise forward with every fused
@@ -44,6 +44,7 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 ACTS = range(6)  # fastblocks/ops/_activation_codes.py
 GUARD = 64  # guard bytes each side of a buffer (keeps 16-byte alignment)
+OUT_GUARD = 0x5A
 vp, i64, cint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
@@ -73,15 +74,21 @@ def _check_launch(lib, err: int) -> None:
 
 class Guarded:
     """A tensor in the middle of a byte buffer whose `GUARD` bytes each side (plus `shift`
-    bytes of misalignment) are 0xFF; `ok()` says whether they still are."""
+    bytes of misalignment) hold one byte value; `ok()` says whether they still do. Inputs
+    (`fill` given) are guarded by 0xFF, NaN in every float dtype, so reading past them
+    poisons the result; outputs start as NaN (0xFF) inside and are guarded by OUT_GUARD, a
+    value no kernel writes by copying an input's guard (a NaN copied past the end of an
+    output would be invisible against a NaN guard)."""
 
     def __init__(self, shape, dtype, channels_last=False, shift=0, fill=None):
+        self.byte = 0xFF if fill is not None else OUT_GUARD
         elem = torch.empty((), dtype=dtype).element_size()
         numel = 1
         for s in shape:
             numel *= s
         self.lo, self.hi = GUARD + shift, GUARD + shift + numel * elem
-        self.buf = torch.full((self.hi + GUARD,), 0xFF, dtype=torch.uint8)
+        self.buf = torch.full((self.hi + GUARD,), self.byte, dtype=torch.uint8)
+        self.buf[self.lo:self.hi] = 0xFF
         flat = self.buf[self.lo:self.hi].view(dtype)
         if channels_last:
             n, c, h, w = shape
@@ -95,7 +102,8 @@ class Guarded:
         return self.buf.data_ptr() + self.lo
 
     def ok(self) -> bool:
-        return bool((self.buf[:self.lo] == 0xFF).all() and (self.buf[self.hi:] == 0xFF).all())
+        return bool((self.buf[:self.lo] == self.byte).all() and
+                    (self.buf[self.hi:] == self.byte).all())
 
 
 def _inputs(shape, dtype, channels_last, shift=0, scale=1.0):
