@@ -287,6 +287,10 @@ def test_emulation_reports_barrier_misuse_and_poisons_shared_memory(emu):
     out = torch.zeros(32, dtype=torch.int32)
     assert div(out.data_ptr()) != 0
     assert "divergent __syncthreads()" in emu.last_message()
+    shfl = emu.launcher("exited_lane_shuffle", st)
+    shfl.argtypes, shfl.restype = [vp], cint
+    assert shfl(torch.zeros(32).data_ptr()) != 0
+    assert "lanes that have returned" in emu.last_message()
     smem = emu.launcher("unwritten_smem", st)
     smem.argtypes, smem.restype = [vp, cint], cint
     y = torch.zeros(40)

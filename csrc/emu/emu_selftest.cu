@@ -45,6 +45,13 @@ __global__ void divergent_barrier_kernel(int* out) {
   out[threadIdx.x] = 1;
 }
 
+// Half the warp returns, the other half shuffles with a full mask: a hang or garbage on a GPU,
+// an error in the emulation.
+__global__ void exited_lane_shuffle_kernel(float* out) {
+  if (threadIdx.x >= 16) return;
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, float(threadIdx.x), 1);
+}
+
 // Copies dynamic shared memory nobody wrote: the emulation fills it with 0xFF bytes (NaN).
 __global__ void unwritten_smem_kernel(float* out) {
   extern __shared__ __align__(16) float buf[];
@@ -62,6 +69,11 @@ cudaError_t warp_ops(const float* x, float* xor_sum, float* down_sum, float* sca
 
 cudaError_t divergent_barrier(int* out) {
   FB_LAUNCH(1, 32, 0, nullptr, divergent_barrier_kernel)(out);
+  return cudaGetLastError();
+}
+
+cudaError_t exited_lane_shuffle(float* out) {
+  FB_LAUNCH(1, 32, 0, nullptr, exited_lane_shuffle_kernel)(out);
   return cudaGetLastError();
 }
 
