@@ -58,7 +58,7 @@ SESSION_BUDGET=540
 
 OUT=${OUT:-$(mktemp -d /tmp/fastblocks-gpu.XXXXXX)}
 PY=${PYTHON:-python3}
-MODELS_ARGS=${MODELS_ARGS:-"--model mobilenet_v3_large --model efficientnet_b0 --model shufflenet_v2_x1_0 --batch 256 --dtype bfloat16 --layout channels_last --mode fwd"}
+MODELS_ARGS=${MODELS_ARGS:-"--model mobilenet_v3_large,efficientnet_b0,shufflenet_v2_x1_0 --batch 256 --dtype bfloat16 --channels-last --quick"}
 mkdir -p "$OUT"
 t_start=$SECONDS
 
@@ -183,8 +183,7 @@ stage_models() {
     return 0
   fi
   # shellcheck disable=SC2086  # MODELS_ARGS is a list of words
-  run_stage models "${BENCH[@]}" models $MODELS_ARGS --no-progress --out "$OUT/results" \
-    --name models-batch256-bf16-cl
+  run_stage models "${BENCH[@]}" models $MODELS_ARGS --no-progress --out "$OUT/results"
 }
 stage_sweeps() {
   local dw=(ops --op depthwise_conv2d --shapes all --layout channels_last --layout nchw --mode fwd
