@@ -24,3 +24,7 @@ __all__ = [
     "BACKENDS", "BackendUnavailableError", "available_backends", "backend", "get_backend",
     "set_backend", "why_unavailable", "ops", "nn", "create_model", "list_models", "__version__",
 ]
+
+from .optimize import optimize, revert  # noqa: E402
+
+__all__ += ["optimize", "revert"]

@@ -1,7 +1,9 @@
 """Drop-in torch.nn modules backed by fastblocks ops."""
 from ._fold import fold_batchnorm
 from .activation import Hardsigmoid, Hardswish, ReLU6, SiLU
+from .conv_bn_act import ConvBNAct
 from .depthwise import DepthwiseConv2d
 from .shuffle import ChannelShuffle, GroupedConv2d
 
-__all__ = ["ChannelShuffle", "DepthwiseConv2d", "GroupedConv2d", "Hardsigmoid", "Hardswish", "ReLU6", "SiLU", "fold_batchnorm"]
+__all__ = ["ChannelShuffle", "ConvBNAct", "DepthwiseConv2d", "GroupedConv2d", "Hardsigmoid", "Hardswish", "ReLU6", "SiLU",
+           "fold_batchnorm"]

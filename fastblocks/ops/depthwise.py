@@ -219,6 +219,21 @@ def _c_kernels_selected(device: torch.device) -> bool:
 _C_BACKENDS = ("cpu", "cuda")
 
 
+def _autocast(x: Tensor, weight: Tensor, bias: Tensor | None):
+    """Under torch.autocast, cast as autocast casts F.conv2d's arguments (floating tensors
+    other than float64 to the autocast dtype), so a float32 weight meeting a bfloat16
+    activation (an optimized model under autocast) computes in bfloat16 instead of raising."""
+    dev = x.device.type
+    if not torch.is_autocast_enabled(dev):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(dev)
+
+    def cast(t):
+        ok = isinstance(t, Tensor) and t.is_floating_point() and t.dtype != torch.float64
+        return t.to(dtype) if ok else t
+    return cast(x), cast(weight), cast(bias)
+
+
 # ---- public function -------------------------------------------------------------------------
 
 def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
@@ -244,6 +259,7 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stri
     Depthwise convolutions: Howard et al., "MobileNets" (2017); Chollet, "Xception" (2017).
     """
     check_tensor(x, "x")
+    x, weight, bias = _autocast(x, weight, bias)
     check_tensor(weight, "weight")
     check_same(x, "x", weight, "weight")
     if bias is not None:

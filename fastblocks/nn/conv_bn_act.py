@@ -1,0 +1,203 @@
+"""ConvBNAct: Conv2d -> BatchNorm2d -> activation as one module with BatchNorm's exact
+semantics in both modes.
+
+- eval (BN uses running statistics): BN is folded into the conv's weight and bias and the
+  chain runs as ``ops.conv_bias_act``, one pass over the output. The folded tensors are cached
+  and refolded when any parameter or buffer they come from changes (tensor version counters),
+  so an optimizer step or load_state_dict between evaluations is seen. Under torch.compile the
+  fold is computed inline, in the graph. With autograd recording on the parameters (gradients
+  of an eval-mode model) the BN runs after the conv, unfolded, as eager does (see below).
+- train (batch statistics): ``ops.conv_bn_act(training=True)``, with running statistics and
+  ``num_batches_tracked`` updated exactly as ``nn.BatchNorm2d.forward`` does (momentum=None
+  for the cumulative average). A training-mode BN is never folded.
+
+The conv and BN are kept as submodules under names of the caller's choosing (default "conv",
+"bn", "act"), so a module built from ``Sequential(conv, bn, act)`` with names ("0", "1", "2")
+has exactly that Sequential's state_dict keys: optimize() swaps it in without renaming a
+parameter, and ``to_modules()`` gives the plain modules back.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import ops
+from ._activation_names import UNKNOWN, activation_name
+from ._fold import fold_batchnorm
+
+__all__ = ["ConvBNAct", "conv_bn_act_forward"]
+
+_EAGER_ACT = {"relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish,
+              "hardsigmoid": F.hardsigmoid, "silu": F.silu}
+_ACT_MODULES = {None: nn.Identity, "relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish,
+                "hardsigmoid": nn.Hardsigmoid, "silu": nn.SiLU}
+
+
+def _fold_key(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> tuple:
+    # the module dicts directly: nn.Module.__getattr__ and per-tensor tuples cost ~25 us here
+    # against a 17 us 1x1 conv (timeit, 2-core dev box under load); dtype and device of the
+    # weight catch `.to()`, which swaps a parameter's data under the same object
+    p, q, r = conv._parameters, bn._parameters, bn._buffers
+    w = p["weight"]
+    return (id(w), w._version, w.dtype, w.device, _ver(p.get("bias")), _ver(q.get("weight")),
+            _ver(q.get("bias")), _ver(r.get("running_mean")), _ver(r.get("running_var")), bn.eps)
+
+
+def _ver(t):
+    return None if t is None else (id(t), t._version, t.dtype)
+
+
+def _padded_input(conv: nn.Conv2d, x: Tensor) -> tuple[Tensor, object]:
+    if conv.padding_mode != "zeros":  # as nn.Conv2d: pad with the mode, then no padding
+        return F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode), 0
+    return x, conv.padding
+
+
+def _uses_batch_stats(bn: nn.modules.batchnorm._BatchNorm) -> bool:
+    return bn.training or bn.running_mean is None or bn.running_var is None
+
+
+def conv_bn_act_forward(owner: nn.Module, x: Tensor, conv: nn.Conv2d,
+                        bn: nn.modules.batchnorm._BatchNorm, activation: str | None) -> Tensor:
+    """``act(bn(conv(x)))`` with nn.BatchNorm2d's semantics in the BN's current mode (see the
+    module docstring); ``owner`` holds the eval-mode fold cache. x: (N, C_in, H, W)."""
+    x, padding = _padded_input(conv, x)
+    if _uses_batch_stats(bn):
+        # nn.modules.batchnorm._BatchNorm.forward, step for step
+        factor = 0.0 if bn.momentum is None else bn.momentum
+        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        track = not bn.training or bn.track_running_stats
+        return ops.conv_bn_act(
+            x, conv.weight, conv.bias, bn.weight, bn.bias,
+            bn.running_mean if track else None, bn.running_var if track else None,
+            training=True, momentum=factor, eps=bn.eps, stride=conv.stride, padding=padding,
+            dilation=conv.dilation, groups=conv.groups, activation=activation)
+    grad_needed = torch.is_grad_enabled() and any(
+        p is not None and p.requires_grad for p in (conv.weight, conv.bias, bn.weight, bn.bias))
+    if grad_needed:
+        # gradients of an eval-mode model (frozen-BN fine-tuning, saliency): BN after the conv,
+        # as eager computes it. Differentiating through the fold instead put the BN weight
+        # and bias gradients 2.0-2.2x further from float64 than eager's (tiny HF MobileNetV1/V2,
+        # fp32), past the parity rule's 2x: those gradients became sums over the folded
+        # weight's gradient (itself a reduction) instead of one sum over the batch.
+        y = ops.conv_bias_act(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation,
+                              conv.groups, None)
+        y = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        return y if activation is None else _EAGER_ACT[activation](y)
+    if torch.compiler.is_compiling():
+        # traceable: fold inline (the compiled graph computes it; no Python-side cache)
+        weight, bias = _fold_inline(conv, bn)
+    else:
+        key = _fold_key(conv, bn)
+        cache = owner.__dict__.get("_fold_cache")
+        if cache is None or cache[0] != key:
+            weight, bias = fold_batchnorm(conv.weight, conv.bias, bn)
+            owner.__dict__["_fold_cache"] = cache = (key, weight, bias)
+        weight, bias = cache[1], cache[2]
+    return ops.conv_bias_act(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups,
+                             activation)
+
+
+def _fold_inline(conv: nn.Conv2d, bn) -> tuple[Tensor, Tensor]:
+    """fold_batchnorm's arithmetic (float64, cast back) with autograd recording."""
+    dtype = conv.weight.dtype
+    scale = bn.running_var.double().add(bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight.double()
+    shift = -bn.running_mean.double() * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.double()
+    if conv.bias is not None:
+        shift = shift + conv.bias.double() * scale
+    weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
+    return weight.to(dtype), shift.to(dtype)
+
+
+class ConvBNAct(nn.Module):
+    """Conv2d -> BatchNorm2d -> activation, exact in train and eval mode (module docstring).
+
+    Args (as nn.Conv2d and nn.BatchNorm2d): in_channels, out_channels, kernel_size, stride,
+        padding (None: ``(kernel_size - 1) // 2 * dilation``), dilation, groups, bias (the
+        conv's; default False), activation (None, "relu", "relu6", "hardswish",
+        "hardsigmoid", "silu"), eps, momentum, device, dtype.
+    Shapes: (N, in_channels, H, W) -> (N, out_channels, OH, OW); float16/bfloat16/float32
+        (float64 on CPU); NCHW or channels_last.
+    Raises: ValueError for an unknown activation; in training, ValueError for one value per
+        channel (as nn.BatchNorm2d).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1,
+                 padding=None, dilation=1, groups: int = 1, bias: bool = False,
+                 activation: str | None = "relu", eps: float = 1e-5, momentum: float | None = 0.1,
+                 device=None, dtype=None) -> None:
+        if padding is None:
+            k = kernel_size if isinstance(kernel_size, int) else kernel_size[0]
+            d = dilation if isinstance(dilation, int) else dilation[0]
+            padding = (k - 1) // 2 * d
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, device=device, dtype=dtype)
+        bn = nn.BatchNorm2d(out_channels, eps, momentum, device=device, dtype=dtype)
+        if activation == "none":
+            activation = None
+        if activation not in _ACT_MODULES:
+            raise ValueError(f"activation must be one of {sorted(a for a in _ACT_MODULES if a)} "
+                             f"or None, got {activation!r}")
+        super().__init__()
+        self._init_from(conv, bn, _ACT_MODULES[activation](), ("conv", "bn", "act"))
+
+    def _init_from(self, conv, bn, act, names) -> None:
+        name = activation_name(act)
+        if name is UNKNOWN:
+            raise ValueError(f"act must be an activation fastblocks fuses (ReLU, ReLU6, Hardswish, "
+                             f"Hardsigmoid, SiLU, Identity or None), got {type(act).__name__}")
+        self._names = tuple(names)
+        self.add_module(names[0], conv)
+        self.add_module(names[1], bn)
+        if act is not None and len(names) > 2:
+            self.add_module(names[2], act)
+        self.activation = name
+
+    @classmethod
+    def from_modules(cls, conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm,
+                     act: nn.Module | None = None, *, names=("conv", "bn", "act")) -> "ConvBNAct":
+        """Wrap existing modules (sharing their parameters and buffers): ``conv`` an nn.Conv2d,
+        ``bn`` an nn.BatchNorm2d of conv.out_channels features, ``act`` an activation module
+        (or None). ``names`` are the submodule names (("0", "1", "2") to keep a Sequential's
+        state_dict keys). Raises TypeError/ValueError for modules that do not chain."""
+        if type(conv) is not nn.Conv2d:
+            raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
+        if not isinstance(bn, nn.BatchNorm2d):
+            raise TypeError(f"bn must be an nn.BatchNorm2d, got {type(bn).__name__}")
+        if bn.num_features != conv.out_channels:
+            raise ValueError(f"bn has {bn.num_features} features but conv has "
+                             f"{conv.out_channels} output channels")
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new._init_from(conv, bn, act, names)
+        return new
+
+    @property
+    def conv(self) -> nn.Conv2d:
+        return self._modules[self._names[0]]
+
+    @property
+    def bn(self) -> nn.BatchNorm2d:
+        return self._modules[self._names[1]]
+
+    def to_modules(self) -> list[nn.Module]:
+        """[conv, bn, act] (act omitted when there is none): the plain modules, shared."""
+        return list(self._modules.values())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return conv_bn_act_forward(self, x, self.conv, self.bn, self.activation)
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation}"
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_fold_cache", None)  # derived; refolded on first use
+        return state

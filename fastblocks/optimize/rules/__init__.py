@@ -1,0 +1,11 @@
+"""The pattern rules optimize() applies, in order (see the package docstring for how to add
+one). BLOCK_RULES run on each block before its children are visited; MODULE_RULES then swap
+single modules (a ModuleRule that swaps a module with children takes its whole subtree)."""
+from .activation import ActivationRule, SwappedActivation
+from .conv_bn_act import ConvBNActRule
+from .depthwise import DepthwiseRule
+
+BLOCK_RULES = [ConvBNActRule()]
+MODULE_RULES = [DepthwiseRule(), ActivationRule()]
+
+__all__ = ["BLOCK_RULES", "MODULE_RULES", "SwappedActivation"]

@@ -1,0 +1,272 @@
+"""conv -> BatchNorm -> activation chains, fused in place (any groups; exact in both modes).
+
+Where a block calls a conv, feeds its output only to a BatchNorm2d and that BN's output only
+to an activation (or to anything else: the chain is then conv -> BN), the three modules keep
+their objects, names, parameters and buffers, and only their classes change:
+
+- the conv becomes a ``ConvBNActHead`` whose forward computes the whole chain with
+  ``fastblocks.nn.conv_bn_act.conv_bn_act_forward`` (eval: BN folded into the conv's weight and
+  bias, cached by tensor versions, through ``ops.conv_bias_act``; train: batch statistics and
+  running statistics as nn.BatchNorm2d). The BN is referenced, not registered, by the head;
+- the BN becomes a ``BatchNormFusedIntoConv`` and the activation an
+  ``ActivationFusedIntoConv``: both return their input.
+
+So the block's own forward (torchvision's Conv2dNormActivation, an nn.Sequential run, Hugging
+Face's ``*ConvLayer`` with TF padding in between, timm's ConvNormAct, the zoo's blocks, a
+user's trio under any attribute names) runs unchanged and gets the fused chain. What counts as
+a chain is proven:
+- traceable blocks (torch.fx, children as leaves): from the graph (each module called once,
+  each intermediate used once, by the next step only, and no module shared elsewhere);
+- blocks fx cannot trace (Hugging Face's MobileNet conv layers pad with Python ints of the
+  input size): candidates are registered-order runs (conv, BN[, act]) of direct children, and a
+  run is fused only when the block's outputs and running statistics, on a random input in
+  train and in eval mode, equal the unfused block's (on copies).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from ...nn._activation_names import UNKNOWN
+from ...nn.conv_bn_act import conv_bn_act_forward
+from .._classswap import restore_class, swap_class
+from .._padding import conv_kind, tf_same_pad
+from .._rule import BlockRule
+
+
+class ConvBNActHead(nn.Conv2d):
+    """The conv of a fused conv -> BN -> activation chain: computes all three. Parameters are
+    the conv's own; the BN (``_fb_bn``) and the activation name live in ``__dict__``.
+    Shapes: (N, C_in, H, W) -> (N, C_out, OH, OW)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        d = self.__dict__
+        if d["_fb_same_pad"]:
+            x = tf_same_pad(x, self)
+        return conv_bn_act_forward(self, x, self, d["_fb_bn"], d["_fb_activation"])
+
+    def extra_repr(self) -> str:
+        act = self.__dict__["_fb_activation"]
+        return super().extra_repr() + f", fused: -> BatchNorm2d -> {act or 'identity'}"
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_fold_cache", None)  # derived from the tensors; refolded on first use
+        return state
+
+
+class BatchNormFusedIntoConv(nn.BatchNorm2d):
+    """A BatchNorm2d whose work the preceding ConvBNActHead does: returns its input."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return nn.BatchNorm2d.extra_repr(self) + ", fused into the conv before it"
+
+
+class ActivationFusedIntoConv(nn.Module):
+    """An activation the preceding ConvBNActHead applies: returns its input."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{self.__dict__['_fb_name']}, fused into the conv before it"
+
+
+def _bn_ok(bn: nn.Module, conv: nn.Conv2d) -> bool:
+    return (isinstance(bn, nn.BatchNorm2d) and type(bn).forward is nn.BatchNorm2d.forward
+            and bn.num_features == conv.out_channels)
+
+
+def fuse(conv: nn.Conv2d, bn: nn.BatchNorm2d, act: nn.Module | None, act_name: str | None,
+         kind: str) -> None:
+    """Swap the classes of a proven chain (module docstring)."""
+    swap_class(conv, ConvBNActHead, _fb_bn=bn, _fb_activation=act_name,
+               _fb_same_pad=kind == "tf_same")
+    try:
+        swap_class(bn, BatchNormFusedIntoConv)
+        if act is not None:
+            swap_class(act, ActivationFusedIntoConv, _fb_name=act_name)
+    except TypeError:  # an activation class with __slots__: undo all of it
+        for m in (conv, bn):
+            if "_fastblocks_swapped" in m.__dict__:
+                restore_class(m)
+        raise
+
+
+def _describe(conv, act_name, kind) -> str:
+    dw = conv.groups == conv.in_channels and conv.groups > 1
+    what = "depthwise conv" if dw else ("conv" if conv.groups == 1 else "grouped conv")
+    pad = " (TF same padding)" if kind == "tf_same" else ""
+    return f"{what}{pad} -> BN -> {act_name or 'identity'}"
+
+
+class ConvBNActRule(BlockRule):
+    pattern = "conv -> BN -> act"
+
+    def apply(self, block: nn.Module, graphs, ctx) -> None:
+        if graphs is not None:
+            self._from_graphs(block, graphs, ctx)
+        else:
+            self._by_probe(block, ctx)
+
+    # -- traced blocks ------------------------------------------------------------------------
+
+    def _free(self, module, ctx) -> bool:
+        return id(module) not in ctx.consumed and not ctx.shared(module)
+
+    def _from_graphs(self, block, graphs, ctx) -> None:
+        found = [self._chains(block, g, ctx) for g in graphs]
+        for chain in found[0]:
+            if all(chain in other for other in found[1:]):
+                self._fuse_chain(block, chain, ctx)
+            elif all(chain[:2] in {c[:2] for c in other} for other in found[1:]):
+                self._fuse_chain(block, chain[:2] + (None,), ctx)  # the act differs: conv -> BN
+
+    def _chains(self, block, graph, ctx) -> list[tuple]:
+        """(conv target, bn target, act target or None) of each proven chain in one graph."""
+        calls: dict[str, int] = {}
+        for n in graph.nodes:
+            if n.op == "call_module":
+                calls[n.target] = calls.get(n.target, 0) + 1
+        chains = []
+        for n in graph.nodes:
+            if n.op != "call_module" or calls[n.target] != 1 or len(n.users) != 1:
+                continue
+            conv = block.get_submodule(n.target)
+            if not isinstance(conv, nn.Conv2d) or not self._free(conv, ctx):
+                continue
+            (b,) = n.users
+            if b.op != "call_module" or b.args != (n,) or b.kwargs or calls[b.target] != 1:
+                continue
+            bn = block.get_submodule(b.target)
+            if not _bn_ok(bn, conv) or not self._free(bn, ctx):
+                continue
+            act = None
+            if len(b.users) == 1:
+                (a,) = b.users
+                if (a.op == "call_module" and a.args == (b,) and not a.kwargs
+                        and calls[a.target] == 1):
+                    cand = block.get_submodule(a.target)
+                    name = ctx.activation(cand)
+                    if name is not UNKNOWN and name is not None and self._free(cand, ctx):
+                        act = a.target
+            chains.append((n.target, b.target, act))
+        return chains
+
+    def _fuse_chain(self, block, chain, ctx) -> None:
+        conv = block.get_submodule(chain[0])
+        kind = conv_kind(conv)
+        if kind is None:
+            ctx.report.keep(f"{type(conv).__name__} -> BN: the conv's own forward is not one "
+                            "fastblocks reproduces, kept eager", ctx.child_path(chain[0]))
+            return
+        act = block.get_submodule(chain[2]) if chain[2] else None
+        self._swap(conv, block.get_submodule(chain[1]), act, ctx.activation(act), kind, ctx,
+                   chain[0])
+
+    def _swap(self, conv, bn, act, act_name, kind, ctx, where) -> bool:
+        try:
+            fuse(conv, bn, act, act_name, kind)
+        except TypeError:
+            if act is None:
+                return False
+            fuse(conv, bn, None, None, kind)
+            act_name = None
+        ctx.consume(conv, bn, act)
+        ctx.report.swap(_describe(conv, act_name, kind), ctx.child_path(where))
+        return True
+
+    # -- blocks fx cannot trace ---------------------------------------------------------------
+
+    def _runs(self, block, ctx):
+        kids = list(block._modules.items())
+        for i, (name, conv) in enumerate(kids[:-1]):
+            bn = kids[i + 1][1]
+            if not isinstance(conv, nn.Conv2d) or not _bn_ok(bn, conv):
+                continue
+            if not (self._free(conv, ctx) and self._free(bn, ctx)):
+                continue
+            act = kids[i + 2][1] if i + 2 < len(kids) else None
+            act_name = ctx.activation(act) if act is not None else None
+            if act is None or act_name is UNKNOWN or act_name is None or not self._free(act, ctx):
+                act, act_name = None, None
+            yield name, kids[i + 1][0], (kids[i + 2][0] if act is not None else None), act_name
+
+    def _by_probe(self, block, ctx) -> None:
+        runs = list(self._runs(block, ctx))
+        if not runs:
+            return
+        for conv_name, bn_name, act_name_attr, act_name in runs:
+            conv = block._modules[conv_name]
+            kind = conv_kind(conv)
+            if kind is None:
+                continue
+            options = [(act_name_attr, act_name)] + ([(None, None)] if act_name_attr else [])
+            for act_attr, name in options:
+                if _equal_when_fused(block, (conv_name, bn_name, act_attr, name, kind)):
+                    act = block._modules[act_attr] if act_attr else None
+                    if self._swap(conv, block._modules[bn_name], act, name, kind, ctx, conv_name):
+                        ctx.report.note(f"{type(block).__name__} could not be traced by torch.fx; "
+                                        "its conv -> BN -> act runs were fused after a probe "
+                                        "showed equal outputs and running statistics")
+                    break
+            else:
+                ctx.report.keep(f"{type(block).__name__} (not traceable): fusing its "
+                                f"{conv_name} -> {bn_name} was not shown equal on a probe, kept "
+                                "eager", ctx.child_path(conv_name))
+
+
+def _probe_channels(block: nn.Module) -> list[int]:
+    """Candidate input channel counts of ``block`` (unknown without tracing): the in_channels
+    of its first convs in definition order; the first a forward accepts is the one."""
+    seen: list[int] = []
+    for m in block.modules():
+        if isinstance(m, nn.Conv2d) and m.in_channels not in seen:
+            seen.append(m.in_channels)
+    return seen[:4]
+
+
+def _equal_when_fused(block: nn.Module, run) -> bool:
+    """Whether a copy of ``block`` with ``run`` fused gives the unfused copy's outputs and
+    running statistics, in train mode (two steps) and in eval mode, on a random input (of the
+    first channel count in _probe_channels that the block accepts)."""
+    conv_name, bn_name, act_attr, act_name, kind = run
+    threads = torch.get_num_threads()
+    try:
+        # one thread: tiny tensors, and OpenMP spinning on a busy machine cost 100x
+        torch.set_num_threads(1)
+        with torch.random.fork_rng(devices=[]):
+            plain, fused = copy.deepcopy(block), copy.deepcopy(block)
+            fuse(fused._modules[conv_name], fused._modules[bn_name],
+                 fused._modules[act_attr] if act_attr else None, act_name, kind)
+            p = next(block.parameters())
+            for c in _probe_channels(block):
+                x = torch.randn(2, c, 10, 11, generator=torch.Generator().manual_seed(0),
+                                dtype=torch.float64).to(p.device, p.dtype)
+                try:
+                    with torch.no_grad():
+                        copy.deepcopy(plain).eval()(x)
+                    break
+                except Exception:  # noqa: BLE001 - not this channel count
+                    continue
+            else:
+                return False
+            for mode in (True, True, False):
+                outs = []
+                for m in (plain, fused):
+                    m.train(mode)
+                    torch.manual_seed(0)
+                    with torch.no_grad():
+                        outs.append(m(x))
+                torch.testing.assert_close(outs[1], outs[0])
+            torch.testing.assert_close(fused.state_dict(), plain.state_dict())
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not proven"
+        return False
+    finally:
+        torch.set_num_threads(threads)
