@@ -122,10 +122,10 @@ cudaError_t launch_forward(const void* a, const void* b, const void* bias, void*
   const auto* biasp = static_cast<const T*>(bias);
   auto* yp = static_cast<T*>(y);
   if (packs_fit<T, kVec>(s, a, b, y)) {
-    shuffle_forward_kernel<T, kVec><<<grid_for(total / kVec), kThreads, 0, stream>>>(
+    FB_LAUNCH(grid_for(total / kVec), kThreads, 0, stream, shuffle_forward_kernel<T, kVec>)(
         ap, bp, biasp, yp, s, act, total / kVec);
   } else {
-    shuffle_forward_kernel<T, 1><<<grid_for(total), kThreads, 0, stream>>>(ap, bp, biasp, yp, s,
+    FB_LAUNCH(grid_for(total), kThreads, 0, stream, shuffle_forward_kernel<T, 1>)(ap, bp, biasp, yp, s,
                                                                           act, total);
   }
   return cudaGetLastError();
@@ -141,10 +141,10 @@ cudaError_t launch_backward(const void* grad, const void* y, void* ga, void* gb,
   auto* gap = static_cast<T*>(ga);
   auto* gbp = static_cast<T*>(gb);
   if (packs_fit<T, kVec>(s, ga, gb, grad) && aligned(y, sizeof(T) * kVec)) {
-    shuffle_backward_kernel<T, kVec><<<grid_for(total / kVec), kThreads, 0, stream>>>(
+    FB_LAUNCH(grid_for(total / kVec), kThreads, 0, stream, shuffle_backward_kernel<T, kVec>)(
         gp, yp, gap, gbp, s, act, total / kVec);
   } else {
-    shuffle_backward_kernel<T, 1><<<grid_for(total), kThreads, 0, stream>>>(gp, yp, gap, gbp, s,
+    FB_LAUNCH(grid_for(total), kThreads, 0, stream, shuffle_backward_kernel<T, 1>)(gp, yp, gap, gbp, s,
                                                                            act, total);
   }
   return cudaGetLastError();

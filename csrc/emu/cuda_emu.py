@@ -29,6 +29,7 @@ from pathlib import Path
 FAMILIES = (
     "activation",
     "depthwise",
+    "shuffle",
 )
 
 ROOT = Path(__file__).resolve().parents[2]
