@@ -76,12 +76,15 @@ def junit(path: Path) -> list[tuple[str, str, bool]]:
 
 def cell(cases, family: str, backend: str | None, stem: str | None = None) -> str:
     """Tests of `family`: in tests/test_<family>.py with `backend` in their id, or (stem given)
-    the tests named test_<family>[...] of tests/<stem>.py."""
+    the tests named test_<family>[...] of tests/<stem>.py and every test of a family's own
+    emulation file, tests/test_<family>_<stem without "test_">.py."""
     if stem is None:
         sel = [ok for st, name, ok in cases
                if st == f"test_{family}" and re.search(rf"\b{backend}\b", name)]
     else:
-        sel = [ok for st, name, ok in cases if st == stem and name.startswith(f"test_{family}[")]
+        own = f"test_{family}_{stem.removeprefix('test_')}"
+        sel = [ok for st, name, ok in cases
+               if (st == stem and name.startswith(f"test_{family}[")) or st == own]
     if not sel:
         return "-"
     bad = sel.count(False)
@@ -144,7 +147,9 @@ def record(which: str = "all") -> int:
     py = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     rc1 = rc2 = 0
     if which in ("all", "emu"):
-        rc1 = subprocess.run([*py, "-m", "cuda_emu", "tests/test_cuda_emu.py",
+        emu_files = ["tests/test_cuda_emu.py"] + sorted(
+            str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*_cuda_emu.py"))
+        rc1 = subprocess.run([*py, "-m", "cuda_emu", *emu_files,
                               f"--junitxml={EVIDENCE / 'cuda-emu.xml'}"], cwd=ROOT,
                              env=env).returncode
     if which in ("all", "triton"):
