@@ -6,6 +6,8 @@ from . import (  # noqa: F401
     fractalnet,
     googlenet,
     ibn_resnet,
+    inception,
+    inception_v4,
     preact_resnet,
     resnet,
     se_resnet,
