@@ -2,6 +2,7 @@
 from . import (  # noqa: F401
     cifar_resnet,
     classic,
+    cspnet,
     densenet,
     fractalnet,
     googlenet,
