@@ -6,9 +6,11 @@ from . import (  # noqa: F401
     densenet,
     fractalnet,
     googlenet,
+    hourglass,
     ibn_resnet,
     inception,
     inception_v4,
+    oct_resnet,
     preact_resnet,
     resnet,
     se_resnet,
@@ -19,5 +21,6 @@ from . import (  # noqa: F401
     squeezenet,
     vgg,
     vit,
+    vovnet,
     xception,
 )
