@@ -13,8 +13,8 @@ Intermediate supervision (section 3.4, Figure 4): every stack ends in a 1x1 conv
 1x1 conv to ``num_classes`` heatmaps (one per keypoint; 16 for MPII); between stacks both are
 projected by 1x1 convs and added back to the stack's input. ``forward`` returns a list of
 ``num_stacks`` heatmap tensors, each (N, num_classes, H / 4, W / 4), every one of them
-supervised by the training loss; the last is the prediction. Inputs: H and W multiples of 64
-(the four 2x down/up steps at a quarter resolution; 256x256 in the paper). 2 stacks by default
+supervised by the training loss; the last is the prediction. Inputs: H and W multiples of 4 * 2 ** depth
+(64: the four 2x down/up steps at a quarter resolution; 256x256 in the paper). 2 stacks by default
 (``num_stacks``; the paper's final model has 8).
 """
 from __future__ import annotations
@@ -74,6 +74,7 @@ class StackedHourglass(nn.Module):
         if num_stacks < 1:
             raise ValueError(f"num_stacks must be >= 1, got {num_stacks}")
         self.num_stacks = num_stacks
+        self.multiple = 4 * 2 ** depth  # stem /4, then depth halvings
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3)
         self.bn1 = nn.BatchNorm2d(64)
         self.res1 = PreActResidual(64, 128)
@@ -93,9 +94,9 @@ class StackedHourglass(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         h, w = x.shape[-2:]
-        if h % 64 or w % 64:
-            raise ValueError(f"StackedHourglass: input height and width must be multiples of 64, "
-                             f"got {h}x{w}")
+        if h % self.multiple or w % self.multiple:
+            raise ValueError(f"StackedHourglass: input height and width must be multiples of "
+                             f"{self.multiple}, got {h}x{w}")
         x = self.res1(F.relu(self.bn1(self.conv1(x))))
         x = self.res3(self.res2(self.pool(x)))
         outs = []
