@@ -222,3 +222,20 @@ def test_hourglass_one_output_per_stack():
         torch.randn(2, 3, 64, 64))) == 2
     with pytest.raises(ValueError, match="multiples of 16"):
         model(torch.randn(1, 3, 72, 72))
+
+
+def test_inception_v3_loads_torchvision_weights_and_matches():
+    """Where torchvision imports (not beside CI's CPU torch): its state_dict loads strictly and
+    both models give the same logits in eval."""
+    tv = pytest.importorskip("torchvision.models")
+    torch.manual_seed(0)
+    ref = tv.inception_v3(weights=None, init_weights=True).eval()
+    for m in ref.modules():  # non-trivial BN statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    ours = zoo.create_model("inception_v3", fused=False).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 3, 75, 75)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x))
