@@ -49,7 +49,7 @@ PUBLISHED = {
     ("cspresnet50", ()): 21_620_000,
     ("cspresnext50", ()): 20_570_000,
     ("cspdarknet53", ()): 27_640_000,
-    # Lee et al. 2019 (arXiv:1904.09730), VoVNet-39 22.6M, VoVNet-57 36.6M
+    # timm model cards vovnet39a 22.6M, vovnet57a 36.6M (VoVNet, Lee et al. 2019, arXiv:1904.09730)
     ("vovnet39", ()): 22_600_000,
     ("vovnet57", ()): 36_600_000,
     # Chen et al. 2019 (arXiv:1904.05049) Table 3: Oct-ResNet-50 25.6M, as ResNet-50
