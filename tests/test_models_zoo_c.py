@@ -52,7 +52,7 @@ PUBLISHED = {
     # timm model cards vovnet39a 22.6M, vovnet57a 36.6M (VoVNet, Lee et al. 2019, arXiv:1904.09730)
     ("vovnet39", ()): 22_600_000,
     ("vovnet57", ()): 36_600_000,
-    # Chen et al. 2019 (arXiv:1904.05049) Table 3: Oct-ResNet-50 25.6M, as ResNet-50
+    # Chen et al. 2019 (arXiv:1904.05049), ImageNet results: Oct-ResNet-50 25.6M, as ResNet-50
     ("oct_resnet50", ()): 25_600_000,
 }
 

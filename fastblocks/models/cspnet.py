@@ -10,14 +10,13 @@ and *merged* by the 1x1 ``conv_transition`` ("fusion last"-style partial transit
 half of the feature map enters the costly blocks, which cuts computation and duplicate
 gradient flow.
 
-Layouts and widths follow timm's ``cspnet.py`` configurations of the same names (stage
-attribute names too; the conv-BN children are torchvision-style ``0``/``1``/``2``)
-(stem 7x7/2 + max pool for the ResNe(X)t variants, 3x3 for Darknet; (3, 3, 5, 2) blocks per
-stage for CSPResNe(X)t-50, not ResNet-50's (3, 4, 6, 3), following the authors' darknet cfgs; leaky ReLU with torch's
-default slope; ``cross_linear``: no activation after ``conv_exp`` in the ResNe(X)t variants;
-``down_growth`` and a 2x expansion in Darknet's first stage), so the parameter counts are
-timm's: 21.62M, 20.57M and 27.64M (timm's model cards for cspresnet50, cspresnext50,
-cspdarknet53).
+Layouts and widths follow timm's ``cspnet.py`` configurations of the same names (stage attribute
+names too; the conv-BN children are torchvision-style ``0``/``1``/``2``) (stem 7x7/2 + max pool
+for the ResNe(X)t variants, 3x3 for Darknet; (3, 3, 5, 2) blocks per stage for CSPResNe(X)t-50,
+not ResNet-50's (3, 4, 6, 3), as in timm's configs; leaky ReLU with torch's default slope;
+``cross_linear``: no activation after ``conv_exp`` in the ResNe(X)t variants; ``down_growth``
+and a 2x expansion in Darknet's first stage), so the parameter counts are timm's: 21.62M, 20.57M
+and 27.64M (timm's model cards for cspresnet50, cspresnext50, cspdarknet53).
 """
 from __future__ import annotations
 

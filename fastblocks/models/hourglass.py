@@ -13,9 +13,9 @@ Intermediate supervision (section 3.4, Figure 4): every stack ends in a 1x1 conv
 1x1 conv to ``num_classes`` heatmaps (one per keypoint; 16 for MPII); between stacks both are
 projected by 1x1 convs and added back to the stack's input. ``forward`` returns a list of
 ``num_stacks`` heatmap tensors, each (N, num_classes, H / 4, W / 4), every one of them
-supervised by the training loss; the last is the prediction. Inputs: H and W multiples of 4 * 2 ** depth
-(64: the four 2x down/up steps at a quarter resolution; 256x256 in the paper). 2 stacks by default
-(``num_stacks``; the paper's final model has 8).
+supervised by the training loss; the last is the prediction. Inputs: H and W multiples of 4 * 2
+** depth (64: the four 2x down/up steps at a quarter resolution; 256x256 in the paper). 2 stacks
+by default (``num_stacks``; the paper's final model has 8).
 """
 from __future__ import annotations
 

@@ -10,14 +10,15 @@ conv with weights split as W_HH, W_HL, W_LH, W_LL computes (section 3.2, Eq. 3)
     Y_H = f(X_H; W_HH) + upsample(f(X_L; W_LH), 2)        (nearest)
     Y_L = f(X_L; W_LL) + f(pool(X_H, 2); W_HL)             (2x2 average pool)
 
-and a stride-2 octave conv average-pools both inputs first (section 3.3, "strided"). The
-first octave conv of the network has alpha_in = 0 (only Y_H, Y_L from X), the last has
-alpha_out = 0 (both parts merged into one full-resolution map), section 3.3. Here every
-convolution of ResNet-50's stages 1-3 (and the shortcuts) is an octave conv; stage 4's first
-block merges back to one resolution (its conv1 and shortcut have alpha_out = 0) and the rest
-of stage 4 is a plain ResNet (our reading of section 3.3; the authors' code was not
-consulted for where exactly the merge sits, which does not change the count). The weights are those of a ResNet-50 split four ways, so the parameter count
-is ResNet-50's 25.6M (the paper's Table 3).
+and a stride-2 octave conv average-pools both inputs first (section 3.3, "strided"). The first
+octave conv of the network has alpha_in = 0 (only Y_H, Y_L from X), the last has alpha_out = 0
+(both parts merged into one full-resolution map), section 3.3. Here every convolution of
+ResNet-50's stages 1-3 (and the shortcuts) is an octave conv; stage 4's first block merges back
+to one resolution (its conv1 and shortcut have alpha_out = 0) and the rest of stage 4 is a plain
+ResNet (our reading of section 3.3; the authors' code was not consulted for where exactly the
+merge sits, which does not change the count). The weights are those of a ResNet-50 split four
+ways, so the parameter count is ResNet-50's 25.6M (the paper's ImageNet comparison lists
+Oct-ResNet-50 at 25.6M).
 
 Tensors: blocks pass ``(x_h, x_l)`` tuples: x_h (N, (1 - alpha) C, H, W), x_l
 (N, alpha C, H / 2, W / 2); H and W must stay even down to stage 3 (inputs a multiple of 32).
