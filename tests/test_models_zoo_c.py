@@ -7,6 +7,7 @@ and each family's own mechanism is checked against a direct computation.
 """
 from __future__ import annotations
 
+import copy
 import json
 import pathlib
 
@@ -14,7 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import fastblocks
 import fastblocks.models as zoo
+from fastblocks.model_parity import check_model
 from fastblocks.models.cspnet import CrossStage
 from fastblocks.models.hourglass import StackedHourglass
 from fastblocks.models.inception_v4 import ResidualInception
@@ -28,7 +31,7 @@ KEYS = pathlib.Path(__file__).resolve().parent / "data" / "torchvision_keys"
 # extra knobs). inception_v3's auxiliary head needs its 17x17 grid at full size (a 5x5/3 pool
 # then a 5x5 conv): 299 in training; without the head it runs from 75.
 SMALL = {"cspdarknet53": (8, {}), "cspresnet50": (8, {}), "cspresnext50": (8, {}),
-         "oct_resnet50": (32, {}), "stacked_hourglass": (64, {"num_stacks": 1}),
+         "oct_resnet50": (29, {}), "stacked_hourglass": (64, {"num_stacks": 1}),
          "inception_v2": (8, {})}
 LARGE = {"vovnet39": (29, {}), "vovnet57": (29, {}), "inception_v3": (75, {"aux_logits": False}),
          "inception_v4": (75, {}), "inception_resnet_v1": (75, {}), "inception_resnet_v2": (75, {})}
@@ -125,6 +128,19 @@ def test_inception_v3_aux_head_in_training_only():
     assert no_aux.AuxLogits is None and isinstance(no_aux(torch.randn(2, 3, 75, 75)), torch.Tensor)
 
 
+def test_inception_v3_aux_head_fused_equals_plain():
+    """The auxiliary head (not run by the 75x75 architecture check, which has no room for it)
+    fused by fastblocks.optimize equals the plain head, float64, train and eval, every gradient."""
+    torch.manual_seed(0)
+    aux = zoo.create_model("inception_v3", fused=False, num_classes=10).AuxLogits.double()
+    fused = fastblocks.optimize(copy.deepcopy(aux))
+    x = torch.randn(2, 768, 17, 17, dtype=torch.float64)
+    for mode in ("eval", "train"):
+        res = check_model(aux, fused, lambda: x, mode=mode)
+        bad = [f"{r.what}: {r.message}" for r in res.rows if not r.ok]
+        assert not bad, f"AuxLogits {mode}: " + "; ".join(bad[:5])
+
+
 def test_inception_resnet_residual_scaling():
     """An Inception-ResNet block is act(x + scale * conv2d(cat(branches(x)))) with the scales
     0.17 / 0.10 / 0.20 (A / B / C), the last block unscaled and linear; the ``scales`` knob
@@ -206,8 +222,9 @@ def test_octave_conv_high_low_paths():
     c2 = model.layer2[0].conv2[0]  # stage-2 3x3 of 128 channels: 96 high, 32 low
     assert (c2.conv_h2h.out_channels, c2.conv_l2l.out_channels) == (96, 32)
     assert model.layer4[1].conv1[0].conv_l2l is None  # merged back after stage 4's first block
-    with pytest.raises(ValueError, match="multiples of 32"):
-        model(torch.randn(1, 3, 48, 48, device="meta"))
+    # odd sizes: the pools floor, the upsampling returns to x_h's size, so the paths add up
+    odd_h, odd_l = OctaveConv(32, 16, 3, 0.25, 0.25)((torch.randn(2, 24, 9, 9), torch.randn(2, 8, 4, 4)))
+    assert odd_h.shape == (2, 12, 9, 9) and odd_l.shape == (2, 4, 4, 4)
 
 
 def test_hourglass_one_output_per_stack():

@@ -21,7 +21,7 @@ ways, so the parameter count is ResNet-50's 25.6M (the paper's ImageNet comparis
 Oct-ResNet-50 at 25.6M).
 
 Tensors: blocks pass ``(x_h, x_l)`` tuples: x_h (N, (1 - alpha) C, H, W), x_l
-(N, alpha C, H / 2, W / 2); H and W must stay even down to stage 3 (inputs a multiple of 32).
+(N, alpha C, H // 2, W // 2) (the 2x2 pools floor odd sizes; upsampling goes back to x_h's size).
 """
 from __future__ import annotations
 
@@ -72,8 +72,9 @@ class OctaveConv(nn.Module):
         if x_l is not None:
             if self.conv_l2h is not None:
                 # strided: X_L is already at the output's resolution (section 3.3)
+                # (to y_h's size: odd sizes floor in the pools, and so round-trip exactly)
                 lh = self.conv_l2h(x_l)
-                y_h = y_h + (F.interpolate(lh, scale_factor=2.0, mode="nearest")
+                y_h = y_h + (F.interpolate(lh, size=y_h.shape[-2:], mode="nearest")
                              if self.stride == 1 else lh)
             if self.conv_l2l is not None:
                 ll = self.conv_l2l(F.avg_pool2d(x_l, 2) if self.stride == 2 else x_l)
@@ -93,7 +94,7 @@ class OctaveBN(nn.Module):
 
     def forward(self, x: Pair) -> Pair:
         x_h, x_l = x
-        return self.act(self.bn_h(x_h)), (None if x_l is None else self.act(self.bn_l(x_l)))
+        return self.act(self.bn_h(x_h)), (None if self.bn_l is None else self.act(self.bn_l(x_l)))
 
 
 class OctConvBN(nn.Sequential):
@@ -128,7 +129,7 @@ class OctBottleneck(nn.Module):
 
 
 class OctResNet(nn.Module):
-    """Shapes: (N, 3, H, W) -> (N, num_classes); H, W multiples of 32 (224 native)."""
+    """Shapes: (N, 3, H, W) -> (N, num_classes); 224 native, any H, W >= 32."""
 
     def __init__(self, layers=(3, 4, 6, 3), alpha: float = 0.25, num_classes: int = 1000) -> None:
         super().__init__()
@@ -152,10 +153,6 @@ class OctResNet(nn.Module):
         self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2:]
-        if h % 32 or w % 32:
-            raise ValueError(f"OctResNet: input height and width must be multiples of 32 "
-                             f"(the low-frequency path halves them once more), got {h}x{w}")
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         pair = (x, None)
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
