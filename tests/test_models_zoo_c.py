@@ -219,9 +219,13 @@ def test_octave_conv_high_low_paths():
     assert last_h.shape == (2, 16, 8, 8) and last_l is None
     with torch.device("meta"):
         model = zoo.create_model("oct_resnet50", fused=False)
-    c2 = model.layer2[0].conv2[0]  # stage-2 3x3 of 128 channels: 96 high, 32 low
+    c2 = model.layer2[0].conv2  # stage-2 3x3 of 128 channels: 96 high, 32 low
     assert (c2.conv_h2h.out_channels, c2.conv_l2l.out_channels) == (96, 32)
-    assert model.layer4[1].conv1[0].conv_l2l is None  # merged back after stage 4's first block
+    assert model.layer4[1].conv1.conv_l2l is None  # merged back after stage 4's first block
+    # single-conv parts (stage 4, merged) are plain conv -> BN -> ReLU chains that optimize fuses
+    fused = zoo.create_model("oct_resnet50", fused=True)
+    assert type(fused.layer4[1].conv1.bn_h).__name__ == "BatchNormFusedIntoConv"
+    assert type(fused.layer2[0].conv2.bn_h) is torch.nn.BatchNorm2d  # BN after a sum: not fused
     # odd sizes: the pools floor, the upsampling returns to x_h's size, so the paths add up
     odd_h, odd_l = OctaveConv(32, 16, 3, 0.25, 0.25)((torch.randn(2, 24, 9, 9), torch.randn(2, 8, 4, 4)))
     assert odd_h.shape == (2, 12, 9, 9) and odd_l.shape == (2, 4, 4, 4)

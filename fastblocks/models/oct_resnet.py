@@ -82,27 +82,23 @@ class OctaveConv(nn.Module):
         return y_h, y_l
 
 
-class OctaveBN(nn.Module):
-    """BatchNorm (and ReLU) on each frequency part: ``bn_h`` on y_h, ``bn_l`` on y_l."""
+class OctConvBN(OctaveConv):
+    """OctaveConv -> BatchNorm on each frequency part (``bn_h``, ``bn_l``) -> ReLU (unless
+    ``relu=False``). One module holding the convs and the BNs as its own children, so that
+    where a part has a single conv (alpha_in = alpha_out = 0 in stage 4) torch.fx sees a plain
+    conv -> BN -> ReLU chain and ``fastblocks.optimize`` fuses it."""
 
-    def __init__(self, channels: int, alpha: float, relu: bool = True) -> None:
-        super().__init__()
-        h, low = _split(channels, alpha)
+    def __init__(self, cin: int, cout: int, k: int, alpha_in: float, alpha_out: float,
+                 stride: int = 1, relu: bool = True) -> None:
+        super().__init__(cin, cout, k, alpha_in, alpha_out, stride)
+        h, low = _split(cout, alpha_out)
         self.bn_h = nn.BatchNorm2d(h)
         self.bn_l = nn.BatchNorm2d(low) if low else None
         self.act = nn.ReLU(inplace=True) if relu else nn.Identity()
 
     def forward(self, x: Pair) -> Pair:
-        x_h, x_l = x
-        return self.act(self.bn_h(x_h)), (None if self.bn_l is None else self.act(self.bn_l(x_l)))
-
-
-class OctConvBN(nn.Sequential):
-    """OctaveConv -> OctaveBN (-> ReLU)."""
-
-    def __init__(self, cin, cout, k, alpha_in, alpha_out, stride=1, relu=True) -> None:
-        super().__init__(OctaveConv(cin, cout, k, alpha_in, alpha_out, stride),
-                         OctaveBN(cout, alpha_out, relu))
+        y_h, y_l = super().forward(x)
+        return self.act(self.bn_h(y_h)), (None if self.bn_l is None else self.act(self.bn_l(y_l)))
 
 
 class OctBottleneck(nn.Module):
