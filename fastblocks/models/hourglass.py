@@ -13,9 +13,10 @@ Intermediate supervision (section 3.4, Figure 4): every stack ends in a 1x1 conv
 1x1 conv to ``num_classes`` heatmaps (one per keypoint; 16 for MPII); between stacks both are
 projected by 1x1 convs and added back to the stack's input. ``forward`` returns a list of
 ``num_stacks`` heatmap tensors, each (N, num_classes, H / 4, W / 4), every one of them
-supervised by the training loss; the last is the prediction. Inputs: H and W multiples of 4 * 2
-** depth (64: the four 2x down/up steps at a quarter resolution; 256x256 in the paper). 2 stacks
-by default (``num_stacks``; the paper's final model has 8).
+supervised by the training loss; the last is the prediction. Inputs: 256x256 in the paper;
+any H, W >= 63 here (the four 2x max pools at a quarter resolution floor odd sizes and the
+nearest upsampling returns to the upper branch's size). 2 stacks by default (``num_stacks``;
+the paper's final model has 8).
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class PreActResidual(nn.Module):
 
 class Hourglass(nn.Module):
     """One hourglass of ``depth`` levels (module docstring), ``channels`` wide throughout.
-    Shapes: (N, C, H, W) -> (N, C, H, W); H and W divisible by 2 ** depth."""
+    Shapes: (N, C, H, W) -> (N, C, H, W); H, W >= 2 ** depth."""
 
     def __init__(self, depth: int, channels: int) -> None:
         super().__init__()
@@ -62,11 +63,13 @@ class Hourglass(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         low = self.low3(self.low2(self.low1(F.max_pool2d(x, 2))))
-        return self.up1(x) + F.interpolate(low, scale_factor=2.0, mode="nearest")
+        # nearest 2x upsampling, to up1's size (so odd sizes, floored by the pool, come back)
+        return self.up1(x) + F.interpolate(low, size=x.shape[-2:], mode="nearest")
 
 
 class StackedHourglass(nn.Module):
-    """Shapes: (N, 3, H, W) -> list of num_stacks tensors (N, num_classes, H / 4, W / 4)."""
+    """Shapes: (N, 3, H, W) -> list of num_stacks tensors (N, num_classes, H // 4, W // 4)
+    (H // 4 exactly for H, W multiples of 4; 256 native, any H, W >= 63)."""
 
     def __init__(self, num_classes: int = 16, num_stacks: int = 2, channels: int = 256,
                  depth: int = 4) -> None:
@@ -74,7 +77,6 @@ class StackedHourglass(nn.Module):
         if num_stacks < 1:
             raise ValueError(f"num_stacks must be >= 1, got {num_stacks}")
         self.num_stacks = num_stacks
-        self.multiple = 4 * 2 ** depth  # stem /4, then depth halvings
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3)
         self.bn1 = nn.BatchNorm2d(64)
         self.res1 = PreActResidual(64, 128)
@@ -93,10 +95,6 @@ class StackedHourglass(nn.Module):
             nn.Conv2d(num_classes, channels, 1) for _ in range(num_stacks - 1))
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        h, w = x.shape[-2:]
-        if h % self.multiple or w % self.multiple:
-            raise ValueError(f"StackedHourglass: input height and width must be multiples of "
-                             f"{self.multiple}, got {h}x{w}")
         x = self.res1(F.relu(self.bn1(self.conv1(x))))
         x = self.res3(self.res2(self.pool(x)))
         outs = []
