@@ -45,14 +45,16 @@ PUBLISHED = {
     ("inception_v3", (("aux_logits", False),)): 23_834_568,
     # BN-Inception: 11.2M in the brief of issue 18 (Ioffe & Szegedy give no count)
     ("inception_v2", ()): 11_200_000,
-    # timm model cards: inception_v4 42.7M, inception_resnet_v2 55.8M (Cadene/TF-slim ports)
+    # timm's counts, as issue 18's brief quotes them: inception_v4 42.7M, inception_resnet_v2
+    # 55.8M (Cadene/TF-slim ports; timm's source was not re-read for these two)
     ("inception_v4", ()): 42_680_000,
     ("inception_resnet_v2", ()): 55_840_000,
-    # timm model cards: cspresnet50 21.6M, cspresnext50 20.6M, cspdarknet53 27.6M
+    # timm's counts (issue 18's brief): cspresnet50 21.6M, cspresnext50 20.6M, cspdarknet53
+    # 27.6M; the layouts follow timm's cspnet.py configs, read for this work
     ("cspresnet50", ()): 21_620_000,
     ("cspresnext50", ()): 20_570_000,
     ("cspdarknet53", ()): 27_640_000,
-    # timm model cards vovnet39a 22.6M, vovnet57a 36.6M (VoVNet, Lee et al. 2019, arXiv:1904.09730)
+    # VoVNet-39 22.6M, VoVNet-57 36.6M (issue 18's brief; timm's vovnet39a/57a counts)
     ("vovnet39", ()): 22_600_000,
     ("vovnet57", ()): 36_600_000,
     # Chen et al. 2019 (arXiv:1904.05049), ImageNet results: Oct-ResNet-50 25.6M, as ResNet-50
