@@ -16,7 +16,7 @@ for the ResNe(X)t variants, 3x3 for Darknet; (3, 3, 5, 2) blocks per stage for C
 not ResNet-50's (3, 4, 6, 3), as in timm's configs; leaky ReLU with torch's default slope;
 ``cross_linear``: no activation after ``conv_exp`` in the ResNe(X)t variants; ``down_growth``
 and a 2x expansion in Darknet's first stage), so the parameter counts are timm's: 21.62M, 20.57M
-and 27.64M (timm's model cards for cspresnet50, cspresnext50, cspdarknet53).
+and 27.64M (timm's counts for cspresnet50, cspresnext50, cspdarknet53, as issue 18 quotes them).
 """
 from __future__ import annotations
 

@@ -14,10 +14,10 @@ code) and added to the trunk before the ReLU; the last C block has scale 1 and n
 
 Layouts and widths follow timm's ``inception_v4`` and ``inception_resnet_v2`` (from Cadene's
 pretrainedmodels port of the TF-slim checkpoints; module names differ, so their checkpoints need
-a key mapping), 42.68M and 55.84M parameters (timm's model cards). Inception-ResNet-v1 has no
-reference classifier checkpoint; it is the paper's Figures 10-14 with Reduction-A's (k, l, m, n)
-= (192, 192, 256, 384) and a 1792-wide head, 22.76M parameters (our count; the paper gives no
-figure). Native input 299x299 (valid padding throughout the stem).
+a key mapping), 42.68M and 55.84M parameters (timm's counts, as issue 18 quotes them).
+Inception-ResNet-v1 has no reference classifier checkpoint; it is the paper's Figures 10-14 with
+Reduction-A's (k, l, m, n) = (192, 192, 256, 384) and a 1792-wide head, 22.76M parameters (our
+count; the paper gives no figure). Native input 299x299 (valid padding throughout the stem).
 """
 from __future__ import annotations
 

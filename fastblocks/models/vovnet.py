@@ -9,7 +9,7 @@ Table 1 of the paper: stem 3x3/2 (64), 3x3 (64), 3x3/2 (128); four stages of OSA
 128/160/192/224 channels inside and 256/512/768/1024 out, a 3x3/2 max pool before stages 3-5;
 (1, 1, 2, 2) modules per stage for VoVNet-39, (1, 1, 4, 3) for VoVNet-57. 22,600,296 and
 36,640,296 parameters with the 1000-class head: the 22.6M / 36.6M of timm's vovnet39a /
-vovnet57a model cards and of issue 18's brief (the tests assert them).
+vovnet57a as issue 18's brief quotes them (the tests assert them).
 """
 from __future__ import annotations
 
