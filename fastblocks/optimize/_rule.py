@@ -62,6 +62,7 @@ class Context:
     path: str = ""
     consumed: set[int] = field(default_factory=set)
     _acts: dict[int, object] = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)  # for rules' own per-module findings
 
     def activation(self, module: nn.Module | None):
         """probe_activation, cached per module."""

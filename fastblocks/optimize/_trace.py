@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import itertools
 
+import torch
 import torch.fx as fx
 from torch import nn
 
@@ -36,10 +37,19 @@ def trace_block(block: nn.Module) -> tuple[list[fx.Graph] | None, str]:
     combos = [{}] if not flags or len(flags) > _MAX_FLAGS else [
         dict(zip(flags, values)) for values in itertools.product((False, True), repeat=len(flags))]
     graphs = []
+    # fx proxies parameters but hands buffers to the forward as the real tensors, so a forward
+    # that updates a buffer in place (timm's BatchNormAct2d: num_batches_tracked.add_(1))
+    # would change the model while being traced: keep them and put back what changed
+    saved = [(b, b._version, b.detach().clone()) for b in block.buffers()]
     try:
         for concrete in combos:
             graphs.append(_ChildrenAsLeaves().trace(block, concrete_args=concrete or None))
     except Exception as exc:  # noqa: BLE001 - fx raises many kinds; all mean "not traceable"
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return None, f"{type(exc).__name__}: {msg[:120]}"
+    finally:
+        with torch.no_grad():
+            for b, version, value in saved:
+                if b._version != version:
+                    b.copy_(value)
     return graphs, ""

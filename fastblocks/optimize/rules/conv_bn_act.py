@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ...nn._activation_names import UNKNOWN
-from ...nn.conv_bn_act import conv_bn_act_forward
+from ...nn.conv_bn_act import _EAGER_ACT, conv_bn_act_forward
 from .._classswap import restore_class, swap_class
 from .._padding import conv_kind, tf_same_pad
 from .._rule import BlockRule
@@ -77,14 +77,56 @@ class ActivationFusedIntoConv(nn.Module):
         return f"{self.__dict__['_fb_name']}, fused into the conv before it"
 
 
-def _bn_ok(bn: nn.Module, conv: nn.Conv2d) -> bool:
-    return (isinstance(bn, nn.BatchNorm2d) and type(bn).forward is nn.BatchNorm2d.forward
-            and bn.num_features == conv.out_channels)
+_NOT_BN = object()
+
+
+def _bn_kind(bn: nn.Module, conv: nn.Conv2d, ctx):
+    """What a module after ``conv`` is: ``_NOT_BN`` (not fusable), None (a BatchNorm2d), or the
+    activation name of a BatchNorm2d subclass that applies one in its own forward (timm's
+    BatchNormAct2d: BN, then ``drop`` and ``act`` children), recognised by behaviour."""
+    if not isinstance(bn, nn.BatchNorm2d) or bn.num_features != conv.out_channels:
+        return _NOT_BN
+    if type(bn).forward is nn.BatchNorm2d.forward:
+        return _NOT_BN if bn._modules else None
+    key = ("bn_act", id(bn))
+    if key not in ctx.cache:
+        ctx.cache[key] = _probe_bn_act(bn, ctx)
+    return ctx.cache[key]
+
+
+def _probe_bn_act(bn: nn.BatchNorm2d, ctx):
+    """The activation a BatchNorm2d subclass applies after normalising (None: identity), if its
+    outputs and running statistics equal nn.BatchNorm2d's followed by that activation, in
+    train mode (twice) and eval mode on a random input; else _NOT_BN."""
+    names = {ctx.activation(m) for m in bn.children()} - {None}
+    if len(names) > 1 or UNKNOWN in names:
+        return _NOT_BN
+    name = names.pop() if names else None
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            theirs, ref = copy.deepcopy(bn), copy.deepcopy(bn)
+            x = torch.randn(3, bn.num_features, 3, 4, generator=torch.Generator().manual_seed(0),
+                            dtype=torch.float64).to(bn.weight.device if bn.weight is not None
+                                                    else None, torch.float32)
+            for mode in (True, True, False):
+                theirs.train(mode), ref.train(mode)
+                want = nn.BatchNorm2d.forward(ref, x)
+                want = want if name is None else _EAGER_ACT[name](want)
+                torch.testing.assert_close(theirs(x), want)
+            torch.testing.assert_close(theirs.state_dict(), ref.state_dict())
+    except Exception:  # noqa: BLE001 - not shown equal
+        return _NOT_BN
+    finally:
+        torch.set_num_threads(threads)
+    return name
 
 
 def fuse(conv: nn.Conv2d, bn: nn.BatchNorm2d, act: nn.Module | None, act_name: str | None,
          kind: str) -> None:
-    """Swap the classes of a proven chain (module docstring)."""
+    """Swap the classes of a proven chain (module docstring). ``act``: the activation module
+    after the BN (None when there is none, or when the BN applies ``act_name`` itself)."""
     swap_class(conv, ConvBNActHead, _fb_bn=bn, _fb_activation=act_name,
                _fb_same_pad=kind == "tf_same")
     try:
@@ -125,10 +167,13 @@ class ConvBNActRule(BlockRule):
             if all(chain in other for other in found[1:]):
                 self._fuse_chain(block, chain, ctx)
             elif all(chain[:2] in {c[:2] for c in other} for other in found[1:]):
-                self._fuse_chain(block, chain[:2] + (None,), ctx)  # the act differs: conv -> BN
+                # the act differs between graphs: conv -> BN (with the BN's own act, if any)
+                self._fuse_chain(block, chain[:2] + (None, _bn_kind(
+                    block.get_submodule(chain[1]), block.get_submodule(chain[0]), ctx)), ctx)
 
     def _chains(self, block, graph, ctx) -> list[tuple]:
-        """(conv target, bn target, act target or None) of each proven chain in one graph."""
+        """(conv target, bn target, act target or None, act name) of each proven chain in one
+        graph."""
         calls: dict[str, int] = {}
         for n in graph.nodes:
             if n.op == "call_module":
@@ -144,18 +189,19 @@ class ConvBNActRule(BlockRule):
             if b.op != "call_module" or b.args != (n,) or b.kwargs or calls[b.target] != 1:
                 continue
             bn = block.get_submodule(b.target)
-            if not _bn_ok(bn, conv) or not self._free(bn, ctx):
+            bn_act = _bn_kind(bn, conv, ctx)
+            if bn_act is _NOT_BN or not self._free(bn, ctx):
                 continue
-            act = None
-            if len(b.users) == 1:
+            act, act_name = None, bn_act
+            if len(b.users) == 1 and bn_act is None:
                 (a,) = b.users
                 if (a.op == "call_module" and a.args == (b,) and not a.kwargs
                         and calls[a.target] == 1):
                     cand = block.get_submodule(a.target)
                     name = ctx.activation(cand)
                     if name is not UNKNOWN and name is not None and self._free(cand, ctx):
-                        act = a.target
-            chains.append((n.target, b.target, act))
+                        act, act_name = a.target, name
+            chains.append((n.target, b.target, act, act_name))
         return chains
 
     def _fuse_chain(self, block, chain, ctx) -> None:
@@ -166,8 +212,7 @@ class ConvBNActRule(BlockRule):
                             "fastblocks reproduces, kept eager", ctx.child_path(chain[0]))
             return
         act = block.get_submodule(chain[2]) if chain[2] else None
-        self._swap(conv, block.get_submodule(chain[1]), act, ctx.activation(act), kind, ctx,
-                   chain[0])
+        self._swap(conv, block.get_submodule(chain[1]), act, chain[3], kind, ctx, chain[0])
 
     def _swap(self, conv, bn, act, act_name, kind, ctx, where) -> bool:
         try:
@@ -177,7 +222,7 @@ class ConvBNActRule(BlockRule):
                 return False
             fuse(conv, bn, None, None, kind)
             act_name = None
-        ctx.consume(conv, bn, act)
+        ctx.consume(conv, bn, act, *bn.children())
         ctx.report.swap(_describe(conv, act_name, kind), ctx.child_path(where))
         return True
 
@@ -187,9 +232,13 @@ class ConvBNActRule(BlockRule):
         kids = list(block._modules.items())
         for i, (name, conv) in enumerate(kids[:-1]):
             bn = kids[i + 1][1]
-            if not isinstance(conv, nn.Conv2d) or not _bn_ok(bn, conv):
+            if not isinstance(conv, nn.Conv2d):
                 continue
-            if not (self._free(conv, ctx) and self._free(bn, ctx)):
+            bn_act = _bn_kind(bn, conv, ctx)
+            if bn_act is _NOT_BN or not (self._free(conv, ctx) and self._free(bn, ctx)):
+                continue
+            if bn_act is not None:
+                yield name, kids[i + 1][0], None, bn_act
                 continue
             act = kids[i + 2][1] if i + 2 < len(kids) else None
             act_name = ctx.activation(act) if act is not None else None
@@ -207,6 +256,8 @@ class ConvBNActRule(BlockRule):
             if kind is None:
                 continue
             options = [(act_name_attr, act_name)] + ([(None, None)] if act_name_attr else [])
+            if act_name_attr is None and act_name is not None:  # the BN applies it itself
+                options = [(None, act_name)]
             for act_attr, name in options:
                 if _equal_when_fused(block, (conv_name, bn_name, act_attr, name, kind)):
                     act = block._modules[act_attr] if act_attr else None
