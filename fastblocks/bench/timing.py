@@ -24,16 +24,17 @@ class Timing:
     p80_us: float
     reps: int
     method: str
+    p90_us: float = float("nan")
 
     def as_dict(self) -> dict:
         return {"median_us": self.median_us, "p20_us": self.p20_us, "p80_us": self.p80_us,
-                "reps": self.reps, "timing": self.method}
+                "p90_us": self.p90_us, "reps": self.reps, "timing": self.method}
 
 
 def _summary(times_us: list[float], method: str) -> Timing:
     times_us = sorted(times_us)
-    q = statistics.quantiles(times_us, n=5, method="inclusive") if len(times_us) > 1 else times_us * 4
-    return Timing(statistics.median(times_us), q[0], q[3], len(times_us), method)
+    q = statistics.quantiles(times_us, n=10, method="inclusive") if len(times_us) > 1 else times_us * 9
+    return Timing(statistics.median(times_us), q[1], q[7], len(times_us), method, q[8])
 
 
 @dataclass

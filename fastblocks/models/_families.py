@@ -1,1 +1,20 @@
 """Imports every family file so its models register. Add a family here (sorted)."""
+from . import (  # noqa: F401
+    cifar_resnet,
+    classic,
+    densenet,
+    fractalnet,
+    googlenet,
+    ibn_resnet,
+    preact_resnet,
+    resnet,
+    se_resnet,
+    shake_shake,
+    shufflenet_v1,
+    shufflenet_v2,
+    siamese,
+    squeezenet,
+    vgg,
+    vit,
+    xception,
+)

@@ -15,7 +15,12 @@ from typing import Callable
 
 from torch import nn
 
-__all__ = ["ModelInfo", "register_model", "create_model", "list_models", "model_info"]
+__all__ = ["ModelInfo", "register_model", "create_model", "list_models", "model_info",
+           "normalize_input"]
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,8 @@ class ModelInfo:
     input_size: native (C, H, W) input, e.g. (3, 224, 224).
     paper: the source of the architecture.
     pretrained: {tag: loader} for weights that can be loaded here (see create_model).
+    mean, std: per-channel input normalisation the pretrained weights expect, for inputs in
+        [0, 1] (``normalize_input``); ImageNet's by default.
     """
     name: str
     builder: Callable[..., nn.Module]
@@ -35,19 +42,21 @@ class ModelInfo:
     input_size: tuple[int, int, int] = (3, 224, 224)
     paper: str = ""
     pretrained: dict[str, Callable[[nn.Module], None]] = field(default_factory=dict)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
 def register_model(name: str, *, family: str, input_size=(3, 224, 224), paper: str = "",
-                   pretrained: dict | None = None):
+                   pretrained: dict | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """Decorator registering ``builder`` under ``name``; a second registration of a name raises."""
     def wrap(builder):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = ModelInfo(name, builder, family, tuple(input_size), paper,
-                                    dict(pretrained or {}))
+                                    dict(pretrained or {}), tuple(mean), tuple(std))
         return builder
     return wrap
 
@@ -71,7 +80,7 @@ def list_models(pattern: str | None = None) -> list[str]:
     return names if pattern is None else [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
 
-def create_model(name: str, *, fused: bool = True, pretrained=False, num_classes: int = 1000,
+def create_model(name: str, *, fused: bool = True, pretrained=False, num_classes: int | None = None,
                  **kwargs) -> nn.Module:
     """Build a registered architecture.
 
@@ -82,7 +91,8 @@ def create_model(name: str, *, fused: bool = True, pretrained=False, num_classes
         pretrained: False; True for the model's default weights (where the registry knows a
             source, else ValueError); or a path to a state_dict file (``torch.save``), loaded
             with ``strict=True``.
-        num_classes: outputs of the classifier (or the task's output size).
+        num_classes: outputs of the classifier (or the task's output size); default the
+            model's own (1000 for ImageNet models, 10 for the CIFAR ones).
         **kwargs: the variant's own knobs (width multiplier, dropout, ...).
 
     Returns: an ``nn.Module`` in train mode (as torch.nn models are built).
@@ -92,7 +102,9 @@ def create_model(name: str, *, fused: bool = True, pretrained=False, num_classes
     missing.
     """
     info = model_info(name)
-    model = info.builder(num_classes=num_classes, **kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    model = info.builder(**kwargs)
     if pretrained is True:
         if not info.pretrained:
             raise ValueError(f"no pretrained weights are known for {name!r}; pass a state_dict "
@@ -106,3 +118,12 @@ def create_model(name: str, *, fused: bool = True, pretrained=False, num_classes
         from ..optimize import optimize
         model = optimize(model, inplace=True)
     return model
+
+
+def normalize_input(name: str, x):
+    """``(x - mean) / std`` with the normalisation model ``name``'s pretrained weights expect;
+    x: (N, 3, H, W) with values in [0, 1]."""
+    info = model_info(name)
+    mean = x.new_tensor(info.mean).view(1, -1, 1, 1)
+    std = x.new_tensor(info.std).view(1, -1, 1, 1)
+    return (x - mean) / std

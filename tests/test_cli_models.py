@@ -1,0 +1,76 @@
+"""The model commands of the CLI: `verify MODEL`, `bench models`, `profile`, `list`, on a tiny
+model of the tests' own (given as package.module:factory) and on zoo models."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from torch import nn
+
+import fastblocks
+from fastblocks.cli import main
+
+
+def make_tiny() -> nn.Module:
+    """A user's own model: conv-BN-ReLU6, depthwise-BN-hardswish, pool, dropout, linear."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
+        nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False), nn.BatchNorm2d(8), nn.Hardswish(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(8, 10))
+
+
+TINY = f"{__name__}:make_tiny"
+
+
+def test_verify_model_passes(capsys):
+    assert main(["verify", TINY, "--size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "eval" in out and "train" in out and "parameter gradients" in out
+    assert "verdict: PASS" in out
+
+
+def test_verify_model_fails_on_a_wrong_kernel(capsys, monkeypatch):
+    """A fault in a swapped kernel makes `verify MODEL` exit 1 and name the mismatch."""
+    real = fastblocks.ops.conv_bias_act
+    monkeypatch.setattr(fastblocks.ops, "conv_bias_act", lambda x, *a, **k: real(x, *a, **k) * 1.01)
+    rc = main(["verify", TINY, "--size", "16", "--mode", "eval"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "MISMATCH" in out and "FAIL" in out
+
+
+def test_verify_bad_model_name_exits_2(capsys):
+    assert main(["verify", "mobilenet_v9"]) == 2
+    assert "unknown model 'mobilenet_v9'" in capsys.readouterr().err
+
+
+def test_bench_models_writes_json_and_png(tmp_path, capsys):
+    rc = main(["bench", "models", "--model", TINY, "--size", "16", "--batch", "2", "--quick",
+               "--providers", "eager,fastblocks", "--out", str(tmp_path), "--no-progress",
+               "--threads", "1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    path = re.search(r"^results: (.+\.json)$", out, re.M).group(1)
+    data = json.loads(open(path).read())
+    rows = {r["provider"]: r for r in data["rows"]}
+    assert set(rows) == {"eager", "fastblocks"}
+    for r in rows.values():
+        assert r["images_per_s"] > 0 and r["p90_ms"] >= r["median_ms"] > 0
+        assert r["peak_bytes"] is None or r["peak_bytes"] >= 0
+    assert rows["eager"]["speedup_vs_eager"] == pytest.approx(1.0)
+    assert path.endswith(".json") and (tmp_path / data["device"]["slug"]).is_dir()
+    assert any(p.suffix == ".png" for p in (tmp_path / data["device"]["slug"]).iterdir())
+
+
+def test_profile_table(tmp_path, capsys):
+    rc = main(["profile", TINY, "--size", "16", "--depth", "1", "--reps", "2",
+               "--out", str(tmp_path), "--threads", "1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    # every block of the model in call order, with FLOPs where a conv runs
+    lines = [ln for ln in out.splitlines() if re.match(r"^\d+\s", ln)]
+    assert [ln.split()[0] for ln in lines] == [str(i) for i in range(10)]
+    assert "kFLOP" in lines[0] and "whole forward" in out
+    assert list(tmp_path.rglob("profile-*.png"))
