@@ -300,3 +300,35 @@ def test_bad_argument():
         fastblocks.optimize("resnet")
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         fastblocks.revert(None)
+
+
+class StochasticBranch(nn.Module):
+    """The branch taken depends on torch.rand at run time and on the mode: a trace sees one
+    branch only, so the block must not be rewritten from it (and the trace must not use up
+    random numbers)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        if self.training and torch.rand(()) < 0.5:
+            return self.relu(x)
+        out = self.bn(self.conv(x))
+        if not self.training:
+            out = out * 0.5
+        return self.relu(out + x)
+
+
+def test_block_with_random_or_mode_dependent_branches():
+    plain = nn.Sequential(StochasticBranch(8), StochasticBranch(8))
+    state = torch.random.get_rng_state()
+    fused = fastblocks.optimize(plain)
+    assert torch.equal(torch.random.get_rng_state(), state)  # tracing and probes drew nothing
+    assert not any(isinstance(m, InlineFused) for m in fused.modules())
+    assert "outside the traced graph (rand)" in str(fused.fastblocks_report)
+    x = torch.randn(2, 8, 6, 6)
+    for train in (True, False, True):
+        assert_same_model(plain, fused, x, train=train, steps=3)

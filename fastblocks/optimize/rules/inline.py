@@ -125,10 +125,13 @@ class InlineActivationRule(BlockRule):
     pattern = "inline activation"
 
     def apply(self, block: nn.Module, graphs, ctx):
-        if graphs is None or len(graphs) != 1 or isinstance(block, InlineFused) or \
+        if graphs is None or isinstance(block, InlineFused) or \
                 type(block).forward is nn.Sequential.forward:  # no inline code; keep indexing
             return None
+        # the rewritten graph replaces forward: only for one whatever the mode and flags
         graph = graphs[0]
+        if len({g.python_code("self").src for g in graphs}) != 1:
+            return None
         match = _Matcher(block, ctx)
         changed = False
         dead: set = set()  # pattern nodes: pure activation arithmetic, erased once unread
