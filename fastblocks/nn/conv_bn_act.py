@@ -59,10 +59,15 @@ def _uses_batch_stats(bn: nn.modules.batchnorm._BatchNorm) -> bool:
 
 
 def conv_bn_act_forward(owner: nn.Module, x: Tensor, conv: nn.Conv2d,
-                        bn: nn.modules.batchnorm._BatchNorm, activation: str | None) -> Tensor:
+                        bn: nn.modules.batchnorm._BatchNorm, activation: str | None,
+                        padding=None) -> Tensor:
     """``act(bn(conv(x)))`` with nn.BatchNorm2d's semantics in the BN's current mode (see the
-    module docstring); ``owner`` holds the eval-mode fold cache. x: (N, C_in, H, W)."""
-    x, padding = _padded_input(conv, x)
+    module docstring); ``owner`` holds the eval-mode fold cache. x: (N, C_in, H, W).
+    ``padding`` (int pair) replaces the conv's own zero padding (a caller that computes it
+    per input, e.g. TensorFlow "SAME", passes it here instead of copying x into a padded
+    tensor)."""
+    if padding is None:
+        x, padding = _padded_input(conv, x)
     if _uses_batch_stats(bn):
         # nn.modules.batchnorm._BatchNorm.forward, step for step
         factor = 0.0 if bn.momentum is None else bn.momentum

@@ -29,7 +29,7 @@ class Report:
                 paths.remove(path)
                 if not paths:
                     del self.swapped[pattern]
-                self.swap(pattern[: -len(old_suffix)] + new_suffix, path)
+                self.swap(pattern[: len(pattern) - len(old_suffix)] + new_suffix, path)
                 return
 
     def keep(self, reason: str, path: str) -> None:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from ...nn._activation_names import UNKNOWN
 from ...nn.conv_bn_act import _EAGER_ACT, conv_bn_act_forward
 from .._classswap import restore_class, swap_class
-from .._padding import conv_kind, tf_same_pad
+from .._padding import conv_kind, tf_same_padding
 from .._rule import BlockRule
 
 
@@ -43,8 +43,9 @@ class ConvBNActHead(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         d = self.__dict__
-        if d["_fb_same_pad"]:
-            x = tf_same_pad(x, self)
+        if d["_fb_same_pad"]:  # TF "SAME": symmetric part as the conv's padding, no copy
+            x, padding = tf_same_padding(x, self)
+            return conv_bn_act_forward(self, x, self, d["_fb_bn"], d["_fb_activation"], padding)
         return conv_bn_act_forward(self, x, self, d["_fb_bn"], d["_fb_activation"])
 
     def extra_repr(self) -> str:
@@ -55,6 +56,16 @@ class ConvBNActHead(nn.Conv2d):
         state = self.__dict__.copy()
         state.pop("_fold_cache", None)  # derived from the tensors; refolded on first use
         return state
+
+
+class TFSamePaddedChainBlock(nn.Module):
+    """A block proven (by probe) to compute its fused chain after TensorFlow "SAME" padding of
+    its input (Hugging Face's MobileNet conv layers, whose ``apply_tf_padding`` copies the
+    input into a padded tensor before every conv, 1x1 ones included): its chain's head pads
+    instead, without a copy where the padding is symmetric or zero."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._modules[self.__dict__["_fb_head"]](x)
 
 
 class BatchNormFusedIntoConv(nn.BatchNorm2d):
@@ -226,6 +237,18 @@ class ConvBNActRule(BlockRule):
         ctx.report.swap(_describe(conv, act_name, kind), ctx.child_path(where))
         return True
 
+    def _pad_in_head(self, block, conv_name, members, ctx) -> None:
+        """A block that is only TF-"SAME" padding around its chain (Hugging Face's MobileNet
+        conv layers) lets the head pad, without copying x where the padding is symmetric:
+        proven by a probe on inputs of odd and even sizes."""
+        conv = block._modules[conv_name]
+        if (set(block._modules) - set(members) or conv.padding != (0, 0)
+                or conv.padding_mode != "zeros" or conv.__dict__["_fb_same_pad"]):
+            return
+        if _probe_equal(block, lambda m: _pad_into_head(m, conv_name), ((10, 11), (11, 10))):
+            _pad_into_head(block, conv_name)
+            ctx.report.move(ctx.child_path(conv_name), "", " (TF same padding in the kernel)")
+
     # -- blocks fx cannot trace ---------------------------------------------------------------
 
     def _runs(self, block, ctx):
@@ -265,6 +288,7 @@ class ConvBNActRule(BlockRule):
                         ctx.report.note(f"{type(block).__name__} could not be traced by torch.fx; "
                                         "its conv -> BN -> act runs were fused after a probe "
                                         "showed equal outputs and running statistics")
+                        self._pad_in_head(block, conv_name, (conv_name, bn_name, act_attr), ctx)
                     break
             else:
                 ctx.report.keep(f"{type(block).__name__} (not traceable): fusing its "
@@ -283,21 +307,35 @@ def _probe_channels(block: nn.Module) -> list[int]:
 
 
 def _equal_when_fused(block: nn.Module, run) -> bool:
-    """Whether a copy of ``block`` with ``run`` fused gives the unfused copy's outputs and
-    running statistics, in train mode (two steps) and in eval mode, on a random input (of the
-    first channel count in _probe_channels that the block accepts)."""
+    """Whether a copy of ``block`` with ``run`` fused equals the unfused block (_probe_equal)."""
     conv_name, bn_name, act_attr, act_name, kind = run
+
+    def transform(m):
+        fuse(m._modules[conv_name], m._modules[bn_name],
+             m._modules[act_attr] if act_attr else None, act_name, kind)
+    return _probe_equal(block, transform, ((10, 11),))
+
+
+def _pad_into_head(m: nn.Module, conv_name: str) -> None:
+    m._modules[conv_name].__dict__["_fb_same_pad"] = True
+    swap_class(m, TFSamePaddedChainBlock, _fb_head=conv_name)
+
+
+def _probe_equal(block: nn.Module, transform, sizes) -> bool:
+    """Whether a copy of ``block`` changed by ``transform`` gives the unchanged copy's outputs
+    and running statistics, in train mode (two steps) and in eval mode, on random inputs of
+    each (H, W) in ``sizes`` (and the first channel count in _probe_channels that the block
+    accepts)."""
     threads = torch.get_num_threads()
     try:
         # one thread: tiny tensors, and OpenMP spinning on a busy machine cost 100x
         torch.set_num_threads(1)
         with torch.random.fork_rng(devices=[]):
             plain, fused = copy.deepcopy(block), copy.deepcopy(block)
-            fuse(fused._modules[conv_name], fused._modules[bn_name],
-                 fused._modules[act_attr] if act_attr else None, act_name, kind)
+            transform(fused)
             p = next(block.parameters())
             for c in _probe_channels(block):
-                x = torch.randn(2, c, 10, 11, generator=torch.Generator().manual_seed(0),
+                x = torch.randn(2, c, *sizes[0], generator=torch.Generator().manual_seed(0),
                                 dtype=torch.float64).to(p.device, p.dtype)
                 try:
                     with torch.no_grad():
@@ -307,14 +345,17 @@ def _equal_when_fused(block: nn.Module, run) -> bool:
                     continue
             else:
                 return False
-            for mode in (True, True, False):
-                outs = []
-                for m in (plain, fused):
-                    m.train(mode)
-                    torch.manual_seed(0)
-                    with torch.no_grad():
-                        outs.append(m(x))
-                torch.testing.assert_close(outs[1], outs[0])
+            for size in sizes:
+                x = torch.randn(2, c, *size, generator=torch.Generator().manual_seed(1),
+                                dtype=torch.float64).to(p.device, p.dtype)
+                for mode in (True, True, False):
+                    outs = []
+                    for m in (plain, fused):
+                        m.train(mode)
+                        torch.manual_seed(0)
+                        with torch.no_grad():
+                            outs.append(m(x))
+                    torch.testing.assert_close(outs[1], outs[0])
             torch.testing.assert_close(fused.state_dict(), plain.state_dict())
         return True
     except Exception:  # noqa: BLE001 - any failure means "not proven"
