@@ -203,3 +203,19 @@ def test_ddp_gloo_two_processes(tmp_path):
             # the ranks' parameters agree (gradients all-reduced); running statistics are
             # broadcast from rank 0 before each forward, so after the last one they differ
             torch.testing.assert_close(r1["fused"][k], v, msg=k)
+
+
+def test_no_grad_eval_after_training_uses_new_statistics():
+    # the classic loop: validate under no_grad, train an epoch, validate again. BatchNorm's
+    # running statistics change inside F.batch_norm without a version bump: the fold cached
+    # in the first validation must not serve the second
+    plain = small_model()
+    fused = fastblocks.optimize(plain)
+    x = _x()
+    for epoch in range(2):
+        for m in (plain, fused):
+            m.train()
+            m(x).sum().backward()  # updates the running statistics
+            m.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(fused(x), plain(x), msg=f"epoch {epoch}")

@@ -75,6 +75,11 @@ def conv_bn_act_forward(owner: nn.Module, x: Tensor, conv: nn.Conv2d,
             bn.num_batches_tracked.add_(1)
             factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
         track = not bn.training or bn.track_running_stats
+        # F.batch_norm updates the running statistics inside its kernel without bumping their
+        # version counters, so the eval-mode fold cached before this step would look current:
+        # drop it (a validation pass under no_grad, then training, then validation again
+        # evaluated with the first fold)
+        owner.__dict__.pop("_fold_cache", None)
         return ops.conv_bn_act(
             x, conv.weight, conv.bias, bn.weight, bn.bias,
             bn.running_mean if track else None, bn.running_var if track else None,
