@@ -1,86 +1,235 @@
 #!/usr/bin/env bash
-# One call on a lent CUDA machine: build fastblocks._C with its CUDA kernels, run the GPU parity
-# tests and the memory checker, then the benchmarks; logs and result files land under $OUT.
+# One command on a lent CUDA machine, at most 9 minutes: build fastblocks._C with its CUDA
+# kernels, run every GPU test, compute-sanitizer memcheck and racecheck, a quick benchmark of
+# every op family, and the model zoo's inference benchmark; every log and result lands under
+# $OUT and is then copied into bench/results/<device>/, whatever passed or failed.
 #
-#   bash bench/gpu_session.sh [STAGE ...]     stages, in the order given (default: all of them)
-#     build      pip install -e . (CPU + CUDA kernels; nothing is fetched: --no-deps)
-#     test       pytest -m cuda (parity with eager on the GPU, fp32/fp16/bf16, every backend)
-#     sanitize   compute-sanitizer memcheck over the depthwise and activation CUDA tests
-#     quick      fastblocks bench ops --op all --quick (every op, both fastblocks GPU backends)
-#     depthwise  every depthwise layer of the three networks at batch 32 and 256, bf16 and fp32,
-#                channels_last and NCHW, fwd and fwd+bwd, vs eager and torch.compile
+#   bash bench/gpu_session.sh [--dry-run] [STAGE ...]
 #
-#   OUT       where logs and results go (default /tmp/fastblocks-gpu); results are written as
-#             $OUT/results/<device>/<name>.json + .png, to be copied to bench/results/
-#   PYTHON    the interpreter that holds PyTorch (default python3)
-#   STAGE_TIMEOUT  seconds per stage before it is cut short (default 540: a device call may
-#             run 600 s); a cut-short benchmark keeps the rows it finished
+# Stages (default: the first six, in this order) and their budgets in seconds (each stage is
+# cut at its budget by `timeout`; the six add up to 530, leaving 10 s of the 540 for the
+# nvidia-smi probe, the archive and the copy):
+#   build      170  pip install -e . with MAX_JOBS = all cores (CPU + CUDA kernels; --no-deps)
+#   test        90  pytest -m cuda: parity with eager on the GPU, every backend and dtype
+#                   (junit XML kept: bench/where_ran.py reads which tests passed)
+#   memcheck    45  compute-sanitizer --tool memcheck over bench/gpu_sanitize_cases.py
+#   racecheck   45  compute-sanitizer --tool racecheck over the same multi-tile cases
+#   quick      120  fastblocks bench ops --op all --quick (every op family, every backend)
+#   models      60  fastblocks bench models: MobileNetV3-Large, EfficientNet-B0 and
+#                   ShuffleNetV2 x1.0 inference at batch 256, bf16, channels_last; skipped
+#                   with a message while that command does not exist
+#   sweeps     540  optional, never in the default list, a second call on its own: every
+#                   depthwise layer at batch 32 (bf16, fp32) and 256 (bf16), both layouts,
+#                   fwd and fwd+bwd, vs eager and torch.compile
 #
-# The machine keeps nothing between leases: run `build` in the same call as, or in a call just
-# before, the stages that need it (the device tool keeps ignored build outputs while warm).
+# --dry-run   no GPU needed: every stage prints what it would run and is skipped (the models
+#             probe and the result/archive/copy plumbing still run); exit 0. Without
+#             --dry-run and without a CUDA GPU the script stops with exit 3.
+#
+# Environment:
+#   OUT           where logs and results go (default: a new folder under /tmp)
+#   PYTHON        the interpreter that holds PyTorch (default python3)
+#   RESULTS_ROOT  where $OUT's results are copied (default bench/results; in a dry run
+#                 $OUT/copied, so a dry run never writes into the checkout unless asked)
+#   MODELS_ARGS   arguments of `fastblocks bench models` (default below)
+#
+# Output: $OUT/results/<device-slug>/ holds the benchmark JSON/PNG files and gpu-session/
+# (session.json: stage, budget, exit status, seconds; summary.txt; logs/<stage>.log;
+# cuda-tests.xml). $OUT/session.tar.gz holds <device-slug>/ again, for the lent machine of
+# /work/.library/device, which returns at most 8 files two folders deep: after such a call,
+#   tar -xzf <files_at>/session.tar.gz -C bench/results && git add bench/results
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-OUT=${OUT:-/tmp/fastblocks-gpu}
+DRY_RUN=0
+STAGES=()
+for arg in "$@"; do
+  case $arg in
+    --dry-run) DRY_RUN=1 ;;
+    -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) STAGES+=("$arg") ;;
+  esac
+done
+DEFAULT_STAGES=(build test memcheck racecheck quick models)
+[ ${#STAGES[@]} -eq 0 ] && STAGES=("${DEFAULT_STAGES[@]}")
+declare -A BUDGET=([build]=170 [test]=90 [memcheck]=45 [racecheck]=45 [quick]=120 [models]=60
+                   [sweeps]=540)
+SESSION_BUDGET=540
+
+OUT=${OUT:-$(mktemp -d /tmp/fastblocks-gpu.XXXXXX)}
 PY=${PYTHON:-python3}
-STAGE_TIMEOUT=${STAGE_TIMEOUT:-540}
-mkdir -p "$OUT/results"
-SUMMARY="$OUT/summary.txt"
+MODELS_ARGS=${MODELS_ARGS:-"--model mobilenet_v3_large,efficientnet_b0,shufflenet_v2_x1_0 --batch 256 --dtype bfloat16 --channels-last --quick"}
+mkdir -p "$OUT"
+t_start=$SECONDS
+
+for s in "${STAGES[@]}"; do
+  if [ -z "${BUDGET[$s]:-}" ]; then
+    echo "unknown stage '$s' (known: ${DEFAULT_STAGES[*]} sweeps)" >&2
+    exit 2
+  fi
+done
+
+# One interpreter start for the GPU check, the device slug and the versions (each start
+# imports torch: seconds on a small machine).
+probe=$("$PY" - <<'EOF' 2>&1
+import torch
+from fastblocks.bench.env import default_device, device_info
+print(int(torch.cuda.is_available()), device_info(default_device())["slug"])
+print("torch", torch.__version__, "cuda", torch.version.cuda)
+try:
+    import triton
+    print("triton", triton.__version__)
+except ImportError as exc:
+    print("triton: not importable:", exc)
+EOF
+)
+read -r has_gpu SLUG <<< "$(head -n 1 <<< "$probe")"
+if [ "$has_gpu" != 1 ] && [ "$has_gpu" != 0 ]; then
+  echo "$PY could not import torch and fastblocks:" >&2
+  echo "$probe" >&2
+  exit 3
+fi
+if [ "$has_gpu" != 1 ] && [ $DRY_RUN -eq 0 ]; then
+  echo "no CUDA GPU visible to $PY (torch.cuda.is_available() is False): nothing to run." >&2
+  echo "Use --dry-run to check this script end to end without a GPU." >&2
+  exit 3
+fi
+RES="$OUT/results/$SLUG"
+SES="$RES/gpu-session"
+mkdir -p "$SES/logs"
+SUMMARY="$SES/summary.txt"
 : > "$SUMMARY"
+ROWS="$SES/stages.tsv"
+: > "$ROWS"
+RESULTS_ROOT=${RESULTS_ROOT:-$([ $DRY_RUN -eq 1 ] && echo "$OUT/copied" || echo bench/results)}
 
 note() { echo "$*" | tee -a "$SUMMARY"; }
+row() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$ROWS"; }  # stage budget status exit seconds
 
-run_stage() {  # name, command...: runs under the stage timeout, logs to $OUT/<name>.log
+{ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 \
+    || echo "nvidia-smi: not available"
+  tail -n +2 <<< "$probe"
+  echo "commit $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty)')"
+} > "$SES/gpu.txt"
+note "device: $SLUG; dry run: $([ $DRY_RUN -eq 1 ] && echo yes || echo no); out: $OUT"
+
+# run_stage NAME CMD...: the command under the stage's budget (cut shorter if the session's
+# 540 s would otherwise be passed), output to logs/NAME.log, one row in the session record.
+run_stage() {
   local name=$1
   shift
+  local budget=${BUDGET[$name]}
+  local left=$((SESSION_BUDGET - (SECONDS - t_start) - 10))
+  [ "$name" = sweeps ] && left=$((SESSION_BUDGET - (SECONDS - t_start)))
+  if [ $left -lt $budget ]; then budget=$left; fi
+  if [ $DRY_RUN -eq 1 ]; then
+    note "$name: skipped (dry run, no GPU stage is run; budget ${BUDGET[$name]} s): would run: $*"
+    row "$name" "${BUDGET[$name]}" dry-run "" 0
+    return 0
+  fi
+  if [ $budget -le 0 ]; then
+    note "$name: skipped: the session's $SESSION_BUDGET s are spent"
+    row "$name" "${BUDGET[$name]}" skipped "" 0
+    return 1
+  fi
   local t0=$SECONDS
-  echo "=== $name: $*"
-  timeout "$STAGE_TIMEOUT" "$@" > "$OUT/$name.log" 2>&1
-  local rc=$?
-  note "$name: exit $rc in $((SECONDS - t0)) s (log: $OUT/$name.log)"
-  tail -n 25 "$OUT/$name.log"
+  echo "=== $name (budget $budget s): $*"
+  timeout --kill-after=5 "$budget" "$@" > "$SES/logs/$name.log" 2>&1
+  local rc=$? status=passed
+  [ $rc -ne 0 ] && status=failed
+  [ $rc -eq 124 ] || [ $rc -eq 137 ] && status=timeout
+  note "$name: $status (exit $rc) in $((SECONDS - t0)) s of $budget (log: logs/$name.log)"
+  row "$name" "${BUDGET[$name]}" "$status" "$rc" $((SECONDS - t0))
+  tail -n 15 "$SES/logs/$name.log"
   return $rc
 }
 
-BENCH=("$PY" -m fastblocks.cli bench ops --no-progress --out "$OUT/results")
-DW=(--op depthwise_conv2d --shapes all --layout channels_last --layout nchw --mode fwd --mode fwd+bwd
-    --providers eager,compile,triton,cuda,auto)
+skip_stage() {  # NAME REASON
+  note "$1: skipped: $2"
+  row "$1" "${BUDGET[$1]}" skipped "" 0
+}
 
+BENCH=("$PY" -m fastblocks.cli bench)
 stage_build() {
-  run_stage build env MAX_JOBS=16 "$PY" -m pip install -e . --no-build-isolation --no-deps \
-    --disable-pip-version-check -q && run_stage info "$PY" -m fastblocks.cli info
+  run_stage build env MAX_JOBS="$(nproc)" "$PY" -m pip install -e . --no-build-isolation \
+    --no-deps --disable-pip-version-check -q || return 1
+  [ $DRY_RUN -eq 1 ] || "$PY" -m fastblocks.cli info > "$SES/logs/info.log" 2>&1
 }
-stage_test() { run_stage test "$PY" -m pytest -q -m cuda -p no:cacheprovider; }
-stage_sanitize() {
-  PYTORCH_NO_CUDA_MEMORY_CACHING=1 run_stage sanitize compute-sanitizer --tool memcheck \
-    --error-exitcode 3 "$PY" -m pytest -q -m cuda -p no:cacheprovider -k "fuzz_cuda or parity_cuda or real_layer_shapes_cuda"
+stage_test() {
+  run_stage test "$PY" -m pytest -q -m cuda -p no:cacheprovider --junitxml="$SES/cuda-tests.xml"
 }
-stage_quick() { run_stage quick "${BENCH[@]}" --op all --quick --name ops-all-quick; }
-stage_depthwise() {
-  run_stage depthwise-b32 "${BENCH[@]}" "${DW[@]}" --batch 32 --dtype bfloat16 --dtype float32 \
-    --name depthwise-batch32
-  run_stage depthwise-b256 "${BENCH[@]}" "${DW[@]}" --batch 256 --dtype bfloat16 --name depthwise-batch256-bf16
+sanitize() {  # TOOL [ARGS of gpu_sanitize_cases.py]
+  local tool=$1
+  shift
+  if [ $DRY_RUN -eq 0 ] && ! command -v compute-sanitizer > /dev/null; then
+    skip_stage "$tool" "compute-sanitizer is not on the PATH"
+    return 0
+  fi
+  run_stage "$tool" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" \
+    --error-exitcode 3 "$PY" bench/gpu_sanitize_cases.py --backend cuda "$@"
+}
+stage_memcheck() { sanitize memcheck; }
+# racecheck checks shared-memory hazards only, and is the slower tool: fp32 is enough (the
+# barriers and indexing are the same code for every dtype).
+stage_racecheck() { sanitize racecheck --dtype float32; }
+stage_quick() {
+  run_stage quick "${BENCH[@]}" ops --op all --quick --no-progress --out "$OUT/results" \
+    --name ops-all-quick
+}
+stage_models() {
+  # The zoo's benchmark command lands separately; probe for it (cheap, also in a dry run).
+  if ! "${BENCH[@]}" models --help > "$SES/logs/models-probe.log" 2>&1; then
+    skip_stage models "\`fastblocks bench models\` does not exist in this checkout yet"
+    return 0
+  fi
+  # shellcheck disable=SC2086  # MODELS_ARGS is a list of words
+  run_stage models "${BENCH[@]}" models $MODELS_ARGS --no-progress --out "$OUT/results"
+}
+stage_sweeps() {
+  local dw=(ops --op depthwise_conv2d --shapes all --layout channels_last --layout nchw --mode fwd
+            --mode fwd+bwd --providers eager,compile,triton,cuda,auto --no-progress --out "$OUT/results")
+  run_stage sweeps bash -c "$(printf '%q ' "${BENCH[@]}" "${dw[@]}") --batch 32 --dtype bfloat16 \
+--dtype float32 --name depthwise-batch32 && $(printf '%q ' "${BENCH[@]}" "${dw[@]}") --batch 256 \
+--dtype bfloat16 --name depthwise-batch256-bf16"
 }
 
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv 2>&1 | tee "$OUT/gpu.txt"
-"$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
-  2>&1 | tee -a "$OUT/gpu.txt"
-
-STAGES=("$@")
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(build test sanitize quick depthwise)
 status=0
 for s in "${STAGES[@]}"; do
-  if ! declare -F "stage_$s" > /dev/null; then
-    note "unknown stage '$s' (build, test, sanitize, quick, depthwise)"
-    status=2
-    continue
-  fi
   "stage_$s" || status=1
   if [ "$s" = build ] && [ $status -ne 0 ]; then
     note "build failed: the other stages need it"
+    for rest in "${STAGES[@]}"; do
+      [ "$rest" = build ] || skip_stage "$rest" "the build failed"
+    done
     break
   fi
 done
+
+# The session record, then the copy and the archive: always, whatever passed or failed.
+"$PY" - "$ROWS" "$SES/session.json" "$SLUG" "$DRY_RUN" "$((SECONDS - t_start))" "$SESSION_BUDGET" <<'EOF'
+import json, subprocess, sys
+rows, out, slug, dry, seconds, budget = sys.argv[1:]
+stages = []
+for line in open(rows):
+    name, bud, status, rc, secs = line.rstrip("\n").split("\t")
+    stages.append({"stage": name, "budget_s": int(bud), "status": status,
+                   "exit": int(rc) if rc else None, "seconds": int(secs)})
+def git(*a):
+    try:
+        return subprocess.run(["git", *a], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+json.dump({"device": slug, "dry_run": dry == "1", "seconds": int(seconds),
+           "session_budget_s": int(budget), "commit": git("rev-parse", "HEAD") or "unknown",
+           "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+           "stages": stages}, open(out, "w"), indent=1)
+EOF
+note "session: $((SECONDS - t_start)) s of $SESSION_BUDGET"
+tar -czf "$OUT/session.tar.gz" -C "$OUT/results" "$SLUG"
+cp "$SUMMARY" "$OUT/summary.txt"
+mkdir -p "$RESULTS_ROOT/$SLUG"
+cp -r "$RES/." "$RESULTS_ROOT/$SLUG/"
+echo "copied to $RESULTS_ROOT/$SLUG/ (archive: $OUT/session.tar.gz)"
 echo
 echo "=== summary"
 cat "$SUMMARY"

@@ -61,10 +61,10 @@ template <typename T>
 cudaError_t launch_forward(const void* x, void* y, int64_t n, int act, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(T);
   if (aligned16(x) && aligned16(y)) {
-    activation_forward_kernel<T, kVec><<<grid_for(n / kVec + 1), kThreads, 0, stream>>>(
+    FB_LAUNCH(grid_for(n / kVec + 1), kThreads, 0, stream, activation_forward_kernel<T, kVec>)(
         static_cast<const T*>(x), static_cast<T*>(y), n, act);
   } else {
-    activation_forward_kernel<T, 1><<<grid_for(n), kThreads, 0, stream>>>(
+    FB_LAUNCH(grid_for(n), kThreads, 0, stream, activation_forward_kernel<T, 1>)(
         static_cast<const T*>(x), static_cast<T*>(y), n, act);
   }
   return cudaGetLastError();
@@ -75,10 +75,10 @@ cudaError_t launch_backward(const void* g, const void* x, void* gx, int64_t n, i
                             cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(T);
   if (aligned16(g) && aligned16(x) && aligned16(gx)) {
-    activation_backward_kernel<T, kVec><<<grid_for(n / kVec + 1), kThreads, 0, stream>>>(
+    FB_LAUNCH(grid_for(n / kVec + 1), kThreads, 0, stream, activation_backward_kernel<T, kVec>)(
         static_cast<const T*>(g), static_cast<const T*>(x), static_cast<T*>(gx), n, act);
   } else {
-    activation_backward_kernel<T, 1><<<grid_for(n), kThreads, 0, stream>>>(
+    FB_LAUNCH(grid_for(n), kThreads, 0, stream, activation_backward_kernel<T, 1>)(
         static_cast<const T*>(g), static_cast<const T*>(x), static_cast<T*>(gx), n, act);
   }
   return cudaGetLastError();

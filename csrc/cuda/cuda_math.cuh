@@ -5,6 +5,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "fastblocks/cuda_launch.h"
+
 namespace fastblocks::cuda {
 namespace {
 

@@ -166,7 +166,7 @@ template <bool kStride2> bool has_fixed(int k, int st) {
 template <typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
             Args... args) {
-  kernel<<<grid, block, smem, stream>>>(args...);
+  FB_LAUNCH(grid, block, smem, stream, kernel)(args...);
 }
 
 bool aligned(const void* p, size_t bytes) { return (reinterpret_cast<uintptr_t>(p) % bytes) == 0; }

@@ -43,8 +43,10 @@ def cmd_bench_models(args) -> int:
         print(mb.format_table(results))
         mode = "train" if args.train else "eval"
         dt = results["settings"]["dtype"].replace("float", "fp").replace("bfloat16", "bf16")
-        fname = args.name or (f"models-{spec.label.replace(':', '-')}-b{args.batch}-{dt}-{mode}"
-                              + ("-cl" if args.channels_last else ""))
+        fname = (f"models-{spec.label.replace(':', '-')}-b{args.batch}-{dt}-{mode}"
+                 + ("-cl" if args.channels_last else ""))
+        if args.name:  # one file per model: the name is a prefix when several are timed
+            fname = args.name if "," not in args.model else f"{args.name}-{spec.label.replace(':', '-')}"
         paths = harness.save(results, args.out, fname, plot=False)
         if not args.no_plot:
             mb.plot(results, os.path.splitext(paths["json"])[0] + ".png")

