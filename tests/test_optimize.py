@@ -13,6 +13,7 @@ from torch import nn
 import fastblocks
 from fastblocks.models._blocks import ConvNormActivation
 from fastblocks.optimize.rules.activation import SwappedActivation
+from fastblocks.optimize._inline_module import InlineFused
 from fastblocks.optimize.rules.conv_bn_act import ConvBNActHead
 
 from _optimize_helpers import assert_same_model
@@ -79,6 +80,25 @@ class InlineBlock(nn.Module):
         return x + z * torch.sigmoid(z)
 
 
+class InlineComposites(nn.Module):
+    """Composite activations written out, on a conv without BN (not a chain): rewritten to one
+    activation each; and a shared activation module after a fused chain: moved into it."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 1)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        y = self.conv(x)
+        a = y * F.relu6(y + 3.0) / 6.0               # hardswish
+        b = torch.mul(torch.sigmoid(a), a)           # silu
+        c = F.hardtanh(b + 3, 0.0, 6.0) / 6          # hardsigmoid
+        return self.relu(self.bn2(self.conv2(c))) + self.relu(x)
+
+
 class Untraceable(nn.Module):
     """Python control flow on a tensor value: torch.fx cannot trace it."""
 
@@ -121,6 +141,7 @@ def user_model():
         CustomTrio(16, 16, groups=16, act=Swish()),
         CustomTrio(16, 24),
         InlineBlock(24),
+        InlineComposites(24),
         Untraceable(24),
         BNUsedTwice(24),
         nn.Conv2d(24, 24, 5, padding=2, groups=24),          # standalone depthwise
@@ -150,15 +171,23 @@ def test_swaps_and_report():
     assert counts["depthwise conv"] == 1
     assert counts["activation hardswish (HSwish)"] == 1
     # the ReLU6 shared by two places is never fused away; its chains stop at the BN
-    assert counts["conv -> BN -> identity"] >= 2
+    assert counts["conv -> BN -> identity"] == 2
     assert counts["grouped conv -> BN -> identity"] == 1
     assert counts["conv -> BN -> relu6"] == 1          # Untraceable, proven by a probe
-    assert isinstance(fused[10], SwappedActivation) and fused[10] is fused[13]
-    assert isinstance(fused[14], NotAnActivation)
+    assert isinstance(fused[11], SwappedActivation) and fused[11] is fused[14]
+    assert isinstance(fused[15], NotAnActivation)
     # BNUsedTwice: conv's output has two users: not a chain; conv2 -> bn2 yes, act2 no
-    assert type(fused[5].conv) is nn.Conv2d and isinstance(fused[5].conv2, ConvBNActHead)
-    assert isinstance(fused[5].act2, SwappedActivation)  # standalone, not fused away
-    assert isinstance(fused[7], SwappedActivation)
+    assert type(fused[6].conv) is nn.Conv2d and isinstance(fused[6].conv2, ConvBNActHead)
+    assert isinstance(fused[6].act2, SwappedActivation)  # standalone, not fused away
+    assert isinstance(fused[8], SwappedActivation)
+    # inline code (torch.fx): InlineBlock's F.hardswish and z * sigmoid(z) moved into its
+    # chains; InlineComposites' written-out activations became one op each
+    assert isinstance(fused[3], InlineFused) and isinstance(fused[4], InlineFused)
+    assert counts["depthwise conv -> BN -> hardswish (inline)"] == 1
+    assert counts["conv -> BN -> silu (inline)"] == 1
+    assert counts["depthwise conv -> BN -> relu (inline)"] == 1  # InlineComposites' shared ReLU
+    for name, n in (("hardswish", 4), ("silu", 2), ("hardsigmoid", 3)):
+        assert counts[f"inline {name} ({n} ops -> 1)"] == 1
     text = str(fused.fastblocks_report)
     assert "could not trace Untraceable" in text and "left eager" in text
     assert model[0][0].__class__ is nn.Conv2d  # not inplace: the argument is untouched
@@ -271,3 +300,35 @@ def test_bad_argument():
         fastblocks.optimize("resnet")
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         fastblocks.revert(None)
+
+
+class StochasticBranch(nn.Module):
+    """The branch taken depends on torch.rand at run time and on the mode: a trace sees one
+    branch only, so the block must not be rewritten from it (and the trace must not use up
+    random numbers)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        if self.training and torch.rand(()) < 0.5:
+            return self.relu(x)
+        out = self.bn(self.conv(x))
+        if not self.training:
+            out = out * 0.5
+        return self.relu(out + x)
+
+
+def test_block_with_random_or_mode_dependent_branches():
+    plain = nn.Sequential(StochasticBranch(8), StochasticBranch(8))
+    state = torch.random.get_rng_state()
+    fused = fastblocks.optimize(plain)
+    assert torch.equal(torch.random.get_rng_state(), state)  # tracing and probes drew nothing
+    assert not any(isinstance(m, InlineFused) for m in fused.modules())
+    assert "outside the traced graph (rand)" in str(fused.fastblocks_report)
+    x = torch.randn(2, 8, 6, 6)
+    for train in (True, False, True):
+        assert_same_model(plain, fused, x, train=train, steps=3)

@@ -18,7 +18,8 @@ import fastblocks
 from fastblocks.models._blocks import ConvNormActivation
 from fastblocks.testing import compare
 
-from _optimize_helpers import assert_same_model, forward_backward
+from _optimize_helpers import assert_same_model
+from test_optimize import InlineComposites
 
 
 @pytest.fixture(autouse=True)
@@ -31,14 +32,15 @@ def _one_thread():
 
 def small_model(seed: int = 0) -> nn.Sequential:
     """Every swap kind once: conv-BN-hardswish, depthwise-BN-relu6, conv-BN, standalone SiLU
-    and depthwise conv; BN statistics and affine away from the identity."""
+    and depthwise conv, inline activations; BN statistics and affine away from the identity."""
     torch.manual_seed(seed)
     m = nn.Sequential(
         ConvNormActivation(3, 16, 3, stride=2, activation_layer=nn.Hardswish),
         ConvNormActivation(16, 16, 3, groups=16, activation_layer=nn.ReLU6),
         ConvNormActivation(16, 24, 1, activation_layer=None),
         nn.SiLU(),
-        nn.Conv2d(24, 24, 3, padding=1, groups=24))
+        nn.Conv2d(24, 24, 3, padding=1, groups=24),
+        InlineComposites(24))                       # rewritten by torch.fx: InlineFused
     with torch.no_grad():
         for bn in m.modules():
             if isinstance(bn, nn.BatchNorm2d):
@@ -201,3 +203,19 @@ def test_ddp_gloo_two_processes(tmp_path):
             # the ranks' parameters agree (gradients all-reduced); running statistics are
             # broadcast from rank 0 before each forward, so after the last one they differ
             torch.testing.assert_close(r1["fused"][k], v, msg=k)
+
+
+def test_no_grad_eval_after_training_uses_new_statistics():
+    # the classic loop: validate under no_grad, train an epoch, validate again. BatchNorm's
+    # running statistics change inside F.batch_norm without a version bump: the fold cached
+    # in the first validation must not serve the second
+    plain = small_model()
+    fused = fastblocks.optimize(plain)
+    x = _x()
+    for epoch in range(2):
+        for m in (plain, fused):
+            m.train()
+            m(x).sum().backward()  # updates the running statistics
+            m.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(fused(x), plain(x), msg=f"epoch {epoch}")

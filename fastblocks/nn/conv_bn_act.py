@@ -59,10 +59,15 @@ def _uses_batch_stats(bn: nn.modules.batchnorm._BatchNorm) -> bool:
 
 
 def conv_bn_act_forward(owner: nn.Module, x: Tensor, conv: nn.Conv2d,
-                        bn: nn.modules.batchnorm._BatchNorm, activation: str | None) -> Tensor:
+                        bn: nn.modules.batchnorm._BatchNorm, activation: str | None,
+                        padding=None) -> Tensor:
     """``act(bn(conv(x)))`` with nn.BatchNorm2d's semantics in the BN's current mode (see the
-    module docstring); ``owner`` holds the eval-mode fold cache. x: (N, C_in, H, W)."""
-    x, padding = _padded_input(conv, x)
+    module docstring); ``owner`` holds the eval-mode fold cache. x: (N, C_in, H, W).
+    ``padding`` (int pair) replaces the conv's own zero padding (a caller that computes it
+    per input, e.g. TensorFlow "SAME", passes it here instead of copying x into a padded
+    tensor)."""
+    if padding is None:
+        x, padding = _padded_input(conv, x)
     if _uses_batch_stats(bn):
         # nn.modules.batchnorm._BatchNorm.forward, step for step
         factor = 0.0 if bn.momentum is None else bn.momentum
@@ -70,6 +75,11 @@ def conv_bn_act_forward(owner: nn.Module, x: Tensor, conv: nn.Conv2d,
             bn.num_batches_tracked.add_(1)
             factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
         track = not bn.training or bn.track_running_stats
+        # F.batch_norm updates the running statistics inside its kernel without bumping their
+        # version counters, so the eval-mode fold cached before this step would look current:
+        # drop it (a validation pass under no_grad, then training, then validation again
+        # evaluated with the first fold)
+        owner.__dict__.pop("_fold_cache", None)
         return ops.conv_bn_act(
             x, conv.weight, conv.bias, bn.weight, bn.bias,
             bn.running_mean if track else None, bn.running_var if track else None,

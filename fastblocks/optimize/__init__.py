@@ -2,19 +2,31 @@
 into an existing model, and back.
 
     model = fastblocks.optimize(model)        # a copy; inplace=True changes model itself
+    # (``fastblocks.optimize`` is this function; the package is importable by its full
+    #  name: ``from fastblocks.optimize import Report, ModuleRule``)
     print(model.fastblocks_report)            # what was swapped (pattern, count), what was kept
     plain = fastblocks.revert(model)          # the torch.nn modules again
 
 What it swaps (rules/, in this order):
 - conv -> BatchNorm2d -> activation chains (rules/conv_bn_act.py), any groups, in any block
   whose forward calls them in a row: nn.Sequential runs, torchvision's Conv2dNormActivation,
-  timm's ConvNormAct, Hugging Face's *ConvLayer, the zoo's blocks, user blocks with any
-  attribute names. Exact in both modes (eval: BN folded, cached; train: batch statistics and
-  running statistics as nn.BatchNorm2d); a training-mode BN is never folded.
+  timm's ConvNormAct (with BatchNormAct2d, a BN applying its activation itself), Hugging
+  Face's *ConvLayer (TF padding in between), the zoo's blocks, user blocks with any attribute
+  names. Exact in both modes (eval: BN folded, cached; train: batch statistics and running
+  statistics as nn.BatchNorm2d); a training-mode BN is never folded.
+- activations written inline in a traceable block's forward (rules/inline.py):
+  ``x * torch.sigmoid(x)``, ``x * F.relu6(x + 3) / 6``, ... become one op, and an activation
+  right after a fused chain moves into its epilogue.
 - depthwise convs (rules/depthwise.py): nn.Conv2d with groups == in_channels, and subclasses
   padding TensorFlow-"same" in their forward (timm's Conv2dSame).
 - activation modules (rules/activation.py): Hardswish, Hardsigmoid, ReLU6, SiLU and any
-  module computing one of them (recognised by behaviour: _probe.py).
+  module computing one of them (recognised by behaviour: _probe.py). On CPU tensors they run
+  eager's kernels, measured faster there for a standalone activation.
+
+Patterns are proven, not guessed from names: from the torch.fx graph of each block (children
+as leaves; one graph per training mode and boolean flag; _trace.py), or, where fx cannot trace
+a block (the report says so), by running a copy of it fused and unfused on a probe input in
+train and eval mode. Modules used in several places are never fused away.
 
 The contract (DESIGN.md, "optimize(): the swap contract"): ``parameters()``,
 ``named_parameters()`` and ``state_dict()`` keys, values and order are unchanged; the model's
@@ -25,7 +37,9 @@ pickling and DistributedDataParallel.
 How: most swaps change only a module's class in place (_classswap.py): the module object, its
 tensors, its name in its parent and the parent's forward all stay. A swap that needs a new
 object (a ModuleRule returning one) must keep the state_dict keys and share the tensors; the
-original object is kept on the new one for revert().
+original object is kept on the new one for revert(). One visible difference: a forward hook
+on a fused conv sees the whole chain's output, and one on its BN or activation sees that
+output passed through.
 
 Adding an op family's swap: one file in rules/ with a rule object, appended to MODULE_RULES or
 BLOCK_RULES in rules/__init__.py:

@@ -69,6 +69,7 @@ def _visit(module: nn.Module, path: str, ctx: Context, state) -> nn.Module:
             state["replaced"][key] = new
         ctx.report.swap(result.pattern, path)
         return new
+    replacement = module
     if module._modules:
         graphs = None
         if not isinstance(module, _NO_FORWARD):
@@ -79,14 +80,19 @@ def _visit(module: nn.Module, path: str, ctx: Context, state) -> nn.Module:
         if not isinstance(module, _NO_FORWARD):
             for rule in BLOCK_RULES:
                 ctx.path = path
-                rule.apply(module, graphs, ctx)
+                new = rule.apply(module, graphs, ctx)
+                if isinstance(new, nn.Module) and new is not module:
+                    if same_state(module, new):
+                        new.__dict__[_ORIGINAL] = module
+                        state["replaced"][key] = replacement = new
+                    break
         for name, child in list(module._modules.items()):
             if child is None:
                 continue
             new = _visit(child, f"{path}.{name}" if path else name, ctx, state)
             if new is not child:
                 module._modules[name] = new
-    return module
+    return replacement
 
 
 def revert(model: nn.Module) -> nn.Module:

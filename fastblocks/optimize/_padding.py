@@ -26,6 +26,18 @@ def tf_same_pad(x: Tensor, conv: nn.Conv2d) -> Tensor:
     return x
 
 
+def tf_same_padding(x: Tensor, conv: nn.Conv2d) -> tuple[Tensor, tuple[int, int]]:
+    """(x, (ph, pw)) to convolve with symmetric padding (ph, pw) for TensorFlow "SAME": x is
+    returned as it is when the padding is symmetric (stride 1, odd kernel: no copy) and
+    zero-padded at the bottom/right by the odd extra row/column otherwise."""
+    (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+    top, bottom = _same_pads(x.shape[-2], kh, sh, dh)
+    left, right = _same_pads(x.shape[-1], kw, sw, dw)
+    if bottom != top or right != left:
+        x = F.pad(x, (0, right - left, 0, bottom - top))
+    return x, (top, left)
+
+
 def pads_tf_same(conv: nn.Conv2d) -> bool:
     """Whether ``conv`` (an nn.Conv2d subclass with its own forward and zero padding) computes
     ``F.conv2d(tf_same_pad(x), weight, bias, stride, 0, dilation, groups)``: checked on two

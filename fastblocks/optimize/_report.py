@@ -21,6 +21,17 @@ class Report:
     def swap(self, pattern: str, path: str) -> None:
         self.swapped[pattern].append(path or "<model>")
 
+    def move(self, path: str, old_suffix: str, new_suffix: str) -> None:
+        """Re-file ``path`` from a pattern ending in ``old_suffix`` to the same pattern ending
+        in ``new_suffix`` (a chain that gained an activation)."""
+        for pattern, paths in list(self.swapped.items()):
+            if pattern.endswith(old_suffix) and path in paths:
+                paths.remove(path)
+                if not paths:
+                    del self.swapped[pattern]
+                self.swap(pattern[: len(pattern) - len(old_suffix)] + new_suffix, path)
+                return
+
     def keep(self, reason: str, path: str) -> None:
         self.kept[reason].append(path or "<model>")
 

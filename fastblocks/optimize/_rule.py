@@ -43,13 +43,14 @@ class BlockRule:
 
     ``apply(block, graphs, ctx)``: ``graphs`` are the torch.fx graphs of ``block.forward``
     with every child a leaf, one per combination of its boolean flags (_trace.py); None where
-    the block cannot be traced. A pattern holds only if it holds in every graph. The rule swaps classes of
-    children in place (``ctx.consume`` them so no ModuleRule touches them again) and reports
-    through ``ctx``.
+    the block cannot be traced. A pattern holds only if it holds in every graph. The rule swaps
+    classes of children in place (``ctx.consume`` them so no ModuleRule touches them again)
+    and reports through ``ctx``; it may return a module to replace the block (sharing its
+    children and tensors, e.g. a rewritten graph: rules/inline.py), else None.
     """
     pattern = ""
 
-    def apply(self, block: nn.Module, graphs, ctx: "Context") -> None:  # pragma: no cover
+    def apply(self, block: nn.Module, graphs, ctx: "Context"):  # pragma: no cover
         raise NotImplementedError
 
 
@@ -61,6 +62,7 @@ class Context:
     path: str = ""
     consumed: set[int] = field(default_factory=set)
     _acts: dict[int, object] = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)  # for rules' own per-module findings
 
     def activation(self, module: nn.Module | None):
         """probe_activation, cached per module."""

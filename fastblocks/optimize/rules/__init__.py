@@ -4,8 +4,9 @@ single modules (a ModuleRule that swaps a module with children takes its whole s
 from .activation import ActivationRule, SwappedActivation
 from .conv_bn_act import ConvBNActRule
 from .depthwise import DepthwiseRule
+from .inline import InlineActivationRule
 
-BLOCK_RULES = [ConvBNActRule()]
+BLOCK_RULES = [ConvBNActRule(), InlineActivationRule()]
 MODULE_RULES = [DepthwiseRule(), ActivationRule()]
 
 __all__ = ["BLOCK_RULES", "MODULE_RULES", "SwappedActivation"]
