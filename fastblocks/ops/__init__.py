@@ -2,5 +2,7 @@
 from .activation import apply_activation, hardsigmoid, hardswish, relu, relu6, silu
 from .depthwise import depthwise_conv2d
 from .conv_bn_act import conv_bias_act, conv_bn_act
+from .squeeze_excite import squeeze_excite
 
-__all__ = ["apply_activation", "conv_bias_act", "conv_bn_act", "depthwise_conv2d", "hardsigmoid", "hardswish", "relu", "relu6", "silu"]
+__all__ = ["apply_activation", "conv_bias_act", "conv_bn_act", "depthwise_conv2d", "hardsigmoid", "hardswish", "relu", "relu6", "silu",
+           "squeeze_excite"]

@@ -1,0 +1,254 @@
+// CPU kernels of squeeze-and-excitation: y = x * gate(fc2(act(fc1(mean_hw(x))))).
+//
+// Forward: one pass sums each (n, c) plane of x in the accumulation type (float; double for
+// fp64), the tiny MLP runs on the (N, C) means (squeeze_excite_mlp.h: ATen GEMMs), and one
+// pass writes y = x * s. Backward: one pass sums grad * x per (n, c), the MLP backward gives
+// the parameter gradients and the gradient of the means, and one pass writes
+// grad_x = grad * s + grad_mean / (H*W). Sums never touch fp16/bf16 arithmetic, so an fp16
+// plane whose sum passes 65504 still has a finite mean (eager's fp16 pool, too, accumulates in
+// float on CPU; the GPU reports of NaN, pytorch/pytorch#43992, are the reason to be sure).
+//
+// Layouts: NCHW sums contiguous planes; channels_last (NHWC) adds rows of C channels into a
+// per-task vector of partial sums, split over H*W when the batch alone does not fill the
+// threads (EfficientNet-B0's first SE runs on 1x32x112x112 at batch 1).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "fastblocks/cpu_utils.h"
+#include "fastblocks/cpu_vec.h"
+#include "fastblocks/squeeze_excite_mlp.h"
+
+namespace fastblocks::cpu {
+namespace {
+
+namespace se = fastblocks::squeeze_excite;
+
+// Elements per parallel task, as in activation.cpp.
+constexpr int64_t kGrain = 32768;
+// fp16/bf16 go through float buffers of this many elements (see activation.cpp).
+constexpr int64_t kChunk = 512;
+// Independent partial sums of a plane: breaks the add chain so the float loop vectorizes
+// (without -ffast-math GCC keeps one serial chain otherwise).
+constexpr int kLanes = 16;
+
+template <typename acc_t, bool PRODUCT>
+FB_CPU_CLONES acc_t lanes_sum(const acc_t* __restrict__ a, const acc_t* __restrict__ b, int64_t n) {
+  acc_t part[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int k = 0; k < kLanes; ++k) part[k] += PRODUCT ? a[i + k] * b[i + k] : a[i + k];
+  }
+  acc_t tail = 0;
+  for (; i < n; ++i) tail += PRODUCT ? a[i] * b[i] : a[i];
+  for (int w = kLanes / 2; w >= 1; w /= 2) {
+    for (int k = 0; k < w; ++k) part[k] += part[k + w];
+  }
+  return part[0] + tail;
+}
+
+// sum_i a[i] (* b[i]) over one contiguous plane, in the accumulation type.
+template <typename scalar_t, bool PRODUCT>
+at::opmath_type<scalar_t> plane_sum(const scalar_t* a, const scalar_t* b, int64_t n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return lanes_sum<acc_t, PRODUCT>(a, b, n);
+  } else {
+    alignas(64) acc_t ab[kChunk], bb[kChunk];
+    acc_t total = 0;
+    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+      const int64_t m = std::min(kChunk, n - i0);
+      widen_n(a + i0, ab, m);
+      if constexpr (PRODUCT) widen_n(b + i0, bb, m);
+      total += lanes_sum<acc_t, PRODUCT>(ab, bb, m);
+    }
+    return total;
+  }
+}
+
+template <typename acc_t, bool PRODUCT>
+FB_CPU_CLONES void add_row(const acc_t* __restrict__ a, const acc_t* __restrict__ b,
+                           acc_t* __restrict__ acc, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) acc[i] += PRODUCT ? a[i] * b[i] : a[i];
+}
+
+// acc[c] += a[c] (* b[c]) for one NHWC row of n channels.
+template <typename scalar_t, bool PRODUCT>
+void accumulate_row(const scalar_t* a, const scalar_t* b, at::opmath_type<scalar_t>* acc, int64_t n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    add_row<acc_t, PRODUCT>(a, b, acc, n);
+  } else {
+    alignas(64) acc_t ab[kChunk], bb[kChunk];
+    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+      const int64_t m = std::min(kChunk, n - i0);
+      widen_n(a + i0, ab, m);
+      if constexpr (PRODUCT) widen_n(b + i0, bb, m);
+      add_row<acc_t, PRODUCT>(ab, bb, acc + i0, m);
+    }
+  }
+}
+
+// out[n, c] = sum over H, W of a (* b), for contiguous NCHW or NHWC a and b of x's shape.
+template <typename scalar_t, bool PRODUCT>
+void reduce_planes(const scalar_t* a, const scalar_t* b, at::opmath_type<scalar_t>* out, int64_t N,
+                   int64_t C, int64_t HW, bool channels_last) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if (!channels_last) {
+    at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / HW), [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) out[p] = plane_sum<scalar_t, PRODUCT>(a + p * HW, b + p * HW, HW);
+    });
+    return;
+  }
+  // Split each image's rows into `parts` ranges so N * parts tasks fill the threads; partial
+  // sums (N * parts * C accumulators, parts <= H*W: bounded by x's size) are added in order.
+  const int64_t threads = at::get_num_threads();
+  const int64_t parts = std::clamp<int64_t>((threads + N - 1) / std::max<int64_t>(N, 1), 1,
+                                            std::min<int64_t>(HW, std::max<int64_t>(1, HW * C / kGrain)));
+  std::vector<acc_t> partial(N * parts * C, acc_t(0));
+  at::parallel_for(0, N * parts, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / parts, part = t % parts;
+      const int64_t r0 = HW * part / parts, r1 = HW * (part + 1) / parts;
+      acc_t* acc = partial.data() + t * C;
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t off = (n * HW + r) * C;
+        accumulate_row<scalar_t, PRODUCT>(a + off, b + off, acc, C);
+      }
+    }
+  });
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t c = 0; c < C; ++c) {
+      acc_t sum = 0;
+      for (int64_t part = 0; part < parts; ++part) sum += partial[(n * parts + part) * C + c];
+      out[n * C + c] = sum;
+    }
+  }
+}
+
+// out[i] = a[i] * s[i] (+ q[i]) in the accumulation type; s and q are broadcast (index 0) when
+// BCAST. No __restrict__ between a and out: the backward may write grad_x over grad.
+template <typename acc_t, bool BCAST, bool ADD>
+FB_CPU_CLONES void scale_add(const acc_t* a, const acc_t* __restrict__ s, const acc_t* __restrict__ q,
+                             acc_t* out, int64_t n) {
+  if constexpr (BCAST) {
+    const acc_t sv = s[0], qv = ADD ? q[0] : acc_t(0);
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) out[i] = ADD ? a[i] * sv + qv : a[i] * sv;
+  } else {
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) out[i] = ADD ? a[i] * s[i] + q[i] : a[i] * s[i];
+  }
+}
+
+template <typename scalar_t, bool BCAST, bool ADD>
+void scale_span(const scalar_t* a, const at::opmath_type<scalar_t>* s, const at::opmath_type<scalar_t>* q,
+                scalar_t* out, int64_t n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    scale_add<acc_t, BCAST, ADD>(a, s, q, out, n);
+  } else {
+    alignas(64) acc_t buf[kChunk];
+    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+      const int64_t m = std::min(kChunk, n - i0);
+      widen_n(a + i0, buf, m);
+      scale_add<acc_t, BCAST, ADD>(buf, BCAST ? s : s + i0, BCAST ? q : (ADD ? q + i0 : q), buf, m);
+      narrow_n(buf, out + i0, m);
+    }
+  }
+}
+
+// out = a * s[n, c] (+ q[n, c]) over x's shape, NCHW or NHWC.
+template <typename scalar_t, bool ADD>
+void scale_planes(const scalar_t* a, const at::opmath_type<scalar_t>* s, const at::opmath_type<scalar_t>* q,
+                  scalar_t* out, int64_t N, int64_t C, int64_t HW, bool channels_last) {
+  if (!channels_last) {
+    at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / HW), [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        scale_span<scalar_t, true, ADD>(a + p * HW, s + p, ADD ? q + p : q, out + p * HW, HW);
+      }
+    });
+  } else {
+    at::parallel_for(0, N * HW, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / HW;
+        scale_span<scalar_t, false, ADD>(a + r * C, s + n * C, ADD ? q + n * C : q, out + r * C, C);
+      }
+    });
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> squeeze_excite_forward(
+    const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+    const at::Tensor& w2, const std::optional<at::Tensor>& b2, int64_t act, int64_t gate,
+    bool channels_last) {
+  constexpr const char* op = "squeeze_excite_forward";
+  se::check_args(op, x, w1, b1, w2, b2, act, gate, channels_last);
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  at::Tensor pooled = at::empty({N, C}, x.options().dtype(se::acc_type(x)));
+  at::Tensor y = at::empty_like(x, x.options().memory_format(se::mem_format(channels_last)));
+  if (x.numel() == 0) return {y, pooled};
+  FB_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    acc_t* pp = pooled.mutable_data_ptr<acc_t>();
+    reduce_planes<scalar_t, false>(xp, xp, pp, N, C, HW, channels_last);
+    pooled.div_(HW);  // a division, as eager's mean: the same rounding
+    const at::Tensor s = se::mlp_forward(pooled, w1, b1, w2, b2, act, gate).s.contiguous();
+    scale_planes<scalar_t, false>(xp, s.const_data_ptr<acc_t>(), nullptr, y.mutable_data_ptr<scalar_t>(),
+                                  N, C, HW, channels_last);
+  });
+  return {y, pooled};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_excite_backward(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& pooled, const at::Tensor& w1,
+    const std::optional<at::Tensor>& b1, const at::Tensor& w2, const std::optional<at::Tensor>& b2,
+    int64_t act, int64_t gate, bool channels_last) {
+  constexpr const char* op = "squeeze_excite_backward";
+  se::check_args(op, x, w1, b1, w2, b2, act, gate, channels_last);
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  TORCH_CHECK(grad.sizes() == x.sizes() && grad.is_contiguous(se::mem_format(channels_last)), op,
+              ": grad must have x's shape and memory format, got ", grad.sizes());
+  se::check_like(grad, x, op, "grad");
+  TORCH_CHECK(pooled.sizes() == at::IntArrayRef({N, C}) && pooled.scalar_type() == se::acc_type(x) &&
+                  pooled.is_contiguous(),
+              op, ": pooled must be the forward's contiguous (N, C) means in ", se::acc_type(x));
+  at::Tensor gs = at::empty({N, C}, pooled.options());
+  at::Tensor gx = at::empty_like(x, x.options().memory_format(se::mem_format(channels_last)));
+  FB_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if (x.numel()) {
+      reduce_planes<scalar_t, true>(grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                    gs.mutable_data_ptr<acc_t>(), N, C, HW, channels_last);
+    } else {
+      gs.zero_();
+    }
+  });
+  const se::Mlp m = se::mlp_forward(pooled, w1, b1, w2, b2, act, gate);
+  auto [gp, gw1, gb1, gw2, gb2] = se::mlp_backward(gs, pooled, m, w1, w2, act, gate);
+  if (x.numel()) {
+    const at::Tensor s = m.s.contiguous();
+    const at::Tensor q = (gp / HW).contiguous();  // a division, as eager's pool backward
+    FB_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      scale_planes<scalar_t, true>(grad.const_data_ptr<scalar_t>(), s.const_data_ptr<acc_t>(),
+                                   q.const_data_ptr<acc_t>(), gx.mutable_data_ptr<scalar_t>(), N, C, HW,
+                                   channels_last);
+    });
+  }
+  return {gx, gw1, gb1, gw2, gb2};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastblocks_C, CPU, m) {
+  m.impl("squeeze_excite_forward", &squeeze_excite_forward);
+  m.impl("squeeze_excite_backward", &squeeze_excite_backward);
+}
+
+}  // namespace fastblocks::cpu
