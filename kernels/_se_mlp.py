@@ -45,8 +45,18 @@ def _linear(t: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     return F.linear(t, w, None if b is None else b.to(t.dtype))
 
 
+def _no_autocast(t: Tensor):
+    # the kernels' own math: plain eager calls reach it without the op's autocast handling
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def mlp_forward(pooled: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None,
                 act: int, gate: int) -> Mlp:
+    with _no_autocast(pooled):
+        return _mlp_forward(pooled, w1, b1, w2, b2, act, gate)
+
+
+def _mlp_forward(pooled, w1, b1, w2, b2, act, gate):
     z1 = _linear(pooled, w1, b1)
     h = _ACT_FORWARD[act](z1) if act else z1
     z2 = _linear(h, w2, b2)
@@ -58,6 +68,11 @@ def mlp_backward(gs: Tensor, pooled: Tensor, m: Mlp, w1: Tensor, w2: Tensor, act
                  gate: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """From gs = sum over H, W of grad * x (N, C, accumulation type): the gradient of the
     means (accumulation type) and of w1, b1, w2, b2 (in the weights' dtype)."""
+    with _no_autocast(pooled):
+        return _mlp_backward(gs, pooled, m, w1, w2, act, gate)
+
+
+def _mlp_backward(gs, pooled, m, w1, w2, act, gate):
     acc = pooled.dtype
     gz2 = _aten.sigmoid_backward(gs, m.s) if gate == 0 else _aten.hardsigmoid_backward(gs, m.z2)
     gw2, gb2 = gz2.t() @ m.h, gz2.sum(0)

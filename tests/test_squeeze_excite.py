@@ -89,7 +89,8 @@ WIDE = make_configs(24, seed=7, channels=(24, 40, 72, 600), sizes=(5, 9, 30))
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS_CPU + ("torch",))
 def test_fuzz_fp32(backend):
-    configs = FUZZ if backend == "cpu" else FUZZ[:60]
+    # the Triton interpreter and the torch reference: a quarter of the configurations (time)
+    configs = FUZZ if backend == "cpu" else FUZZ[::4]
     for cfg in configs:
         check_config(cfg, backend, torch.float32)
 
@@ -172,16 +173,15 @@ def test_opcheck(backend):
     b1 = torch.randn(3, dtype=torch.float64, requires_grad=True)
     w2 = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
     b2 = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
     with fastblocks.backend(backend):
-        for xx in (x, x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()):
-            for bias1, act, gate in ((b1, 1, 0), (None, 5, 1)):
-                torch.library.opcheck(torch.ops.fastblocks.squeeze_excite.default,
-                                      (xx, w1, bias1, w2, b2, act, gate))
-            pooled = xx.detach().mean((2, 3))
-            g = torch.randn(xx.shape, dtype=torch.float64)
-            torch.library.opcheck(torch.ops.fastblocks.squeeze_excite_backward.default,
-                                  (g, xx.detach(), pooled, w1.detach(), b1.detach(), w2.detach(),
-                                   None, 3, 0))
+        for xx, bias1, act, gate in ((x, b1, 1, 0), (x_cl, None, 5, 1)):
+            torch.library.opcheck(torch.ops.fastblocks.squeeze_excite.default,
+                                  (xx, w1, bias1, w2, b2, act, gate))
+        g = torch.randn(x.shape, dtype=torch.float64)
+        torch.library.opcheck(torch.ops.fastblocks.squeeze_excite_backward.default,
+                              (g, x_cl.detach(), x.detach().mean((2, 3)), w1.detach(),
+                               b1.detach(), w2.detach(), None, 3, 0))
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS_CPU)
@@ -236,17 +236,22 @@ def test_compile_fullgraph(backend):
         torch.testing.assert_close(a.grad, e.grad)
 
 
-def test_autocast_casts_like_conv():
-    x = torch.randn(2, 4, 5, 5)
+@pytest.mark.parametrize("x_dtype", (torch.float32, torch.bfloat16))
+def test_autocast_keeps_x_dtype_like_eager(x_dtype):
+    """Eager SE under autocast runs its convs in bf16 and x * s promotes back to x's dtype:
+    the op gives that dtype, from mixed-dtype parameters without raising, at most as far from
+    the float64 result as eager's."""
+    x = torch.randn(2, 4, 5, 5).to(x_dtype)
     w1, b1, w2, b2 = torch.randn(2, 4), torch.randn(2), torch.randn(4, 2), torch.randn(4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected = reference_squeeze_excite(x, w1, b1, w2, b2)
-        out = squeeze_excite(x, w1, b1.bfloat16(), w2, b2)  # mixed dtypes: cast, not raised
-        op_out = torch.ops.fastblocks.squeeze_excite(x, w1, b1, w2, b2, 1, 0)[0]
-    assert expected.dtype == out.dtype == op_out.dtype == torch.bfloat16
-    hi = reference_squeeze_excite(*(t.bfloat16().double() for t in (x, w1, b1, w2, b2)))
+        out = squeeze_excite(x, w1, b1.bfloat16(), w2, b2)
+        op_out = torch.ops.fastblocks.squeeze_excite(x, w1, b1.double(), w2, b2, 1, 0)[0]
+    assert expected.dtype == out.dtype == op_out.dtype == x_dtype
+    hi = reference_squeeze_excite(*(t.double() for t in (x, w1, b1, w2, b2)))
+    eager_err = (expected.double() - hi).abs().max()
     for got in (out, op_out):
-        assert_parity(got, expected, hi, "autocast output")
+        assert (got.double() - hi).abs().max() <= max(eager_err, 1e-6)
 
 
 def test_bad_inputs():
@@ -352,7 +357,9 @@ class TimmSEModule(nn.Module):
         return x * self.gate(x_se)
 
 
-class HFSiLUActivation(nn.Module):
+class SiLUActivation(nn.Module):
+    """Hugging Face's SiLUActivation (transformers < 4.3x; later ones map "swish" to nn.SiLU)."""
+
     def forward(self, x):
         return F.silu(x)
 
@@ -365,7 +372,7 @@ class HFEfficientNetSqueezeExciteLayer(nn.Module):
         self.squeeze = nn.AdaptiveAvgPool2d(output_size=1)
         self.reduce = nn.Conv2d(c, rd, kernel_size=1, padding="same")
         self.expand = nn.Conv2d(rd, c, kernel_size=1, padding="same")
-        self.act_reduce = HFSiLUActivation()
+        self.act_reduce = SiLUActivation()
         self.act_expand = nn.Sigmoid()
 
     def forward(self, hidden_states):

@@ -2,8 +2,11 @@
 // then y = x * s; backward: sum of grad * x per (n, c), then grad_x = grad * s + q). The MLP
 // between them runs in the binding (csrc/cuda/squeeze_excite.cpp) through cuBLAS.
 //
-// Sums accumulate in float (double for fp64), so an fp16 plane whose sum passes 65504 keeps a
-// finite mean. Each reduction may split H*W into `split` ranges so a batch-1 map still fills
+// Sums accumulate in double whatever the dtype and are stored in float (double for fp64): an
+// fp16 plane whose sum passes 65504 keeps a finite mean, and a thread's serial chain over a
+// 112x112 plane (392 adds per lane) does not lose the bias gradients' precision (the CPU
+// kernels measured 10x eager's error with float chains). H100/H200 run double adds at half
+// the float rate, far above what these memory-bound loops need. Each reduction may split H*W into `split` ranges so a batch-1 map still fills
 // the SMs; program (.., split) writes out[split * N*C + n*C + c] and the binding adds the
 // partials in a fixed order (deterministic, no atomics).
 // Status: compile-checked with nvcc for sm_90; not yet run on a GPU.
@@ -29,6 +32,7 @@ __global__ void reduce_nchw_kernel(const T* __restrict__ a, const T* __restrict_
                                    typename Acc<T>::type* __restrict__ out, int64_t planes,
                                    int64_t hw, int64_t rows_per_split) {
   using A = typename Acc<T>::type;
+  using S = double;
   const int64_t plane = int64_t(blockIdx.x) * (kThreads / kWarp) + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (plane >= planes) return;  // whole warps leave together: the shuffle below stays full
@@ -36,14 +40,14 @@ __global__ void reduce_nchw_kernel(const T* __restrict__ a, const T* __restrict_
   const int64_t r1 = r0 + rows_per_split < hw ? r0 + rows_per_split : hw;
   const T* pa = a + plane * hw;
   const T* pb = b + plane * hw;
-  A acc = A(0);
+  S acc = S(0);
   for (int64_t r = r0 + lane; r < r1; r += kWarp) {
-    A v = to_acc(pa[r]);
-    if constexpr (PRODUCT) v *= to_acc(pb[r]);
+    S v = S(to_acc(pa[r]));
+    if constexpr (PRODUCT) v *= S(to_acc(pb[r]));
     acc += v;
   }
   acc = warp_sum(acc);
-  if (lane == 0) out[int64_t(blockIdx.y) * planes + plane] = acc;
+  if (lane == 0) out[int64_t(blockIdx.y) * planes + plane] = static_cast<A>(acc);
 }
 
 // NHWC: a block covers 32 channels (threadIdx.x: coalesced along C) of one image and walks
@@ -55,27 +59,28 @@ __global__ void reduce_nhwc_kernel(const T* __restrict__ a, const T* __restrict_
                                    typename Acc<T>::type* __restrict__ out, int64_t n_img,
                                    int64_t c, int64_t hw, int64_t rows_per_split) {
   using A = typename Acc<T>::type;
-  __shared__ A part[kRowsPerBlock][kWarp];
+  using S = double;
+  __shared__ S part[kRowsPerBlock][kWarp];
   const int64_t ch = int64_t(blockIdx.x) * kWarp + threadIdx.x;
   const int64_t n = blockIdx.y;
   const int64_t r0 = int64_t(blockIdx.z) * rows_per_split;
   const int64_t r1 = r0 + rows_per_split < hw ? r0 + rows_per_split : hw;
-  A acc = A(0);
+  S acc = S(0);
   if (ch < c) {
     for (int64_t r = r0 + threadIdx.y; r < r1; r += kRowsPerBlock) {
       const int64_t off = (n * hw + r) * c + ch;
-      A v = to_acc(a[off]);
-      if constexpr (PRODUCT) v *= to_acc(b[off]);
+      S v = S(to_acc(a[off]));
+      if constexpr (PRODUCT) v *= S(to_acc(b[off]));
       acc += v;
     }
   }
   part[threadIdx.y][threadIdx.x] = acc;
   __syncthreads();
   if (threadIdx.y == 0 && ch < c) {
-    A sum = A(0);
+    S sum = S(0);
 #pragma unroll
     for (int k = 0; k < kRowsPerBlock; ++k) sum += part[k][threadIdx.x];
-    out[(int64_t(blockIdx.z) * n_img + n) * c + ch] = sum;
+    out[(int64_t(blockIdx.z) * n_img + n) * c + ch] = static_cast<A>(sum);
   }
 }
 

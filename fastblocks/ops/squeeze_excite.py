@@ -155,20 +155,25 @@ _se_direct = direct_autograd("SqueezeExciteFunction", _forward_impl, _setup_cont
                              _make_backward(_backward_impl))
 
 
+def _autocast_cast(x: Tensor, *params):
+    """Under autocast: the weights and biases in x's dtype. Eager SE under autocast runs its
+    1x1 convs in the autocast dtype, and ``x * s`` then promotes to x's dtype, so the result
+    has x's dtype; this op does the same without a cast pass over x, and runs the MLP in
+    float32 (more exact than eager's bf16/fp16 convs)."""
+    return tuple(p.to(x.dtype) if isinstance(p, Tensor) and p.is_floating_point() else p
+                 for p in params)
+
+
 def _register_autocast(qualname: str, device_type: str) -> None:
-    """Autocast for a registered op as conv has it: floating inputs are cast to the autocast
-    dtype in force at the call (torch.library.register_autocast fixes one dtype at
-    registration, so bf16 autocast on a GPU would run in fp16)."""
+    """Autocast for the registered op by the rule of _autocast_cast (torch.library's
+    register_autocast casts every input to one fixed dtype)."""
     op = torch._library.utils.lookup_op(qualname)
     key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
     key = getattr(torch._C.DispatchKey, key_name)
 
-    def cast_and_call(*args):
-        dtype = torch.get_autocast_dtype(device_type)
-        args = tuple(a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point()
-                     and a.device.type == device_type else a for a in args)
+    def cast_and_call(x, w1, b1, w2, b2, *codes):
         with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
-            return op(*args)
+            return op(x, *_autocast_cast(x, w1, b1, w2, b2), *codes)
 
     if op.has_kernel_for_dispatch_key(key):
         op.py_kernels.pop(key)
@@ -214,16 +219,16 @@ def squeeze_excite(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Ten
         (N, C, H, W) (or (C, H, W)) in x's dtype and layout.
 
     Raises:
-        TypeError: a non-tensor or non-floating argument, or dtypes that differ.
+        TypeError: a non-tensor or non-floating argument, or dtypes that differ (under
+            autocast the parameters are cast to x's dtype instead, and the result has x's
+            dtype, as eager SE's under autocast).
         ValueError: shapes that do not chain (w1 must take C inputs, w2 must map C_r back to
             C, biases of C_r and C), an empty plane, an unknown activation or gate, tensors on
             different devices.
     """
     check_tensor(x, "x")
-    if torch.is_autocast_enabled(x.device.type):  # cast like conv does under autocast
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, w1, b1, w2, b2 = (t if not isinstance(t, Tensor) or not t.is_floating_point()
-                             else t.to(dtype) for t in (x, w1, b1, w2, b2))
+    if torch.is_autocast_enabled(x.device.type):  # the result has x's dtype, as eager's
+        w1, b1, w2, b2 = _autocast_cast(x, w1, b1, w2, b2)
     for t, arg in ((w1, "w1"), (w2, "w2"), (b1, "b1"), (b2, "b2")):
         if t is not None or arg in ("w1", "w2"):
             check_tensor(t, arg)

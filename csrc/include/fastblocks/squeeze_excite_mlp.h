@@ -9,6 +9,7 @@
 // eager's exactly.
 #pragma once
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <optional>
 #include <tuple>
@@ -105,6 +106,8 @@ inline at::Tensor fc(const at::Tensor& t, const at::Tensor& w, const std::option
 inline Mlp mlp_forward(const at::Tensor& pooled, const at::Tensor& w1,
                        const std::optional<at::Tensor>& b1, const at::Tensor& w2,
                        const std::optional<at::Tensor>& b2, int64_t act, int64_t gate) {
+  // the kernels' own math: no autocast (the plain eager path calls the kernels directly)
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   Mlp m;
   m.z1 = fc(pooled, w1, b1);
   m.h = act_forward(m.z1, act);
@@ -118,6 +121,7 @@ inline Mlp mlp_forward(const at::Tensor& pooled, const at::Tensor& w1,
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_backward(
     const at::Tensor& gs, const at::Tensor& pooled, const Mlp& m, const at::Tensor& w1,
     const at::Tensor& w2, int64_t act, int64_t gate) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const auto acc = pooled.scalar_type();
   const at::Tensor gz2 = gate == int64_t(Gate::kSigmoid) ? at::sigmoid_backward(gs, m.s)
                                                          : at::hardsigmoid_backward(gs, m.z2);
