@@ -108,6 +108,18 @@ def test_cpu_wide(dtype):
         check_config(cfg, "cpu", dtype)
 
 
+@pytest.mark.skipif("cpu" not in KERNEL_BACKENDS_CPU, reason="fastblocks._C CPU kernels not built")
+@pytest.mark.parametrize("channels_last", (False, True))
+def test_cpu_forward_in_image_groups(channels_last):
+    """The CPU forward pools, MLPs and scales images in groups of at most 2 MiB: 64x96x96 fp32
+    (2.25 MiB) goes one image per group; 9 images of 16x96x96 fp32 (0.56 MiB) in 3 groups of
+    3; in fp16 (0.28 MiB) in a group of 7 and one of 2."""
+    for n, c, dtype in ((3, 64, torch.float32), (9, 16, torch.float32), (9, 16, torch.float16)):
+        cfg = dict(n=n, c=c, r=4, h=96, w=96, act="silu", gate="sigmoid", b1=True, b2=True,
+                   conv=True, channels_last=channels_last)
+        check_config(cfg, "cpu", dtype)
+
+
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS_CPU)
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
 def test_fuzz_low_precision(backend, dtype):
