@@ -43,21 +43,26 @@ constexpr int kLanes = 16;
 // where eager's two passes already hit cache.
 constexpr int64_t kGroupBytes = int64_t(2) << 20;
 
-// Sums run in double whatever the dtype: a float chain over the 12544 elements of a 112x112
-// plane, or over the rows of an NHWC image, lost up to 10x more than eager's cascade sum in
-// the bias gradients (measured: grad b1 of a 3x24x30x30 channels_last map, 3.7e-5 vs eager's
-// 3.6e-6 from float64). The loads stay the bound; widening to double is one instruction.
+// Sums run in the accumulation type (float) over blocks of kSumBlock elements (or rows) and
+// in double across blocks: one float chain over the 12544 elements of a 112x112 plane, or over
+// the rows of an NHWC image, lost up to 10x more than eager's cascade sum in the bias
+// gradients (measured: grad b1 of a 3x24x30x30 channels_last map, 3.7e-5 vs eager's 3.6e-6
+// from float64), and double throughout made the in-cache batch-1 passes slower than eager's.
 using sum_t = double;
+constexpr int64_t kSumBlock = 256;  // elements of a plane: 16 per float lane
+// NHWC rows per float block: each channel is one float chain per block (256 rows lost 2.4x
+// eager's error in grad w2 of a 3x64x96x96 map; 16 keep it within eager's)
+constexpr int64_t kSumRows = 16;
 
 template <typename T, bool PRODUCT>
-FB_CPU_CLONES sum_t lanes_sum(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
-  sum_t part[kLanes] = {};
+FB_CPU_CLONES T lanes_sum(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
+  T part[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    for (int k = 0; k < kLanes; ++k) part[k] += PRODUCT ? sum_t(a[i + k]) * sum_t(b[i + k]) : sum_t(a[i + k]);
+    for (int k = 0; k < kLanes; ++k) part[k] += PRODUCT ? a[i + k] * b[i + k] : a[i + k];
   }
-  sum_t tail = 0;
-  for (; i < n; ++i) tail += PRODUCT ? sum_t(a[i]) * sum_t(b[i]) : sum_t(a[i]);
+  T tail = 0;
+  for (; i < n; ++i) tail += PRODUCT ? a[i] * b[i] : a[i];
   for (int w = kLanes / 2; w >= 1; w /= 2) {
     for (int k = 0; k < w; ++k) part[k] += part[k + w];
   }
@@ -68,30 +73,50 @@ FB_CPU_CLONES sum_t lanes_sum(const T* __restrict__ a, const T* __restrict__ b, 
 template <typename scalar_t, bool PRODUCT>
 sum_t plane_sum(const scalar_t* a, const scalar_t* b, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
+  sum_t total = 0;
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    return lanes_sum<acc_t, PRODUCT>(a, b, n);
+    for (int64_t i0 = 0; i0 < n; i0 += kSumBlock) {
+      total += lanes_sum<acc_t, PRODUCT>(a + i0, b + i0, std::min(kSumBlock, n - i0));
+    }
   } else {
-    alignas(64) acc_t ab[kChunk], bb[kChunk];
-    sum_t total = 0;
-    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
-      const int64_t m = std::min(kChunk, n - i0);
+    alignas(64) acc_t ab[kSumBlock], bb[kSumBlock];
+    for (int64_t i0 = 0; i0 < n; i0 += kSumBlock) {
+      const int64_t m = std::min(kSumBlock, n - i0);
       widen_n(a + i0, ab, m);
       if constexpr (PRODUCT) widen_n(b + i0, bb, m);
       total += lanes_sum<acc_t, PRODUCT>(ab, bb, m);
     }
-    return total;
   }
+  return total;
 }
 
 template <typename T, bool PRODUCT>
-FB_CPU_CLONES void add_row(const T* __restrict__ a, const T* __restrict__ b,
-                           sum_t* __restrict__ acc, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) acc[i] += PRODUCT ? sum_t(a[i]) * sum_t(b[i]) : sum_t(a[i]);
+FB_CPU_CLONES void add_row(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ acc,
+                           int64_t n) {
+  for (int64_t i = 0; i < n; ++i) acc[i] += PRODUCT ? a[i] * b[i] : a[i];
 }
 
-// acc[c] += a[c] (* b[c]) for one NHWC row of n channels.
+// add_row over `rows` consecutive rows of n channels: one call per block of rows, not per row
+// (a multi-versioned function is an indirect call: per 32-channel row it cost more than the
+// adds; 1x32x112x112 NHWC pooled at 0.65x eager that way).
+template <typename T, bool PRODUCT>
+FB_CPU_CLONES void add_rows(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ acc,
+                            int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < n; ++i) acc[i] += PRODUCT ? a[r * n + i] * b[r * n + i] : a[r * n + i];
+  }
+}
+
+FB_CPU_CLONES inline void flush_row(float* __restrict__ acc, sum_t* __restrict__ total, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    total[i] += acc[i];
+    acc[i] = 0.0f;
+  }
+}
+
+// acc[c] += a[c] (* b[c]) for one NHWC row of n channels, in the accumulation type.
 template <typename scalar_t, bool PRODUCT>
-void accumulate_row(const scalar_t* a, const scalar_t* b, sum_t* acc, int64_t n) {
+void accumulate_row(const scalar_t* a, const scalar_t* b, at::opmath_type<scalar_t>* acc, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     add_row<acc_t, PRODUCT>(a, b, acc, n);
@@ -129,10 +154,22 @@ void reduce_planes(const scalar_t* a, const scalar_t* b, at::opmath_type<scalar_
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / parts, part = t % parts;
       const int64_t r0 = HW * part / parts, r1 = HW * (part + 1) / parts;
-      sum_t* acc = partial.data() + t * C;
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t off = (n * HW + r) * C;
-        accumulate_row<scalar_t, PRODUCT>(a + off, b + off, acc, C);
+      sum_t* total = partial.data() + t * C;
+      std::vector<acc_t> acc(C, acc_t(0));
+      for (int64_t rb = r0; rb < r1; rb += kSumRows) {
+        const int64_t rows = std::min(kSumRows, r1 - rb), off = (n * HW + rb) * C;
+        if constexpr (std::is_same_v<scalar_t, acc_t>) {
+          add_rows<acc_t, PRODUCT>(a + off, b + off, acc.data(), rows, C);
+        } else {
+          for (int64_t r = 0; r < rows; ++r) {
+            accumulate_row<scalar_t, PRODUCT>(a + off + r * C, b + off + r * C, acc.data(), C);
+          }
+        }
+        if constexpr (std::is_same_v<acc_t, float>) {
+          flush_row(acc.data(), total, C);
+        } else {
+          for (int64_t c = 0; c < C; ++c) total[c] += acc[c], acc[c] = 0;
+        }
       }
     }
   });
@@ -157,6 +194,18 @@ FB_CPU_CLONES void scale_add(const acc_t* a, const acc_t* __restrict__ s, const 
   } else {
 #pragma GCC ivdep
     for (int64_t i = 0; i < n; ++i) out[i] = ADD ? a[i] * s[i] + q[i] : a[i] * s[i];
+  }
+}
+
+// scale_add over `rows` NHWC rows of n channels sharing s and q (one image).
+template <typename acc_t, bool ADD>
+FB_CPU_CLONES void scale_rows(const acc_t* a, const acc_t* __restrict__ s, const acc_t* __restrict__ q,
+                              acc_t* out, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) {
+      out[r * n + i] = ADD ? a[r * n + i] * s[i] + q[i] : a[r * n + i] * s[i];
+    }
   }
 }
 
@@ -189,12 +238,62 @@ void scale_planes(const scalar_t* a, const at::opmath_type<scalar_t>* s, const a
     });
   } else {
     at::parallel_for(0, N * HW, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t r = r0; r < r1;) {
         const int64_t n = r / HW;
-        scale_span<scalar_t, false, ADD>(a + r * C, s + n * C, ADD ? q + n * C : q, out + r * C, C);
+        const int64_t rows = std::min(r1, (n + 1) * HW) - r;  // rows of image n in this task
+        const auto* sn = s + n * C;
+        const auto* qn = ADD ? q + n * C : q;
+        if constexpr (std::is_same_v<scalar_t, at::opmath_type<scalar_t>>) {
+          scale_rows<scalar_t, ADD>(a + r * C, sn, qn, out + r * C, rows, C);
+        } else {
+          for (int64_t k = 0; k < rows; ++k) {
+            scale_span<scalar_t, false, ADD>(a + (r + k) * C, sn, qn, out + (r + k) * C, C);
+          }
+        }
+        r += rows;
       }
     });
   }
+}
+
+template <typename acc_t>
+FB_CPU_CLONES acc_t dot(const acc_t* __restrict__ a, const acc_t* __restrict__ b, int64_t n) {
+  acc_t part[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int k = 0; k < kLanes; ++k) part[k] += a[i + k] * b[i + k];
+  }
+  acc_t tail = 0;
+  for (; i < n; ++i) tail += a[i] * b[i];
+  for (int w = kLanes / 2; w >= 1; w /= 2) {
+    for (int k = 0; k < w; ++k) part[k] += part[k + w];
+  }
+  return part[0] + tail;
+}
+
+// The forward's MLP on nn rows of means, by hand: s = gate(w2 @ act(w1 @ p + b1) + b2). At
+// batch 1 the eight ATen calls of squeeze_excite_mlp.h cost more than the arithmetic (1x1152x7x7
+// r48: 47 us for the whole op with them, of which eager's pool and mul take 18). Weights and
+// biases arrive contiguous in the accumulation type; b1/b2 may be null.
+template <typename acc_t>
+void mlp_forward_rows(const acc_t* p, const acc_t* w1, const acc_t* b1, const acc_t* w2,
+                      const acc_t* b2, acc_t* h, acc_t* s, int64_t nn, int64_t C, int64_t R,
+                      int act, int gate) {
+  at::parallel_for(0, nn * R, std::max<int64_t>(1, kGrain / C), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / R, r = i % R;
+      const acc_t z = (b1 ? b1[r] : acc_t(0)) + dot(w1 + r * C, p + n * C, C);
+      h[i] = act_forward<acc_t>(z, act);
+    }
+  });
+  at::parallel_for(0, nn * C, std::max<int64_t>(1, kGrain / R), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / C, c = i % C;
+      const acc_t z = (b2 ? b2[c] : acc_t(0)) + dot(w2 + c * R, h + n * R, R);
+      s[i] = gate == int(se::Gate::kSigmoid) ? acc_t(1) / (acc_t(1) + exp_(-z))
+                                             : act_forward<acc_t>(z, int(Act::kHardsigmoid));
+    }
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> squeeze_excite_forward(
@@ -212,17 +311,27 @@ std::tuple<at::Tensor, at::Tensor> squeeze_excite_forward(
   // mul) stream x from DRAM, and the first pass is all the memory traffic this saves.
   const int64_t image_bytes = C * HW * static_cast<int64_t>(x.element_size());
   const int64_t group = std::clamp<int64_t>(kGroupBytes / std::max<int64_t>(image_bytes, 1), 1, N);
+  const int64_t R = w1.size(0);
+  const auto acc = se::acc_type(x);
+  const auto as_acc = [&](const std::optional<at::Tensor>& t) {
+    return se::has(t) ? t->to(acc).contiguous() : at::Tensor();
+  };
+  const at::Tensor w1a = w1.to(acc).contiguous(), w2a = w2.to(acc).contiguous();
+  const at::Tensor b1a = as_acc(b1), b2a = as_acc(b2);
+  at::Tensor h = at::empty({group, R}, pooled.options()), s = at::empty({group, C}, pooled.options());
   FB_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     acc_t* pp = pooled.mutable_data_ptr<acc_t>();
+    const auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<acc_t>() : nullptr; };
     for (int64_t n0 = 0; n0 < N; n0 += group) {
       const int64_t nn = std::min(group, N - n0), off = n0 * C * HW;
       reduce_planes<scalar_t, false>(xp + off, xp + off, pp + n0 * C, nn, C, HW, channels_last);
-      at::Tensor means = pooled.narrow(0, n0, nn);
-      means.div_(HW);  // a division, as eager's mean: the same rounding
-      const at::Tensor s = se::mlp_forward(means, w1, b1, w2, b2, act, gate).s.contiguous();
+      for (int64_t i = n0 * C; i < (n0 + nn) * C; ++i) pp[i] /= acc_t(HW);  // as eager's mean
+      mlp_forward_rows<acc_t>(pp + n0 * C, ptr(w1a), ptr(b1a), ptr(w2a), ptr(b2a),
+                              h.mutable_data_ptr<acc_t>(), s.mutable_data_ptr<acc_t>(), nn, C, R,
+                              static_cast<int>(act), static_cast<int>(gate));
       scale_planes<scalar_t, false>(xp + off, s.const_data_ptr<acc_t>(), nullptr, yp + off, nn, C,
                                     HW, channels_last);
     }
