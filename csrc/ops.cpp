@@ -53,4 +53,16 @@ TORCH_LIBRARY(fastblocks_C, m) {
   m.def(
       "channel_shuffle_backward(Tensor grad, Tensor? y, int split, int groups, int act, "
       "bool channels_last) -> (Tensor, Tensor)");
+
+  // squeeze_excite family: x (N, C, H, W) in the format `channels_last` names; w1 (C_r, C),
+  // w2 (C, C_r); act a fastblocks::Act code for the MLP's activation, gate 0 sigmoid or 1
+  // hardsigmoid. The forward also returns the (N, C) means in the accumulation type (float;
+  // double for fp64), which the backward takes instead of a third pass over x.
+  m.def(
+      "squeeze_excite_forward(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, int act, "
+      "int gate, bool channels_last) -> (Tensor, Tensor)");
+  m.def(
+      "squeeze_excite_backward(Tensor grad, Tensor x, Tensor pooled, Tensor w1, Tensor? b1, "
+      "Tensor w2, Tensor? b2, int act, int gate, bool channels_last) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -47,4 +47,22 @@ cudaError_t channel_shuffle_backward(const void* grad, const void* y, void* ga, 
                                      const ShuffleShape& s, int act, DType dtype,
                                      cudaStream_t stream);
 
+// Squeeze-and-excitation: the passes over x (csrc/cuda/squeeze_excite.cu); the MLP runs in
+// the binding. x (and grad) are contiguous NCHW, or NHWC when channels_last.
+struct SeShape {
+  int64_t n, c, hw;    // x is (n, c, H, W) with H*W = hw
+  int64_t split;       // reductions split H*W into this many ranges (squeeze_excite_split)
+  bool channels_last;
+};
+// How many H*W ranges a reduction over this shape should use (enough blocks to fill the GPU).
+int64_t squeeze_excite_split(int64_t n, int64_t c, int64_t hw, bool channels_last);
+// out[k * n*c + i*c + j] = sum over range k of H*W of a[i, j] (* b[i, j] when product), in the
+// accumulation type (float; double for fp64); out holds split * n * c elements.
+cudaError_t squeeze_excite_reduce(const void* a, const void* b, void* out, const SeShape& s,
+                                  bool product, DType dtype, cudaStream_t stream);
+// out = a * scale[i, j] (+ add[i, j] unless add is null); scale and add are (n, c) in the
+// accumulation type; out may alias a.
+cudaError_t squeeze_excite_scale(const void* a, const void* scale, const void* add, void* out,
+                                 const SeShape& s, DType dtype, cudaStream_t stream);
+
 }  // namespace fastblocks::cuda

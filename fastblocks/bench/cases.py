@@ -390,9 +390,123 @@ class DepthwiseBench(OpBench):
         return self._shape("efficientnet_b0", S.EFFICIENTNET_B0[4], n, False)
 
 
+# ---- squeeze-and-excitation ------------------------------------------------------------------
+
+def _se_module():
+    try:
+        mod = importlib.import_module("fastblocks.ops.squeeze_excite")
+        mod.squeeze_excite  # noqa: B018
+        mod.reference_squeeze_excite  # noqa: B018
+        return mod
+    except Exception as exc:
+        raise OpUnavailable(
+            "fastblocks.ops.squeeze_excite is not available "
+            f"({type(exc).__name__}: {exc})") from exc
+
+
+class SqueezeExciteBench(OpBench):
+    """Bytes: the two passes over x each way. fwd: read x (pool), read x and write y (scale)
+    = 3 * numel; fwd+bwd adds read grad_y and x (reduction), read grad_y and write grad_x
+    = 7 * numel (weights and the (N, C) means are below 1%). FLOPs: none reported (the MLP's
+    2*N*C*C_r*2 is tiny and the passes are memory-bound)."""
+    name = "squeeze_excite"
+    family = "squeeze_excite"
+    c_ops = ("squeeze_excite_forward", "squeeze_excite_backward")
+    description = "fastblocks.ops.squeeze_excite: pool -> FC -> act -> FC -> gate -> scale"
+    shape_sets = {
+        "mobilenet_v3_large": "every SE of MobileNetV3-Large (ReLU, hard-sigmoid), 224x224",
+        "efficientnet_b0": "every SE of EfficientNet-B0 (SiLU, sigmoid)",
+        "se_resnet_50": "every SE of SE-ResNet-50 (ReLU, sigmoid, reduction 16)",
+        "all": "the three networks' SE layers (GPU default)",
+        "representative": "5 layers from large-map/few-channel to 7x7/1152 (CPU default, --quick)",
+    }
+
+    def missing(self):
+        try:
+            _se_module()
+        except OpUnavailable as exc:
+            return str(exc)
+        return None
+
+    def default_sets(self, device_type, quick):
+        return ["all"] if device_type == "cuda" and not quick else ["representative"]
+
+    def default_batches(self, device_type, quick):
+        if device_type == "cuda":
+            return [1, 32] if quick else [1, 32, 256]
+        return [1]
+
+    def shapes(self, set_name, device_type, batches, quick):
+        layers = {"all": S.SE_ALL, "representative": S.SE_REPRESENTATIVE}.get(set_name) or S.SE_NETS[set_name]
+        out = []
+        for n in batches:
+            for layer in layers:
+                label = (f"{n}x{layer.channels}x{layer.size}x{layer.size} r{layer.squeeze} "
+                         f"{layer.activation}/{layer.gate}")
+                short = f"{layer.channels}x{layer.size}² r{layer.squeeze}" + (f" b{n}" if len(batches) > 1 else "")
+                params = {"N": n, "C": layer.channels, "R": layer.squeeze, "H": layer.size,
+                          "W": layer.size, "activation": layer.activation, "gate": layer.gate,
+                          "net": layer.net}
+                out.append(Shape(set_name, label, short, params, n, f"{layer.net}: {layer.source}"))
+        return out
+
+    def case(self, shape, dtype, layout, mode, device):
+        mod = _se_module()
+        p = shape.params
+        n, c, r, h, w, act, gate = p["N"], p["C"], p["R"], p["H"], p["W"], p["activation"], p["gate"]
+        es = torch.empty((), dtype=dtype).element_size()
+        numel = n * c * h * w
+
+        def make_inputs(seed):
+            gen = _gen(device, seed)
+            return [_randn((n, c, h, w), dtype, device, gen, 1.0, layout),
+                    _randn((r, c, 1, 1), dtype, device, gen, c ** -0.5),
+                    _randn((r,), dtype, device, gen, 0.1),
+                    _randn((c, r, 1, 1), dtype, device, gen, r ** -0.5),
+                    _randn((c,), dtype, device, gen, 0.1)]
+
+        ref, fast = mod.reference_squeeze_excite, mod.squeeze_excite
+        return Case(
+            op=self.name, family=self.family, c_ops=self.c_ops, shape=shape, dtype=dtype,
+            layout=layout, mode=mode, device=device, make_inputs=make_inputs,
+            eager=lambda *a: ref(*a, act, gate), fast=lambda *a: fast(*a, act, gate),
+            grad_idx=(0, 1, 2, 3, 4), bytes=(3 if mode == "fwd" else 7) * numel * es, flops=None,
+            arg_names=("x", "weight", "bias", "weight", "bias"),
+        )
+
+    def fuzz(self, device, dtype, seed=0):
+        mod = _se_module()
+        gen = _gen(device, seed)
+        # (N, C, C_r, H, W, bias, activation, gate, layout)
+        configs = [(2, 6, 2, 7, 5, True, "relu", "sigmoid", "nchw"),
+                   (1, 8, 3, 4, 4, False, "silu", "sigmoid", "channels_last"),
+                   (3, 5, 7, 1, 1, True, "hardswish", "hardsigmoid", "nchw"),
+                   (0, 4, 2, 3, 3, True, "relu6", "sigmoid", "nchw"),
+                   (2, 17, 4, 13, 3, True, "relu", "hardsigmoid", "channels_last")]
+        out = []
+        for n, c, r, h, w, bias, act, gate, layout in configs:
+            args = [_randn((n, c, h, w), dtype, device, gen, 1.0, layout),
+                    _randn((r, c), dtype, device, gen, c ** -0.5),
+                    _randn((r,), dtype, device, gen, 0.1) if bias else None,
+                    _randn((c, r), dtype, device, gen, r ** -0.5),
+                    _randn((c,), dtype, device, gen, 0.1) if bias else None]
+            label = f"{n}x{c}x{h}x{w} r{r}{' bias' if bias else ''} {act}/{gate} {layout}"
+            gidx = (0, 1, 2, 3, 4) if bias else (0, 1, 3)
+            out.append(FuzzCase(label, args, gidx,
+                                lambda *a, act=act, gate=gate: mod.reference_squeeze_excite(*a, act, gate),
+                                lambda *a, act=act, gate=gate: mod.squeeze_excite(*a, act, gate),
+                                ("x", "weight", "bias", "weight", "bias")))
+        return out
+
+    def demo_shape(self, device_type):
+        n = 32 if device_type == "cuda" else 1
+        return self.shapes("efficientnet_b0", device_type, [n], False)[7]
+
+
 REGISTRY: dict[str, OpBench] = {
     **{name: ActivationBench(name) for name in ("hardswish", "hardsigmoid", "relu6", "silu")},
     "depthwise_conv2d": DepthwiseBench(),
+    "squeeze_excite": SqueezeExciteBench(),
 }
 
 

@@ -252,3 +252,64 @@ SHUFFLE_TENSORS = (
     ShuffleTensor(96, 28, 8, "ShuffleNet v1 g=8 stage 2 bottleneck"),
     ShuffleTensor(384, 7, 8, "ShuffleNet v1 g=8 stage 4 bottleneck"),
 )
+
+# ---- squeeze-and-excitation ------------------------------------------------------------------
+#
+# SE runs on a block's expanded tensor at the depthwise conv's output resolution.
+# - MobileNetV3-Large (Table 1, bnecks with SE): squeeze = make_divisible(exp / 4, 8) as in
+#   torchvision; ReLU, hard-sigmoid gate.
+# - EfficientNet-B0 (Table 1; every MBConv has SE): squeeze = max(1, int(block input * 0.25)),
+#   as in torchvision and the reference implementation; SiLU, sigmoid gate.
+# - SE-ResNet-50: Hu et al., "Squeeze-and-Excitation Networks" (2018), Table 1: SE on each
+#   bottleneck's output (4 x planes), reduction 16; ReLU, sigmoid gate.
+
+@dataclass(frozen=True)
+class SeLayer:
+    channels: int      # C of the SE input
+    squeeze: int       # C_r
+    size: int          # H = W
+    activation: str
+    gate: str
+    net: str
+    source: str
+
+
+def _se(net, act, gate, rows):
+    return tuple(SeLayer(c, r, h, act, gate, net, src) for c, r, h, src in rows)
+
+
+SE_MOBILENET_V3_LARGE = _se("mobilenet_v3_large", "relu", "hardsigmoid", [
+    (72, 24, 28, "bneck 4 (exp 72, s2)"),
+    (120, 32, 28, "bnecks 5-6 (exp 120)"),
+    (480, 120, 14, "bneck 11 (exp 480)"),
+    (672, 168, 14, "bneck 12 (exp 672)"),
+    (672, 168, 7, "bneck 13 (exp 672, s2)"),
+    (960, 240, 7, "bnecks 14-15 (exp 960)"),
+])
+
+SE_EFFICIENTNET_B0 = _se("efficientnet_b0", "silu", "sigmoid", [
+    (32, 8, 112, "stage 2 (MBConv1, 32 -> 16)"),
+    (96, 4, 56, "stage 3, first layer (16 * 6, s2)"),
+    (144, 6, 56, "stage 3, repeat (24 * 6)"),
+    (144, 6, 28, "stage 4, first layer (24 * 6, s2)"),
+    (240, 10, 28, "stage 4, repeat (40 * 6)"),
+    (240, 10, 14, "stage 5, first layer (40 * 6, s2)"),
+    (480, 20, 14, "stage 5, 2 repeats; stage 6, first layer (80 * 6)"),
+    (672, 28, 14, "stage 6, 2 repeats (112 * 6)"),
+    (672, 28, 7, "stage 7, first layer (112 * 6, s2)"),
+    (1152, 48, 7, "stage 7, 3 repeats; stage 8 (192 * 6)"),
+])
+
+SE_RESNET_50 = _se("se_resnet_50", "relu", "sigmoid", [
+    (256, 16, 56, "conv2_x, 3 blocks"),
+    (512, 32, 28, "conv3_x, 4 blocks"),
+    (1024, 64, 14, "conv4_x, 6 blocks"),
+    (2048, 128, 7, "conv5_x, 3 blocks"),
+])
+
+SE_NETS = {"mobilenet_v3_large": SE_MOBILENET_V3_LARGE, "efficientnet_b0": SE_EFFICIENTNET_B0,
+           "se_resnet_50": SE_RESNET_50}
+SE_ALL = SE_MOBILENET_V3_LARGE + SE_EFFICIENTNET_B0 + SE_RESNET_50
+# CPU default and --quick: a large map with few channels, a mid one, a small map with many
+SE_REPRESENTATIVE = (SE_EFFICIENTNET_B0[0], SE_MOBILENET_V3_LARGE[1], SE_RESNET_50[1],
+                     SE_MOBILENET_V3_LARGE[5], SE_EFFICIENTNET_B0[9])

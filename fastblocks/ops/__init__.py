@@ -4,5 +4,8 @@ from .depthwise import depthwise_conv2d
 from .conv_bn_act import conv_bias_act, conv_bn_act
 from .shuffle import channel_shuffle, concat_shuffle
 from .grouped_conv import grouped_conv2d
+from .squeeze_excite import squeeze_excite
 
-__all__ = ["apply_activation", "channel_shuffle", "concat_shuffle", "grouped_conv2d", "conv_bias_act", "conv_bn_act", "depthwise_conv2d", "hardsigmoid", "hardswish", "relu", "relu6", "silu"]
+__all__ = ["apply_activation", "channel_shuffle", "concat_shuffle", "conv_bias_act", "conv_bn_act",
+           "depthwise_conv2d", "grouped_conv2d", "hardsigmoid", "hardswish", "relu", "relu6", "silu",
+           "squeeze_excite"]

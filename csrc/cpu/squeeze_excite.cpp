@@ -1,0 +1,403 @@
+// CPU kernels of squeeze-and-excitation: y = x * gate(fc2(act(fc1(mean_hw(x))))).
+//
+// Forward: one pass sums each (n, c) plane of x in the accumulation type (float; double for
+// fp64), the tiny MLP runs on the (N, C) means (squeeze_excite_mlp.h: ATen GEMMs), and one
+// pass writes y = x * s. Backward: one pass sums grad * x per (n, c), the MLP backward gives
+// the parameter gradients and the gradient of the means, and one pass writes
+// grad_x = grad * s + grad_mean / (H*W). Sums never touch fp16/bf16 arithmetic, so an fp16
+// plane whose sum passes 65504 still has a finite mean (eager's fp16 pool, too, accumulates in
+// float on CPU; the GPU reports of NaN, pytorch/pytorch#43992, are the reason to be sure).
+//
+// Layouts: NCHW sums contiguous planes; channels_last (NHWC) adds rows of C channels into a
+// per-task vector of partial sums, split over H*W when the batch alone does not fill the
+// threads (EfficientNet-B0's first SE runs on 1x32x112x112 at batch 1).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "fastblocks/cpu_utils.h"
+#include "fastblocks/cpu_vec.h"
+#include "fastblocks/squeeze_excite_mlp.h"
+
+namespace fastblocks::cpu {
+namespace {
+
+namespace se = fastblocks::squeeze_excite;
+
+// Elements per parallel task, as in activation.cpp.
+constexpr int64_t kGrain = 32768;
+// fp16/bf16 go through float buffers of this many elements (see activation.cpp).
+constexpr int64_t kChunk = 512;
+// Independent partial sums of a plane: breaks the add chain so the float loop vectorizes
+// (without -ffast-math GCC keeps one serial chain otherwise).
+constexpr int kLanes = 16;
+// Bytes of x per group of images in the forward (see squeeze_excite_forward): within the L2
+// of two cores or a slice of L3 on the x86 server CPUs we run on.
+//
+// Measured (commit after 23946b0, 2-core dev VM shared with other builds, load average ~12,
+// torch 2.13, 1 thread, fp32, best of 10-40 interleaved calls; ratios moved by up to 1.8x
+// between runs of the same shape, so read them as ranges): batch 32 forward 0.87-1.9x eager
+// over the 5 representative SE shapes of bench/shapes.py (pool and scale are both
+// memory-bound, eager reads x twice as well), fwd+bwd 1.4-4.9x; batch 1 forward 0.80-1.17x
+// (Python-side validation and dispatch, ~20 us, are a third of a 1x1152x7x7 call), fwd+bwd
+// 0.96-1.74x. The 1.3x-over-eager CPU goal is met for training, not for inference.
+constexpr int64_t kGroupBytes = int64_t(2) << 20;
+
+// Sums run in the accumulation type (float) over blocks of kSumBlock elements (or rows) and
+// in double across blocks: one float chain over the 12544 elements of a 112x112 plane, or over
+// the rows of an NHWC image, lost up to 10x more than eager's cascade sum in the bias
+// gradients (measured: grad b1 of a 3x24x30x30 channels_last map, 3.7e-5 vs eager's 3.6e-6
+// from float64), and double throughout made the in-cache batch-1 passes slower than eager's.
+using sum_t = double;
+constexpr int64_t kSumBlock = 256;  // elements of a plane: 16 per float lane
+// NHWC rows per float block: each channel is one float chain per block (256 rows lost 2.4x
+// eager's error in grad w2 of a 3x64x96x96 map; 16 keep it within eager's)
+constexpr int64_t kSumRows = 16;
+
+template <typename T, bool PRODUCT>
+FB_CPU_CLONES T lanes_sum(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
+  T part[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int k = 0; k < kLanes; ++k) part[k] += PRODUCT ? a[i + k] * b[i + k] : a[i + k];
+  }
+  T tail = 0;
+  for (; i < n; ++i) tail += PRODUCT ? a[i] * b[i] : a[i];
+  for (int w = kLanes / 2; w >= 1; w /= 2) {
+    for (int k = 0; k < w; ++k) part[k] += part[k + w];
+  }
+  return part[0] + tail;
+}
+
+// sum_i a[i] (* b[i]) over one contiguous plane.
+template <typename scalar_t, bool PRODUCT>
+sum_t plane_sum(const scalar_t* a, const scalar_t* b, int64_t n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  sum_t total = 0;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    for (int64_t i0 = 0; i0 < n; i0 += kSumBlock) {
+      total += lanes_sum<acc_t, PRODUCT>(a + i0, b + i0, std::min(kSumBlock, n - i0));
+    }
+  } else {
+    alignas(64) acc_t ab[kSumBlock], bb[kSumBlock];
+    for (int64_t i0 = 0; i0 < n; i0 += kSumBlock) {
+      const int64_t m = std::min(kSumBlock, n - i0);
+      widen_n(a + i0, ab, m);
+      if constexpr (PRODUCT) widen_n(b + i0, bb, m);
+      total += lanes_sum<acc_t, PRODUCT>(ab, bb, m);
+    }
+  }
+  return total;
+}
+
+template <typename T, bool PRODUCT>
+FB_CPU_CLONES void add_row(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ acc,
+                           int64_t n) {
+  for (int64_t i = 0; i < n; ++i) acc[i] += PRODUCT ? a[i] * b[i] : a[i];
+}
+
+// add_row over `rows` consecutive rows of n channels: one call per block of rows, not per row
+// (a multi-versioned function is an indirect call: per 32-channel row it cost more than the
+// adds; 1x32x112x112 NHWC pooled at 0.65x eager that way).
+template <typename T, bool PRODUCT>
+FB_CPU_CLONES void add_rows(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ acc,
+                            int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < n; ++i) acc[i] += PRODUCT ? a[r * n + i] * b[r * n + i] : a[r * n + i];
+  }
+}
+
+FB_CPU_CLONES inline void flush_row(float* __restrict__ acc, sum_t* __restrict__ total, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    total[i] += acc[i];
+    acc[i] = 0.0f;
+  }
+}
+
+// acc[c] += a[c] (* b[c]) for one NHWC row of n channels, in the accumulation type.
+template <typename scalar_t, bool PRODUCT>
+void accumulate_row(const scalar_t* a, const scalar_t* b, at::opmath_type<scalar_t>* acc, int64_t n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    add_row<acc_t, PRODUCT>(a, b, acc, n);
+  } else {
+    alignas(64) acc_t ab[kChunk], bb[kChunk];
+    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+      const int64_t m = std::min(kChunk, n - i0);
+      widen_n(a + i0, ab, m);
+      if constexpr (PRODUCT) widen_n(b + i0, bb, m);
+      add_row<acc_t, PRODUCT>(ab, bb, acc + i0, m);
+    }
+  }
+}
+
+// out[n, c] = sum over H, W of a (* b), for contiguous NCHW or NHWC a and b of x's shape.
+template <typename scalar_t, bool PRODUCT>
+void reduce_planes(const scalar_t* a, const scalar_t* b, at::opmath_type<scalar_t>* out, int64_t N,
+                   int64_t C, int64_t HW, bool channels_last) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if (!channels_last) {
+    at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / HW), [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        out[p] = static_cast<acc_t>(plane_sum<scalar_t, PRODUCT>(a + p * HW, b + p * HW, HW));
+      }
+    });
+    return;
+  }
+  // Split each image's rows into `parts` ranges so N * parts tasks fill the threads; partial
+  // sums (N * parts * C accumulators, parts <= H*W: bounded by x's size) are added in order.
+  const int64_t threads = at::get_num_threads();
+  const int64_t parts = std::clamp<int64_t>((threads + N - 1) / std::max<int64_t>(N, 1), 1,
+                                            std::min<int64_t>(HW, std::max<int64_t>(1, HW * C / kGrain)));
+  std::vector<sum_t> partial(N * parts * C, sum_t(0));
+  at::parallel_for(0, N * parts, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / parts, part = t % parts;
+      const int64_t r0 = HW * part / parts, r1 = HW * (part + 1) / parts;
+      sum_t* total = partial.data() + t * C;
+      std::vector<acc_t> acc(C, acc_t(0));
+      for (int64_t rb = r0; rb < r1; rb += kSumRows) {
+        const int64_t rows = std::min(kSumRows, r1 - rb), off = (n * HW + rb) * C;
+        if constexpr (std::is_same_v<scalar_t, acc_t>) {
+          add_rows<acc_t, PRODUCT>(a + off, b + off, acc.data(), rows, C);
+        } else {
+          for (int64_t r = 0; r < rows; ++r) {
+            accumulate_row<scalar_t, PRODUCT>(a + off + r * C, b + off + r * C, acc.data(), C);
+          }
+        }
+        if constexpr (std::is_same_v<acc_t, float>) {
+          flush_row(acc.data(), total, C);
+        } else {
+          for (int64_t c = 0; c < C; ++c) total[c] += acc[c], acc[c] = 0;
+        }
+      }
+    }
+  });
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t c = 0; c < C; ++c) {
+      sum_t sum = 0;
+      for (int64_t part = 0; part < parts; ++part) sum += partial[(n * parts + part) * C + c];
+      out[n * C + c] = static_cast<acc_t>(sum);
+    }
+  }
+}
+
+// out[i] = a[i] * s[i] (+ q[i]) in the accumulation type; s and q are broadcast (index 0) when
+// BCAST. No __restrict__ between a and out: the backward may write grad_x over grad.
+template <typename acc_t, bool BCAST, bool ADD>
+FB_CPU_CLONES void scale_add(const acc_t* a, const acc_t* __restrict__ s, const acc_t* __restrict__ q,
+                             acc_t* out, int64_t n) {
+  if constexpr (BCAST) {
+    const acc_t sv = s[0], qv = ADD ? q[0] : acc_t(0);
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) out[i] = ADD ? a[i] * sv + qv : a[i] * sv;
+  } else {
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) out[i] = ADD ? a[i] * s[i] + q[i] : a[i] * s[i];
+  }
+}
+
+// scale_add over `rows` NHWC rows of n channels sharing s and q (one image).
+template <typename acc_t, bool ADD>
+FB_CPU_CLONES void scale_rows(const acc_t* a, const acc_t* __restrict__ s, const acc_t* __restrict__ q,
+                              acc_t* out, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) {
+      out[r * n + i] = ADD ? a[r * n + i] * s[i] + q[i] : a[r * n + i] * s[i];
+    }
+  }
+}
+
+template <typename scalar_t, bool BCAST, bool ADD>
+void scale_span(const scalar_t* a, const at::opmath_type<scalar_t>* s, const at::opmath_type<scalar_t>* q,
+                scalar_t* out, int64_t n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    scale_add<acc_t, BCAST, ADD>(a, s, q, out, n);
+  } else {
+    alignas(64) acc_t buf[kChunk];
+    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+      const int64_t m = std::min(kChunk, n - i0);
+      widen_n(a + i0, buf, m);
+      scale_add<acc_t, BCAST, ADD>(buf, BCAST ? s : s + i0, BCAST ? q : (ADD ? q + i0 : q), buf, m);
+      narrow_n(buf, out + i0, m);
+    }
+  }
+}
+
+// out = a * s[n, c] (+ q[n, c]) over x's shape, NCHW or NHWC.
+template <typename scalar_t, bool ADD>
+void scale_planes(const scalar_t* a, const at::opmath_type<scalar_t>* s, const at::opmath_type<scalar_t>* q,
+                  scalar_t* out, int64_t N, int64_t C, int64_t HW, bool channels_last) {
+  if (!channels_last) {
+    at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / HW), [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        scale_span<scalar_t, true, ADD>(a + p * HW, s + p, ADD ? q + p : q, out + p * HW, HW);
+      }
+    });
+  } else {
+    at::parallel_for(0, N * HW, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1;) {
+        const int64_t n = r / HW;
+        const int64_t rows = std::min(r1, (n + 1) * HW) - r;  // rows of image n in this task
+        const auto* sn = s + n * C;
+        const auto* qn = ADD ? q + n * C : q;
+        if constexpr (std::is_same_v<scalar_t, at::opmath_type<scalar_t>>) {
+          scale_rows<scalar_t, ADD>(a + r * C, sn, qn, out + r * C, rows, C);
+        } else {
+          for (int64_t k = 0; k < rows; ++k) {
+            scale_span<scalar_t, false, ADD>(a + (r + k) * C, sn, qn, out + (r + k) * C, C);
+          }
+        }
+        r += rows;
+      }
+    });
+  }
+}
+
+template <typename acc_t>
+FB_CPU_CLONES acc_t dot(const acc_t* __restrict__ a, const acc_t* __restrict__ b, int64_t n) {
+  acc_t part[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int k = 0; k < kLanes; ++k) part[k] += a[i + k] * b[i + k];
+  }
+  acc_t tail = 0;
+  for (; i < n; ++i) tail += a[i] * b[i];
+  for (int w = kLanes / 2; w >= 1; w /= 2) {
+    for (int k = 0; k < w; ++k) part[k] += part[k + w];
+  }
+  return part[0] + tail;
+}
+
+// The forward's MLP on nn rows of means, by hand: s = gate(w2 @ act(w1 @ p + b1) + b2). At
+// batch 1 the eight ATen calls of squeeze_excite_mlp.h cost more than the arithmetic (1x1152x7x7
+// r48: 47 us for the whole op with them, of which eager's pool and mul take 18). Weights and
+// biases arrive contiguous in the accumulation type; b1/b2 may be null.
+// Up to this many rows the hand MLP below beats ATen's; past it the GEMM's weight reuse wins
+// (32x960x7x7 r240 forward: 0.80x eager with the hand MLP on groups of 11 rows, each row
+// re-reading the 1.8 MB of weights).
+constexpr int64_t kHandMlpRows = 2;
+
+template <typename acc_t>
+void mlp_forward_rows(const acc_t* p, const acc_t* w1, const acc_t* b1, const acc_t* w2,
+                      const acc_t* b2, acc_t* h, acc_t* s, int64_t nn, int64_t C, int64_t R,
+                      int act, int gate) {
+  at::parallel_for(0, nn * R, std::max<int64_t>(1, kGrain / C), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / R, r = i % R;
+      const acc_t z = (b1 ? b1[r] : acc_t(0)) + dot(w1 + r * C, p + n * C, C);
+      h[i] = act_forward<acc_t>(z, act);
+    }
+  });
+  at::parallel_for(0, nn * C, std::max<int64_t>(1, kGrain / R), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / C, c = i % C;
+      const acc_t z = (b2 ? b2[c] : acc_t(0)) + dot(w2 + c * R, h + n * R, R);
+      s[i] = gate == int(se::Gate::kSigmoid) ? acc_t(1) / (acc_t(1) + exp_(-z))
+                                             : act_forward<acc_t>(z, int(Act::kHardsigmoid));
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> squeeze_excite_forward(
+    const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+    const at::Tensor& w2, const std::optional<at::Tensor>& b2, int64_t act, int64_t gate,
+    bool channels_last) {
+  constexpr const char* op = "squeeze_excite_forward";
+  se::check_args(op, x, w1, b1, w2, b2, act, gate, channels_last);
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  at::Tensor pooled = at::empty({N, C}, x.options().dtype(se::acc_type(x)));
+  at::Tensor y = at::empty_like(x, x.options().memory_format(se::mem_format(channels_last)));
+  if (x.numel() == 0) return {y, pooled};
+  // Images go in groups of about kGroupBytes, pooled, MLP'd and scaled group by group, so the
+  // scale pass re-reads x from cache rather than memory: both passes of eager (pool, then
+  // mul) stream x from DRAM, and the first pass is all the memory traffic this saves.
+  const int64_t image_bytes = C * HW * static_cast<int64_t>(x.element_size());
+  const int64_t group = std::clamp<int64_t>(kGroupBytes / std::max<int64_t>(image_bytes, 1), 1, N);
+  const int64_t R = w1.size(0);
+  const auto acc = se::acc_type(x);
+  const auto as_acc = [&](const std::optional<at::Tensor>& t) {
+    return se::has(t) ? t->to(acc).contiguous() : at::Tensor();
+  };
+  const at::Tensor w1a = w1.to(acc).contiguous(), w2a = w2.to(acc).contiguous();
+  const at::Tensor b1a = as_acc(b1), b2a = as_acc(b2);
+  const int64_t hand = std::min(group, kHandMlpRows);
+  at::Tensor h = at::empty({hand, R}, pooled.options()), s = at::empty({hand, C}, pooled.options());
+  FB_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    acc_t* pp = pooled.mutable_data_ptr<acc_t>();
+    const auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<acc_t>() : nullptr; };
+    for (int64_t n0 = 0; n0 < N; n0 += group) {
+      const int64_t nn = std::min(group, N - n0), off = n0 * C * HW;
+      reduce_planes<scalar_t, false>(xp + off, xp + off, pp + n0 * C, nn, C, HW, channels_last);
+      for (int64_t i = n0 * C; i < (n0 + nn) * C; ++i) pp[i] /= acc_t(HW);  // as eager's mean
+      at::Tensor sg = s;
+      if (nn <= kHandMlpRows) {
+        mlp_forward_rows<acc_t>(pp + n0 * C, ptr(w1a), ptr(b1a), ptr(w2a), ptr(b2a),
+                                h.mutable_data_ptr<acc_t>(), s.mutable_data_ptr<acc_t>(), nn, C, R,
+                                static_cast<int>(act), static_cast<int>(gate));
+      } else {
+        sg = se::mlp_forward(pooled.narrow(0, n0, nn), w1a, b1a, w2a, b2a, act, gate).s.contiguous();
+      }
+      scale_planes<scalar_t, false>(xp + off, sg.const_data_ptr<acc_t>(), nullptr, yp + off, nn, C,
+                                    HW, channels_last);
+    }
+  });
+  return {y, pooled};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_excite_backward(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& pooled, const at::Tensor& w1,
+    const std::optional<at::Tensor>& b1, const at::Tensor& w2, const std::optional<at::Tensor>& b2,
+    int64_t act, int64_t gate, bool channels_last) {
+  constexpr const char* op = "squeeze_excite_backward";
+  se::check_args(op, x, w1, b1, w2, b2, act, gate, channels_last);
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  TORCH_CHECK(grad.sizes() == x.sizes() && grad.is_contiguous(se::mem_format(channels_last)), op,
+              ": grad must have x's shape and memory format, got ", grad.sizes());
+  se::check_like(grad, x, op, "grad");
+  TORCH_CHECK(pooled.sizes() == at::IntArrayRef({N, C}) && pooled.scalar_type() == se::acc_type(x) &&
+                  pooled.is_contiguous(),
+              op, ": pooled must be the forward's contiguous (N, C) means in ", se::acc_type(x));
+  at::Tensor gs = at::empty({N, C}, pooled.options());
+  at::Tensor gx = at::empty_like(x, x.options().memory_format(se::mem_format(channels_last)));
+  FB_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if (x.numel()) {
+      reduce_planes<scalar_t, true>(grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                    gs.mutable_data_ptr<acc_t>(), N, C, HW, channels_last);
+    } else {
+      gs.zero_();
+    }
+  });
+  const se::Mlp m = se::mlp_forward(pooled, w1, b1, w2, b2, act, gate);
+  auto [gp, gw1, gb1, gw2, gb2] = se::mlp_backward(gs, pooled, m, w1, w2, act, gate);
+  if (x.numel()) {
+    const at::Tensor s = m.s.contiguous();
+    const at::Tensor q = (gp / HW).contiguous();  // a division, as eager's pool backward
+    FB_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      scale_planes<scalar_t, true>(grad.const_data_ptr<scalar_t>(), s.const_data_ptr<acc_t>(),
+                                   q.const_data_ptr<acc_t>(), gx.mutable_data_ptr<scalar_t>(), N, C, HW,
+                                   channels_last);
+    });
+  }
+  return {gx, gw1, gb1, gw2, gb2};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastblocks_C, CPU, m) {
+  m.impl("squeeze_excite_forward", &squeeze_excite_forward);
+  m.impl("squeeze_excite_backward", &squeeze_excite_backward);
+}
+
+}  // namespace fastblocks::cpu
