@@ -47,6 +47,7 @@ def test_siamese_shared_encoder_and_contrastive_loss():
     from fastblocks.models.siamese import contrastive_loss
     torch.manual_seed(0)
     model = fastblocks.create_model("siamese", fused=False, backbone="resnet18", num_classes=16)
+    model.eval()  # per-image embeddings (train-mode BN would mix the batch)
     x = torch.randn(2, 3, 32, 32)
     e1, e2, d = model(x, x.flip(0))
     torch.testing.assert_close(e1, e2.flip(0))  # one encoder: the same image, the same embedding
