@@ -96,7 +96,9 @@ def _dw_fwd_nchw_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     ow = (tile % TILES_W) * BW + tl.arange(0, BW)[None, :]
     if I64:  # coordinates past int32 (huge strides, paddings, dilations): int64 math
         oh, ow = oh.to(tl.int64), ow.to(tl.int64)
-        PH, PW, DH, DW = PH.to(tl.int64), PW.to(tl.int64), DH.to(tl.int64), DW.to(tl.int64)
+        # tl.cast, not .to(): Triton passes an int argument equal to 1 as a constexpr
+        PH, PW = tl.cast(PH, tl.int64), tl.cast(PW, tl.int64)
+        DH, DW = tl.cast(DH, tl.int64), tl.cast(DW, tl.int64)
     acc = tl.zeros((BH, BW), dtype=ACC)
     if UNROLL_KH:
         for kh in tl.static_range(KH):
@@ -151,7 +153,9 @@ def _dw_fwd_nhwc_kernel(x_ptr, w_ptr, b_ptr, y_ptr, NPIX,
     ow = r - oh * OW
     if I64:  # coordinates past int32 (huge strides, paddings, dilations): int64 math
         oh, ow = oh.to(tl.int64), ow.to(tl.int64)
-        PH, PW, DH, DW = PH.to(tl.int64), PW.to(tl.int64), DH.to(tl.int64), DW.to(tl.int64)
+        # tl.cast, not .to(): Triton passes an int argument equal to 1 as a constexpr
+        PH, PW = tl.cast(PH, tl.int64), tl.cast(PW, tl.int64)
+        DH, DW = tl.cast(DH, tl.int64), tl.cast(DW, tl.int64)
     w_off = oc * (KH * KW)
     acc = tl.zeros((BP, BC), dtype=ACC)
     if UNROLL_KH:
@@ -208,7 +212,9 @@ def _dw_bwd_in_nchw_kernel(g_ptr, w_ptr, gx_ptr,
     iw = (tile % TILES_W) * BW + tl.arange(0, BW)[None, :]
     if I64:  # coordinates past int32 (huge strides, paddings, dilations): int64 math
         ih, iw = ih.to(tl.int64), iw.to(tl.int64)
-        PH, PW, DH, DW = PH.to(tl.int64), PW.to(tl.int64), DH.to(tl.int64), DW.to(tl.int64)
+        # tl.cast, not .to(): Triton passes an int argument equal to 1 as a constexpr
+        PH, PW = tl.cast(PH, tl.int64), tl.cast(PW, tl.int64)
+        DH, DW = tl.cast(DH, tl.int64), tl.cast(DW, tl.int64)
     in_h = ih < H
     in_w = iw < W
     acc = tl.zeros((BH, BW), dtype=ACC)
@@ -268,7 +274,9 @@ def _dw_bwd_in_nhwc_kernel(g_ptr, w_ptr, gx_ptr, NPIX,
     iw = r - ih * W
     if I64:  # coordinates past int32 (huge strides, paddings, dilations): int64 math
         ih, iw = ih.to(tl.int64), iw.to(tl.int64)
-        PH, PW, DH, DW = PH.to(tl.int64), PW.to(tl.int64), DH.to(tl.int64), DW.to(tl.int64)
+        # tl.cast, not .to(): Triton passes an int argument equal to 1 as a constexpr
+        PH, PW = tl.cast(PH, tl.int64), tl.cast(PW, tl.int64)
+        DH, DW = tl.cast(DH, tl.int64), tl.cast(DW, tl.int64)
     acc = tl.zeros((BP, BC), dtype=ACC)
     for j in range(M):
         oc = ic * M + j
@@ -306,7 +314,9 @@ def _dw_bwd_w_nchw_kernel(g_ptr, x_ptr, part_ptr, NQ, NBLK, S,
     kw = (t % KW)[:, None]
     if I64:
         kh, kw = kh.to(tl.int64), kw.to(tl.int64)
-        PH, PW, DH, DW = PH.to(tl.int64), PW.to(tl.int64), DH.to(tl.int64), DW.to(tl.int64)
+        # tl.cast, not .to(): Triton passes an int argument equal to 1 as a constexpr
+        PH, PW = tl.cast(PH, tl.int64), tl.cast(PW, tl.int64)
+        DH, DW = tl.cast(DH, tl.int64), tl.cast(DW, tl.int64)
     acc = tl.zeros((KKP, BLOCK), dtype=ACC)
     for b in range(s, NBLK, S):
         q = b * BLOCK + tl.arange(0, BLOCK)
@@ -345,7 +355,9 @@ def _dw_bwd_w_nhwc_kernel(g_ptr, x_ptr, part_ptr, NPIX, NBLK, S,
     kw = (t % KW)[:, None]
     if I64:
         kh, kw = kh.to(tl.int64), kw.to(tl.int64)
-        PH, PW, DH, DW = PH.to(tl.int64), PW.to(tl.int64), DH.to(tl.int64), DW.to(tl.int64)
+        # tl.cast, not .to(): Triton passes an int argument equal to 1 as a constexpr
+        PH, PW = tl.cast(PH, tl.int64), tl.cast(PW, tl.int64)
+        DH, DW = tl.cast(DH, tl.int64), tl.cast(DW, tl.int64)
     acc = tl.zeros((KKP, BP, BC), dtype=ACC)
     for b in range(s, NBLK, S):
         pix = b * BP + tl.arange(0, BP)

@@ -13,6 +13,7 @@ namespace fastblocks::cpu::direct {
 // plane (phase planes, rings of padded rows, gradient slots). Kept below 16x an input plane
 // plus an output plane, plus 64K elements (always enough for real layers: that region is
 // about the padded input), the scratch is bounded by the tensors whatever the geometry.
+// FASTBLOCKS_CPU_DEPTHWISE_DIRECT=1 makes it true for every geometry (tests).
 bool preferred(const DepthwiseShape& s);
 
 // Sizes and geometry from fastblocks/depthwise_args.h (indices below 2^62). Tensors in any
