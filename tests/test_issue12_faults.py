@@ -342,8 +342,8 @@ DIRECT_FUZZ = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import torch
     import test_depthwise as td
-    for dtype, configs in ((torch.float32, td.FUZZ[:100] + td.WIDE[:40]), (torch.float64, td.FUZZ[100:140]),
-                           (torch.float16, td.FUZZ[140:170]), (torch.bfloat16, td.FUZZ[170:200])):
+    for dtype, configs in ((torch.float32, td.FUZZ[:50] + td.WIDE[:20]), (torch.float64, td.FUZZ[100:120]),
+                           (torch.float16, td.FUZZ[140:155]), (torch.bfloat16, td.FUZZ[170:185])):
         for cfg in configs:
             td.check_config(cfg, "cpu", dtype)
     print("ok")
