@@ -4,9 +4,10 @@
 // them from the public `fastblocks::` ops. The exception is csrc/autograd/<family>.cpp: C++
 // autograd nodes for plain eager training, where a Python one costs more than the kernels.
 //
-// Layout contract shared with the Triton launchers: 4-d inputs arrive contiguous in the
-// memory format named by `channels_last`, and outputs are returned contiguous in that format.
-// Elementwise ops take any non-overlapping dense tensor and return one with the same strides.
+// Layout contract shared with the Triton launchers: 4-d inputs are read contiguous in the
+// memory format named by `channels_last` (any other strides are copied once into it, never
+// refused), and outputs are returned contiguous in that format. Elementwise ops run over a
+// non-overlapping dense tensor in place (others are copied once) and return its strides.
 #include <Python.h>
 #include <torch/library.h>
 

@@ -9,6 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastblocks.ops._layout import as_dense, like_layout  # torch-only layout rules, shared
+
 from ._activation_math import act_grad, apply_act
 from ._launch import acc_dtype, flat
 
@@ -37,7 +39,9 @@ def _activation_backward_kernel(g_ptr, x_ptr, gx_ptr, n, ACT: tl.constexpr, ACC:
 
 
 def activation_forward(x: torch.Tensor, act: int) -> torch.Tensor:
-    """y = act(x) for a dense x; y has x's strides."""
+    """y = act(x) for x in any strides (a non-dense x is copied once); y has the dense x's
+    strides."""
+    x = as_dense(x)
     y = torch.empty_like(x)
     n = x.numel()
     if n:
@@ -48,8 +52,13 @@ def activation_forward(x: torch.Tensor, act: int) -> torch.Tensor:
 
 
 def activation_backward(grad: torch.Tensor, x: torch.Tensor, act: int) -> torch.Tensor:
-    """grad * act'(x) for dense x and grad of equal strides; the result has x's strides."""
-    assert grad.stride() == x.stride() and grad.dtype == x.dtype, "caller aligns grad with x"
+    """grad * act'(x) for grad and x of one shape and dtype, in any strides: grad is used in
+    place when it places its elements as the dense x does (strides of size-1 dimensions, empty
+    tensors), else copied once into x's layout (an expanded gradient). The result has the
+    dense x's strides."""
+    assert grad.shape == x.shape and grad.dtype == x.dtype, "grad and x differ in shape or dtype"
+    x = as_dense(x)
+    grad = like_layout(grad, x)
     gx = torch.empty_like(x)
     n = x.numel()
     if n:

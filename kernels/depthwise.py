@@ -20,7 +20,10 @@ the harness that will tune them).
 
 Index conventions: program ids and the batch/channel (NCHW) or pixel (NHWC) part of every
 offset are int64, so tensors past 2^31 elements work; NCHW offsets inside one plane are int32
-(the launchers assert H*W and OH*OW < 2^31). Triton's integer // and % round toward zero, so
+(the launchers assert H*W and OH*OW < 2^31). In-plane coordinates (out * stride - pad + tap *
+dilation) are int32 too, unless a geometry could take them past it (huge strides, paddings or
+dilations: the I64 kernels, issue 12). Launchers take tensors in any strides and copy them once
+into the layout they index where needed. Triton's integer // and % round toward zero, so
 the gather in backward_input clamps negative numerators to 0 before dividing and masks them.
 """
 import torch
@@ -79,7 +82,8 @@ def _dw_fwd_nchw_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                         C, H, W, OC, OH, OW, M, PH, PW, DH, DW, TILES_W, TILES,
                         KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                         HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
-                        UNROLL_KH: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
+                        UNROLL_KH: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+                        I64: tl.constexpr):
     # One program: one (n, oc) plane, one BH x BW output tile; W is the contiguous axis.
     pid = tl.program_id(0).to(tl.int64)
     nc = pid // TILES  # n * OC + oc
@@ -90,6 +94,11 @@ def _dw_fwd_nchw_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     w_base = w_ptr + oc * (KH * KW)
     oh = (tile // TILES_W) * BH + tl.arange(0, BH)[:, None]
     ow = (tile % TILES_W) * BW + tl.arange(0, BW)[None, :]
+    if I64:  # coordinates past int32 (huge strides, paddings, dilations): int64 math
+        oh, ow = oh.to(tl.int64), ow.to(tl.int64)
+        # tl.cast, not .to(): Triton passes an int argument equal to 1 as a constexpr
+        PH, PW = tl.cast(PH, tl.int64), tl.cast(PW, tl.int64)
+        DH, DW = tl.cast(DH, tl.int64), tl.cast(DW, tl.int64)
     acc = tl.zeros((BH, BW), dtype=ACC)
     if UNROLL_KH:
         for kh in tl.static_range(KH):
@@ -130,7 +139,8 @@ def _dw_fwd_nhwc_kernel(x_ptr, w_ptr, b_ptr, y_ptr, NPIX,
                         C, H, W, OC, OH, OW, M, PH, PW, DH, DW,
                         KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                         HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
-                        UNROLL_KH: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr):
+                        UNROLL_KH: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
+                        I64: tl.constexpr):
     # One program: BP output pixels (flattened over N*OH*OW) x BC output channels (contiguous).
     pix = tl.program_id(0).to(tl.int64) * BP + tl.arange(0, BP)
     oc = tl.program_id(1) * BC + tl.arange(0, BC)
@@ -141,6 +151,11 @@ def _dw_fwd_nhwc_kernel(x_ptr, w_ptr, b_ptr, y_ptr, NPIX,
     r = (pix - n * (OH * OW)).to(tl.int32)
     oh = r // OW
     ow = r - oh * OW
+    if I64:  # coordinates past int32 (huge strides, paddings, dilations): int64 math
+        oh, ow = oh.to(tl.int64), ow.to(tl.int64)
+        # tl.cast, not .to(): Triton passes an int argument equal to 1 as a constexpr
+        PH, PW = tl.cast(PH, tl.int64), tl.cast(PW, tl.int64)
+        DH, DW = tl.cast(DH, tl.int64), tl.cast(DW, tl.int64)
     w_off = oc * (KH * KW)
     acc = tl.zeros((BP, BC), dtype=ACC)
     if UNROLL_KH:
@@ -184,7 +199,8 @@ def _dw_bwd_in_nchw_kernel(g_ptr, w_ptr, gx_ptr,
                            C, H, W, OC, OH, OW, M, PH, PW, DH, DW, TILES_W, TILES,
                            KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
                            SW: tl.constexpr, ACC: tl.constexpr,
-                           UNROLL_KH: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
+                           UNROLL_KH: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+                           I64: tl.constexpr):
     # Gather: input pixel (ih, iw) receives grad[oh, ow] * w[kh, kw] wherever
     # oh*SH - PH + kh*DH == ih (and the same along W), summed over the m output channels.
     pid = tl.program_id(0).to(tl.int64)
@@ -194,6 +210,11 @@ def _dw_bwd_in_nchw_kernel(g_ptr, w_ptr, gx_ptr,
     ic = nc % C
     ih = (tile // TILES_W) * BH + tl.arange(0, BH)[:, None]
     iw = (tile % TILES_W) * BW + tl.arange(0, BW)[None, :]
+    if I64:  # coordinates past int32 (huge strides, paddings, dilations): int64 math
+        ih, iw = ih.to(tl.int64), iw.to(tl.int64)
+        # tl.cast, not .to(): Triton passes an int argument equal to 1 as a constexpr
+        PH, PW = tl.cast(PH, tl.int64), tl.cast(PW, tl.int64)
+        DH, DW = tl.cast(DH, tl.int64), tl.cast(DW, tl.int64)
     in_h = ih < H
     in_w = iw < W
     acc = tl.zeros((BH, BW), dtype=ACC)
@@ -240,7 +261,8 @@ def _dw_bwd_in_nhwc_kernel(g_ptr, w_ptr, gx_ptr, NPIX,
                            C, H, W, OC, OH, OW, M, PH, PW, DH, DW,
                            KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
                            SW: tl.constexpr, ACC: tl.constexpr,
-                           UNROLL_KH: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr):
+                           UNROLL_KH: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
+                           I64: tl.constexpr):
     # BP input pixels (flattened over N*H*W) x BC input channels; gather as in the NCHW kernel.
     pix = tl.program_id(0).to(tl.int64) * BP + tl.arange(0, BP)
     ic = tl.program_id(1) * BC + tl.arange(0, BC)
@@ -250,6 +272,11 @@ def _dw_bwd_in_nhwc_kernel(g_ptr, w_ptr, gx_ptr, NPIX,
     r = (pix - n * (H * W)).to(tl.int32)
     ih = r // W
     iw = r - ih * W
+    if I64:  # coordinates past int32 (huge strides, paddings, dilations): int64 math
+        ih, iw = ih.to(tl.int64), iw.to(tl.int64)
+        # tl.cast, not .to(): Triton passes an int argument equal to 1 as a constexpr
+        PH, PW = tl.cast(PH, tl.int64), tl.cast(PW, tl.int64)
+        DH, DW = tl.cast(DH, tl.int64), tl.cast(DW, tl.int64)
     acc = tl.zeros((BP, BC), dtype=ACC)
     for j in range(M):
         oc = ic * M + j
@@ -274,7 +301,7 @@ def _dw_bwd_w_nchw_kernel(g_ptr, x_ptr, part_ptr, NQ, NBLK, S,
                           C, H, W, OC, OH, OW, M, PH, PW, DH, DW,
                           KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
                           SW: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr,
-                          BLOCK: tl.constexpr):
+                          BLOCK: tl.constexpr, I64: tl.constexpr):
     # Program (oc, s) reduces blocks s, s+S, s+2S, ... of the N*OH*OW output positions of
     # channel oc into a [KKP taps, BLOCK] accumulator, then writes partial[s, oc, :]. The split
     # is fixed by the launcher, so the sum is deterministic (no atomics).
@@ -285,6 +312,11 @@ def _dw_bwd_w_nchw_kernel(g_ptr, x_ptr, part_ptr, NQ, NBLK, S,
     tmask = t < KH * KW
     kh = (t // KW)[:, None]
     kw = (t % KW)[:, None]
+    if I64:
+        kh, kw = kh.to(tl.int64), kw.to(tl.int64)
+        # tl.cast, not .to(): Triton passes an int argument equal to 1 as a constexpr
+        PH, PW = tl.cast(PH, tl.int64), tl.cast(PW, tl.int64)
+        DH, DW = tl.cast(DH, tl.int64), tl.cast(DW, tl.int64)
     acc = tl.zeros((KKP, BLOCK), dtype=ACC)
     for b in range(s, NBLK, S):
         q = b * BLOCK + tl.arange(0, BLOCK)
@@ -293,6 +325,8 @@ def _dw_bwd_w_nchw_kernel(g_ptr, x_ptr, part_ptr, NQ, NBLK, S,
         p = (q - n * (OH * OW)).to(tl.int32)
         oh = p // OW
         ow = p - oh * OW
+        if I64:  # coordinates past int32 (huge strides, paddings, dilations): int64 math
+            oh, ow = oh.to(tl.int64), ow.to(tl.int64)
         gv = tl.load(g_ptr + (n * OC + oc) * (OH * OW) + p, mask=qmask, other=0.0).to(ACC)
         ih = oh[None, :] * SH - PH + kh * DH
         iw = ow[None, :] * SW - PW + kw * DW
@@ -308,7 +342,7 @@ def _dw_bwd_w_nhwc_kernel(g_ptr, x_ptr, part_ptr, NPIX, NBLK, S,
                           C, H, W, OC, OH, OW, M, PH, PW, DH, DW,
                           KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
                           SW: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr,
-                          BP: tl.constexpr, BC: tl.constexpr):
+                          BP: tl.constexpr, BC: tl.constexpr, I64: tl.constexpr):
     # Program (channel tile, s) reduces pixel blocks s, s+S, ... into [KKP, BP, BC] and
     # writes partial[s, oc, :] for its BC channels; channels are the contiguous axis.
     oc = tl.program_id(0) * BC + tl.arange(0, BC)
@@ -319,6 +353,11 @@ def _dw_bwd_w_nhwc_kernel(g_ptr, x_ptr, part_ptr, NPIX, NBLK, S,
     tmask = t < KH * KW
     kh = (t // KW)[:, None]
     kw = (t % KW)[:, None]
+    if I64:
+        kh, kw = kh.to(tl.int64), kw.to(tl.int64)
+        # tl.cast, not .to(): Triton passes an int argument equal to 1 as a constexpr
+        PH, PW = tl.cast(PH, tl.int64), tl.cast(PW, tl.int64)
+        DH, DW = tl.cast(DH, tl.int64), tl.cast(DW, tl.int64)
     acc = tl.zeros((KKP, BP, BC), dtype=ACC)
     for b in range(s, NBLK, S):
         pix = b * BP + tl.arange(0, BP)
@@ -327,6 +366,8 @@ def _dw_bwd_w_nhwc_kernel(g_ptr, x_ptr, part_ptr, NPIX, NBLK, S,
         r = (pix - n * (OH * OW)).to(tl.int32)
         oh = r // OW
         ow = r - oh * OW
+        if I64:  # coordinates past int32 (huge strides, paddings, dilations): int64 math
+            oh, ow = oh.to(tl.int64), ow.to(tl.int64)
         gv = tl.load(g_ptr + pix[:, None] * OC + oc[None, :],
                      mask=pmask[:, None] & cmask[None, :], other=0.0).to(ACC)
         ih = oh[None, :] * SH - PH + kh * DH  # [KKP, BP]
@@ -347,9 +388,29 @@ def _fmt(channels_last: bool):
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def _check_layout(name: str, t: torch.Tensor, channels_last: bool):
-    assert t.dim() == 4 and t.is_contiguous(memory_format=_fmt(channels_last)), (
-        f"{name} must be 4-d and contiguous in {'channels_last' if channels_last else 'NCHW'}")
+def _in_format(name: str, t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """t in the memory format the kernels index: itself when contiguous in it (is_contiguous
+    ignores the strides of size-1 dimensions and empty tensors), else one copy (an expanded
+    gradient, any other layout). Never a rejection (issue 12)."""
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be 4-d (N, C, H, W), got shape {tuple(t.shape)}")
+    return t.contiguous(memory_format=_fmt(channels_last))
+
+
+def _geometry(in_hw, out_hw, kernel_size, stride, padding, dilation):
+    """(SH, SW, PH, PW, DH, DW, I64) for the kernels. A stride along an axis with one output
+    and a dilation along an axis with one tap cannot matter and become 1 (a stride of 2^31
+    onto a 1x1 output would otherwise be a constexpr and an int32 overflow). I64: whether an
+    in-plane coordinate the kernels form (out * stride - pad + tap * dilation, over tiles of up
+    to TILE elements past the plane) could leave int32; those geometries compute in int64."""
+    strides, reach = [], 0
+    for n, o, k, st, p, d in zip(in_hw, out_hw, kernel_size, stride, padding, dilation):
+        st, d = (1 if o <= 1 else st), (1 if k == 1 else d)
+        strides.append((st, d))
+        size = max(n, o) + TILE
+        reach = max(reach, size * st + p + k * d + size)
+    (sh, dh), (sw, dw) = strides
+    return sh, sw, padding[0], padding[1], dh, dw, reach > _INT32_MAX
 
 
 def _nonempty(t: torch.Tensor) -> torch.Tensor:
@@ -390,18 +451,19 @@ def depthwise_forward(x: torch.Tensor, weight: torch.Tensor, bias, stride, paddi
     x (N, C, H, W); weight (C*m, 1, KH, KW); bias (C*m,) or None; padding is the top/left
     offset and out_size = (OH, OW) the output size. Returns y (N, C*m, OH, OW) in x's layout.
     """
-    _check_layout("x", x, channels_last)
+    x = _in_format("x", x, channels_last)
+    weight = weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
     N, C, H, W = x.shape
     OC, one, KH, KW = weight.shape
     assert one == 1 and C > 0 and OC % C == 0, "weight must be (C*m, 1, KH, KW)"
-    assert weight.is_contiguous() and weight.dtype == x.dtype and weight.device == x.device
+    assert weight.dtype == x.dtype and weight.device == x.device
     if bias is not None:
-        assert bias.shape == (OC,) and bias.is_contiguous() and bias.dtype == x.dtype
+        assert bias.shape == (OC,) and bias.dtype == x.dtype
     assert 0 <= int(act) <= 5, "act: 0 none, 1 relu, 2 relu6, 3 hardswish, 4 hardsigmoid, 5 silu"
-    SH, SW = _pair(stride)
-    PH, PW = _pair(padding)
-    DH, DW = _pair(dilation)
     OH, OW = _pair(out_size)
+    SH, SW, PH, PW, DH, DW, I64 = _geometry((H, W), (OH, OW), (KH, KW), _pair(stride),
+                                            _pair(padding), _pair(dilation))
     M = OC // C
     y = torch.empty((N, OC, OH, OW), dtype=x.dtype, device=x.device,
                     memory_format=_fmt(channels_last))
@@ -410,7 +472,8 @@ def depthwise_forward(x: torch.Tensor, weight: torch.Tensor, bias, stride, paddi
     xp, wp = _nonempty(x), _nonempty(weight)
     bp_ = bias if bias is not None else wp
     common = dict(KH=KH, KW=KW, SH=SH, SW=SW, HAS_BIAS=bias is not None, ACT=int(act),
-                  ACC=acc_dtype(x), UNROLL_KH=KH * KW <= UNROLL_MAX_TAPS, num_warps=NUM_WARPS)
+                  ACC=acc_dtype(x), UNROLL_KH=KH * KW <= UNROLL_MAX_TAPS, I64=I64,
+                  num_warps=NUM_WARPS)
     if channels_last:
         npix = N * OH * OW
         BP, BC = _pixel_tile(npix, OC)
@@ -434,15 +497,15 @@ def depthwise_backward_input(grad: torch.Tensor, weight: torch.Tensor, in_size, 
     w.r.t. the pre-activation output; in grad's layout. in_size = (C, H, W): grad and weight
     (C*m, 1, KH, KW) alone do not give C when m > 1.
     """
-    _check_layout("grad", grad, channels_last)
+    grad = _in_format("grad", grad, channels_last)
+    weight = weight.contiguous()
     N, OC, OH, OW = grad.shape
     OC_w, one, KH, KW = weight.shape
-    assert OC_w == OC and one == 1 and weight.is_contiguous() and weight.dtype == grad.dtype
+    assert OC_w == OC and one == 1 and weight.dtype == grad.dtype
     assert len(in_size) == 3, "in_size is (C, H, W)"
     C, H, W = (int(v) for v in in_size)
-    SH, SW = _pair(stride)
-    PH, PW = _pair(padding)
-    DH, DW = _pair(dilation)
+    SH, SW, PH, PW, DH, DW, I64 = _geometry((H, W), (OH, OW), (KH, KW), _pair(stride),
+                                            _pair(padding), _pair(dilation))
     assert C > 0 and OC % C == 0, "the input channels must divide the output channels"
     M = OC // C
     gx_fmt = _fmt(channels_last)
@@ -452,7 +515,7 @@ def depthwise_backward_input(grad: torch.Tensor, weight: torch.Tensor, in_size, 
     gx = torch.empty((N, C, H, W), dtype=grad.dtype, device=grad.device, memory_format=gx_fmt)
     if gx.numel() == 0:
         return gx
-    common = dict(KH=KH, KW=KW, SH=SH, SW=SW, ACC=acc_dtype(grad), UNROLL_KH=False,
+    common = dict(KH=KH, KW=KW, SH=SH, SW=SW, ACC=acc_dtype(grad), UNROLL_KH=False, I64=I64,
                   num_warps=NUM_WARPS)
     if channels_last:
         npix = N * H * W
@@ -479,22 +542,22 @@ def depthwise_backward_weight(grad: torch.Tensor, x: torch.Tensor, kernel_size, 
     Deterministic: programs write fixed partial sums [S, C*m, KH*KW] (fp32; fp64 for fp64)
     that torch sums over S.
     """
-    _check_layout("grad", grad, channels_last)
-    _check_layout("x", x, channels_last)
+    grad = _in_format("grad", grad, channels_last)
+    x = _in_format("x", x, channels_last)
     N, OC, OH, OW = grad.shape
     Nx, C, H, W = x.shape
     assert Nx == N and C > 0 and OC % C == 0 and grad.dtype == x.dtype
     KH, KW = _pair(kernel_size)
-    SH, SW = _pair(stride)
-    PH, PW = _pair(padding)
-    DH, DW = _pair(dilation)
+    SH, SW, PH, PW, DH, DW, I64 = _geometry((H, W), (OH, OW), (KH, KW), _pair(stride),
+                                            _pair(padding), _pair(dilation))
     M = OC // C
     KK = KH * KW
     if grad.numel() == 0 or x.numel() == 0 or KK == 0:
         return torch.zeros((OC, 1, KH, KW), dtype=x.dtype, device=x.device)
     KKP = _np2(KK)
     part_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    common = dict(KH=KH, KW=KW, SH=SH, SW=SW, KKP=KKP, ACC=acc_dtype(x), num_warps=WGRAD_WARPS)
+    common = dict(KH=KH, KW=KW, SH=SH, SW=SW, KKP=KKP, ACC=acc_dtype(x), I64=I64,
+                  num_warps=WGRAD_WARPS)
     npix = N * OH * OW
     if channels_last:
         BC = min(_np2(OC), 32)

@@ -10,6 +10,7 @@
 
 #include "fastblocks/cpu_utils.h"
 #include "fastblocks/cpu_vec.h"
+#include "fastblocks/layout.h"
 
 namespace fastblocks::cpu {
 namespace {
@@ -62,9 +63,11 @@ FB_CPU_CLONES void backward_loop(const scalar_t* g, const scalar_t* __restrict__
   }
 }
 
-at::Tensor activation_forward(const at::Tensor& x, int64_t act) {
+// Any strides: a dense x is read in place over its storage, anything else copied once
+// (fastblocks/layout.h); the output has the dense x's strides.
+at::Tensor activation_forward(const at::Tensor& x_in, int64_t act) {
   check_act(act);
-  TORCH_CHECK(x.is_non_overlapping_and_dense(), "activation_forward: x must be dense");
+  const at::Tensor x = dense(x_in);
   at::Tensor y = at::empty_like(x);
   FB_DISPATCH_FLOATING(x.scalar_type(), "activation_forward", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -78,11 +81,16 @@ at::Tensor activation_forward(const at::Tensor& x, int64_t act) {
   return y;
 }
 
-at::Tensor activation_backward(const at::Tensor& grad, const at::Tensor& x, int64_t act) {
+// grad in any layout: used in place when it places its elements as the dense x does (strides of
+// size-1 dimensions, empty tensors), else copied once into x's layout (an expanded gradient).
+at::Tensor activation_backward(const at::Tensor& grad_in, const at::Tensor& x_in, int64_t act) {
   check_act(act);
-  TORCH_CHECK(x.is_non_overlapping_and_dense() && grad.strides() == x.strides() &&
-                  grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(),
-              "activation_backward: grad and x must be dense with equal sizes, strides, dtype");
+  TORCH_CHECK(grad_in.sizes() == x_in.sizes(), "activation_backward: grad has shape ",
+              grad_in.sizes(), " but x has ", x_in.sizes());
+  TORCH_CHECK(grad_in.scalar_type() == x_in.scalar_type(), "activation_backward: grad dtype ",
+              grad_in.scalar_type(), " differs from the x dtype ", x_in.scalar_type());
+  const at::Tensor x = dense(x_in);
+  const at::Tensor grad = layout_of(grad_in, x);
   at::Tensor gx = at::empty_like(x);
   FB_DISPATCH_FLOATING(x.scalar_type(), "activation_backward", [&] {
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();

@@ -51,6 +51,10 @@
 // either layout) multiplies the zero columns of its padded gradient planes by x, which makes
 // NaN of taps that eager keeps finite; a channel whose sums come out non-finite is therefore
 // summed again directly over its valid pixels (weight_grad_channel_direct).
+// Geometries whose scratch above would outgrow the tensors (huge strides, paddings, dilations)
+// take the scratch-free kernels of depthwise_direct.cpp instead (direct::preferred).
+// Inputs in any strides are first brought once into the layout `channels_last` names
+// (depthwise_args.h: in_format), so expanded or size-1-strided gradients are never refused.
 //
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -68,6 +72,7 @@
 
 #include "fastblocks/cpu_utils.h"
 #include "fastblocks/depthwise_args.h"
+#include "fastblocks/depthwise_direct.h"
 #include "fastblocks/cpu_vec.h"
 
 // The kernels pass GCC vector types between always-inline helpers only; the ABI note about
@@ -2253,17 +2258,25 @@ at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kD
 
 // ---- ops ----------------------------------------------------------------------------------------
 
-at::Tensor depthwise_forward(const at::Tensor& x, const at::Tensor& weight,
-                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+at::Tensor depthwise_forward(const at::Tensor& x_in, const at::Tensor& weight_in,
+                             const std::optional<at::Tensor>& bias_in, at::IntArrayRef stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation,
                              at::IntArrayRef out_size, int64_t act, bool channels_last) {
   constexpr const char* op = "depthwise_forward";
-  const Geom g = geom_of(depthwise::forward_shape(x, weight, bias, stride, padding, dilation,
-                                                  out_size, act, channels_last));
-  const at::Tensor* b = bias.has_value() && bias->defined() ? &*bias : nullptr;
+  const at::Tensor x = depthwise::in_format(x_in, op, "x", channels_last);
+  const at::Tensor weight = weight_in.contiguous();
+  const std::optional<at::Tensor> bias = depthwise::contiguous_opt(bias_in);
+  const DepthwiseShape shape = depthwise::forward_shape(x, weight, bias, stride, padding, dilation,
+                                                        out_size, act, channels_last);
+  const Geom g = geom_of(shape);
+  const at::Tensor* b = bias.has_value() ? &*bias : nullptr;
   at::Tensor y = at::empty({g.N, g.OC(), g.OH, g.OW}, x.options().memory_format(mem_format(channels_last)));
   if (y.numel() == 0) return y;
   const int a = static_cast<int>(act);
+  if (direct::preferred(shape)) {
+    direct::forward(x, weight, b, shape, a, y);
+    return y;
+  }
   if (channels_last && nhwc_native(g, x.scalar_type())) {
     FB_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
       forward_nhwc<scalar_t, at::opmath_type<scalar_t>>(x, weight, b, g, a, y);
@@ -2285,16 +2298,23 @@ at::Tensor depthwise_forward(const at::Tensor& x, const at::Tensor& weight,
 
 // in_size is (H, W), meaning multiplier 1 (C = grad channels), or (C, H, W): grad and weight alone
 // cannot tell C from m.
-at::Tensor depthwise_backward_input(const at::Tensor& grad, const at::Tensor& weight,
+at::Tensor depthwise_backward_input(const at::Tensor& grad_in, const at::Tensor& weight_in,
                                     at::IntArrayRef in_size, at::IntArrayRef stride,
                                     at::IntArrayRef padding, at::IntArrayRef dilation,
                                     bool channels_last) {
   constexpr const char* op = "depthwise_backward_input";
-  const Geom g = geom_of(depthwise::backward_input_shape(grad, weight, in_size, stride, padding,
-                                                         dilation, channels_last));
+  const at::Tensor grad = depthwise::in_format(grad_in, op, "grad", channels_last);
+  const at::Tensor weight = weight_in.contiguous();
+  const DepthwiseShape shape = depthwise::backward_input_shape(grad, weight, in_size, stride, padding,
+                                                               dilation, channels_last);
+  const Geom g = geom_of(shape);
   at::Tensor gx = at::empty({g.N, g.C, g.H, g.W}, grad.options().memory_format(mem_format(channels_last)));
   if (gx.numel() == 0) return gx;
   if (g.OH == 0 || g.OW == 0) return gx.zero_();
+  if (direct::preferred(shape)) {
+    direct::backward_input(grad, weight, shape, gx);
+    return gx;
+  }
   if (channels_last && nhwc_native(g, grad.scalar_type())) {
     FB_DISPATCH_FLOATING(grad.scalar_type(), op, [&] {
       backward_input_nhwc<scalar_t, at::opmath_type<scalar_t>>(grad, weight, g, gx);
@@ -2314,16 +2334,23 @@ at::Tensor depthwise_backward_input(const at::Tensor& grad, const at::Tensor& we
   return gx;
 }
 
-at::Tensor depthwise_backward_weight(const at::Tensor& grad, const at::Tensor& x,
+at::Tensor depthwise_backward_weight(const at::Tensor& grad_in, const at::Tensor& x_in,
                                      at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                      at::IntArrayRef padding, at::IntArrayRef dilation,
                                      bool channels_last) {
   constexpr const char* op = "depthwise_backward_weight";
-  const Geom g = geom_of(depthwise::backward_weight_shape(grad, x, kernel_size, stride, padding,
-                                                          dilation, channels_last));
+  const at::Tensor grad = depthwise::in_format(grad_in, op, "grad", channels_last);
+  const at::Tensor x = depthwise::in_format(x_in, op, "x", channels_last);
+  const DepthwiseShape shape = depthwise::backward_weight_shape(grad, x, kernel_size, stride, padding,
+                                                                dilation, channels_last);
+  const Geom g = geom_of(shape);
   const int64_t OC = g.OC();
   at::Tensor gw = at::zeros({OC, 1, g.KH, g.KW}, x.options());
   if (g.N == 0 || g.OH == 0 || g.OW == 0 || g.H == 0 || g.W == 0) return gw;
+  if (direct::preferred(shape)) {
+    direct::backward_weight(grad, x, shape, gw);
+    return gw;
+  }
   if (channels_last && nhwc_native(g, x.scalar_type())) {
     const at::ScalarType ct = compute_type(x.scalar_type());
     const at::Tensor gc = grad.to(ct), xc = x.to(ct);

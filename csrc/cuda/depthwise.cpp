@@ -22,16 +22,37 @@ void check_cuda(const at::Tensor& t, const char* op, const char* name) {
   (void)dtype_of(t);  // throws on dtypes the kernels are not compiled for
 }
 
-at::Tensor depthwise_forward_cuda(const at::Tensor& x, const at::Tensor& weight,
-                                  const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+// The CUDA launchers index strides, paddings and dilated kernel spans in int32 (and return
+// cudaErrorInvalidValue past it): say so clearly instead. Strides along one-output axes and
+// dilations along one-tap axes are already reset to 1 (depthwise_args.h), so a 2^31 stride
+// onto a 1x1 output runs.
+void check_int32_geometry(const DepthwiseShape& s, const char* op) {
+  constexpr int64_t lim = 2147483647;
+  TORCH_CHECK(s.stride_h <= lim && s.stride_w <= lim && s.pad_h <= lim && s.pad_w <= lim &&
+                  s.kh * s.kw <= lim && s.kh <= lim / s.dil_h && s.kw <= lim / s.dil_w &&
+                  s.c * s.mult <= lim,
+              op, " (cuda): stride, padding, dilation x kernel size and channels must stay below "
+              "2^31 for the CUDA kernels, got stride (", s.stride_h, ", ", s.stride_w,
+              "), padding (", s.pad_h, ", ", s.pad_w, "), dilation (", s.dil_h, ", ", s.dil_w,
+              "); the cpu and torch backends take any geometry");
+}
+
+// Layouts and geometry as on CPU (fastblocks/depthwise_args.h): tensors in any strides are
+// brought once into the named memory format; unused strides/dilations are reset to 1.
+at::Tensor depthwise_forward_cuda(const at::Tensor& x_in, const at::Tensor& weight_in,
+                                  const std::optional<at::Tensor>& bias_in, at::IntArrayRef stride,
                                   at::IntArrayRef padding, at::IntArrayRef dilation,
                                   at::IntArrayRef out_size, int64_t act, bool channels_last) {
-  check_cuda(x, "depthwise_forward", "x");
+  check_cuda(x_in, "depthwise_forward", "x");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = depthwise::in_format(x_in, "depthwise_forward", "x", channels_last);
+  const at::Tensor weight = weight_in.contiguous();
+  const std::optional<at::Tensor> bias = depthwise::contiguous_opt(bias_in);
   const DepthwiseShape s =
       depthwise::forward_shape(x, weight, bias, stride, padding, dilation, out_size, act, channels_last);
+  check_int32_geometry(s, "depthwise_forward");
   const int64_t OC = s.out_channels();
-  const void* bias_ptr = bias.has_value() && bias->defined() ? bias->const_data_ptr() : nullptr;
-  const c10::cuda::CUDAGuard guard(x.device());
+  const void* bias_ptr = bias.has_value() ? bias->const_data_ptr() : nullptr;
   at::Tensor y = at::empty({s.n, OC, s.oh, s.ow}, x.options().memory_format(depthwise::mem_format(channels_last)));
   if (y.numel() == 0) return y;
   FB_CUDA_CHECK(depthwise_forward(x.const_data_ptr(), weight.const_data_ptr(), bias_ptr,
@@ -42,14 +63,17 @@ at::Tensor depthwise_forward_cuda(const at::Tensor& x, const at::Tensor& weight,
 
 // in_size is the input's (C, H, W) (grad and weight alone cannot tell C from m); (H, W) is also
 // accepted and means multiplier 1, as in the CPU binding.
-at::Tensor depthwise_backward_input_cuda(const at::Tensor& grad, const at::Tensor& weight,
+at::Tensor depthwise_backward_input_cuda(const at::Tensor& grad_in, const at::Tensor& weight_in,
                                          at::IntArrayRef in_size, at::IntArrayRef stride,
                                          at::IntArrayRef padding, at::IntArrayRef dilation,
                                          bool channels_last) {
-  check_cuda(grad, "depthwise_backward_input", "grad");
+  check_cuda(grad_in, "depthwise_backward_input", "grad");
+  const c10::cuda::CUDAGuard guard(grad_in.device());
+  const at::Tensor grad = depthwise::in_format(grad_in, "depthwise_backward_input", "grad", channels_last);
+  const at::Tensor weight = weight_in.contiguous();
   const DepthwiseShape s = depthwise::backward_input_shape(grad, weight, in_size, stride, padding,
                                                            dilation, channels_last);
-  const c10::cuda::CUDAGuard guard(grad.device());
+  check_int32_geometry(s, "depthwise_backward_input");
   at::Tensor gx =
       at::empty({s.n, s.c, s.h, s.w}, grad.options().memory_format(depthwise::mem_format(channels_last)));
   if (gx.numel() == 0) return gx;
@@ -60,15 +84,18 @@ at::Tensor depthwise_backward_input_cuda(const at::Tensor& grad, const at::Tenso
   return gx;
 }
 
-at::Tensor depthwise_backward_weight_cuda(const at::Tensor& grad, const at::Tensor& x,
+at::Tensor depthwise_backward_weight_cuda(const at::Tensor& grad_in, const at::Tensor& x_in,
                                           at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                           at::IntArrayRef padding, at::IntArrayRef dilation,
                                           bool channels_last) {
-  check_cuda(x, "depthwise_backward_weight", "x");
+  check_cuda(x_in, "depthwise_backward_weight", "x");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor grad = depthwise::in_format(grad_in, "depthwise_backward_weight", "grad", channels_last);
+  const at::Tensor x = depthwise::in_format(x_in, "depthwise_backward_weight", "x", channels_last);
   const DepthwiseShape s = depthwise::backward_weight_shape(grad, x, kernel_size, stride, padding,
                                                             dilation, channels_last);
+  check_int32_geometry(s, "depthwise_backward_weight");
   const int64_t OC = s.out_channels();
-  const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor gw = at::empty({OC, 1, s.kh, s.kw}, x.options());
   // Scratch for the deterministic two-pass reduction; 0 bytes when there is nothing to reduce
   // (the launcher then zero-fills gw on the stream).

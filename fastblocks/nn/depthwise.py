@@ -55,6 +55,11 @@ class DepthwiseConv2d(nn.Conv2d):
         Without ``bn`` the new module shares ``conv``'s parameters (training continues on the
         same tensors). With ``bn`` (an eval-mode BatchNorm2d following the conv) its statistics
         and affine are folded into new weight and bias: an inference-only fusion.
+
+        Raises:
+            TypeError: conv is not a depthwise nn.Conv2d, or bn not a BatchNorm.
+            ValueError: bn is in training mode (``bn.eval()`` first: a fold cannot keep batch
+                statistics), or has no running statistics (fold_batchnorm).
         """
         if not isinstance(conv, nn.Conv2d) or conv.groups != conv.in_channels:
             raise TypeError("from_conv expects an nn.Conv2d with groups == in_channels, got "

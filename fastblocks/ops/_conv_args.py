@@ -44,6 +44,7 @@ def conv_geometry(in_size, kernel_size, stride, padding, dilation) -> ConvGeomet
                                  f"got stride={stride}")
             # PyTorch puts the odd extra row/column of padding at the bottom/right.
             pad = tuple(s // 2 for s in span)
+            check_index_range(pad, span, stride, in_size)
             return ConvGeometry(stride, pad, dilation, tuple(in_size))
         else:
             raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
@@ -57,7 +58,26 @@ def conv_geometry(in_size, kernel_size, stride, padding, dilation) -> ConvGeomet
                 f"input {axis} = {size} with padding {p} is smaller than the dilated kernel ({s + 1})"
             )
         out.append((padded - s - 1) // st + 1)
+    check_index_range(pad, span, stride, out)
     return ConvGeometry(stride, pad, dilation, tuple(out))
+
+
+# Every index a kernel forms, out * stride - pad + tap * dilation, fits int64 when each term is
+# below 2^62; PyTorch's own convolutions refuse padding from 2^62 on. The kernels check the same
+# (csrc/include/fastblocks/depthwise_args.h); here the error names the argument first.
+INDEX_LIMIT = 1 << 62
+
+
+def check_index_range(padding, span, stride, out_size) -> None:
+    """ValueError naming the argument when a geometry's indices could pass int64 (see
+    INDEX_LIMIT). `span`: dilation * (kernel size - 1) per axis."""
+    if max(padding) >= INDEX_LIMIT:
+        raise ValueError(f"padding must be below 2**62, got {padding}")
+    if max(span) >= INDEX_LIMIT:
+        raise ValueError(f"dilation * (kernel size - 1) must be below 2**62, got {span}")
+    if max((o - 1) * st for o, st in zip(out_size, stride)) >= INDEX_LIMIT:
+        raise ValueError(f"stride * (output size - 1) must be below 2**62, got stride {stride} "
+                         f"for output size {tuple(out_size)}")
 
 
 def _plain(value) -> bool:

@@ -12,8 +12,9 @@ reads the output); hardswish, hardsigmoid and silu run as a second op whose back
 saved pre-activation, as eager's does. Recomputing it in backward instead would cost a whole
 extra convolution pass for the memory of one activation map.
 
-Layout: NCHW or channels_last, chosen like PyTorch's convolution (channels_last when x is
-channels_last-contiguous); the output keeps it. Any other strides are copied once into NCHW.
+Layout: NCHW or channels_last, chosen by PyTorch's rule for convolutions (channels_last when x
+or the weight is, _layout.conv_channels_last); the output has it, as eager's does. x in any
+other strides is copied once into that format.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from ._dispatch import run_kernel
 from ._fastpath import direct_autograd, needs_grad, plain_eager
 from ._activation_codes import activation_code
 from ._conv_args import conv_geometry_cached
-from ._layout import empty, is_channels_last, memory_format
+from ._layout import conv_channels_last, empty, memory_format
 from ._validate import check_ndim, check_same, check_tensor
 from .activation import (_activation_backward_op, _backward_impl as _activation_backward_impl,
                          apply_activation, reference_forward as _act_reference)
@@ -55,23 +56,53 @@ def _pads(in_hw, kernel_size, stride, padding, dilation, out_size):
     return pads
 
 
-def _conv_backward(grad, x_or_shape, weight_or_shape, stride, dilation, groups, mask):
-    """aten.convolution_backward (padding 0) where the tensor whose gradient is not wanted may
-    be given by its shape alone (an expanded scalar: no memory), as torch.nn.grad does. Called
-    inside custom ops, below autograd, so it cannot use autograd itself."""
+def _extra(in_hw, kernel_size, stride, padding, dilation, out_size):
+    """Rows and columns of zeros to append at the bottom/right of x so that F.conv2d with the
+    symmetric `padding` yields at least `out_size`: one for "same" with an even dilated kernel
+    (PyTorch puts the odd padding there), none otherwise. The padding itself is never
+    materialised: an explicit F.pad of padding 4096 ran out of a 3 GB cap where eager needs no
+    copy (issue 12)."""
+    t, b, l, r = _pads(in_hw, kernel_size, stride, padding, dilation, out_size)
+    return max(b - t, 0), max(r - l, 0)
+
+
+def _eager_size(in_hw, kernel_size, stride, padding, dilation):
+    """Output (H, W) of F.conv2d with symmetric padding."""
+    return [(n + 2 * p - d * (k - 1) - 1) // s + 1
+            for n, k, s, p, d in zip(in_hw, kernel_size, stride, padding, dilation)]
+
+
+def _conv_backward(grad, x_or_shape, weight_or_shape, stride, padding, dilation, groups, mask):
+    """aten.convolution_backward where the tensor whose gradient is not wanted may be given by
+    its shape alone (an expanded scalar: no memory), as torch.nn.grad does. Called inside
+    custom ops, below autograd, so it cannot use autograd itself."""
     def tensor(t):
         return t if isinstance(t, Tensor) else grad.new_empty(1).expand(t)
     return torch.ops.aten.convolution_backward(
-        grad, tensor(x_or_shape), tensor(weight_or_shape), None, list(stride), [0, 0],
+        grad, tensor(x_or_shape), tensor(weight_or_shape), None, list(stride), list(padding),
         list(dilation), False, [0, 0], groups, mask)
 
 
 # The references below take the kernels' arguments (same names, same order), so the `torch`
-# backend runs through the same dispatcher (fastblocks.ops._dispatch.run_kernel).
+# backend runs through the same dispatcher (fastblocks.ops._dispatch.run_kernel). Each pads x
+# only by _extra and lets ATen handle `padding`, then crops to out_size: memory stays that of
+# the tensors whatever the geometry.
+
+def _extended(x, eh, ew):
+    return F.pad(x, (0, ew, 0, eh)) if eh or ew else x
+
+
+def _grad_to_eager_size(grad, size):
+    """grad (the gradient of the cropped output) as the gradient of eager's output of `size`:
+    zeros for the outputs the crop dropped."""
+    eh, ew = size[0] - grad.shape[-2], size[1] - grad.shape[-1]
+    return F.pad(grad, (0, ew, 0, eh)) if eh or ew else grad
+
 
 def _reference_forward(x, weight, bias, stride, padding, dilation, out_size, act, channels_last):
-    t, b, l, r = _pads(x.shape[-2:], weight.shape[-2:], stride, padding, dilation, out_size)
-    y = F.conv2d(F.pad(x, (l, r, t, b)), weight, bias, stride, 0, dilation, groups=x.shape[1])
+    eh, ew = _extra(x.shape[-2:], weight.shape[-2:], stride, padding, dilation, out_size)
+    y = F.conv2d(_extended(x, eh, ew), weight, bias, stride, padding, dilation, groups=x.shape[1])
+    y = y[..., :out_size[0], :out_size[1]]
     if act:
         y = _act_reference(y, act)
     return y.contiguous(memory_format=memory_format(channels_last))
@@ -79,30 +110,36 @@ def _reference_forward(x, weight, bias, stride, padding, dilation, out_size, act
 
 def _reference_backward_input(grad, weight, in_size, stride, padding, dilation, channels_last):
     c, h, w = in_size
-    t, b, l, r = _pads((h, w), weight.shape[-2:], stride, padding, dilation, grad.shape[-2:])
-    padded = (grad.shape[0], c, h + t + b, w + l + r)
-    gxp = _conv_backward(grad, padded, weight, stride, dilation, c, [True, False, False])[0]
-    return gxp[..., t:t + h, l:l + w].contiguous(memory_format=memory_format(channels_last))
+    ks = weight.shape[-2:]
+    eh, ew = _extra((h, w), ks, stride, padding, dilation, grad.shape[-2:])
+    hw = (h + eh, w + ew)
+    g = _grad_to_eager_size(grad, _eager_size(hw, ks, stride, padding, dilation))
+    gx = _conv_backward(g, (grad.shape[0], c, *hw), weight, stride, padding, dilation, c,
+                        [True, False, False])[0]
+    return gx[..., :h, :w].contiguous(memory_format=memory_format(channels_last))
 
 
 def _reference_backward_weight(grad, x, kernel_size, stride, padding, dilation, channels_last):
-    t, b, l, r = _pads(x.shape[-2:], kernel_size, stride, padding, dilation, grad.shape[-2:])
+    eh, ew = _extra(x.shape[-2:], kernel_size, stride, padding, dilation, grad.shape[-2:])
+    xe = _extended(x, eh, ew)
+    g = _grad_to_eager_size(grad, _eager_size(xe.shape[-2:], kernel_size, stride, padding, dilation))
     shape = (grad.shape[1], 1, *kernel_size)
-    gw = _conv_backward(grad, F.pad(x, (l, r, t, b)), shape, stride, dilation, x.shape[1],
+    gw = _conv_backward(g, xe, shape, stride, padding, dilation, x.shape[1],
                         [False, True, False])[1]
     return gw.contiguous()
 
 
 # ---- registered ops --------------------------------------------------------------------------
 
-def _canonical(x: Tensor) -> tuple[Tensor, bool]:
-    cl = is_channels_last(x)
+def _canonical(x: Tensor, weight: Tensor) -> tuple[Tensor, bool]:
+    """x in the memory format the convolution computes in (conv_channels_last), and that choice."""
+    cl = conv_channels_last(x, weight)
     return x.contiguous(memory_format=memory_format(cl)), cl
 
 
 def _forward_impl(x: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation,
                   out_size, act: int) -> Tensor:
-    x, cl = _canonical(x)
+    x, cl = _canonical(x, weight)
     bias = None if bias is None else bias.contiguous()
     args = (x, weight.contiguous(), bias, tuple(stride), tuple(padding), tuple(dilation),
             tuple(out_size), act, cl)
@@ -117,12 +154,12 @@ def _depthwise_op(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[i
 
 @_depthwise_op.register_fake
 def _(x, weight, bias, stride, padding, dilation, out_size, act):
-    return empty((x.shape[0], weight.shape[0], *out_size), x, is_channels_last(x))
+    return empty((x.shape[0], weight.shape[0], *out_size), x, conv_channels_last(x, weight))
 
 
 def _backward_impl(grad: Tensor, x: Tensor, weight: Tensor, stride, padding, dilation,
                    output_mask) -> tuple[Tensor, Tensor, Tensor]:
-    x, cl = _canonical(x)
+    x, cl = _canonical(x, weight)
     weight = weight.contiguous()
     stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
     grad = grad.contiguous(memory_format=memory_format(cl))
@@ -155,7 +192,7 @@ def _depthwise_backward_op(grad: Tensor, x: Tensor, weight: Tensor, stride: list
 
 @_depthwise_backward_op.register_fake
 def _(grad, x, weight, stride, padding, dilation, output_mask):
-    gx = empty(x.shape, x, is_channels_last(x)) if output_mask[0] else x.new_empty(0)
+    gx = empty(x.shape, x, conv_channels_last(x, weight)) if output_mask[0] else x.new_empty(0)
     gw = weight.new_empty(weight.shape) if output_mask[1] else x.new_empty(0)
     gb = grad.new_empty((weight.shape[0],)) if output_mask[2] else x.new_empty(0)
     return gx, gw, gb
@@ -244,7 +281,8 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stri
 
     Args:
         x: (N, C, H, W) or unbatched (C, H, W); float16, bfloat16, float32 or float64;
-            NCHW or channels_last (the output keeps the layout).
+            any strides. The output is channels_last when x or weight is, NCHW otherwise
+            (PyTorch's rule for convolutions).
         weight: (C * m, 1, KH, KW), channel multiplier m >= 1: output channel ``o`` reads
             input channel ``o // m``.
         bias: (C * m,) or None.
@@ -292,7 +330,7 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stri
         # recomputing it there with a second convolution
         if plain_eager(x, weight, bias) and _c_kernels_selected(x.device):
             # the same policy with the autograd node in C++ (csrc/autograd/depthwise.cpp)
-            x, cl = _canonical(x)
+            x, cl = _canonical(x, weight)
             y = torch.ops.fastblocks_C.depthwise_train(
                 x, weight.contiguous(), None if bias is None else bias.contiguous(), *args,
                 code, cl)

@@ -6,6 +6,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <optional>
 #include <tuple>
 #include <utility>
@@ -40,6 +41,56 @@ inline void check_layout(const at::Tensor& t, const char* op, const char* name, 
   TORCH_CHECK(t.is_contiguous(mem_format(channels_last)), op, ": ", name, " must be contiguous",
               channels_last ? " in channels_last" : " (NCHW)", " memory format since channels_last=",
               channels_last ? "True" : "False");
+}
+
+// What every entry point does first with its 4-d tensors (x, grad): t itself when contiguous
+// in the memory format `channels_last` names (is_contiguous already ignores the strides of
+// size-1 dimensions and of empty tensors), else one copy into it: an expanded gradient, or a
+// layout the caller did not normalise. Never a rejection (issue 12).
+inline at::Tensor in_format(const at::Tensor& t, const char* op, const char* name, bool channels_last) {
+  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be 4-d (N, C, H, W), got ", t.dim(), "-d");
+  return t.contiguous(mem_format(channels_last));
+}
+
+// weight and bias, read as plain arrays: contiguous (an expanded bias is copied once).
+inline std::optional<at::Tensor> contiguous_opt(const std::optional<at::Tensor>& t) {
+  if (!t.has_value() || !t->defined()) return std::nullopt;
+  return t->contiguous();
+}
+
+// Every index a kernel forms, out * stride - pad + tap * dilation, stays inside int64 when each
+// term is below 2^62 (PyTorch's own convolutions cap padding there too). Past that: an error,
+// never a wrapped index.
+inline void check_index_range(const DepthwiseShape& s, const char* op) {
+  constexpr int64_t lim = int64_t(1) << 62;
+  const auto below = [&](int64_t a, int64_t b) {
+    int64_t r = 0;
+    return !__builtin_mul_overflow(a, b, &r) && r < lim;
+  };
+  TORCH_CHECK(s.pad_h < lim && s.pad_w < lim, op, ": padding must be below 2^62, got (", s.pad_h,
+              ", ", s.pad_w, ")");
+  TORCH_CHECK(below(s.kh - 1, s.dil_h) && below(s.kw - 1, s.dil_w), op,
+              ": dilation x (kernel size - 1) must be below 2^62, got dilation (", s.dil_h, ", ",
+              s.dil_w, ")");
+  TORCH_CHECK(below(std::max<int64_t>(s.oh - 1, 0), s.stride_h) &&
+                  below(std::max<int64_t>(s.ow - 1, 0), s.stride_w) && s.h < lim && s.w < lim,
+              op, ": stride x (output size - 1) must be below 2^62, got stride (", s.stride_h,
+              ", ", s.stride_w, ")");
+}
+
+// The same convolution with the arguments that cannot matter reset: a stride along an axis
+// with one output, a dilation along an axis with one tap. (A stride of 2^31 for a 1x1 output
+// then costs nothing anywhere, and the CUDA kernels' int32 checks see 1.)
+inline void drop_unused_geometry(DepthwiseShape& s) {
+  if (s.oh <= 1) s.stride_h = 1;
+  if (s.ow <= 1) s.stride_w = 1;
+  if (s.kh == 1) s.dil_h = 1;
+  if (s.kw == 1) s.dil_w = 1;
+}
+
+inline void finish_geometry(DepthwiseShape& s, const char* op) {
+  drop_unused_geometry(s);
+  check_index_range(s, op);
 }
 
 // Same device and dtype as `ref`.
@@ -102,6 +153,7 @@ inline DepthwiseShape forward_shape(const at::Tensor& x, const at::Tensor& weigh
     TORCH_CHECK(bias->is_contiguous(), op, ": bias must be contiguous");
     check_like(*bias, x, op, "bias", "input");
   }
+  finish_geometry(s, op);
   return s;
 }
 
@@ -125,6 +177,7 @@ inline DepthwiseShape backward_input_shape(const at::Tensor& grad, const at::Ten
   set_from_grad(s, grad, op);
   check_weight(s, weight, op, grad, "grad");
   set_conv_args(s, op, stride, padding, dilation);
+  finish_geometry(s, op);
   return s;
 }
 
@@ -147,6 +200,7 @@ inline DepthwiseShape backward_weight_shape(const at::Tensor& grad, const at::Te
   std::tie(s.kh, s.kw) = pair_arg(kernel_size, op, "kernel_size");
   TORCH_CHECK(s.kh >= 1 && s.kw >= 1, op, ": kernel_size must be >= 1, got ", kernel_size);
   set_conv_args(s, op, stride, padding, dilation);
+  finish_geometry(s, op);
   return s;
 }
 
