@@ -9,7 +9,10 @@ them to inductor's freezing passes (torch/_inductor/fx_passes/mkldnn_fusion.py):
 
 Packing is cached per weight tensor (by identity, dropped when the tensor dies) and invalidated
 by its version counter, so a module that runs the same (folded) weight every call packs once,
-and an optimizer step or load_state_dict is seen.
+and an optimizer step or load_state_dict is seen. A weight is packed on its second use: one
+seen once (a BN fold recomputed on every call, as ConvBNAct does while autograd records) runs
+on the plain weight instead of paying a reorder per call. Inference tensors have no version
+counter; theirs is taken as fixed (they cannot change outside inference_mode).
 
 Layout: a packed weight makes oneDNN write a channels_last output whatever the input's layout,
 so packed weights serve channels_last inputs only; NCHW inputs run the same fused primitive on
@@ -60,12 +63,14 @@ def can_serve(x: Tensor, weight: Tensor) -> bool:
 
 
 def packed_weight(weight: Tensor, padding, stride, dilation, groups: int, input_size) -> Tensor:
-    """The oneDNN-packed copy of `weight` for this geometry and input size, cached."""
+    """The oneDNN-packed copy of `weight` for this geometry and input size, cached (from the
+    weight's second use on; the plain weight before)."""
     key = (tuple(padding), tuple(stride), tuple(dilation), groups, tuple(input_size))
+    version = -1 if weight.is_inference() else weight._version
     entry = _packed.get(weight)
-    if entry is None or entry[0] != weight._version:
-        entry = (weight._version, {})
-        _packed[weight] = entry
+    if entry is None or entry[0] != version:
+        _packed[weight] = (version, {})
+        return weight.contiguous()  # first use: plain weight (docstring)
     shapes = entry[1]
     packed = shapes.get(key)
     if packed is None:

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from . import _mkldnn_conv
 from ._activation_codes import activation_code
-from ._conv_args import conv_geometry_cached
+from ._conv_args import conv_geometry, conv_geometry_cached
 from ._fastpath import direct_autograd, needs_grad, plain_eager
 from ._layout import empty, is_channels_last, memory_format
 from ._validate import check_ndim, check_same, check_tensor
@@ -149,11 +149,26 @@ def _train_impl(x, weight, conv_bias, bn_weight, bn_bias, eps, stride, padding, 
     """(y, z, mean, invstd): z the conv output, mean/invstd (float32, or float64 for float64)
     its per-channel batch statistics (biased variance), y = act(BN(z))."""
     z = F.conv2d(x, weight, conv_bias, stride, padding, dilation, groups)
-    # ATen's CPU/CUDA batch norm: statistics accumulated in float32 (opmath) in one call with
-    # the normalisation; the activation then runs in place on its fresh output
-    y, mean, invstd = torch.ops.aten._native_batch_norm_legit.no_stats(
-        z, bn_weight, bn_bias, True, 0.0, eps)
+    # ATen's batch norm: statistics accumulated in float32 (opmath) in one call with the
+    # normalisation; the activation then runs in place on its fresh output. The affine
+    # parameters go in as float32 (ATen's mixed-precision path) so the saved mean and 1/std
+    # stay float32 for a float16/bfloat16 z: with parameters in z's dtype ATen rounds them
+    # to it, and the running statistics and the recomputation in backward would lose bits.
+    w32, b32 = _affine32(bn_weight, bn_bias, z)
+    y, mean, invstd = torch.ops.aten._native_batch_norm_legit.no_stats(z, w32, b32, True, 0.0, eps)
     return _activate_(y, act), z, mean, invstd
+
+
+def _stat_dtype(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _affine32(bn_weight, bn_bias, z):
+    """BN's weight and bias in the statistics' dtype (ones/zeros when absent)."""
+    dtype, c = _stat_dtype(z), z.shape[1]
+    w = z.new_ones(c, dtype=dtype) if bn_weight is None else bn_weight.to(dtype)
+    b = z.new_zeros(c, dtype=dtype) if bn_bias is None else bn_bias.to(dtype)
+    return w, b
 
 
 @torch.library.custom_op("fastblocks::conv_bn_act_train", mutates_args=())
@@ -168,7 +183,7 @@ def _train_op(x: Tensor, weight: Tensor, conv_bias: Tensor | None, bn_weight: Te
 @_train_op.register_fake
 def _(x, weight, conv_bias, bn_weight, bn_bias, eps, stride, padding, dilation, groups, act):
     y = empty(_out_shape(x, weight, stride, padding, dilation), x, _out_channels_last(x, weight))
-    stat = torch.float64 if x.dtype == torch.float64 else torch.float32
+    stat = _stat_dtype(x)
     c = weight.shape[0]
     return y, torch.empty_like(y), x.new_empty((c,), dtype=stat), x.new_empty((c,), dtype=stat)
 
@@ -190,26 +205,29 @@ def _train_backward(ctx, grad, _gz, _gmean, _ginvstd):
     n = ctx.needs_input_grad
     if grad is None:
         return (None,) * 11
+    w32, b32 = _affine32(bn_weight, bn_bias, z)
     if act:
+        # BN's output as ATen's forward computed it: z * alpha + beta with alpha = invstd *
+        # weight, beta = bias - mean * alpha, in float32 (opmath), a multiply then an add,
+        # rounded to z's dtype
         shape = (1, -1, 1, 1)
-        scale = invstd if bn_weight is None else invstd * bn_weight.to(invstd.dtype)
-        shift = -mean * scale
-        if bn_bias is not None:
-            shift = shift + bn_bias.to(invstd.dtype)
-        pre = torch.addcmul(shift.view(shape).to(z.dtype), z, scale.view(shape).to(z.dtype))
-        grad = _act_backward(grad, pre, act)
+        scale = invstd * w32
+        shift = b32 - mean * scale
+        pre = (z * scale.view(shape)).add_(shift.view(shape))
+        grad = _act_backward(grad, pre.to(z.dtype), act)
         del pre
     need_z = n[0] or n[1] or (has_cb and n[2])
     gz, gbw, gbb = torch.ops.aten.native_batch_norm_backward(
-        grad, z, bn_weight, None, None, mean, invstd, True, eps,
+        grad, z, w32, None, None, mean, invstd, True, eps,
         [need_z, has_bw and n[3], has_bb and n[4]])
+    gbw = gbw.to(bn_weight.dtype) if has_bw and n[3] else None
+    gbb = gbb.to(bn_bias.dtype) if has_bb and n[4] else None
     gx = gw = gcb = None
     if need_z:
         gx, gw, gcb = torch.ops.aten.convolution_backward(
             gz, x, weight, [weight.shape[0]] if has_cb else None, list(stride), list(padding),
             list(dilation), False, [0, 0], groups, [n[0], n[1], has_cb and n[2]])
-    return (gx, gw, gcb, gbw if has_bw and n[3] else None, gbb if has_bb and n[4] else None,
-            None, None, None, None, None, None)
+    return gx, gw, gcb, gbw, gbb, None, None, None, None, None, None
 
 
 torch.library.register_autograd("fastblocks::conv_bn_act_train", _train_backward,
@@ -232,6 +250,11 @@ def _update_running_stats(running_mean, running_var, mean, invstd, count, moment
 
 
 # ---- public functions ------------------------------------------------------------------------
+
+def _direct_ok(x: Tensor, *tensors) -> bool:
+    """Plain eager (_fastpath) and no autocast: the registered op's autocast rule is needed."""
+    return plain_eager(x, *tensors) and not torch.is_autocast_enabled(x.device.type)
+
 
 def _is_depthwise(x: Tensor, weight: Tensor, groups: int) -> bool:
     return groups > 1 and weight.shape[1] == 1 and x.shape[-3] == groups
@@ -272,7 +295,9 @@ def _prepare(x, weight, bias, stride, padding, dilation, groups):
         if tuple(bias.shape) != (weight.shape[0],):
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     kernel = tuple(weight.shape[-2:])
-    geo = conv_geometry_cached(tuple(x.shape[-2:]), kernel, stride, padding, dilation)
+    # (dynamo warns about tracing through the lru_cache of conv_geometry_cached)
+    geometry = conv_geometry if torch.compiler.is_compiling() else conv_geometry_cached
+    geo = geometry(tuple(x.shape[-2:]), kernel, stride, padding, dilation)
     pad = list(geo.padding)
     if padding == "same":
         extra = [d * (k - 1) - 2 * p for d, k, p in zip(geo.dilation, kernel, geo.padding)]
@@ -303,7 +328,7 @@ def conv_bias_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=
     x, unbatched, stride, padding, dilation = _prepare(x, weight, bias, stride, padding,
                                                        dilation, groups)
     args = (x, weight, bias, stride, padding, dilation, groups, code)
-    if not plain_eager(x, weight, bias):
+    if not _direct_ok(x, weight, bias):
         y = _conv_bias_act_op(*args)
     elif needs_grad(x, weight, bias):
         y = _conv_bias_act_direct(*args)
@@ -359,7 +384,7 @@ def conv_bn_act(x: Tensor, weight: Tensor, conv_bias: Tensor | None, bn_weight: 
                          f"{torch.Size(oh_ow)}")
     args = (x4, weight, conv_bias, bn_weight, bn_bias, float(eps), st, pad, dil, groups, code)
     tensors = (x4, weight, conv_bias, bn_weight, bn_bias)
-    if not plain_eager(*tensors, running_mean, running_var):
+    if not _direct_ok(*tensors, running_mean, running_var):
         y, _, mean, invstd = _train_op(*args)
     elif needs_grad(*tensors):
         y, _, mean, invstd = _train_direct(*args)
