@@ -25,10 +25,13 @@ Measured (AMD EPYC, 2 threads, torch 2.13, `python -m fastblocks.bench.conv_bn_a
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._backend import capture, get_backend, resolve, restored
 from . import _mkldnn_conv
 from ._activation_codes import activation_code
 from ._conv_args import conv_geometry, conv_geometry_cached
@@ -83,7 +86,7 @@ def _out_channels_last(x: Tensor, weight: Tensor) -> bool:
 
 def _conv_bias_act_impl(x, weight, bias, stride, padding, dilation, groups, act):
     cl = _out_channels_last(x, weight)
-    if _mkldnn_conv.can_serve(x, weight):
+    if _mkldnn_conv.can_serve(x, weight) and get_backend() != "torch":
         x = x.contiguous(memory_format=memory_format(cl))
         return _mkldnn_conv.conv_pointwise(x, weight, bias, stride, padding, dilation, groups,
                                            act, cl)
@@ -155,8 +158,29 @@ def _train_impl(x, weight, conv_bias, bn_weight, bn_bias, eps, stride, padding, 
     # stay float32 for a float16/bfloat16 z: with parameters in z's dtype ATen rounds them
     # to it, and the running statistics and the recomputation in backward would lose bits.
     w32, b32 = _affine32(bn_weight, bn_bias, z)
+    if _c_kernels(z.device):  # one fused kernel: statistics, normalisation, activation
+        cl = is_channels_last(z)
+        z = z.contiguous(memory_format=memory_format(cl))
+        y, mean, invstd = torch.ops.fastblocks_C.bn_act_train_forward(z, w32, b32, eps, act, cl)
+        return y, z, mean, invstd
     y, mean, invstd = torch.ops.aten._native_batch_norm_legit.no_stats(z, w32, b32, True, 0.0, eps)
     return _activate_(y, act), z, mean, invstd
+
+
+def _c_kernels(device: torch.device) -> bool:
+    """Whether the selected backend runs fastblocks._C's BN + activation kernels on `device`.
+    Elsewhere (the torch backend, or triton, which has no kernel for this yet) the ATen
+    composition runs: ATen's batch norm, the activation in place, and in backward the
+    recomputed BN output through ATen's batch-norm backward."""
+    if not _c_schemas():  # an extension built before this family existed
+        return False
+    return resolve("conv_bn_act", device, "bn_act_train_forward") in ("cpu", "cuda")
+
+
+@functools.cache
+def _c_schemas() -> bool:
+    return all(hasattr(torch.ops.fastblocks_C, name)
+               for name in ("bn_act_train_forward", "bn_act_train_backward"))
 
 
 def _stat_dtype(t: Tensor) -> torch.dtype:
@@ -196,6 +220,7 @@ def _train_setup_context(ctx, inputs, output):
     ctx.args = (eps, stride, padding, dilation, groups, act)
     ctx.has = (conv_bias is not None, bn_weight is not None, bn_bias is not None)
     ctx.set_materialize_grads(False)
+    capture(ctx)
 
 
 def _train_backward(ctx, grad, _gz, _gmean, _ginvstd):
@@ -206,6 +231,26 @@ def _train_backward(ctx, grad, _gz, _gmean, _ginvstd):
     if grad is None:
         return (None,) * 11
     w32, b32 = _affine32(bn_weight, bn_bias, z)
+    need_z = n[0] or n[1] or (has_cb and n[2])
+    with restored(ctx):
+        use_c = _c_kernels(z.device)
+    if use_c:
+        gz, gbw, gbb = torch.ops.fastblocks_C.bn_act_train_backward(
+            grad, z, w32, b32, mean, invstd, act, is_channels_last(z), [need_z, True, True])
+    else:
+        gz, gbw, gbb = _bn_act_backward_aten(grad, z, w32, b32, mean, invstd, eps, act, need_z)
+    gbw = gbw.to(bn_weight.dtype) if has_bw and n[3] else None
+    gbb = gbb.to(bn_bias.dtype) if has_bb and n[4] else None
+    gx = gw = gcb = None
+    if need_z:
+        gx, gw, gcb = torch.ops.aten.convolution_backward(
+            gz, x, weight, [weight.shape[0]] if has_cb else None, list(stride), list(padding),
+            list(dilation), False, [0, 0], groups, [n[0], n[1], has_cb and n[2]])
+    return gx, gw, gcb, gbw, gbb, None, None, None, None, None, None
+
+
+def _bn_act_backward_aten(grad, z, w32, b32, mean, invstd, eps, act, need_z):
+    """bn_act_train_backward's ATen composition (the torch backend)."""
     if act:
         # BN's output as ATen's forward computed it: z * alpha + beta with alpha = invstd *
         # weight, beta = bias - mean * alpha, in float32 (opmath), a multiply then an add,
@@ -216,18 +261,8 @@ def _train_backward(ctx, grad, _gz, _gmean, _ginvstd):
         pre = (z * scale.view(shape)).add_(shift.view(shape))
         grad = _act_backward(grad, pre.to(z.dtype), act)
         del pre
-    need_z = n[0] or n[1] or (has_cb and n[2])
-    gz, gbw, gbb = torch.ops.aten.native_batch_norm_backward(
-        grad, z, w32, None, None, mean, invstd, True, eps,
-        [need_z, has_bw and n[3], has_bb and n[4]])
-    gbw = gbw.to(bn_weight.dtype) if has_bw and n[3] else None
-    gbb = gbb.to(bn_bias.dtype) if has_bb and n[4] else None
-    gx = gw = gcb = None
-    if need_z:
-        gx, gw, gcb = torch.ops.aten.convolution_backward(
-            gz, x, weight, [weight.shape[0]] if has_cb else None, list(stride), list(padding),
-            list(dilation), False, [0, 0], groups, [n[0], n[1], has_cb and n[2]])
-    return gx, gw, gcb, gbw, gbb, None, None, None, None, None, None
+    return torch.ops.aten.native_batch_norm_backward(
+        grad, z, w32, None, None, mean, invstd, True, eps, [need_z, True, True])
 
 
 torch.library.register_autograd("fastblocks::conv_bn_act_train", _train_backward,
