@@ -364,3 +364,44 @@ def test_conv_bn_act_train_statistics_accurate_for_large_means():
     yh = reference_conv_bn_act(*d, **kw)
     assert_parity(y, ye, yh, reduction=True)
     assert_parity(rv_f, rv_e, d[6], "running_var", reduction=True)
+
+
+@pytest.mark.parametrize("activation,channels_last,dtype", [
+    ("silu", False, torch.float32), ("relu6", True, torch.float32), ("hardswish", True, torch.float64)])
+def test_conv_bn_act_train_triton_interpreter(activation, channels_last, dtype):
+    """The Triton kernels (kernels/conv_bn_act.py) under TRITON_INTERPRET=1 on tiny shapes."""
+    import fastblocks
+    if "triton" not in fastblocks.available_backends("cpu"):
+        pytest.skip("triton backend unavailable (TRITON_INTERPRET=1 and triton needed)")
+    x = _x(2, 3, 4, 3, dtype, channels_last)
+    w, cb = torch.randn(4, 3, 1, 1, dtype=dtype), torch.randn(4, dtype=dtype)
+    bw, bb, rm, rv = _bn_params(4, dtype)
+    fast, eager = _train_pair(x, w, cb, bw, bb, rm, rv, activation=activation)
+    with fastblocks.backend("triton"):
+        res = check(fast, eager, [x, w, cb, bw, bb], grad_idx=(0, 1, 3, 4),
+                    names=("x", "weight", "bias", "bn_weight", "bn_bias"))
+    assert res.ok, res.messages
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("training", [True, False])
+def test_conv_bn_act_cuda(dtype, training):
+    """On a GPU: the train path (Triton kernels under auto) and the eval path (ATen/cuDNN
+    conv + fused activation), multi-tile sizes, channels_last."""
+    dev = "cuda"
+    x = torch.randn(8, 32, 28, 28, device=dev, dtype=dtype).contiguous(memory_format=CL)
+    w, cb = torch.randn(64, 32, 3, 3, device=dev, dtype=dtype) * 0.1, None
+    bw = torch.rand(64, device=dev, dtype=dtype) + 0.5
+    bb = torch.randn(64, device=dev, dtype=dtype) * 0.1
+    rm, rv = torch.zeros(64, device=dev), torch.ones(64, device=dev)
+    kw = dict(training=training, padding=1, activation="silu")
+
+    def fast(x, w, bw, bb):
+        return ops.conv_bn_act(x, w, cb, bw, bb, rm.to(x.dtype), rv.to(x.dtype), **kw)
+
+    def eager(x, w, bw, bb):
+        return reference_conv_bn_act(x, w, cb, bw, bb, rm.to(x.dtype), rv.to(x.dtype), **kw)
+    res = check(fast, eager, [x, w, bw, bb], grad_idx=(0, 1, 2, 3),
+                names=("x", "weight", "bn_weight", "bn_bias"))
+    assert res.ok, res.messages

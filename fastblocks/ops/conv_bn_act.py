@@ -34,6 +34,7 @@ fusing BN and the activation removes only the one or two passes eager adds after
 from __future__ import annotations
 
 import functools
+import importlib
 
 import torch
 import torch.nn.functional as F
@@ -166,23 +167,28 @@ def _train_impl(x, weight, conv_bias, bn_weight, bn_bias, eps, stride, padding, 
     # stay float32 for a float16/bfloat16 z: with parameters in z's dtype ATen rounds them
     # to it, and the running statistics and the recomputation in backward would lose bits.
     w32, b32 = _affine32(bn_weight, bn_bias, z)
-    if _c_kernels(z.device):  # one fused kernel: statistics, normalisation, activation
+    kernels = _train_kernels(z.device)
+    if kernels is not None:  # fused kernels: statistics, then normalisation + activation
         cl = is_channels_last(z)
         z = z.contiguous(memory_format=memory_format(cl))
-        y, mean, invstd = torch.ops.fastblocks_C.bn_act_train_forward(z, w32, b32, eps, act, cl)
+        y, mean, invstd = kernels.bn_act_train_forward(z, w32, b32, eps, act, cl)
         return y, z, mean, invstd
     y, mean, invstd = torch.ops.aten._native_batch_norm_legit.no_stats(z, w32, b32, True, 0.0, eps)
     return _activate_(y, act), z, mean, invstd
 
 
-def _c_kernels(device: torch.device) -> bool:
-    """Whether the selected backend runs fastblocks._C's BN + activation kernels on `device`.
-    Elsewhere (the torch backend, or triton, which has no kernel for this yet) the ATen
-    composition runs: ATen's batch norm, the activation in place, and in backward the
-    recomputed BN output through ATen's batch-norm backward."""
-    if not _c_schemas():  # an extension built before this family existed
-        return False
-    return resolve("conv_bn_act", device, "bn_act_train_forward") in ("cpu", "cuda")
+def _train_kernels(device: torch.device):
+    """The module holding bn_act_train_forward/backward for the selected backend on `device`
+    (torch.ops.fastblocks_C or fastblocks.kernels.conv_bn_act), or None for the torch backend
+    or an extension built before this family existed: then the ATen composition runs (ATen's
+    batch norm, the activation in place; in backward the recomputed BN output through ATen's
+    batch-norm backward)."""
+    if get_backend() != "triton" and not _c_schemas():
+        return None
+    backend = resolve("conv_bn_act", device, "bn_act_train_forward")
+    if backend == "triton":
+        return importlib.import_module("fastblocks.kernels.conv_bn_act")
+    return torch.ops.fastblocks_C if backend in ("cpu", "cuda") else None
 
 
 @functools.cache
@@ -241,9 +247,9 @@ def _train_backward(ctx, grad, _gz, _gmean, _ginvstd):
     w32, b32 = _affine32(bn_weight, bn_bias, z)
     need_z = n[0] or n[1] or (has_cb and n[2])
     with restored(ctx):
-        use_c = _c_kernels(z.device)
-    if use_c:
-        gz, gbw, gbb = torch.ops.fastblocks_C.bn_act_train_backward(
+        kernels = _train_kernels(z.device)
+    if kernels is not None:
+        gz, gbw, gbb = kernels.bn_act_train_backward(
             grad, z, w32, b32, mean, invstd, act, is_channels_last(z), [need_z, True, True])
     else:
         gz, gbw, gbb = _bn_act_backward_aten(grad, z, w32, b32, mean, invstd, eps, act, need_z)
