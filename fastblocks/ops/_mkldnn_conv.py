@@ -14,10 +14,9 @@ seen once (a BN fold recomputed on every call, as ConvBNAct does while autograd 
 on the plain weight instead of paying a reorder per call. Inference tensors have no version
 counter; theirs is taken as fixed (they cannot change outside inference_mode).
 
-Layout: a packed weight makes oneDNN write a channels_last output whatever the input's layout,
-so packed weights serve channels_last inputs only; NCHW inputs run the same fused primitive on
-the plain weight (oneDNN reorders it per call), which keeps the output NCHW as PyTorch's rule
-asks. Float64 (and float16/bfloat16 where the CPU lacks native support) are not served: the
+Layout: channels_last only (as inductor lays activations out for it). A packed weight makes
+oneDNN write a channels_last output whatever the input's layout; NCHW convolutions stay with
+ATen (fastblocks/ops/conv_bn_act.py says why). Float64 (and float16/bfloat16 where the CPU lacks native support) are not served: the
 caller falls back to ATen's convolution plus an in-place activation.
 """
 from __future__ import annotations
@@ -85,14 +84,11 @@ def packed_weight(weight: Tensor, padding, stride, dilation, groups: int, input_
 
 
 def conv_pointwise(x: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation,
-                   groups: int, act: int, channels_last: bool) -> Tensor:
+                   groups: int, act: int) -> Tensor:
     """act(conv2d(x, weight, bias)) in one oneDNN primitive; `can_serve` must hold. x
-    contiguous in the memory format `channels_last` names; the output has that format."""
+    channels_last-contiguous; the output is channels_last."""
     attr, scalars, algorithm = POST_OPS[act]
-    if channels_last:
-        w = packed_weight(weight, padding, stride, dilation, groups, x.shape)
-    else:
-        w = weight.contiguous()
+    w = packed_weight(weight, padding, stride, dilation, groups, x.shape)
     return torch.ops.mkldnn._convolution_pointwise(
         x, w, bias, list(padding), list(stride), list(dilation), groups, attr, scalars, algorithm)
 
