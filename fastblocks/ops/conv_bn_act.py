@@ -27,7 +27,10 @@ conv-BN-act layers of ResNet-50, MobileNetV2 and EfficientNet-B0 at batch 1: the
 is 1.24x eager (geomean; 3 layers below 1.0x, the smallest linear projections, 0.92-0.97x)
 and 1.08x torch.compile with freezing (2 layers below 1.0x: 0.98x), compile itself 1.15x
 eager. At batch 8 the same run gave 1.68x eager and 1.13x compile, but the VM's load (~15 on
-2 cores) moved single rows by 10x, so only the batch-1 ratios are worth quoting. The 1.5x goal
+2 cores) moved single rows by 10x, so only the batch-1 ratios are worth quoting. NCHW
+(ATen convolution + bias + in-place activation, no compile provider;
+conv_bn_act-eval-nchw-fp32-1thread.json): 1.17x eager at batch 1, 9 of 30 layers at
+0.94-0.99x, within this VM's run-to-run spread. The 1.5x goal
 over eager is not met per layer at batch 1: most of these layers are convolution-bound, and
 fusing BN and the activation removes only the one or two passes eager adds after the conv.
 """
