@@ -244,7 +244,7 @@ def _train_setup_context(ctx, inputs, output):
     capture(ctx)
 
 
-def _train_backward(ctx, grad, _gz, _gmean, _ginvstd):
+def _train_backward(ctx, grad, bn_act_backward):
     x, weight, z, bn_weight, bn_bias, mean, invstd = ctx.saved_tensors
     eps, stride, padding, dilation, groups, act = ctx.args
     has_cb, has_bw, has_bb = ctx.has
@@ -254,12 +254,7 @@ def _train_backward(ctx, grad, _gz, _gmean, _ginvstd):
     w32, b32 = _affine32(bn_weight, bn_bias, z)
     need_z = n[0] or n[1] or (has_cb and n[2])
     with restored(ctx):
-        kernels = _train_kernels(z.device)
-    if kernels is not None:
-        gz, gbw, gbb = kernels.bn_act_train_backward(
-            grad, z, w32, b32, mean, invstd, act, is_channels_last(z), [need_z, True, True])
-    else:
-        gz, gbw, gbb = _bn_act_backward_aten(grad, z, w32, b32, mean, invstd, eps, act, need_z)
+        gz, gbw, gbb = bn_act_backward(grad, z, w32, b32, mean, invstd, eps, act, need_z)
     gbw = gbw.to(bn_weight.dtype) if has_bw and n[3] else None
     gbb = gbb.to(bn_bias.dtype) if has_bb and n[4] else None
     gx = gw = gcb = None
@@ -268,6 +263,38 @@ def _train_backward(ctx, grad, _gz, _gmean, _ginvstd):
             gz, x, weight, [weight.shape[0]] if has_cb else None, list(stride), list(padding),
             list(dilation), False, [0, 0], groups, [n[0], n[1], has_cb and n[2]])
     return gx, gw, gcb, gbw, gbb, None, None, None, None, None, None
+
+
+def _make_train_backward(bn_act_backward):
+    def backward(ctx, grad, _gz, _gmean, _ginvstd):
+        return _train_backward(ctx, grad, bn_act_backward)
+    return backward
+
+
+def _bn_act_backward_impl(grad, z, w32, b32, mean, invstd, eps, act, need_z):
+    """(grad_z, grad_bn_weight, grad_bn_bias) in the statistics' dtype; grad_z is an empty
+    placeholder when not need_z."""
+    kernels = _train_kernels(z.device)
+    if kernels is not None:
+        gz, gw, gb = kernels.bn_act_train_backward(
+            grad, z, w32, b32, mean, invstd, act, is_channels_last(z), [need_z, True, True])
+    else:
+        gz, gw, gb = _bn_act_backward_aten(grad, z, w32, b32, mean, invstd, eps, act, need_z)
+    return gz if need_z else z.new_empty(0), gw, gb
+
+
+@torch.library.custom_op("fastblocks::bn_act_train_backward", mutates_args=())
+def _bn_act_backward_op(grad: Tensor, z: Tensor, w32: Tensor, b32: Tensor, mean: Tensor,
+                        invstd: Tensor, eps: float, act: int, need_z: bool
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+    """BatchNorm (batch statistics) + activation backward from the saved conv output z."""
+    return _bn_act_backward_impl(grad, z, w32, b32, mean, invstd, eps, act, need_z)
+
+
+@_bn_act_backward_op.register_fake
+def _(grad, z, w32, b32, mean, invstd, eps, act, need_z):
+    gz = empty(z.shape, z, is_channels_last(z)) if need_z else z.new_empty(0)
+    return gz, torch.empty_like(w32), torch.empty_like(w32)
 
 
 def _bn_act_backward_aten(grad, z, w32, b32, mean, invstd, eps, act, need_z):
@@ -286,10 +313,11 @@ def _bn_act_backward_aten(grad, z, w32, b32, mean, invstd, eps, act, need_z):
         grad, z, w32, None, None, mean, invstd, True, eps, [need_z, True, True])
 
 
-torch.library.register_autograd("fastblocks::conv_bn_act_train", _train_backward,
+torch.library.register_autograd("fastblocks::conv_bn_act_train",
+                                _make_train_backward(_bn_act_backward_op),
                                 setup_context=_train_setup_context)
 _train_direct = direct_autograd("ConvBNActTrainFunction", _train_impl, _train_setup_context,
-                                _train_backward)
+                                _make_train_backward(_bn_act_backward_impl))
 for _device, _dtype in (("cpu", torch.bfloat16), ("cuda", torch.float16)):
     torch.library.register_autocast("fastblocks::conv_bn_act_train", _device, _dtype)
 
