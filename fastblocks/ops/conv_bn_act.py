@@ -13,9 +13,11 @@ into models through ``fastblocks.nn.ConvBNAct``) and this op family:
   ``depthwise_conv2d``'s fused kernel.
 - ``conv_bn_act``: the whole chain with ``nn.BatchNorm2d``'s semantics. training=True runs
   ``fastblocks::conv_bn_act_train``: ATen's convolution, then batch statistics (fp32
-  accumulation for every dtype) and normalisation in one ATen batch-norm call with the
-  activation applied in place on its output; the running statistics are updated as
-  ``F.batch_norm`` does (unbiased running variance). Its backward keeps only x and the conv
+  accumulation for every dtype), normalisation and the activation: fused kernels
+  (``bn_act_train_forward/backward`` of fastblocks._C on CPU, kernels/conv_bn_act.py in
+  Triton) or, on CPU under ``auto`` (faster there, see ``_train_kernels``) and for the
+  ``torch`` backend, one ATen batch-norm call with the activation applied in place on its
+  output; the running statistics are updated as ``F.batch_norm`` does (unbiased variance). Its backward keeps only x and the conv
   output z (plus per-channel mean and 1/std) and recomputes the normalised pre-activation, so
   the chain stores one activation map fewer than eager (which keeps z, BN's output and, for
   relu, the activation's output). training=False folds BN and runs ``conv_bias_act``.
@@ -190,7 +192,14 @@ def _train_kernels(device: torch.device):
     or an extension built before this family existed: then the ATen composition runs (ATen's
     batch norm, the activation in place; in backward the recomputed BN output through ATen's
     batch-norm backward)."""
-    if get_backend() != "triton" and not _c_schemas():
+    name = get_backend()
+    if name != "triton" and not _c_schemas():
+        return None
+    if name == "auto" and device.type == "cpu":
+        # fp32 channels_last fwd+bwd, batch 8, 1 thread (the shared EPYC VM): fastblocks._C's
+        # kernels ran 0.34-0.81x eager, the ATen composition 0.75-1.00x (both keep 0.54-0.67x
+        # of eager's saved activations); auto takes the faster one until the C++ loops are
+        # vectorized. backend("cpu") still selects them.
         return None
     backend = resolve("conv_bn_act", device, "bn_act_train_forward")
     if backend == "triton":
