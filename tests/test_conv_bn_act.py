@@ -94,6 +94,17 @@ def test_conv_bias_act_autocast_bf16():
     assert y.dtype == ref.dtype == torch.bfloat16
 
 
+def test_autocast_mixed_dtypes_cast_like_conv():
+    """Under autocast a bfloat16 activation meets float32 parameters, as F.conv2d allows."""
+    x, w, b = torch.randn(1, 4, 6, 6).bfloat16(), torch.randn(8, 4, 3, 3), torch.randn(8)
+    bw, bb, rm, rv = _bn_params(8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ops.conv_bias_act(x, w, b, 1, 1, 1, 1, "silu")
+        y2 = ops.conv_bn_act(x, w, b, bw, bb, rm, rv, training=True, padding=1)
+        ref = F.silu(F.conv2d(x, w, b, 1, 1))
+    assert y.dtype == y2.dtype == ref.dtype == torch.bfloat16
+
+
 def test_conv_bias_act_gradcheck_fp64():
     x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 1, 2, 2, dtype=torch.float64, requires_grad=True)

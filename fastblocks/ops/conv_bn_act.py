@@ -353,6 +353,17 @@ def _is_depthwise(x: Tensor, weight: Tensor, groups: int) -> bool:
     return groups > 1 and weight.shape[1] == 1 and x.shape[-3] == groups
 
 
+def _check_same(x: Tensor, x_arg: str, t: Tensor, arg: str) -> None:
+    """check_same, but under autocast only the device: the registered ops' autocast rule casts
+    mixed dtypes as F.conv2d does (e.g. a bfloat16 activation with float32 parameters)."""
+    if torch.is_autocast_enabled(x.device.type):
+        if t.device != x.device:
+            raise ValueError(f"{arg} is on {t.device} but {x_arg} is on {x.device}; they must "
+                             "share a device")
+        return
+    check_same(x, x_arg, t, arg)
+
+
 def _check_channel_vector(t, arg: str, c: int, x: Tensor, dtype_free: bool = False) -> None:
     if t is None:
         return
@@ -360,7 +371,7 @@ def _check_channel_vector(t, arg: str, c: int, x: Tensor, dtype_free: bool = Fal
     if t.device != x.device:
         raise ValueError(f"{arg} is on {t.device} but x is on {x.device}; they must share a device")
     if not dtype_free:
-        check_same(x, "x", t, arg)
+        _check_same(x, "x", t, arg)
     if tuple(t.shape) != (c,):
         raise ValueError(f"{arg} must have shape ({c},), got {tuple(t.shape)}")
 
@@ -370,7 +381,7 @@ def _prepare(x, weight, bias, stride, padding, dilation, groups):
     to symmetric ints (an asymmetric 'same' is padded into x, as F.conv2d does)."""
     check_tensor(x, "x")
     check_tensor(weight, "weight")
-    check_same(x, "x", weight, "weight")
+    _check_same(x, "x", weight, "weight")
     unbatched = x.dim() == 3
     if unbatched:
         x = x.unsqueeze(0)
@@ -384,7 +395,7 @@ def _prepare(x, weight, bias, stride, padding, dilation, groups):
                          f"groups = {groups} and C_out divisible by groups, got {tuple(weight.shape)}")
     if bias is not None:
         check_tensor(bias, "bias")
-        check_same(x, "x", bias, "bias")
+        _check_same(x, "x", bias, "bias")
         if tuple(bias.shape) != (weight.shape[0],):
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     kernel = tuple(weight.shape[-2:])
