@@ -67,3 +67,15 @@ TORCH_LIBRARY(fastblocks_C, m) {
       "Tensor w2, Tensor? b2, int act, int gate, bool channels_last) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
+
+TORCH_LIBRARY_FRAGMENT(fastblocks_C, m) {
+  // conv_bn_act family, training: BatchNorm with batch statistics + activation around ATen's
+  // convolution output z (NCHW or NHWC contiguous per `channels_last`). weight/bias/mean/
+  // invstd are float32 (float64 for float64 z). The backward recomputes BN's output from z.
+  m.def(
+      "bn_act_train_forward(Tensor z, Tensor weight, Tensor bias, float eps, int act, "
+      "bool channels_last) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "bn_act_train_backward(Tensor grad, Tensor z, Tensor weight, Tensor bias, Tensor mean, "
+      "Tensor invstd, int act, bool channels_last, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+}

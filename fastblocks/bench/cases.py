@@ -710,3 +710,124 @@ class GroupedConvBench(OpBench):
 REGISTRY.update({"channel_shuffle": ShuffleBench("channel_shuffle"),
                  "concat_shuffle": ShuffleBench("concat_shuffle"),
                  "grouped_conv2d": GroupedConvBench()})
+
+
+# ---- conv -> BN -> activation ----------------------------------------------------------------
+
+class ConvBNActBench(OpBench):
+    """fastblocks.ops.conv_bn_act: ``fwd`` is eval mode (BN folded: conv_bias_act), ``fwd+bwd``
+    training (batch statistics, running stats updated, memory-saving backward). Bytes: x,
+    weight, y (fwd); plus grad_y, x, z read and grad_x, grad_weight written (bwd). FLOPs:
+    the convolution's (2 * N * C_out * OH * OW * C_in/groups * k * k; x3 with backward)."""
+    name = "conv_bn_act"
+    family = "conv_bn_act"
+    c_ops = ("bn_act_train_forward", "bn_act_train_backward")
+    description = "fastblocks.ops.conv_bn_act: conv + BatchNorm + activation (eval folded / train)"
+    shape_sets = {net: f"the conv-BN-act layers of {net} (1x1 and dense kxk), 224x224"
+                  for net in S.CONV_BN_ACT_NETS}
+    shape_sets["all"] = "the three networks' conv-BN-act layers"
+
+    def missing(self):
+        try:
+            mod = importlib.import_module("fastblocks.ops.conv_bn_act")
+            mod.conv_bn_act, mod.reference_conv_bn_act  # noqa: B018
+        except Exception as exc:
+            return f"fastblocks.ops.conv_bn_act is not available ({type(exc).__name__}: {exc})"
+        return None
+
+    def default_sets(self, device_type, quick):
+        return ["mobilenet_v2"] if quick or device_type == "cpu" else ["all"]
+
+    def default_batches(self, device_type, quick):
+        if device_type == "cuda":
+            return [1, 32] if quick else [1, 32, 256]
+        return [1]
+
+    def shapes(self, set_name, device_type, batches, quick):
+        layers = S.CONV_BN_ACT_ALL if set_name == "all" else S.CONV_BN_ACT_NETS[set_name]
+        out = []
+        for n in batches:
+            for l in layers:
+                label = (f"{n}x{l.in_channels}x{l.size}x{l.size} k{l.kernel} s{l.stride} "
+                         f"->{l.out_channels} {l.activation}")
+                params = {"N": n, "C_in": l.in_channels, "C_out": l.out_channels, "H": l.size,
+                          "kernel": l.kernel, "stride": l.stride, "padding": l.padding,
+                          "activation": l.activation, "net": l.net}
+                short = f"{l.in_channels}->{l.out_channels} {l.size}² k{l.kernel}s{l.stride}"
+                out.append(Shape(set_name, label, short + (f" b{n}" if len(batches) > 1 else ""),
+                                 params, n, f"{l.net}: {l.source}"))
+        return out
+
+    def case(self, shape, dtype, layout, mode, device):
+        from fastblocks import ops
+        from fastblocks.ops.conv_bn_act import reference_conv_bn_act
+        p = shape.params
+        n, ci, co, h, k = p["N"], p["C_in"], p["C_out"], p["H"], p["kernel"]
+        s, pad, act = p["stride"], p["padding"], p["activation"]
+        oh = (h + 2 * pad - k) // s + 1
+        es = torch.empty((), dtype=dtype).element_size()
+        x_n, w_n, y_n = n * ci * h * h, co * ci * k * k, n * co * oh * oh
+        fwd_bytes = (x_n + w_n + y_n) * es
+        training = mode != "fwd"
+        kw = dict(training=training, stride=s, padding=pad, activation=act)
+
+        def make_inputs(seed):
+            gen = _gen(device, seed)
+            stats = torch.float32 if dtype != torch.float64 else dtype
+            return [_randn((n, ci, h, h), dtype, device, gen, 1.0, layout),
+                    _randn((co, ci, k, k), dtype, device, gen, (ci * k * k) ** -0.5),
+                    _randn((co,), dtype, device, gen, 0.1).add_(1.0),
+                    _randn((co,), dtype, device, gen, 0.1),
+                    _randn((co,), stats, device, gen, 0.1),
+                    _randn((co,), stats, device, gen, 0.1).abs_().add_(0.5)]
+
+        def fast(x, w, bw, bb, rm, rv):
+            return ops.conv_bn_act(x, w, None, bw, bb, rm, rv, **kw)
+
+        def eager(x, w, bw, bb, rm, rv):
+            return reference_conv_bn_act(x, w, None, bw, bb, rm, rv, **kw)
+        return Case(
+            op=self.name, family=self.family, c_ops=self.c_ops, shape=shape, dtype=dtype,
+            layout=layout, mode=mode, device=device, make_inputs=make_inputs, eager=eager,
+            fast=fast, grad_idx=(0, 1, 2, 3),
+            bytes=fwd_bytes if not training else fwd_bytes + (3 * y_n + 2 * x_n + w_n) * es,
+            flops=2 * y_n * ci * k * k * (1 if not training else 3),
+            arg_names=("x", "weight", "bn_weight", "bn_bias", "running_mean", "running_var"),
+        )
+
+    def fuzz(self, device, dtype, seed=0):
+        from fastblocks import ops
+        from fastblocks.ops.conv_bn_act import reference_conv_bn_act
+        gen = _gen(device, seed)
+        stats = torch.float64 if dtype == torch.float64 else torch.float32
+        out = []
+        # (N, C_in, C_out, H, W, k, stride, padding, groups, activation, layout, training)
+        for cfg in [(2, 4, 6, 7, 5, 3, 1, 1, 2, "relu", "nchw", True),
+                    (1, 3, 8, 9, 9, 1, 1, 0, 1, "silu", "channels_last", True),
+                    (2, 6, 4, 5, 6, 3, 2, 1, 1, "hardswish", "nchw", False),
+                    (3, 5, 7, 4, 4, 1, 1, 0, 1, None, "channels_last", False)]:
+            n, ci, co, h, w, k, s, pad, g, act, layout, training = cfg
+            args = [_randn((n, ci, h, w), dtype, device, gen, 1.0, layout),
+                    _randn((co, ci // g, k, k), dtype, device, gen, 0.5),
+                    _randn((co,), dtype, device, gen, 0.1).add_(1.0),
+                    _randn((co,), dtype, device, gen, 0.1)]
+            rm = torch.zeros(co, dtype=stats, device=device)
+            rv = torch.ones(co, dtype=stats, device=device)
+            kw = dict(training=training, stride=s, padding=pad, groups=g, activation=act)
+            label = (f"{n}x{ci}x{h}x{w} ->{co} k{k} s{s} g{g} {act or 'none'} {layout} "
+                     f"{'train' if training else 'eval'}")
+            out.append(FuzzCase(
+                label, args, (0, 1, 2, 3),
+                lambda x, wt, bw, bb, kw=kw, rm=rm, rv=rv: reference_conv_bn_act(
+                    x, wt, None, bw, bb, rm.to(x.dtype), rv.to(x.dtype), **kw),
+                lambda x, wt, bw, bb, kw=kw, rm=rm, rv=rv: ops.conv_bn_act(
+                    x, wt, None, bw, bb, rm.to(x.dtype), rv.to(x.dtype), **kw),
+                ("x", "weight", "bn_weight", "bn_bias")))
+        return out
+
+    def demo_shape(self, device_type):
+        n = 32 if device_type == "cuda" else 1
+        return self.shapes("mobilenet_v2", device_type, [n], True)[3]
+
+
+REGISTRY["conv_bn_act"] = ConvBNActBench()

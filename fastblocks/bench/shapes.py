@@ -313,3 +313,81 @@ SE_ALL = SE_MOBILENET_V3_LARGE + SE_EFFICIENTNET_B0 + SE_RESNET_50
 # CPU default and --quick: a large map with few channels, a mid one, a small map with many
 SE_REPRESENTATIVE = (SE_EFFICIENTNET_B0[0], SE_MOBILENET_V3_LARGE[1], SE_RESNET_50[1],
                      SE_MOBILENET_V3_LARGE[5], SE_EFFICIENTNET_B0[9])
+
+
+# ---- conv -> BN -> activation layers (dense and 1x1 convs; depthwise ones are above) --------
+
+@dataclass(frozen=True)
+class ConvBNActLayer:
+    in_channels: int
+    out_channels: int
+    size: int          # input H = W
+    kernel: int
+    stride: int
+    activation: str    # "none" for the linear projections of inverted residuals
+    net: str
+    source: str
+
+    @property
+    def padding(self) -> int:
+        return (self.kernel - 1) // 2
+
+    @property
+    def out_size(self) -> int:
+        return (self.size + 2 * self.padding - self.kernel) // self.stride + 1
+
+
+def _cba(net, act, rows):
+    return tuple(ConvBNActLayer(ci, co, h, k, s, act if a is None else a, net, src)
+                 for ci, co, h, k, s, a, src in rows)
+
+
+# ResNet-50 (He et al. 2016, Table 1; torchvision's v1.5: stride on the 3x3), bottleneck
+# convs of each stage (first block and repeats), the stem and the downsample projection.
+RESNET50_CBA = _cba("resnet50", "relu", [
+    (3, 64, 224, 7, 2, None, "stem conv 7x7/2"),
+    (64, 64, 56, 1, 1, None, "layer1 conv1 (first block)"),
+    (64, 64, 56, 3, 1, None, "layer1 conv2"),
+    (64, 256, 56, 1, 1, "none", "layer1 conv3 (before the residual add)"),
+    (256, 64, 56, 1, 1, None, "layer1 conv1 (repeats)"),
+    (256, 128, 56, 1, 1, None, "layer2 conv1 (first block)"),
+    (128, 128, 56, 3, 2, None, "layer2 conv2 3x3/2"),
+    (128, 128, 28, 3, 1, None, "layer2 conv2 (repeats)"),
+    (512, 128, 28, 1, 1, None, "layer2 conv1 (repeats)"),
+    (256, 256, 14, 3, 1, None, "layer3 conv2 (repeats)"),
+    (1024, 256, 14, 1, 1, None, "layer3 conv1 (repeats)"),
+    (512, 2048, 7, 1, 1, "none", "layer4 conv3"),
+    (512, 512, 7, 3, 1, None, "layer4 conv2 (repeats)"),
+])
+
+# MobileNetV2 (Table 2): stem, the 1x1 expansions (ReLU6) and linear projections (no act).
+MOBILENET_V2_CBA = _cba("mobilenet_v2", "relu6", [
+    (3, 32, 224, 3, 2, None, "stem conv 3x3/2"),
+    (16, 96, 112, 1, 1, None, "block 2 expand"),
+    (96, 24, 56, 1, 1, "none", "block 2 project"),
+    (24, 144, 56, 1, 1, None, "block 2-3 expand"),
+    (192, 32, 28, 1, 1, "none", "block 3 project (repeats)"),
+    (64, 384, 14, 1, 1, None, "block 4-5 expand"),
+    (576, 96, 14, 1, 1, "none", "block 5 project (repeats)"),
+    (160, 960, 7, 1, 1, None, "block 6-7 expand"),
+    (320, 1280, 7, 1, 1, None, "last conv 1x1"),
+])
+
+# EfficientNet-B0 (Table 1): stem, 1x1 expansions (SiLU), projections (no act), head.
+EFFICIENTNET_B0_CBA = _cba("efficientnet_b0", "silu", [
+    (3, 32, 224, 3, 2, None, "stem conv 3x3/2"),
+    (32, 16, 112, 1, 1, "none", "stage 2 project"),
+    (24, 144, 56, 1, 1, None, "stage 3 expand (repeats)"),
+    (40, 240, 28, 1, 1, None, "stage 4 expand (repeats)"),
+    (480, 80, 14, 1, 1, "none", "stage 5 project"),
+    (112, 672, 14, 1, 1, None, "stage 6 expand (repeats)"),
+    (1152, 192, 7, 1, 1, "none", "stage 7 project (repeats)"),
+    (320, 1280, 7, 1, 1, None, "head conv 1x1"),
+])
+
+CONV_BN_ACT_NETS = {
+    "resnet50": RESNET50_CBA,
+    "mobilenet_v2": MOBILENET_V2_CBA,
+    "efficientnet_b0": EFFICIENTNET_B0_CBA,
+}
+CONV_BN_ACT_ALL = RESNET50_CBA + MOBILENET_V2_CBA + EFFICIENTNET_B0_CBA

@@ -189,13 +189,21 @@ class ConvBNAct(nn.Module):
         new._init_from(conv, bn, act, names)
         return new
 
+    def _submodule(self, index: int, what: str) -> nn.Module:
+        try:
+            return self._modules[self._names[index]]
+        except (KeyError, AttributeError):
+            # AttributeError, not KeyError: nn.Module.add_module asks hasattr(self, "conv")
+            # before the submodule named "conv" exists
+            raise AttributeError(f"{type(self).__name__} has no {what} yet") from None
+
     @property
     def conv(self) -> nn.Conv2d:
-        return self._modules[self._names[0]]
+        return self._submodule(0, "conv")
 
     @property
     def bn(self) -> nn.BatchNorm2d:
-        return self._modules[self._names[1]]
+        return self._submodule(1, "bn")
 
     def to_modules(self) -> list[nn.Module]:
         """[conv, bn, act] (act omitted when there is none): the plain modules, shared."""

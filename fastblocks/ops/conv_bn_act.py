@@ -1,47 +1,444 @@
-"""Convolution -> BatchNorm -> activation (the contract; kernels come with issue 17).
+"""Convolution -> BatchNorm -> activation, for inference (BN folded) and training (batch stats).
 
 Two public functions, the seam between ``fastblocks.optimize`` (which swaps conv-BN-act chains
-into models) and the conv-BN-act op family:
+into models through ``fastblocks.nn.ConvBNAct``) and this op family:
 
-- ``conv_bias_act``: the inference chain once BN is folded into the conv's weight and bias:
-  ``act(conv2d(x, weight, bias))`` in one pass over the output. Depthwise convolutions
-  (groups == C_in, weight (C_in*m, 1, kh, kw)) go to ``depthwise_conv2d``'s fused kernel.
-- ``conv_bn_act``: the whole chain with ``nn.BatchNorm2d``'s semantics: in training, batch
-  statistics and running statistics updated in place; in eval, the running statistics.
+- ``conv_bias_act``: the inference chain once BN is folded into the conv's weight and bias,
+  ``act(conv2d(x, weight, bias))`` in one pass over the output. Registered as
+  ``fastblocks::conv_bias_act``. On CPU it runs oneDNN's convolution with the bias and the
+  activation as post-ops of the same primitive, on weights packed once per (tensor, version)
+  (``_mkldnn_conv``: what inductor's freezing does); where oneDNN cannot serve (float64,
+  float16/bfloat16 without native CPU support) ATen's convolution and an in-place activation.
+  Depthwise convolutions (groups == C_in, weight (C_in*m, 1, kh, kw)) go to
+  ``depthwise_conv2d``'s fused kernel.
+- ``conv_bn_act``: the whole chain with ``nn.BatchNorm2d``'s semantics. training=True runs
+  ``fastblocks::conv_bn_act_train``: ATen's convolution, then batch statistics (fp32
+  accumulation for every dtype), normalisation and the activation: fused kernels
+  (``bn_act_train_forward/backward`` of fastblocks._C on CPU, kernels/conv_bn_act.py in
+  Triton) or, on CPU under ``auto`` (faster there, see ``_train_kernels``) and for the
+  ``torch`` backend, one ATen batch-norm call with the activation applied in place on its
+  output; the running statistics are updated as ``F.batch_norm`` does (unbiased variance). Its backward keeps only x and the conv
+  output z (plus per-channel mean and 1/std) and recomputes the normalised pre-activation, so
+  the chain stores one activation map fewer than eager (which keeps z, BN's output and, for
+  relu, the activation's output). training=False folds BN and runs ``conv_bias_act``.
 
-This file holds the eager composition (exact semantics, autograd by PyTorch). The op family
-(issue 17) replaces the bodies with registered, fused kernels without changing the signatures.
+Measured (the shared 2-core AMD EPYC dev VM, torch 2.13, 1 thread, fp32 channels_last, eval,
+``python -m fastblocks.bench.conv_bn_act_cpu --threads 1 --stat p10``, providers interleaved
+call by call; bench/results/cpu-amd-epyc-2t/conv_bn_act-eval-cl-fp32-1thread.json), over the 30
+conv-BN-act layers of ResNet-50, MobileNetV2 and EfficientNet-B0 at batch 1: the oneDNN path
+is 1.24x eager (geomean; 3 layers below 1.0x, the smallest linear projections, 0.92-0.97x)
+and 1.08x torch.compile with freezing (2 layers below 1.0x: 0.98x), compile itself 1.15x
+eager. At batch 8 the same run gave 1.68x eager and 1.13x compile, but the VM's load (~15 on
+2 cores) moved single rows by 10x, so only the batch-1 ratios are worth quoting. NCHW
+(ATen convolution + bias + in-place activation, no compile provider;
+conv_bn_act-eval-nchw-fp32-1thread.json): 1.17x eager at batch 1, 9 of 30 layers at
+0.94-0.99x, within this VM's run-to-run spread. The 1.5x goal
+over eager is not met per layer at batch 1: most of these layers are convolution-bound, and
+fusing BN and the activation removes only the one or two passes eager adds after the conv.
 """
 from __future__ import annotations
 
+import functools
+import importlib
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._backend import capture, get_backend, resolve, restored
+from . import _mkldnn_conv
 from ._activation_codes import activation_code
-from .activation import apply_activation
+from ._conv_args import conv_geometry, conv_geometry_cached
+from ._fastpath import direct_autograd, needs_grad, plain_eager
+from ._layout import empty, is_channels_last, memory_format
+from ._validate import check_ndim, check_same, check_tensor
+from .activation import reference_backward as _act_backward, reference_forward as _act_forward
 from .depthwise import depthwise_conv2d
 
-__all__ = ["conv_bias_act", "conv_bn_act"]
+__all__ = ["conv_bias_act", "conv_bn_act", "reference_conv_bias_act", "reference_conv_bn_act"]
+
+_NONE, _RELU, _RELU6 = 0, activation_code("relu"), activation_code("relu6")
+_FROM_OUTPUT = (_NONE, _RELU, _RELU6)  # activations whose backward the output gives exactly
+
+
+# ---- eager references ------------------------------------------------------------------------
+
+def reference_conv_bias_act(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+                            activation=None):
+    """The eager composition: F.conv2d, then the activation."""
+    y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    code = activation_code(activation)
+    return y if code == 0 else _act_forward(y, code)
+
+
+def reference_conv_bn_act(x, weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
+                          *, training, momentum=0.1, eps=1e-5, stride=1, padding=0, dilation=1,
+                          groups=1, activation="relu"):
+    """The eager composition: F.conv2d, F.batch_norm, then the activation."""
+    y = F.conv2d(x, weight, conv_bias, stride, padding, dilation, groups)
+    y = F.batch_norm(y, running_mean, running_var, bn_weight, bn_bias, training, momentum, eps)
+    code = activation_code(activation)
+    return y if code == 0 else _act_forward(y, code)
+
+
+_INPLACE = {1: torch.relu_, 2: lambda y: F.hardtanh_(y, 0.0, 6.0),
+            3: lambda y: F.hardswish(y, inplace=True), 4: lambda y: F.hardsigmoid(y, inplace=True),
+            5: lambda y: F.silu(y, inplace=True)}
+
+
+def _activate_(y: Tensor, act: int) -> Tensor:
+    """The activation applied in place (y is a fresh buffer nobody else holds)."""
+    return y if act == 0 else _INPLACE[act](y)
+
+
+def _out_channels_last(x: Tensor, weight: Tensor) -> bool:
+    """PyTorch's rule for a convolution's output: channels_last if the input or the weight is."""
+    return is_channels_last(x) or is_channels_last(weight)
+
+
+# ---- inference: conv + bias + activation -----------------------------------------------------
+
+def _conv_bias_act_impl(x, weight, bias, stride, padding, dilation, groups, act):
+    # oneDNN's fused primitive for channels_last outputs only: on NCHW it runs on the plain
+    # weight (a packed one would make it write NHWC) and measured 0.60-0.99x eager on 20 of the
+    # 30 batch-1 layers (1 thread, the EPYC VM), where ATen's NCHW convolution with the bias
+    # and an in-place activation drops only BN's pass and never loses
+    if _out_channels_last(x, weight) and _mkldnn_conv.can_serve(x, weight) \
+            and get_backend() != "torch":
+        x = x.contiguous(memory_format=torch.channels_last)
+        return _mkldnn_conv.conv_pointwise(x, weight, bias, stride, padding, dilation, groups,
+                                           act)
+    y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    return _activate_(y, act)
+
+
+@torch.library.custom_op("fastblocks::conv_bias_act", mutates_args=())
+def _conv_bias_act_op(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int],
+                      padding: list[int], dilation: list[int], groups: int, act: int) -> Tensor:
+    return _conv_bias_act_impl(x, weight, bias, stride, padding, dilation, groups, act)
+
+
+def _out_shape(x, weight, stride, padding, dilation):
+    hw = [(x.shape[2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1)
+          // stride[i] + 1 for i in range(2)]
+    return (x.shape[0], weight.shape[0], *hw)
+
+
+@_conv_bias_act_op.register_fake
+def _(x, weight, bias, stride, padding, dilation, groups, act):
+    return empty(_out_shape(x, weight, stride, padding, dilation), x, _out_channels_last(x, weight))
+
+
+def _cba_setup_context(ctx, inputs, output):
+    x, weight, bias, stride, padding, dilation, groups, act = inputs
+    from_output = act in _FROM_OUTPUT
+    ctx.save_for_backward(x, weight, None if from_output else bias,
+                          output if act and from_output else None)
+    ctx.args = (stride, padding, dilation, groups, act)
+    ctx.has_bias = bias is not None
+
+
+def _make_cba_backward(forward):
+    def backward(ctx, grad):
+        x, weight, bias, y = ctx.saved_tensors
+        stride, padding, dilation, groups, act = ctx.args
+        if act:
+            if y is None:  # recompute the pre-activation (hardswish, hardsigmoid, silu)
+                y = forward(x, weight, bias, stride, padding, dilation, groups, 0)
+            grad = _act_backward(grad, y, act)
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                ctx.has_bias and ctx.needs_input_grad[2]]
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, list(stride),
+            list(padding), list(dilation), False, [0, 0], groups, mask)
+        return gx, gw, gb, None, None, None, None, None
+    return backward
+
+
+torch.library.register_autograd("fastblocks::conv_bias_act", _make_cba_backward(_conv_bias_act_op),
+                                setup_context=_cba_setup_context)
+_conv_bias_act_direct = direct_autograd("ConvBiasActFunction", _conv_bias_act_impl,
+                                        _cba_setup_context, _make_cba_backward(_conv_bias_act_impl))
+for _device, _dtype in (("cpu", torch.bfloat16), ("cuda", torch.float16)):
+    torch.library.register_autocast("fastblocks::conv_bias_act", _device, _dtype)
+
+
+# ---- training: conv + batch statistics + activation ------------------------------------------
+
+def _train_impl(x, weight, conv_bias, bn_weight, bn_bias, eps, stride, padding, dilation,
+                groups, act):
+    """(y, z, mean, invstd): z the conv output, mean/invstd (float32, or float64 for float64)
+    its per-channel batch statistics (biased variance), y = act(BN(z))."""
+    z = F.conv2d(x, weight, conv_bias, stride, padding, dilation, groups)
+    # ATen's batch norm: statistics accumulated in float32 (opmath) in one call with the
+    # normalisation; the activation then runs in place on its fresh output. The affine
+    # parameters go in as float32 (ATen's mixed-precision path) so the saved mean and 1/std
+    # stay float32 for a float16/bfloat16 z: with parameters in z's dtype ATen rounds them
+    # to it, and the running statistics and the recomputation in backward would lose bits.
+    w32, b32 = _affine32(bn_weight, bn_bias, z)
+    kernels = _train_kernels(z.device)
+    if kernels is not None:  # fused kernels: statistics, then normalisation + activation
+        cl = is_channels_last(z)
+        z = z.contiguous(memory_format=memory_format(cl))
+        y, mean, invstd = kernels.bn_act_train_forward(z, w32, b32, eps, act, cl)
+        return y, z, mean, invstd
+    y, mean, invstd = torch.ops.aten._native_batch_norm_legit.no_stats(z, w32, b32, True, 0.0, eps)
+    return _activate_(y, act), z, mean, invstd
+
+
+def _train_kernels(device: torch.device):
+    """The module holding bn_act_train_forward/backward for the selected backend on `device`
+    (torch.ops.fastblocks_C or fastblocks.kernels.conv_bn_act), or None for the torch backend
+    or an extension built before this family existed: then the ATen composition runs (ATen's
+    batch norm, the activation in place; in backward the recomputed BN output through ATen's
+    batch-norm backward)."""
+    name = get_backend()
+    if name != "triton" and not _c_schemas():
+        return None
+    if name == "auto" and device.type == "cpu":
+        # fp32 channels_last fwd+bwd, batch 8, 1 thread (the shared EPYC VM): fastblocks._C's
+        # kernels ran 0.34-0.81x eager, the ATen composition 0.75-1.00x (both keep 0.54-0.67x
+        # of eager's saved activations); auto takes the faster one until the C++ loops are
+        # vectorized. backend("cpu") still selects them.
+        return None
+    backend = resolve("conv_bn_act", device, "bn_act_train_forward")
+    if backend == "triton":
+        return importlib.import_module("fastblocks.kernels.conv_bn_act")
+    return torch.ops.fastblocks_C if backend in ("cpu", "cuda") else None
+
+
+@functools.cache
+def _c_schemas() -> bool:
+    return all(hasattr(torch.ops.fastblocks_C, name)
+               for name in ("bn_act_train_forward", "bn_act_train_backward"))
+
+
+def _stat_dtype(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _affine32(bn_weight, bn_bias, z):
+    """BN's weight and bias in the statistics' dtype (ones/zeros when absent)."""
+    dtype, c = _stat_dtype(z), z.shape[1]
+    w = z.new_ones(c, dtype=dtype) if bn_weight is None else bn_weight.to(dtype)
+    b = z.new_zeros(c, dtype=dtype) if bn_bias is None else bn_bias.to(dtype)
+    return w, b
+
+
+@torch.library.custom_op("fastblocks::conv_bn_act_train", mutates_args=())
+def _train_op(x: Tensor, weight: Tensor, conv_bias: Tensor | None, bn_weight: Tensor | None,
+              bn_bias: Tensor | None, eps: float, stride: list[int], padding: list[int],
+              dilation: list[int], groups: int, act: int
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _train_impl(x, weight, conv_bias, bn_weight, bn_bias, eps, stride, padding, dilation,
+                       groups, act)
+
+
+@_train_op.register_fake
+def _(x, weight, conv_bias, bn_weight, bn_bias, eps, stride, padding, dilation, groups, act):
+    y = empty(_out_shape(x, weight, stride, padding, dilation), x, _out_channels_last(x, weight))
+    stat = _stat_dtype(x)
+    c = weight.shape[0]
+    return y, torch.empty_like(y), x.new_empty((c,), dtype=stat), x.new_empty((c,), dtype=stat)
+
+
+def _train_setup_context(ctx, inputs, output):
+    x, weight, conv_bias, bn_weight, bn_bias, eps, stride, padding, dilation, groups, act = inputs
+    y, z, mean, invstd = output
+    # the memory saving: x and z only; BN's output and the activation's input are recomputed
+    ctx.save_for_backward(x, weight, z, bn_weight, bn_bias, mean, invstd)
+    ctx.args = (eps, stride, padding, dilation, groups, act)
+    ctx.has = (conv_bias is not None, bn_weight is not None, bn_bias is not None)
+    ctx.set_materialize_grads(False)
+    capture(ctx)
+
+
+def _train_backward(ctx, grad, bn_act_backward):
+    x, weight, z, bn_weight, bn_bias, mean, invstd = ctx.saved_tensors
+    eps, stride, padding, dilation, groups, act = ctx.args
+    has_cb, has_bw, has_bb = ctx.has
+    n = ctx.needs_input_grad
+    if grad is None:
+        return (None,) * 11
+    w32, b32 = _affine32(bn_weight, bn_bias, z)
+    need_z = n[0] or n[1] or (has_cb and n[2])
+    with restored(ctx):
+        gz, gbw, gbb = bn_act_backward(grad, z, w32, b32, mean, invstd, eps, act, need_z)
+    gbw = gbw.to(bn_weight.dtype) if has_bw and n[3] else None
+    gbb = gbb.to(bn_bias.dtype) if has_bb and n[4] else None
+    gx = gw = gcb = None
+    if need_z:
+        gx, gw, gcb = torch.ops.aten.convolution_backward(
+            gz, x, weight, [weight.shape[0]] if has_cb else None, list(stride), list(padding),
+            list(dilation), False, [0, 0], groups, [n[0], n[1], has_cb and n[2]])
+    return gx, gw, gcb, gbw, gbb, None, None, None, None, None, None
+
+
+def _make_train_backward(bn_act_backward):
+    def backward(ctx, grad, _gz, _gmean, _ginvstd):
+        return _train_backward(ctx, grad, bn_act_backward)
+    return backward
+
+
+def _bn_act_backward_impl(grad, z, w32, b32, mean, invstd, eps, act, need_z):
+    """(grad_z, grad_bn_weight, grad_bn_bias) in the statistics' dtype; grad_z is an empty
+    placeholder when not need_z."""
+    kernels = _train_kernels(z.device)
+    if kernels is not None:
+        gz, gw, gb = kernels.bn_act_train_backward(
+            grad, z, w32, b32, mean, invstd, act, is_channels_last(z), [need_z, True, True])
+    else:
+        gz, gw, gb = _bn_act_backward_aten(grad, z, w32, b32, mean, invstd, eps, act, need_z)
+    return gz if need_z else z.new_empty(0), gw, gb
+
+
+@torch.library.custom_op("fastblocks::bn_act_train_backward", mutates_args=())
+def _bn_act_backward_op(grad: Tensor, z: Tensor, w32: Tensor, b32: Tensor, mean: Tensor,
+                        invstd: Tensor, eps: float, act: int, need_z: bool
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+    """BatchNorm (batch statistics) + activation backward from the saved conv output z."""
+    return _bn_act_backward_impl(grad, z, w32, b32, mean, invstd, eps, act, need_z)
+
+
+@_bn_act_backward_op.register_fake
+def _(grad, z, w32, b32, mean, invstd, eps, act, need_z):
+    gz = empty(z.shape, z, is_channels_last(z)) if need_z else z.new_empty(0)
+    return gz, torch.empty_like(w32), torch.empty_like(w32)
+
+
+def _bn_act_backward_aten(grad, z, w32, b32, mean, invstd, eps, act, need_z):
+    """bn_act_train_backward's ATen composition (the torch backend)."""
+    if act:
+        # BN's output as ATen's forward computed it: z * alpha + beta with alpha = invstd *
+        # weight, beta = bias - mean * alpha, in float32 (opmath), a multiply then an add,
+        # rounded to z's dtype
+        shape = (1, -1, 1, 1)
+        scale = invstd * w32
+        shift = b32 - mean * scale
+        pre = (z * scale.view(shape)).add_(shift.view(shape))
+        grad = _act_backward(grad, pre.to(z.dtype), act)
+        del pre
+    return torch.ops.aten.native_batch_norm_backward(
+        grad, z, w32, None, None, mean, invstd, True, eps, [need_z, True, True])
+
+
+torch.library.register_autograd("fastblocks::conv_bn_act_train",
+                                _make_train_backward(_bn_act_backward_op),
+                                setup_context=_train_setup_context)
+_train_direct = direct_autograd("ConvBNActTrainFunction", _train_impl, _train_setup_context,
+                                _make_train_backward(_bn_act_backward_impl))
+for _device, _dtype in (("cpu", torch.bfloat16), ("cuda", torch.float16)):
+    torch.library.register_autocast("fastblocks::conv_bn_act_train", _device, _dtype)
+
+
+def _update_running_stats(running_mean, running_var, mean, invstd, count, momentum, eps):
+    """running = (1 - momentum) * running + momentum * batch, with the unbiased batch variance
+    (as F.batch_norm); in place, under no_grad, like BatchNorm's buffers."""
+    with torch.no_grad():
+        if running_mean is not None:
+            running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+        if running_var is not None:
+            var = invstd.double().pow(-2).sub_(eps).clamp_(min=0.0) * (count / (count - 1))
+            running_var.mul_(1.0 - momentum).add_(var.to(running_var.dtype), alpha=momentum)
+
+
+# ---- public functions ------------------------------------------------------------------------
+
+def _direct_ok(x: Tensor, *tensors) -> bool:
+    """Plain eager (_fastpath) and no autocast: the registered op's autocast rule is needed."""
+    return plain_eager(x, *tensors) and not torch.is_autocast_enabled(x.device.type)
 
 
 def _is_depthwise(x: Tensor, weight: Tensor, groups: int) -> bool:
     return groups > 1 and weight.shape[1] == 1 and x.shape[-3] == groups
 
 
+def _check_same(x: Tensor, x_arg: str, t: Tensor, arg: str) -> None:
+    """check_same, but under autocast only the device: the registered ops' autocast rule casts
+    mixed dtypes as F.conv2d does (e.g. a bfloat16 activation with float32 parameters)."""
+    if torch.is_autocast_enabled(x.device.type):
+        if t.device != x.device:
+            raise ValueError(f"{arg} is on {t.device} but {x_arg} is on {x.device}; they must "
+                             "share a device")
+        return
+    check_same(x, x_arg, t, arg)
+
+
+def _check_channel_vector(t, arg: str, c: int, x: Tensor, dtype_free: bool = False) -> None:
+    if t is None:
+        return
+    check_tensor(t, arg)
+    if t.device != x.device:
+        raise ValueError(f"{arg} is on {t.device} but x is on {x.device}; they must share a device")
+    if not dtype_free:
+        _check_same(x, "x", t, arg)
+    if tuple(t.shape) != (c,):
+        raise ValueError(f"{arg} must have shape ({c},), got {tuple(t.shape)}")
+
+
+def _prepare(x, weight, bias, stride, padding, dilation, groups):
+    """Validate; return (x 4-d, unbatched, stride, padding, dilation) with the padding resolved
+    to symmetric ints (an asymmetric 'same' is padded into x, as F.conv2d does)."""
+    check_tensor(x, "x")
+    check_tensor(weight, "weight")
+    _check_same(x, "x", weight, "weight")
+    unbatched = x.dim() == 3
+    if unbatched:
+        x = x.unsqueeze(0)
+    check_ndim(x, 4, "x", "(N, C_in, H, W) or 3-d (C_in, H, W)")
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    c_in = x.shape[1]
+    if c_in % groups or weight.dim() != 4 or weight.shape[1] * groups != c_in \
+            or weight.shape[0] == 0 or weight.shape[0] % groups:
+        raise ValueError(f"weight must have shape (C_out, C_in / groups, kh, kw) with C_in = {c_in}, "
+                         f"groups = {groups} and C_out divisible by groups, got {tuple(weight.shape)}")
+    if bias is not None:
+        check_tensor(bias, "bias")
+        _check_same(x, "x", bias, "bias")
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    kernel = tuple(weight.shape[-2:])
+    # (dynamo warns about tracing through the lru_cache of conv_geometry_cached)
+    geometry = conv_geometry if torch.compiler.is_compiling() else conv_geometry_cached
+    geo = geometry(tuple(x.shape[-2:]), kernel, stride, padding, dilation)
+    pad = list(geo.padding)
+    if padding == "same":
+        extra = [d * (k - 1) - 2 * p for d, k, p in zip(geo.dilation, kernel, geo.padding)]
+        if any(extra):  # even dilated kernel: the odd row/column goes bottom/right (F.conv2d)
+            x = F.pad(x, (0, extra[1], 0, extra[0]))
+    return x, unbatched, list(geo.stride), pad, list(geo.dilation)
+
+
 def conv_bias_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
                   dilation=1, groups: int = 1, activation: str | None = None) -> Tensor:
-    """``act(F.conv2d(x, weight, bias, stride, padding, dilation, groups))``.
+    """``act(F.conv2d(x, weight, bias, stride, padding, dilation, groups))`` in one pass.
 
-    x: (N, C_in, H, W) or (C_in, H, W); weight: (C_out, C_in / groups, kh, kw); bias: (C_out,)
-    or None; float16/bfloat16/float32/float64, NCHW or channels_last. activation: None/"none",
-    "relu", "relu6", "hardswish", "hardsigmoid" or "silu" (ValueError otherwise).
-    Returns (N, C_out, OH, OW).
+    Args:
+        x: (N, C_in, H, W) or (C_in, H, W); float16/bfloat16/float32/float64; NCHW or
+            channels_last (the output is channels_last if x or weight is, as F.conv2d).
+        weight: (C_out, C_in / groups, kh, kw), x's dtype and device. bias: (C_out,) or None.
+        stride, dilation: int or pair, positive; padding: int, pair, "same" or "valid".
+        groups: positive int dividing C_in and C_out.
+        activation: None/"none", "relu", "relu6", "hardswish", "hardsigmoid" or "silu".
+
+    Returns (N, C_out, OH, OW). Raises TypeError/ValueError naming the bad argument.
+    On CPU: oneDNN convolution with bias and activation as post-ops (module docstring).
     """
-    activation_code(activation)
-    if _is_depthwise(x, weight, groups):
+    code = activation_code(activation)
+    if isinstance(x, Tensor) and isinstance(weight, Tensor) and x.dim() in (3, 4) \
+            and weight.dim() == 4 and _is_depthwise(x, weight, groups):
         return depthwise_conv2d(x, weight, bias, stride, padding, dilation, activation)
-    y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    return y if activation in (None, "none") else apply_activation(y, activation)
+    x, unbatched, stride, padding, dilation = _prepare(x, weight, bias, stride, padding,
+                                                       dilation, groups)
+    args = (x, weight, bias, stride, padding, dilation, groups, code)
+    if not _direct_ok(x, weight, bias):
+        y = _conv_bias_act_op(*args)
+    elif needs_grad(x, weight, bias):
+        y = _conv_bias_act_direct(*args)
+    else:
+        y = _conv_bias_act_impl(*args)
+    return y.squeeze(0) if unbatched else y
 
 
 def conv_bn_act(x: Tensor, weight: Tensor, conv_bias: Tensor | None, bn_weight: Tensor | None,
@@ -51,17 +448,67 @@ def conv_bn_act(x: Tensor, weight: Tensor, conv_bias: Tensor | None, bn_weight: 
                 activation: str | None = "relu") -> Tensor:
     """``act(batch_norm(conv2d(x, weight, conv_bias, ...)))`` with nn.BatchNorm2d's semantics.
 
-    training=True normalises with the batch's statistics (biased variance) and, when
-    running_mean/running_var are given, updates them in place with ``momentum`` (the running
-    variance with the unbiased batch variance), as ``F.batch_norm(training=True)`` does;
-    ``momentum`` here is the factor itself (nn.BatchNorm2d turns momentum=None into
-    1/num_batches_tracked before calling). training=False uses the running statistics.
-    Shapes as ``conv_bias_act``; bn_*/running_*: (C_out,). Raises ValueError for a training
-    batch with one value per channel (as nn.BatchNorm2d does).
+    training=True normalises with the batch's statistics (biased variance, accumulated in
+    float32, float64 for float64 inputs) and, when running_mean/running_var are given,
+    updates them in place with ``momentum`` (the running variance with the unbiased batch
+    variance), as ``F.batch_norm(training=True)`` does; ``momentum`` is the factor itself
+    (nn.BatchNorm2d turns momentum=None into 1/num_batches_tracked before calling). The
+    backward keeps only x and the conv output and recomputes the rest.
+    training=False folds the running statistics into the conv and runs ``conv_bias_act``.
+
+    Shapes as ``conv_bias_act``; bn_weight, bn_bias, running_mean, running_var: (C_out,) or
+    None (running statistics must be given when training=False); float dtypes, the
+    running statistics of any floating dtype. Raises ValueError for a training batch with one
+    value per channel (as nn.BatchNorm2d does), TypeError/ValueError naming a bad argument.
 
     BatchNorm: Ioffe & Szegedy (2015).
     """
-    activation_code(activation)
-    y = F.conv2d(x, weight, conv_bias, stride, padding, dilation, groups)
-    y = F.batch_norm(y, running_mean, running_var, bn_weight, bn_bias, training, momentum, eps)
-    return y if activation in (None, "none") else apply_activation(y, activation)
+    code = activation_code(activation)
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be a bool, got {type(training).__name__}")
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+        raise TypeError(f"momentum must be a float, got {momentum!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
+        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+    x4, unbatched, st, pad, dil = _prepare(x, weight, conv_bias, stride, padding, dilation, groups)
+    c = weight.shape[0]
+    _check_channel_vector(bn_weight, "bn_weight", c, x)
+    _check_channel_vector(bn_bias, "bn_bias", c, x)
+    _check_channel_vector(running_mean, "running_mean", c, x, dtype_free=True)
+    _check_channel_vector(running_var, "running_var", c, x, dtype_free=True)
+    if not training:
+        if running_mean is None or running_var is None:
+            raise ValueError("running_mean and running_var are needed when training=False")
+        w, b = _fold(weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, eps)
+        return conv_bias_act(x, w, b, stride, padding, dilation, groups, activation)
+    oh_ow = _out_shape(x4, weight, st, pad, dil)
+    count = oh_ow[0] * oh_ow[2] * oh_ow[3]
+    if count <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                         f"{torch.Size(oh_ow)}")
+    args = (x4, weight, conv_bias, bn_weight, bn_bias, float(eps), st, pad, dil, groups, code)
+    tensors = (x4, weight, conv_bias, bn_weight, bn_bias)
+    if not _direct_ok(*tensors, running_mean, running_var):
+        y, _, mean, invstd = _train_op(*args)
+    elif needs_grad(*tensors):
+        y, _, mean, invstd = _train_direct(*args)
+    else:
+        y, _, mean, invstd = _train_impl(*args)
+    _update_running_stats(running_mean, running_var, mean, invstd, count, float(momentum), eps)
+    return y.squeeze(0) if unbatched else y
+
+
+def _fold(weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, eps):
+    """Eval-mode BN folded into the conv (float64 arithmetic, cast back; differentiable)."""
+    dtype = weight.dtype
+    scale = running_var.double().add(eps).rsqrt()
+    if bn_weight is not None:
+        scale = scale * bn_weight.double()
+    shift = -running_mean.double() * scale
+    if bn_bias is not None:
+        shift = shift + bn_bias.double()
+    if conv_bias is not None:
+        shift = shift + conv_bias.double() * scale
+    w = weight.double() * scale.view(-1, 1, 1, 1)
+    w = w.contiguous(memory_format=torch.channels_last) if is_channels_last(weight) else w
+    return w.to(dtype), shift.to(dtype)

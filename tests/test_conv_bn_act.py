@@ -1,0 +1,423 @@
+"""conv -> BN -> activation: fastblocks.ops.conv_bias_act / conv_bn_act and nn.ConvBNAct against
+the eager composition (F.conv2d, F.batch_norm, activation), forward and backward, train and
+eval, with the one tolerance rule of fastblocks.testing."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastblocks import ops
+from fastblocks.nn import ConvBNAct
+from fastblocks.ops import _mkldnn_conv
+from fastblocks.ops.conv_bn_act import reference_conv_bias_act, reference_conv_bn_act
+from fastblocks.testing import check
+from tolerances import assert_parity
+
+ACTS = (None, "relu", "relu6", "hardswish", "hardsigmoid", "silu")
+CL = torch.channels_last
+
+
+def _x(n, c, h, w, dtype=torch.float32, channels_last=False):
+    x = torch.randn(n, c, h, w, dtype=dtype)
+    return x.contiguous(memory_format=CL) if channels_last else x
+
+
+def _bn_params(c, dtype=torch.float32):
+    return (torch.rand(c, dtype=dtype) + 0.5, torch.randn(c, dtype=dtype) * 0.1,
+            torch.randn(c) * 0.1, torch.rand(c) + 0.5)
+
+
+# ---- conv_bias_act (inference chain) ---------------------------------------------------------
+
+@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("k,stride,groups", [(1, 1, 1), (3, 2, 2)])
+def test_conv_bias_act_parity(activation, channels_last, dtype, k, stride, groups):
+    x = _x(2, 8, 9, 7, dtype, channels_last)
+    w = torch.randn(12, 8 // groups, k, k, dtype=dtype) * 0.3
+    b = torch.randn(12, dtype=dtype)
+    args = (stride, k // 2, 1, groups, activation)
+    fast = lambda x, w, b: ops.conv_bias_act(x, w, b, *args)  # noqa: E731
+    eager = lambda x, w, b: reference_conv_bias_act(x, w, b, *args)  # noqa: E731
+    for _ in range(2):  # the second call runs on the packed (cached) weight
+        res = check(fast, eager, [x, w, b], grad_idx=(0, 1, 2), names=("x", "weight", "bias"))
+        assert res.ok, res.messages
+    y = ops.conv_bias_act(x, w, b, *args)
+    assert y.is_contiguous(memory_format=CL if channels_last else torch.contiguous_format)
+
+
+def test_conv_bias_act_float64_fallback_no_bias_unbatched_same_padding():
+    x = torch.randn(4, 6, 6, dtype=torch.float64)
+    w = torch.randn(5, 4, 2, 2, dtype=torch.float64)  # even kernel: asymmetric 'same'
+    y = ops.conv_bias_act(x, w, None, 1, "same", 1, 1, "silu")
+    torch.testing.assert_close(y, F.silu(F.conv2d(x, w, None, 1, "same")))
+    y = ops.conv_bias_act(x, w, None, 1, "valid", 2, 1, "relu6")
+    torch.testing.assert_close(y, F.relu6(F.conv2d(x, w, None, 1, "valid", 2)))
+
+
+def test_conv_bias_act_depthwise_goes_to_depthwise_op():
+    x = _x(2, 6, 8, 8, channels_last=True)
+    w = torch.randn(6, 1, 3, 3)
+    b = torch.randn(6)
+    y = ops.conv_bias_act(x, w, b, 1, 1, 1, 6, "relu6")
+    torch.testing.assert_close(y, F.relu6(F.conv2d(x, w, b, 1, 1, 1, 6)))
+
+
+def test_packed_weight_sees_in_place_updates():
+    _mkldnn_conv.clear_cache()
+    x = _x(1, 4, 6, 6, channels_last=True)
+    w = torch.randn(8, 4, 3, 3)
+    for step in range(3):  # plain, packed, then an in-place change invalidates the pack
+        if step == 2:
+            with torch.no_grad():
+                w.mul_(-2.0)
+        torch.testing.assert_close(ops.conv_bias_act(x, w, None, 1, 1, 1, 1, "relu"),
+                                   F.relu(F.conv2d(x, w, None, 1, 1)))
+
+
+def test_conv_bias_act_empty_batch():
+    x = torch.randn(0, 4, 5, 5).contiguous(memory_format=CL)
+    y = ops.conv_bias_act(x, torch.randn(3, 4, 3, 3), None, 1, 1, 1, 1, "relu")
+    assert y.shape == (0, 3, 5, 5)
+
+
+def test_conv_bias_act_autocast_bf16():
+    x, w, b = torch.randn(1, 4, 6, 6), torch.randn(8, 4, 3, 3), torch.randn(8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ops.conv_bias_act(x, w, b, 1, 1, 1, 1, "relu")
+        ref = F.relu(F.conv2d(x, w, b, 1, 1))
+    assert y.dtype == ref.dtype == torch.bfloat16
+
+
+def test_autocast_mixed_dtypes_cast_like_conv():
+    """Under autocast a bfloat16 activation meets float32 parameters, as F.conv2d allows."""
+    x, w, b = torch.randn(1, 4, 6, 6).bfloat16(), torch.randn(8, 4, 3, 3), torch.randn(8)
+    bw, bb, rm, rv = _bn_params(8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ops.conv_bias_act(x, w, b, 1, 1, 1, 1, "silu")
+        y2 = ops.conv_bn_act(x, w, b, bw, bb, rm, rv, training=True, padding=1)
+        ref = F.silu(F.conv2d(x, w, b, 1, 1))
+    assert y.dtype == y2.dtype == ref.dtype == torch.bfloat16
+
+
+def test_conv_bias_act_gradcheck_fp64():
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 1, 2, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    for act, stride in (("relu6", 2), ("silu", 1)):
+        assert torch.autograd.gradcheck(
+            lambda x, w, b: ops.conv_bias_act(x, w, b, stride, 1, 1, 2, act), (x, w, b))
+
+
+def test_conv_bias_act_opcheck():
+    op = torch.ops.fastblocks.conv_bias_act
+    x = _x(2, 4, 5, 5, channels_last=True).requires_grad_()
+    w = torch.randn(6, 2, 3, 3, requires_grad=True)
+    torch.library.opcheck(op, (x, w, torch.randn(6, requires_grad=True), [1, 1], [1, 1],
+                               [1, 1], 2, 3))
+
+
+def test_conv_bias_act_compile_fullgraph():
+    x, w, b = _x(2, 4, 6, 6, channels_last=True), torch.randn(6, 4, 3, 3), torch.randn(6)
+    fn = torch.compile(lambda x, w, b: ops.conv_bias_act(x, w, b, 1, 1, 1, 1, "hardswish"),
+                       fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(fn(x, w, b), F.hardswish(F.conv2d(x, w, b, 1, 1)))
+
+
+# ---- conv_bn_act (training and eval) ---------------------------------------------------------
+
+def _train_pair(x, w, cb, bw, bb, rm, rv, **kw):
+    """(fastblocks, eager) callables over (x, w, cb, bw, bb) with their own running stats."""
+    def fast(x, w, cb, bw, bb):  # running stats in x's dtype: the float64 reference needs it
+        return ops.conv_bn_act(x, w, cb, bw, bb, rm.to(x.dtype), rv.to(x.dtype), training=True,
+                               **kw)
+
+    def eager(x, w, cb, bw, bb):
+        return reference_conv_bn_act(x, w, cb, bw, bb, rm.to(x.dtype), rv.to(x.dtype),
+                                     training=True, **kw)
+    return fast, eager
+
+
+@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_bn_act_train_parity_fp32(activation, channels_last):
+    x = _x(3, 4, 7, 6, channels_last=channels_last)
+    w, cb = torch.randn(6, 2, 3, 3) * 0.3, torch.randn(6)
+    bw, bb, rm, rv = _bn_params(6)
+    kw = dict(stride=1, padding=1, groups=2, activation=activation)
+    fast, eager = _train_pair(x, w, cb, bw, bb, rm, rv, **kw)
+    res = check(fast, eager, [x, w, cb, bw, bb], grad_idx=(0, 1, 2, 3, 4),
+                names=("x", "weight", "bias", "bn_weight", "bn_bias"))
+    assert res.ok, res.messages
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_conv_bn_act_train_parity_bf16(activation):
+    x = _x(2, 4, 6, 6, torch.bfloat16, channels_last=True)
+    w, cb = torch.randn(8, 4, 1, 1, dtype=torch.bfloat16), torch.randn(8, dtype=torch.bfloat16)
+    bw, bb, rm, rv = _bn_params(8, torch.bfloat16)
+    fast, eager = _train_pair(x, w, cb, bw, bb, rm, rv, activation=activation)
+    res = check(fast, eager, [x, w, cb, bw, bb], grad_idx=(0, 1, 3, 4),
+                names=("x", "weight", "bias", "bn_weight", "bn_bias"))
+    assert res.ok, res.messages
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.5])
+def test_conv_bn_act_running_stats_after_steps(momentum):
+    w, cb = torch.randn(5, 3, 3, 3), torch.randn(5)
+    bw, bb, rm, rv = _bn_params(5)
+    rm2, rv2 = rm.clone(), rv.clone()
+    for step in range(4):
+        x = _x(2, 3, 6, 6, channels_last=step % 2 == 1) * (step + 1) + step
+        kw = dict(training=True, momentum=momentum, eps=1e-3, padding=1, activation="relu")
+        y = ops.conv_bn_act(x, w, cb, bw, bb, rm, rv, **kw)
+        ref = reference_conv_bn_act(x, w, cb, bw, bb, rm2, rv2, **kw)
+        torch.testing.assert_close(y, ref)
+        torch.testing.assert_close(rm, rm2)
+        torch.testing.assert_close(rv, rv2)
+
+
+def test_conv_bn_act_train_without_running_stats_or_affine():
+    x, w = torch.randn(2, 3, 5, 5), torch.randn(4, 3, 3, 3)
+    y = ops.conv_bn_act(x, w, None, None, None, None, None, training=True, activation="relu6")
+    torch.testing.assert_close(y, F.relu6(F.batch_norm(F.conv2d(x, w), None, None, training=True)))
+
+
+@pytest.mark.parametrize("activation", ["relu6", "hardswish"])
+def test_conv_bn_act_eval_parity(activation):
+    x = _x(2, 4, 6, 6, channels_last=True)
+    w, cb = torch.randn(6, 4, 3, 3), torch.randn(6)
+    bw, bb, rm, rv = _bn_params(6)
+    kw = dict(training=False, padding=1, activation=activation)
+    fast = lambda x, w, cb, bw, bb: ops.conv_bn_act(  # noqa: E731
+        x, w, cb, bw, bb, rm.to(x.dtype), rv.to(x.dtype), **kw)
+    eager = lambda x, w, cb, bw, bb: reference_conv_bn_act(  # noqa: E731
+        x, w, cb, bw, bb, rm.to(x.dtype), rv.to(x.dtype), **kw)
+    res = check(fast, eager, [x, w, cb, bw, bb], grad_idx=(0, 1, 3),
+                names=("x", "weight", "bias", "bn_weight", "bn_bias"))
+    assert res.ok, res.messages
+
+
+def test_conv_bn_act_train_gradcheck_fp64():
+    d = torch.float64
+    ins = [torch.randn(2, 2, 3, 3, dtype=d), torch.randn(3, 2, 2, 2, dtype=d),
+           torch.randn(3, dtype=d), torch.rand(3, dtype=d) + 0.5, torch.randn(3, dtype=d)]
+    ins = [t.requires_grad_() for t in ins]
+    assert torch.autograd.gradcheck(  # hardswish: the pre-activation is recomputed in backward
+        lambda *a: ops.conv_bn_act(*a, None, None, training=True, padding=1, activation="hardswish"),
+        ins)
+
+
+def test_conv_bn_act_train_opcheck():
+    args = (torch.randn(2, 4, 5, 5, requires_grad=True), torch.randn(6, 4, 3, 3, requires_grad=True),
+            None, torch.rand(6, requires_grad=True), torch.randn(6, requires_grad=True),
+            1e-5, [1, 1], [1, 1], [1, 1], 1, 5)
+    torch.library.opcheck(torch.ops.fastblocks.conv_bn_act_train, args)
+
+
+def test_conv_bn_act_train_compile_fullgraph_updates_running_stats():
+    x, w = torch.randn(2, 3, 5, 5), torch.randn(4, 3, 3, 3)
+    bw, bb, rm, rv = _bn_params(4)
+    rm2, rv2 = rm.clone(), rv.clone()
+    fn = torch.compile(lambda x, rm, rv: ops.conv_bn_act(
+        x, w, None, bw, bb, rm, rv, training=True, padding=1, activation="silu"),
+        fullgraph=True, backend="aot_eager")
+    y = fn(x, rm, rv)
+    ref = reference_conv_bn_act(x, w, None, bw, bb, rm2, rv2, training=True, padding=1,
+                                activation="silu")
+    torch.testing.assert_close(y, ref)
+    torch.testing.assert_close(rm, rm2)
+    torch.testing.assert_close(rv, rv2)
+
+
+def test_conv_bn_act_backward_keeps_only_x_and_conv_output():
+    """The memory saving: the autograd graph holds x, the conv output z and (C,) vectors; eager
+    holds BN's output (or the activation's) too."""
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    w = torch.randn(8, 4, 1, 1, requires_grad=True)
+    bw, bb = torch.ones(8, requires_grad=True), torch.zeros(8, requires_grad=True)
+
+    def saved_maps(fn):
+        maps = []
+
+        def pack(t):
+            if t.dim() == 4 and t.shape[1] == 8:
+                maps.append(t)
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn(x, w, None, bw, bb, None, None, training=True, activation="hardswish")
+        return len(maps)
+    assert saved_maps(ops.conv_bn_act) == 1
+    assert saved_maps(reference_conv_bn_act) == 2
+
+
+def test_one_value_per_channel_in_training_raises_like_batchnorm():
+    x, w = torch.randn(1, 3, 1, 1), torch.randn(4, 3, 1, 1)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        ops.conv_bn_act(x, w, None, None, None, None, None, training=True)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        F.batch_norm(F.conv2d(x, w), None, None, training=True)
+
+
+@pytest.mark.parametrize("call,match,exc", [
+    (lambda x, w: ops.conv_bias_act(x, w[:, :3], None), "weight must have shape", ValueError),
+    (lambda x, w: ops.conv_bias_act(x, w, torch.randn(5)), "bias must have shape", ValueError),
+    (lambda x, w: ops.conv_bias_act(x, w.double()), "weight has dtype", TypeError),
+    (lambda x, w: ops.conv_bias_act(x.long(), w), "x must have a floating dtype", TypeError),
+    (lambda x, w: ops.conv_bias_act(x, w, activation="gelu"), "activation must be one of", ValueError),
+    (lambda x, w: ops.conv_bias_act(x, w, groups=0), "groups must be", ValueError),
+    (lambda x, w: ops.conv_bias_act(x, w, stride=0), "stride must be positive", ValueError),
+    (lambda x, w: ops.conv_bias_act(x[0, 0], w), "x must be 4-d", ValueError),
+    (lambda x, w: ops.conv_bn_act(x, w, None, torch.ones(3), None, None, None, training=True),
+     "bn_weight must have shape", ValueError),
+    (lambda x, w: ops.conv_bn_act(x, w, None, None, None, torch.zeros(4), None, training=False),
+     "running_mean and running_var are needed", ValueError),
+    (lambda x, w: ops.conv_bn_act(x, w, None, None, None, torch.zeros(2), torch.ones(4),
+                                  training=True), "running_mean must have shape", ValueError),
+    (lambda x, w: ops.conv_bn_act(x, w, None, None, None, None, None, training=1),
+     "training must be a bool", TypeError),
+    (lambda x, w: ops.conv_bn_act(x, w, None, None, None, None, None, training=True,
+                                  momentum="0.1"), "momentum must be a float", TypeError),
+])
+def test_bad_inputs_name_the_argument(call, match, exc):
+    with pytest.raises(exc, match=match):
+        call(torch.randn(2, 4, 5, 5), torch.randn(4, 4, 3, 3))
+
+
+# ---- nn.ConvBNAct ----------------------------------------------------------------------------
+
+def _sequential(act=nn.ReLU6):
+    seq = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1, groups=2), nn.BatchNorm2d(6), act())
+    with torch.no_grad():
+        seq[1].running_mean.normal_()
+        seq[1].running_var.uniform_(0.5, 2)
+        seq[1].weight.uniform_(0.5, 1.5)
+    return seq
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_module_train_steps_then_eval_match_sequential(momentum):
+    seq = _sequential(nn.SiLU)
+    seq[1].momentum = momentum
+    ref = copy.deepcopy(seq)
+    fused = ConvBNAct.from_modules(seq[0], seq[1], seq[2], names=("0", "1", "2"))
+    opt, opt_ref = (torch.optim.SGD(m.parameters(), lr=0.1) for m in (fused, ref))
+    for step in range(3):
+        x = _x(2, 4, 6, 6, channels_last=step == 1) + step
+        for m, o in ((fused, opt), (ref, opt_ref)):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            o.step()
+        for (k, a), b in zip(fused.state_dict().items(), ref.state_dict().values()):
+            torch.testing.assert_close(a, b, msg=k)
+    fused.eval(), ref.eval()
+    x = _x(2, 4, 6, 6, channels_last=True)
+    with torch.no_grad():
+        for _ in range(2):
+            torch.testing.assert_close(fused(x), ref(x))
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), ref(x))
+
+
+def test_module_state_dict_round_trip_with_sequential():
+    seq = _sequential()
+    fused = ConvBNAct(4, 6, 3, groups=2, bias=True, activation="relu6")
+    assert list(fused.state_dict()) == ["conv.weight", "conv.bias", "bn.weight", "bn.bias",
+                                        "bn.running_mean", "bn.running_var", "bn.num_batches_tracked"]
+    renamed = {k.replace("0.", "conv.").replace("1.", "bn."): v for k, v in seq.state_dict().items()}
+    fused.load_state_dict(renamed)
+    fused.eval(), seq.eval()
+    x = torch.randn(2, 4, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), seq(x))
+    back = _sequential()
+    back.load_state_dict({k.replace("conv.", "0.").replace("bn.", "1."): v
+                          for k, v in fused.state_dict().items()})
+    back.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), seq(x))
+
+
+# ---- the training kernels: fastblocks._C against the ATen composition (torch backend) ---------
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("activation,channels_last", [("hardswish", False), ("relu", True)])
+def test_conv_bn_act_train_backends(backend, activation, channels_last):
+    import fastblocks
+    if backend not in fastblocks.available_backends("cpu"):
+        pytest.skip(f"{backend} backend unavailable")
+    x = _x(2, 3, 5, 4, channels_last=channels_last)
+    w, cb = torch.randn(5, 3, 3, 3) * 0.3, torch.randn(5)
+    bw, bb, rm, rv = _bn_params(5)
+    fast, eager = _train_pair(x, w, cb, bw, bb, rm, rv, padding=1, activation=activation)
+    with fastblocks.backend(backend):
+        res = check(fast, eager, [x, w, cb, bw, bb], grad_idx=(0, 1, 2, 3, 4),
+                    names=("x", "weight", "bias", "bn_weight", "bn_bias"))
+    assert res.ok, res.messages
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpu", "triton"])
+def test_conv_bn_act_train_statistics_accurate_for_large_means(backend):
+    """One-pass statistics with a mean 1e4 times the spread: no cancellation (the error
+    against float64 is at most twice eager's)."""
+    import fastblocks
+    if backend not in fastblocks.available_backends("cpu"):
+        pytest.skip(f"{backend} backend unavailable")
+    x = torch.randn(4, 3, 6, 6)
+    w, cb = torch.randn(4, 3, 1, 1) * 0.1, torch.full((4,), 1e4)
+    bw, bb, rm, rv = _bn_params(4)
+    rm_f, rv_f, rm_e, rv_e = rm.clone(), rv.clone(), rm.clone(), rv.clone()
+    kw = dict(training=True, activation="silu")
+    with fastblocks.backend(backend):
+        y = ops.conv_bn_act(x, w, cb, bw, bb, rm_f, rv_f, **kw)
+    ye = reference_conv_bn_act(x, w, cb, bw, bb, rm_e, rv_e, **kw)
+    d = [t.double() for t in (x, w, cb, bw, bb, rm, rv)]
+    yh = reference_conv_bn_act(*d, **kw)
+    assert_parity(y, ye, yh, reduction=True)
+    assert_parity(rv_f, rv_e, d[6], "running_var", reduction=True)
+
+
+@pytest.mark.parametrize("activation,channels_last,dtype", [
+    ("silu", False, torch.float32), ("relu6", True, torch.float32), ("hardswish", True, torch.float64)])
+def test_conv_bn_act_train_triton_interpreter(activation, channels_last, dtype):
+    """The Triton kernels (kernels/conv_bn_act.py) under TRITON_INTERPRET=1 on tiny shapes."""
+    import fastblocks
+    if "triton" not in fastblocks.available_backends("cpu"):
+        pytest.skip("triton backend unavailable (TRITON_INTERPRET=1 and triton needed)")
+    x = _x(2, 3, 4, 3, dtype, channels_last)
+    w, cb = torch.randn(4, 3, 1, 1, dtype=dtype), torch.randn(4, dtype=dtype)
+    bw, bb, rm, rv = _bn_params(4, dtype)
+    fast, eager = _train_pair(x, w, cb, bw, bb, rm, rv, activation=activation)
+    with fastblocks.backend("triton"):
+        res = check(fast, eager, [x, w, cb, bw, bb], grad_idx=(0, 1, 3, 4),
+                    names=("x", "weight", "bias", "bn_weight", "bn_bias"))
+    assert res.ok, res.messages
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("training", [True, False])
+def test_conv_bn_act_cuda(dtype, training):
+    """On a GPU: the train path (Triton kernels under auto) and the eval path (ATen/cuDNN
+    conv + fused activation), multi-tile sizes, channels_last."""
+    dev = "cuda"
+    x = torch.randn(8, 32, 28, 28, device=dev, dtype=dtype).contiguous(memory_format=CL)
+    w, cb = torch.randn(64, 32, 3, 3, device=dev, dtype=dtype) * 0.1, None
+    bw = torch.rand(64, device=dev, dtype=dtype) + 0.5
+    bb = torch.randn(64, device=dev, dtype=dtype) * 0.1
+    rm, rv = torch.zeros(64, device=dev), torch.ones(64, device=dev)
+    kw = dict(training=training, padding=1, activation="silu")
+
+    def fast(x, w, bw, bb):
+        return ops.conv_bn_act(x, w, cb, bw, bb, rm.to(x.dtype), rv.to(x.dtype), **kw)
+
+    def eager(x, w, bw, bb):
+        return reference_conv_bn_act(x, w, cb, bw, bb, rm.to(x.dtype), rv.to(x.dtype), **kw)
+    res = check(fast, eager, [x, w, bw, bb], grad_idx=(0, 1, 2, 3),
+                names=("x", "weight", "bn_weight", "bn_bias"))
+    assert res.ok, res.messages
