@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastblocks
+from fastblocks.ops._layout import same_layout
 from fastblocks.ops import depthwise_conv2d
 from fastblocks.ops._dispatch import run_kernel
 from fastblocks.ops.activation import reference_backward, reference_forward
@@ -199,7 +200,9 @@ def test_output_memory_format_follows_conv_rule(backend):
             ts = leaves(x, w) if grad else (x, w)
             with fastblocks.backend(backend):
                 y = depthwise_conv2d(*ts, activation="relu6", **kw)
-            assert y.stride() == expected.stride(), (name, grad, y.stride(), expected.stride())
+            # strides of size-1 dims carry no layout, and eager's own vary there with the
+            # convolution algorithm ATen picks (thread count): compare the rest exactly
+            assert same_layout(y, expected), (name, grad, y.stride(), expected.stride())
             torch.testing.assert_close(y, F.relu6(expected), msg=name)
     # the number
     x, w = torch.randn(2, 16, 10, 10), torch.randn(16, 1, 3, 3).to(memory_format=CL)

@@ -84,8 +84,16 @@ def test_hf_model(name):
     # TF "SAME" padding differs between even and odd sizes (HF's EfficientNet takes even ones)
     for size in (32, 29) if name.startswith("mobilenet") else (32,):
         x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
-        assert_same_model(plain, fused, x, train=False)
-        assert_same_model(plain, fused, x, train=True, steps=2)
-        assert_same_model(plain, fused, x, train=False)  # eval again: running stats moved
+        assert_same_model(plain, fused, x, train=False)  # float32, eval
+    # Training steps, then eval on the moved running statistics, in float64: in float32 the
+    # fused and the plain model are equally exact but drift apart through a deep net (running
+    # means 1e-5 relative apart after two steps of batch 2; eval gradients then 2.2x past
+    # eager's own error), so only a wider bound than the contract's would pass (as in
+    # tests/zoo_checks.py). In float64 any fault of the swap logic still shows.
+    plain64, fused64 = plain.double(), fused.double()
+    for size in (32, 29) if name.startswith("mobilenet") else (32,):
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1)).double()
+        assert_same_model(plain64, fused64, x, train=True, steps=2)
+        assert_same_model(plain64, fused64, x, train=False)  # eval again: running stats moved
     back = fastblocks.revert(copy.deepcopy(fused))
     assert [type(m) for m in back.modules()] == [type(m) for m in plain.modules()]
