@@ -11,7 +11,7 @@ from zoo_checks import check_architecture, param_count
 
 PUBLISHED = {
     "lenet5": (61_706, "LeCun et al. 1998 with full C3 connections: 61,706 (60k in the paper)"),
-    "alexnet": (62_378_344, "Krizhevsky et al. 2012, one tower, 96-256-384-384-256: 62.4M (paper: 60M)"),
+    "alexnet": (60_965_224, "Krizhevsky et al. 2012, two towers (conv2/4/5 grouped): 60,965,224, the paper's 60M"),
     "zfnet": (62_357_608, "Zeiler & Fergus 2014: AlexNet with 7x7 conv1, ~62M"),
     "nin": (976_234, "Lin et al. 2014 CIFAR-10 NiN (192/160/96 ...): 0.97M"),
     "vgg11": (132_863_336, "torchvision vgg11 (paper: 133M)"),

@@ -9,7 +9,9 @@ Classification with Deep Convolutional Neural Networks", NIPS 2012), ZFNet (Zeil
   in most reimplementations).
 - AlexNet: 11x11/4 conv1, ReLU, local response normalisation (size 5, alpha 1e-4, beta
   0.75, k 2) after conv1 and conv2, overlapping 3x3/2 max pools, dropout 0.5 in the
-  4096-4096 head; 227x227 input. One tower (the two-GPU split is an implementation detail).
+  4096-4096 head; 227x227 input. conv2, conv4 and conv5 are grouped in two, as the paper's two
+  GPU towers were connected only at conv3 and the FC layers: 60,965,224 parameters (the
+  paper's "60 million").
 - ZFNet: AlexNet with a 7x7/2 conv1 (and 3x3/2 conv2 stride), 224x224 input.
 - NiN: mlpconv blocks (a conv followed by two 1x1 convs, ReLU after each), max pools with
   dropout between them, global average pooling over the last block's num_classes maps instead
@@ -40,23 +42,24 @@ class LeNet5(nn.Module):
 
 
 class AlexNet(nn.Module):
-    """AlexNet (``conv1=(11, 4)``) or ZFNet (``conv1=(7, 2)``).
+    """AlexNet (``conv1=(11, 4)``, two towers) or ZFNet (``conv1=(7, 2)``, one tower).
     Shapes: (N, 3, 227, 227) (ZFNet 224) -> (N, num_classes); any H, W >= 63 runs (adaptive
     6x6 pooling before the head)."""
 
     def __init__(self, num_classes: int = 1000, dropout: float = 0.5, conv1=(11, 4), conv2_stride=1,
-                 lrn: bool = True) -> None:
+                 lrn: bool = True, towers: int = 2) -> None:
         super().__init__()
         k1, s1 = conv1
         norm = (lambda: nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)) if lrn else nn.Identity
         self.features = nn.Sequential(
             nn.Conv2d(3, 96, k1, s1, 1 if k1 == 7 else 0), nn.ReLU(inplace=True), norm(),
             nn.MaxPool2d(3, 2),
-            nn.Conv2d(96, 256, 5, conv2_stride, 2 if conv2_stride == 1 else 0), nn.ReLU(inplace=True),
+            nn.Conv2d(96, 256, 5, conv2_stride, 2 if conv2_stride == 1 else 0, groups=towers),
+            nn.ReLU(inplace=True),
             norm(), nn.MaxPool2d(3, 2),
             nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2))
+            nn.Conv2d(384, 384, 3, padding=1, groups=towers), nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, 3, padding=1, groups=towers), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2))
         self.avgpool = nn.AdaptiveAvgPool2d(6)
         self.classifier = nn.Sequential(
             nn.Dropout(dropout), nn.Linear(256 * 36, 4096), nn.ReLU(inplace=True),
@@ -96,7 +99,8 @@ register_model("alexnet", family="classic", input_size=(3, 227, 227),
     lambda num_classes=1000, dropout=0.5: AlexNet(num_classes, dropout))
 register_model("zfnet", family="classic", input_size=(3, 224, 224),
                paper="Zeiler & Fergus 2014, ZFNet (arXiv:1311.2901)")(
-    lambda num_classes=1000, dropout=0.5: AlexNet(num_classes, dropout, conv1=(7, 2), conv2_stride=2))
+    lambda num_classes=1000, dropout=0.5: AlexNet(num_classes, dropout, conv1=(7, 2), conv2_stride=2,
+                                                 towers=1))
 register_model("nin", family="classic", input_size=(3, 32, 32),
                paper="Lin et al. 2014, Network in Network (arXiv:1312.4400)")(
     lambda num_classes=10, dropout=0.5: NiN(num_classes, dropout))
