@@ -74,3 +74,12 @@ def test_profile_table(tmp_path, capsys):
     assert [ln.split()[0] for ln in lines] == [str(i) for i in range(10)]
     assert "kFLOP" in lines[0] and "whole forward" in out
     assert list(tmp_path.rglob("profile-*.png"))
+
+
+def test_list_models_with_params_flops_and_fused_ops(capsys):
+    assert main(["list", "mobilenet_v2"]) == 0
+    out = capsys.readouterr().out
+    row = next(ln for ln in out.splitlines() if ln.startswith("mobilenet_v2 "))
+    cells = row.split()
+    assert cells[1] == "3.50M" and cells[2] == "0.60" and cells[3] == "224x224"  # torchvision: 3.5M, 0.30 GMACs
+    assert "conv_bn_act x35" in row and "depthwise_conv2d x17" in row

@@ -121,7 +121,7 @@ def profile_model(model: nn.Module, x: Tensor, depth: int = 2, reps: int = 5,
         kernels = []
         if name in fast_mods:
             kernels = sorted({type(m).__name__ for m in fast_mods[name].modules()
-                              if type(m).__module__.startswith("fastblocks.")})
+                              if type(m).__module__.startswith(("fastblocks.nn", "fastblocks.optimize"))})
         out.append(BlockProfile(
             name=name, kind=type(block).__name__,
             params=sum(p.numel() for p in block.parameters()),

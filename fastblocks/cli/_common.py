@@ -113,3 +113,18 @@ def swap_summary(report) -> str:
     """One line of an optimize() report: "17 conv-bn-act, 2 activation" (or "nothing")."""
     counts = report.counts()
     return ", ".join(f"{n} {p}" for p, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "nothing"
+
+
+def fused_ops(report) -> str:
+    """The fastblocks ops an optimize() report's swaps run, with counts: "conv_bn_act x36,
+    depthwise_conv2d x15, activation x9" (patterns of fastblocks/optimize/rules)."""
+    counts: dict[str, int] = {}
+    for pattern, n in report.counts().items():
+        p = pattern.lower()
+        op = ("depthwise_conv2d" if p.startswith("depthwise") else
+              "conv_bn_act" if "conv -> bn" in p else
+              "squeeze_excite" if "squeeze" in p or p.startswith("se ") else
+              "channel_shuffle" if "shuffle" in p else
+              "activation" if p.startswith(("activation", "inline")) else pattern)
+        counts[op] = counts.get(op, 0) + n
+    return ", ".join(f"{op} x{n}" for op, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "-"

@@ -8,12 +8,13 @@ import warnings
 
 def _model_row(name: str) -> list[str]:
     """Built on the meta device (no memory, no arithmetic): FlopCounterMode counts a forward
-    of meta tensors, and optimize() of the meta model tells which fastblocks modules serve it."""
+    of meta tensors, and optimize() of the meta model tells which fastblocks ops serve it."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     import fastblocks
     from ..models import create_model, model_info
+    from ._common import fused_ops
 
     info = model_info(name)
     with torch.device("meta"):
@@ -25,10 +26,9 @@ def _model_row(name: str) -> list[str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fused = fastblocks.optimize(model, inplace=True)
-    kinds = sorted({type(m).__name__ for m in fused.modules()
-                    if type(m).__module__.startswith("fastblocks.")})
+    ops = fused_ops(fused.fastblocks_report)
     c, h, w = info.input_size
-    return [name, f"{params / 1e6:.2f}M", f"{flops / 1e9:.2f}", f"{h}x{w}", ", ".join(kinds) or "-"]
+    return [name, f"{params / 1e6:.2f}M", f"{flops / 1e9:.2f}", f"{h}x{w}", ops]
 
 
 def cmd_list(args) -> int:
@@ -36,7 +36,7 @@ def cmd_list(args) -> int:
     from ._common import print_table
 
     names = list_models(args.pattern) if getattr(args, "pattern", None) else list_models()
-    rows = [["model", "params", "GFLOPs", "input", "fastblocks modules in the fused form"]]
+    rows = [["model", "params", "GFLOPs", "input", "fastblocks ops in the fused form (swaps)"]]
     for name in names:
         try:
             rows.append(_model_row(name))
