@@ -143,7 +143,7 @@ def test_xception_counts_equal_keras_exactly():
 
 @pytest.mark.parametrize("name", [n for n in SMALL if n.startswith("shufflenet_v2")])
 def test_shufflenet_v2_state_dict_is_torchvisions(name):
-    """Keys, order and shapes equal torchvision's (tests/data/dump_torchvision_keys_shufflenet.py),
+    """Keys, order and shapes equal torchvision's (tests/data/dump_torchvision_keys.py),
     so torchvision's checkpoints load with load_state_dict as they are."""
     expected = json.loads((KEYS / f"{name}.json").read_text())
     with torch.device("meta"):

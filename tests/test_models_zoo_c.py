@@ -92,7 +92,7 @@ def test_model_counts_without_a_published_figure():
 
 
 def test_inception_v3_state_dict_is_torchvisions():
-    """Keys, order and shapes equal torchvision's (tests/data/dump_torchvision_keys_inception.py),
+    """Keys, order and shapes equal torchvision's (tests/data/dump_torchvision_keys.py),
     so torchvision's checkpoints load with load_state_dict as they are."""
     expected = json.loads((KEYS / "inception_v3.json").read_text())
     with torch.device("meta"):
