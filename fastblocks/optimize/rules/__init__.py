@@ -5,8 +5,10 @@ from .activation import ActivationRule, SwappedActivation
 from .conv_bn_act import ConvBNActRule
 from .depthwise import DepthwiseRule
 from .inline import InlineActivationRule
+from .shuffle import ChannelShuffleModuleRule, InlineShuffleRule
+from .squeeze_excite import SqueezeExciteRule
 
-BLOCK_RULES = [ConvBNActRule(), InlineActivationRule()]
-MODULE_RULES = [DepthwiseRule(), ActivationRule()]
+BLOCK_RULES = [ConvBNActRule(), InlineShuffleRule(), InlineActivationRule()]
+MODULE_RULES = [SqueezeExciteRule(), ChannelShuffleModuleRule(), DepthwiseRule(), ActivationRule()]
 
 __all__ = ["BLOCK_RULES", "MODULE_RULES", "SwappedActivation"]

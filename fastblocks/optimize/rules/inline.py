@@ -154,7 +154,8 @@ class InlineActivationRule(BlockRule):
                 dead |= nodes
                 ctx.report.swap(f"inline {name} ({len(nodes)} ops -> 1)", ctx.path)
                 changed = True
-        if not changed:
+        # an earlier rule (rules/shuffle.py) may have rewritten this graph already
+        if not changed and not ctx.cache.pop(("graph rewritten", id(block)), False):
             return None
         for n in reversed(list(graph.nodes)):
             if n in dead and not n.users:
