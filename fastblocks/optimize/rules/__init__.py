@@ -6,9 +6,10 @@ from .conv_bn_act import ConvBNActRule
 from .depthwise import DepthwiseRule
 from .inline import InlineActivationRule
 from .shuffle import ChannelShuffleModuleRule, InlineShuffleRule
-from .squeeze_excite import SqueezeExciteRule
+from .squeeze_excite import InlineSqueezeExciteRule, SqueezeExciteRule
 
-BLOCK_RULES = [ConvBNActRule(), InlineShuffleRule(), InlineActivationRule()]
+BLOCK_RULES = [ConvBNActRule(), InlineSqueezeExciteRule(), InlineShuffleRule(),
+               InlineActivationRule()]
 MODULE_RULES = [SqueezeExciteRule(), ChannelShuffleModuleRule(), DepthwiseRule(), ActivationRule()]
 
 __all__ = ["BLOCK_RULES", "MODULE_RULES", "SwappedActivation"]

@@ -121,6 +121,17 @@ def _closed(nodes: set, root) -> bool:
     return all(set(m.users) <= nodes for m in nodes if m is not root)
 
 
+_REWRITTEN = "graph rewritten"
+
+
+def hand_over(block: nn.Module, graphs: list, ctx) -> None:
+    """For a BlockRule running before InlineActivationRule that rewrote ``graphs[0]`` in place
+    (every graph being the same code): this rule continues on that graph and builds the
+    InlineFused replacement even if it finds nothing of its own."""
+    del graphs[1:]
+    ctx.cache[(_REWRITTEN, id(block))] = True
+
+
 class InlineActivationRule(BlockRule):
     pattern = "inline activation"
 
@@ -154,8 +165,8 @@ class InlineActivationRule(BlockRule):
                 dead |= nodes
                 ctx.report.swap(f"inline {name} ({len(nodes)} ops -> 1)", ctx.path)
                 changed = True
-        # an earlier rule (rules/shuffle.py) may have rewritten this graph already
-        if not changed and not ctx.cache.pop(("graph rewritten", id(block)), False):
+        # an earlier rule (rules/shuffle.py, squeeze_excite.py) may have rewritten this graph
+        if not changed and not ctx.cache.pop((_REWRITTEN, id(block)), False):
             return None
         for n in reversed(list(graph.nodes)):
             if n in dead and not n.users:

@@ -19,9 +19,15 @@ Fusing a shuffle into the 1x1 grouped conv before it (``fastblocks.nn.GroupedCon
 done: in the zoo's ShuffleNets that conv is already the head of a fused conv -> BN -> ReLU
 chain (rules/conv_bn_act.py), and folding the shuffle in would take it out of that chain.
 
-CPU policy (as rules/activation.py): a shuffle is a pure permutation copy; on CPU tensors our
-kernel is slower than eager's view/transpose/contiguous at the zoo's sizes (measured,
-``_CPU_NOTE`` below), so CPU tensors take eager's path and other devices fastblocks' kernel.
+CPU policy (as rules/activation.py, decided per call by the tensors): measured on the 2-core
+dev VM (AMD EPYC, torch 2.13, OMP_NUM_THREADS=1, 30 (train: 10) interleaved calls, median, eager
+= view/transpose/contiguous/view after torch.cat; in-process script):
+- concat + shuffle, inference: ours 1.02-1.38x eager at batch 1 (ShuffleNetV2 116x28x28,
+  232x14x14, 464x7x7), 1.84-2.52x at batch 32. Training (forward + backward): 0.77-1.45x at
+  batch 1, 1.13-3.88x at batch 32. -> ours, except training below ``_CPU_MIN_NUMEL``.
+- shuffle alone, inference: 0.89-0.93x at batch 1 (ShuffleNetV1 g3 60x28x28, 120x14x14,
+  240x7x7), 1.16-1.29x at batch 32; training 0.69-0.74x at batch 1, 0.83-1.07x at batch 32.
+  -> ours for inference from ``_CPU_MIN_NUMEL`` output elements up, eager otherwise.
 """
 from __future__ import annotations
 
@@ -34,10 +40,15 @@ from torch import Tensor, nn
 from ... import ops
 from .._classswap import swap_class
 from .._rule import BlockRule, Keep, ModuleRule, Swap
+from .inline import hand_over
 
-# Measured on the 2-core dev VM (AMD EPYC, torch 2.x, OMP_NUM_THREADS=1, interleaved
-# medians), see fastblocks/optimize/rules/shuffle.py's history for the script:
-_CPU_NOTE = None
+# The smallest output (elements) for which the fused kernels won on CPU (module docstring):
+# batch-1 ShuffleNet maps hold 12k-91k elements, batch-32 ones 376k-2.9M.
+_CPU_MIN_NUMEL = 1 << 18
+
+
+def _autograd(*ts: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
 
 
 def _eager_shuffle(x: Tensor, groups: int) -> Tensor:
@@ -46,17 +57,18 @@ def _eager_shuffle(x: Tensor, groups: int) -> Tensor:
 
 
 def inline_channel_shuffle(x: Tensor, groups: int) -> Tensor:
-    """channel_shuffle(x, groups): eager's view/transpose on CPU tensors (faster there, see the
-    module docstring), ``ops.channel_shuffle`` on others. x: (N, C, H, W)."""
-    if x.device.type == "cpu":
+    """channel_shuffle(x, groups): ``ops.channel_shuffle``, or eager's view/transpose on CPU
+    tensors where that measured faster (module docstring). x: (N, C, H, W)."""
+    if x.device.type == "cpu" and (_autograd(x) or x.numel() < _CPU_MIN_NUMEL):
         return _eager_shuffle(x, groups)
     return ops.channel_shuffle(x, groups)
 
 
 def inline_concat_shuffle(a: Tensor, b: Tensor, groups: int) -> Tensor:
-    """channel_shuffle(torch.cat([a, b], 1), groups): eager on CPU tensors, ``ops.concat_shuffle``
-    (one pass, no concatenated copy) on others. a, b: (N, Ca, H, W), (N, Cb, H, W)."""
-    if a.device.type == "cpu":
+    """channel_shuffle(torch.cat([a, b], 1), groups): ``ops.concat_shuffle`` (one pass, no
+    concatenated copy), or eager on CPU tensors where that measured faster (module docstring).
+    a, b: (N, Ca, H, W), (N, Cb, H, W)."""
+    if a.device.type == "cpu" and _autograd(a, b) and a.numel() + b.numel() < _CPU_MIN_NUMEL:
         return _eager_shuffle(torch.cat([a, b], 1), groups)
     return ops.concat_shuffle(a, b, groups)
 
@@ -66,13 +78,13 @@ torch.fx.wrap("inline_concat_shuffle")
 
 
 class SwappedChannelShuffle(nn.ChannelShuffle):
-    """An nn.ChannelShuffle (same object, class swapped): eager on CPU tensors, fastblocks'
-    kernel on others. (N, C, *) -> same shape."""
+    """An nn.ChannelShuffle (same object, class swapped) running ``inline_channel_shuffle``
+    (fastblocks' kernel, eager where faster on CPU) on 4-d input. (N, C, *) -> same shape."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type == "cpu" or x.dim() != 4:
+        if x.dim() != 4:
             return super().forward(x)
-        return ops.channel_shuffle(x, self.groups)
+        return inline_channel_shuffle(x, self.groups)
 
 
 class ChannelShuffleModuleRule(ModuleRule):
@@ -220,8 +232,7 @@ class InlineShuffleRule(BlockRule):
         if not changed:
             return None
         graph.lint()
-        graphs[:] = [graph]  # rules/inline.py builds the replacement from this graph
-        ctx.cache[("graph rewritten", id(block))] = True
+        hand_over(block, graphs, ctx)
         return None
 
 
