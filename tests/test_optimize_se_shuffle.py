@@ -202,3 +202,33 @@ def test_swapped_se_runs_fused_op_in_training_and_eager_in_cpu_inference(monkeyp
     with torch.no_grad():
         se(x)
     assert calls == [1]
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_compile_fullgraph(train):
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(4, 8, 1), SqueezeExcitation(8, 2, nn.SiLU), CatShuffle(8),
+                          nn.ChannelShuffle(4), InlineSE(16))
+    fused = fastblocks.optimize(plain)
+    # aot_eager: what inductor gets (dynamo + AOT autograd), in seconds
+    compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+    assert_same_model(plain, compiled, torch.randn(2, 4, 6, 6), train=train)
+
+
+def test_fused_shuffle_kernels_on_cpu_when_large(monkeypatch):
+    """The CPU policy's fused branches (taken from 2**18 elements up), forced on tiny tensors:
+    parity in train and eval, and the kernels are what runs."""
+    from fastblocks.optimize.rules import shuffle as rule
+    monkeypatch.setattr(rule, "_CPU_MIN_NUMEL", 0)
+    calls = []
+    for op in ("channel_shuffle", "concat_shuffle"):
+        real = getattr(fastblocks.ops, op)
+        monkeypatch.setattr(fastblocks.ops, op, lambda *a, _r=real, _n=op: calls.append(_n) or _r(*a))
+    plain = user_model()
+    fused = fastblocks.optimize(plain)
+    x = torch.randn(2, 3, 6, 5)
+    assert_same_model(copy.deepcopy(plain), fused, x, train=False, backward=False)
+    assert "channel_shuffle" in calls
+    cat = nn.Sequential(nn.Conv2d(4, 8, 1), CatShuffle(8))
+    assert_same_model(cat, fastblocks.optimize(cat), torch.randn(2, 4, 5, 5), train=True)
+    assert "concat_shuffle" in calls
