@@ -17,6 +17,14 @@ What it swaps (rules/, in this order):
 - activations written inline in a traceable block's forward (rules/inline.py):
   ``x * torch.sigmoid(x)``, ``x * F.relu6(x + 3) / 6``, ... become one op, and an activation
   right after a fused chain moves into its epilogue.
+- squeeze-excite blocks (rules/squeeze_excite.py): torchvision's/the zoo's SqueezeExcitation,
+  timm's SqueezeExcite/SEModule, Hugging Face's EfficientNet SE, SE-ResNet Sequential(FC, act,
+  FC, gate) blocks, each proven by a float64 probe -> fastblocks.nn.SqueezeExcite (one fused
+  op); SE written inline (pool -> 1x1 conv -> act -> 1x1 conv -> gate -> multiply) likewise.
+  On CPU tensors without autograd, eager's composition (measured as fast there).
+- channel shuffles (rules/shuffle.py): nn.ChannelShuffle and inline view -> transpose -> view
+  shuffles -> ops.channel_shuffle; ``torch.cat([a, b], 1)`` read only by a shuffle ->
+  ops.concat_shuffle. On CPU tensors, eager where it measured faster (small/training).
 - depthwise convs (rules/depthwise.py): nn.Conv2d with groups == in_channels, and subclasses
   padding TensorFlow-"same" in their forward (timm's Conv2dSame).
 - activation modules (rules/activation.py): Hardswish, Hardsigmoid, ReLU6, SiLU and any

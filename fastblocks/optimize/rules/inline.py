@@ -116,18 +116,33 @@ class _Matcher:
         return None
 
 
-def _closed(nodes: set, root) -> bool:
-    """No node of the pattern but its root is read from outside the pattern."""
-    return all(set(m.users) <= nodes for m in nodes if m is not root)
+def _closed(nodes: set, root, within: set | None = None) -> bool:
+    """No node of the pattern but its root is read from outside ``within`` (default: the
+    pattern's nodes)."""
+    within = nodes if within is None else within
+    return all(set(m.users) <= within for m in nodes if m is not root)
 
 
 _REWRITTEN = "graph rewritten"
+
+
+def single_graph(block: nn.Module, graphs):
+    """The graph an inline rewrite of ``block`` may edit (``graphs[0]``), or None: the rewritten
+    graph replaces forward, so only where it is one whatever the mode and flags; never for an
+    nn.Sequential (no inline code; keep its indexing) or an already rewritten block."""
+    if graphs is None or isinstance(block, InlineFused) or \
+            type(block).forward is nn.Sequential.forward:
+        return None
+    if len({g.python_code("self").src for g in graphs}) != 1:
+        return None
+    return graphs[0]
 
 
 def hand_over(block: nn.Module, graphs: list, ctx) -> None:
     """For a BlockRule running before InlineActivationRule that rewrote ``graphs[0]`` in place
     (every graph being the same code): this rule continues on that graph and builds the
     InlineFused replacement even if it finds nothing of its own."""
+    graphs[0].lint()
     del graphs[1:]
     ctx.cache[(_REWRITTEN, id(block))] = True
 
@@ -136,12 +151,8 @@ class InlineActivationRule(BlockRule):
     pattern = "inline activation"
 
     def apply(self, block: nn.Module, graphs, ctx):
-        if graphs is None or isinstance(block, InlineFused) or \
-                type(block).forward is nn.Sequential.forward:  # no inline code; keep indexing
-            return None
-        # the rewritten graph replaces forward: only for one whatever the mode and flags
-        graph = graphs[0]
-        if len({g.python_code("self").src for g in graphs}) != 1:
+        graph = single_graph(block, graphs)
+        if graph is None:
             return None
         match = _Matcher(block, ctx)
         changed = False

@@ -38,9 +38,10 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from ... import ops
+from ...ops.shuffle import _permute as _eager_shuffle  # reshape -> transpose -> reshape
 from .._classswap import swap_class
 from .._rule import BlockRule, Keep, ModuleRule, Swap
-from .inline import hand_over
+from .inline import _closed, hand_over, single_graph
 
 # The smallest output (elements) for which the fused kernels won on CPU (module docstring):
 # batch-1 ShuffleNet maps hold 12k-91k elements, batch-32 ones 376k-2.9M.
@@ -49,11 +50,6 @@ _CPU_MIN_NUMEL = 1 << 18
 
 def _autograd(*ts: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
-
-
-def _eager_shuffle(x: Tensor, groups: int) -> Tensor:
-    n, c = x.shape[:2]
-    return x.reshape(n, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
 
 
 def inline_channel_shuffle(x: Tensor, groups: int) -> Tensor:
@@ -189,23 +185,15 @@ def _cat_pair(x, nodes: set, sizes: set):
     return tuple(seq)
 
 
-def _closed(nodes: set, root, within: set | None = None) -> bool:
-    """No node of ``nodes`` but ``root`` is read from outside ``within`` (default: nodes)."""
-    within = nodes if within is None else within
-    return all(set(m.users) <= within for m in nodes if m is not root)
-
-
 class InlineShuffleRule(BlockRule):
     """Rewrites inline shuffles in ``graphs[0]`` (only where every traced graph is the same
     code) and leaves the graph for rules/inline.py, which builds the InlineFused module."""
     pattern = "inline channel shuffle"
 
     def apply(self, block: nn.Module, graphs, ctx):
-        if graphs is None or type(block).forward is nn.Sequential.forward:
+        graph = single_graph(block, graphs)
+        if graph is None:
             return None
-        if len({g.python_code("self").src for g in graphs}) != 1:
-            return None
-        graph = graphs[0]
         changed = False
         for n in list(graph.nodes):
             found = _match_shuffle(n)
@@ -229,10 +217,8 @@ class InlineShuffleRule(BlockRule):
                     graph.erase_node(m)
             ctx.report.swap(what, ctx.path)
             changed = True
-        if not changed:
-            return None
-        graph.lint()
-        hand_over(block, graphs, ctx)
+        if changed:
+            hand_over(block, graphs, ctx)
         return None
 
 

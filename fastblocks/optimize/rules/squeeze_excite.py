@@ -39,7 +39,7 @@ from ... import ops
 from ...nn.squeeze_excite import SqueezeExcite, _fc_ok
 from ...ops.squeeze_excite import reference_squeeze_excite
 from .._rule import BlockRule, Keep, ModuleRule, Swap
-from .inline import _Matcher, hand_over
+from .inline import _Matcher, hand_over, single_graph
 
 
 def inline_squeeze_excite(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor,
@@ -143,11 +143,9 @@ class InlineSqueezeExciteRule(BlockRule):
     pattern = "inline squeeze-excite"
 
     def apply(self, block: nn.Module, graphs, ctx):
-        if graphs is None or type(block).forward is nn.Sequential.forward:
+        graph = single_graph(block, graphs)
+        if graph is None:
             return None
-        if len({g.python_code("self").src for g in graphs}) != 1:
-            return None
-        graph = graphs[0]
         calls = {}
         for n in graph.nodes:
             if n.op == "call_module":
@@ -169,10 +167,8 @@ class InlineSqueezeExciteRule(BlockRule):
             ctx.consume(*modules)
             ctx.report.swap(f"inline squeeze-excite {act}/{gate}", ctx.path)
             changed = True
-        if not changed:
-            return None
-        graph.lint()
-        hand_over(block, graphs, ctx)
+        if changed:
+            hand_over(block, graphs, ctx)
         return None
 
     @staticmethod
