@@ -210,6 +210,8 @@ def test_compile_fullgraph(train):
     plain = nn.Sequential(nn.Conv2d(4, 8, 1), SqueezeExcitation(8, 2, nn.SiLU), CatShuffle(8),
                           nn.ChannelShuffle(4), InlineSE(16))
     fused = fastblocks.optimize(plain)
+    assert sum(v for k, v in fused.fastblocks_report.counts().items()
+               if "squeeze-excite" in k or "shuffle" in k) == 4, str(fused.fastblocks_report)
     # aot_eager: what inductor gets (dynamo + AOT autograd), in seconds
     compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
     assert_same_model(plain, compiled, torch.randn(2, 4, 6, 6), train=train)
