@@ -116,13 +116,13 @@ cudaError_t launch_reduce(const void* a, const void* b, void* out, const SeShape
   if (s.channels_last) {
     const dim3 grid(static_cast<unsigned>((s.c + kWarp - 1) / kWarp), static_cast<unsigned>(s.n),
                     static_cast<unsigned>(s.split));
-    reduce_nhwc_kernel<T, PRODUCT><<<grid, dim3(kWarp, kRowsPerBlock), 0, stream>>>(
+    FB_LAUNCH(grid, dim3(kWarp, kRowsPerBlock), 0, stream, reduce_nhwc_kernel<T, PRODUCT>)(
         static_cast<const T*>(a), static_cast<const T*>(b), static_cast<A*>(out), s.n, s.c, s.hw, rows);
   } else {
     const int64_t planes = s.n * s.c;
     const dim3 grid(static_cast<unsigned>((planes + kRowsPerBlock - 1) / kRowsPerBlock),
                     static_cast<unsigned>(s.split));
-    reduce_nchw_kernel<T, PRODUCT><<<grid, kThreads, 0, stream>>>(
+    FB_LAUNCH(grid, kThreads, 0, stream, reduce_nchw_kernel<T, PRODUCT>)(
         static_cast<const T*>(a), static_cast<const T*>(b), static_cast<A*>(out), planes, s.hw, rows);
   }
   return cudaGetLastError();
@@ -138,9 +138,9 @@ cudaError_t launch_scale(const void* a, const void* sc, const void* q, void* out
   const auto* qp = static_cast<const A*>(q);
   auto* op = static_cast<T*>(out);
   if (s.channels_last) {
-    scale_kernel<T, ADD, true><<<blocks_for(numel), kThreads, 0, stream>>>(ap, sp, qp, op, numel, s.c, s.hw);
+    FB_LAUNCH(blocks_for(numel), kThreads, 0, stream, scale_kernel<T, ADD, true>)(ap, sp, qp, op, numel, s.c, s.hw);
   } else {
-    scale_kernel<T, ADD, false><<<blocks_for(numel), kThreads, 0, stream>>>(ap, sp, qp, op, numel, s.c, s.hw);
+    FB_LAUNCH(blocks_for(numel), kThreads, 0, stream, scale_kernel<T, ADD, false>)(ap, sp, qp, op, numel, s.c, s.hw);
   }
   return cudaGetLastError();
 }

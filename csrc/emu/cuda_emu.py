@@ -30,6 +30,7 @@ FAMILIES = (
     "activation",
     "depthwise",
     "shuffle",
+    "squeeze_excite",
 )
 
 ROOT = Path(__file__).resolve().parents[2]
