@@ -36,9 +36,12 @@ def test_parameter_count(name):
 
 
 FAST = {"lenet5": 32, "nin": 32, "squeezenet1_1": 64, "alexnet": 67, "densenet121": 32}
-SLOW = {"zfnet": 64, "squeezenet1_0": 64, "densenet169": 32, "densenet201": 32, "densenet161": 32,
-        "vgg11": 32, "vgg13": 32, "vgg16": 32, "vgg19": 32, "vgg11_bn": 32, "vgg13_bn": 32,
-        "vgg16_bn": 32, "vgg19_bn": 32}
+SLOW = {"zfnet": 96, "squeezenet1_0": 64, "densenet169": 32, "densenet201": 32, "densenet161": 32,
+        "vgg11": 32, "vgg11_bn": 32}
+# The deeper VGGs repeat vgg11's blocks (same conv -> [BN ->] ReLU chains, more of them): their
+# float64 comparison (~30-60 s each on a 2-core CPU, the 25088x4096 head) adds nothing vgg11's
+# and vgg11_bn's do not check; they run the float32 comparison, a backward and the NaN checks.
+VGG_DEEP = ["vgg13", "vgg16", "vgg19", "vgg13_bn", "vgg16_bn", "vgg19_bn"]
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
@@ -50,6 +53,12 @@ def test_architecture(name):
 @pytest.mark.parametrize("name", sorted(SLOW))
 def test_architecture_large(name):
     check_architecture(name, SLOW[name])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", VGG_DEEP)
+def test_architecture_deep_vgg(name):
+    check_architecture(name, 32, float64=False)
 
 
 def test_vgg_fully_convolutional_equals_forward_and_takes_any_size():
