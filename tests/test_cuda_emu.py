@@ -310,16 +310,31 @@ def _kernel_templates() -> set[tuple[str, str]]:
     return found
 
 
-def test_every_kernel_was_launched(emu, request):
-    """Runs last: every __global__ kernel of every emulated family was launched by the tests
-    above (so a kernel added to a .cu file without a test here fails this)."""
+def assert_family_kernels_launched(lib, request, families, tests: dict[str, int]) -> None:
+    """Every __global__ kernel of `families` was launched so far; skips unless at least
+    `tests[name]` tests named `name[...]` of the calling module were selected. Each emulation
+    module ends with this check for its own families (run last in that module: a module's
+    tests run in file order)."""
     selected = [it.name for it in request.session.items if it.path == request.node.path]
-    if (sum(n.startswith("test_depthwise[") for n in selected) < len(DW_CASES) * 2 * len(DTYPES)
-            or sum(n.startswith("test_activation[") for n in selected) < 2 * 2 * len(DTYPES)):
+    if any(sum(n.startswith(f"{name}[") for n in selected) < count for name, count in tests.items()):
         pytest.skip("checks coverage only when every kernel test of this module is selected")
-    launched = {m.group(1) for name in emu.launched() if (m := re.search(r"::(\w+)[<(]", name))}
-    missing = sorted(f"{fam}.cu: {k}" for fam, k in _kernel_templates() if k not in launched)
+    launched = {m.group(1) for name in lib.launched() if (m := re.search(r"::(\w+)[<(]", name))}
+    missing = sorted(f"{fam}.cu: {k}" for fam, k in _kernel_templates()
+                     if fam in families and k not in launched)
     assert not missing, f"kernels never launched by the emulation tests: {missing}"
+
+
+def test_every_kernel_was_launched(emu, request):
+    """Runs last: every __global__ kernel of activation.cu and depthwise.cu was launched by the
+    tests above (so a kernel added to a .cu file without a test here fails this); every other
+    emulated family has its own module, tests/test_<family>_cuda_emu.py, ending with the same
+    check (assert_family_kernels_launched) for its kernels."""
+    own = ("activation", "depthwise")
+    elsewhere = sorted(f"tests/test_{fam}_cuda_emu.py" for fam in cuda_emu.FAMILIES if fam not in own
+                       and not (ROOT / "tests" / f"test_{fam}_cuda_emu.py").is_file())
+    assert not elsewhere, f"emulated families without their test module: {elsewhere}"
+    assert_family_kernels_launched(emu, request, own, {"test_depthwise": len(DW_CASES) * 2 * len(DTYPES),
+                                                       "test_activation": 2 * 2 * len(DTYPES)})
 
 
 def test_every_cuda_source_is_emulated():

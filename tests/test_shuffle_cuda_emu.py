@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from fastblocks.ops.shuffle import _reference_backward, _reference_forward
-from test_cuda_emu import DTYPE_CODE, DTYPES, Guarded, _check_launch, _fn, _inputs, emu  # noqa: F401
+from test_cuda_emu import (DTYPE_CODE, DTYPES, Guarded, _check_launch, _fn, _inputs,  # noqa: F401
+                           assert_family_kernels_launched, emu)
 from tolerances import assert_parity
 
 pytestmark = pytest.mark.cuda_emu
@@ -71,3 +72,9 @@ def test_shuffle(emu, case, channels_last, dtype):  # noqa: F811
         torch.testing.assert_close(ga.t, ra, rtol=0, atol=0, equal_nan=True, msg=f"grad a act {act}")
         torch.testing.assert_close(gb.t, rb, rtol=0, atol=0, equal_nan=True, msg=f"grad b act {act}")
     assert a.ok() and grad.ok() and yv.ok() and bias.ok(), "inputs were written"
+
+
+def test_every_kernel_was_launched(emu, request):  # noqa: F811
+    """Runs last in this module: every __global__ kernel of shuffle.cu was launched above."""
+    assert_family_kernels_launched(emu, request, ("shuffle",),
+        {"test_shuffle": len(CASES) * 2 * len(DTYPES)})

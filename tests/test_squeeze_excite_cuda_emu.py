@@ -13,7 +13,8 @@ import ctypes
 import pytest
 import torch
 
-from test_cuda_emu import DTYPE_CODE, DTYPES, Guarded, _check_launch, _fn, _inputs, emu  # noqa: F401
+from test_cuda_emu import (DTYPE_CODE, DTYPES, Guarded, _check_launch, _fn, _inputs,  # noqa: F401
+                           assert_family_kernels_launched, emu)
 from tolerances import assert_parity
 
 pytestmark = pytest.mark.cuda_emu
@@ -90,3 +91,10 @@ def test_squeeze_excite_scale(emu, case, channels_last, dtype):  # noqa: F811
             assert out.ok(), f"add {add} in place {in_place}: wrote outside out"
             assert_parity(out.t, ref.to(dtype), hi, f"scale add {add} in place {in_place}")
     assert a.ok() and s.ok() and q.ok(), "inputs were written"
+
+
+def test_every_kernel_was_launched(emu, request):  # noqa: F811
+    """Runs last in this module: every __global__ kernel of squeeze_excite.cu was launched above."""
+    assert_family_kernels_launched(emu, request, ("squeeze_excite",),
+        {"test_squeeze_excite_reduce": len(CASES) * 2 * len(DTYPES),
+         "test_squeeze_excite_scale": 2 * 2 * len(DTYPES)})
