@@ -236,10 +236,22 @@ def test_depthwise(emu, case, channels_last, dtype):
                                        code, None))
     assert gw.ok() and ws.ok(), "backward_weight wrote outside grad_w or its workspace"
     args = ((s.kh, s.kw), geo["stride"], geo["padding"], geo["dilation"], channels_last)
-    assert_parity(gw.t, _reference_backward_weight(grad.t, x.t, *args),
+    assert_parity(gw.t, _eager_weight_grad(grad.t, x.t, args),
                   _reference_backward_weight(_hi(grad.t), _hi(x.t), *args), "grad_w",
                   reduction=True)
     assert x.ok() and w.ok() and b.ok() and grad.ok(), "inputs were written"
+
+
+def _eager_weight_grad(grad, x, args):
+    """Eager's weight gradient in the inputs' dtype. Eager's bf16 CPU convolution_backward at
+    the int64 case's geometry now and then returns NaN from memory it never wrote (the eager
+    bug of bench/repro_eager_bf16_depthwise_nan.py; seen once in eight runs here): then the
+    eager side is the float32 computation rounded to bf16, which is at least as exact as a
+    correct bf16 kernel, so the 2x bound only gets stricter."""
+    out = _reference_backward_weight(grad, x, *args)
+    if grad.dtype in (torch.float16, torch.bfloat16) and not torch.isfinite(out).all():
+        out = _reference_backward_weight(grad.float(), x.float(), *args).to(grad.dtype)
+    return out
 
 
 # ---- the emulation itself --------------------------------------------------------------------
