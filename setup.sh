@@ -34,4 +34,6 @@ echo "[setup] building fastblocks._C"
 MAX_JOBS=${MAX_JOBS:-2} "${PIP[@]}" --no-build-isolation --no-deps -e .
 
 echo "[setup] fastblocks demo"
-.venv/bin/fastblocks demo
+# --no-compile: torch.compile of the three speed-table models takes minutes on a 2-core CPU;
+# `fastblocks demo` alone adds it to the table.
+.venv/bin/fastblocks demo --no-compile

@@ -411,9 +411,13 @@ def test_compile_fullgraph(backend):
         out.sum().backward()
     expected = ref(*theirs)
     expected.sum().backward()
+    hi = [t.double().requires_grad_() for t in ts]
+    ref(*hi).sum().backward()
     torch.testing.assert_close(out, expected)
-    for a, e in zip(ours, theirs):
-        torch.testing.assert_close(a.grad, e.grad)
+    # x's gradient at the defaults; the weight's and bias's (sums over the batch and the map)
+    # by the reduction rule of fastblocks/testing.py, as everywhere in this file
+    for what, a, e, h, red in zip(("x", "w", "b"), ours, theirs, hi, (False, True, True)):
+        assert_parity(a.grad, e.grad, h.grad, what=f"grad {what}", reduction=red)
 
 
 @pytest.mark.slow

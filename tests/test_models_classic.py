@@ -36,12 +36,11 @@ def test_parameter_count(name):
 
 
 FAST = {"lenet5": 32, "nin": 32, "squeezenet1_1": 64, "alexnet": 67, "densenet121": 32}
-SLOW = {"zfnet": 96, "squeezenet1_0": 64, "densenet169": 32, "densenet201": 32, "densenet161": 32,
-        "vgg11": 32, "vgg11_bn": 32}
-# The deeper VGGs repeat vgg11's blocks (same conv -> [BN ->] ReLU chains, more of them): their
-# float64 comparison (~30-60 s each on a 2-core CPU, the 25088x4096 head) adds nothing vgg11's
-# and vgg11_bn's do not check; they run the float32 comparison, a backward and the NaN checks.
-VGG_DEEP = ["vgg13", "vgg16", "vgg19", "vgg13_bn", "vgg16_bn", "vgg19_bn"]
+SLOW = {"zfnet": 96, "squeezenet1_0": 64, "densenet169": 32, "densenet201": 32, "densenet161": 32}
+# VGG's blocks are plain conv -> [BN ->] ReLU chains, the very swaps every other net here checks
+# in float64; VGG's float64 run costs 30-75 s of CI CPU (the 25088x4096 head, with gradients),
+# so the VGGs run the float32 comparison, a backward and the NaN checks.
+VGG_DEEP = ["vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"]
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
