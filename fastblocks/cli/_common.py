@@ -128,3 +128,20 @@ def fused_ops(report) -> str:
               "activation" if p.startswith(("activation", "inline")) else pattern)
         counts[op] = counts.get(op, 0) + n
     return ", ".join(f"{op} x{n}" for op, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "-"
+
+
+def print_device_header(title: str, device, note: str = "") -> None:
+    """The first lines of `fastblocks demo`'s tables: title, device (threads) and stack."""
+    import torch
+
+    from ..bench import env
+    v = env.versions()
+    info = env.device_info(device)
+    threads = torch.get_num_threads()
+    where = (f"GPU {info['name']}" if device.type == "cuda"
+             else f"CPU {info['name']}, {threads} thread{'s' if threads != 1 else ''}{note}"
+             + (" (no GPU here)" if not torch.cuda.is_available() else ""))
+    print(title)
+    print(f"  device  {where}")
+    print(f"  stack   fastblocks {v['fastblocks']}, torch {v['torch']}, triton {v['triton'] or '-'}, "
+          f"python {v['python']}")

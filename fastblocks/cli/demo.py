@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import warnings
 
-from ._common import device_arg, positive_int, print_table, swap_summary, timing_threads
+from ._common import (device_arg, positive_int, print_device_header, print_table, swap_summary,
+                      timing_threads)
 from .demo_ops import demo_ops
 
 SPEED_MODELS = ("mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0")
@@ -118,21 +119,10 @@ def _speed(device, batch: int, compile_: bool) -> list[str]:
 
 
 def cmd_demo(args) -> int:
-    import torch
-
-    from ..bench import env
-
     device = device_arg(args.device)
     note = timing_threads(device, args.threads)
-    v = env.versions()
-    info = env.device_info(device)
-    where = (f"GPU {info['name']}" if device.type == "cuda"
-             else f"CPU {info['name']}, {torch.get_num_threads()} threads{note}"
-             + (" (no GPU here)" if not torch.cuda.is_available() else ""))
-    print("fastblocks demo: optimize() a model, check it against eager, measure it")
-    print(f"  device  {where}")
-    print(f"  stack   fastblocks {v['fastblocks']}, torch {v['torch']}, triton {v['triton'] or '-'}, "
-          f"python {v['python']}")
+    print_device_header("fastblocks demo: optimize() a model, check it against eager, measure it",
+                        device, note)
     print(flush=True)
     ok, notes = _classify(device)
     print(flush=True)

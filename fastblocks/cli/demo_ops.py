@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import warnings
 
-from ._common import device_arg, fmt_err, print_table, timing_threads
+from ._common import device_arg, fmt_err, print_device_header, print_table, timing_threads
 
 
 def demo_ops(args) -> int:
@@ -23,20 +23,12 @@ def _demo(args, device, thread_note: str) -> int:
 
     import fastblocks
     from .. import testing as parity
-    from ..bench import env
     from ..bench.cases import REGISTRY
     from ..bench.harness import resolved_backend, time_one
     from ..bench.timing import Budget
 
-    v = env.versions()
-    info = env.device_info(device)
-    where = (f"GPU {info['name']}" if device.type == "cuda"
-             else f"CPU {info['name']}, {info['threads']} thread{'s' if info['threads'] != 1 else ''}{thread_note}"
-             + (" (no GPU here)" if not torch.cuda.is_available() else ""))
-    print("fastblocks demo: parity with eager PyTorch and speed, one real layer shape per op")
-    print(f"  device  {where}")
-    print(f"  stack   fastblocks {v['fastblocks']}, torch {v['torch']}, triton {v['triton'] or '-'}, "
-          f"python {v['python']}")
+    print_device_header("fastblocks demo: parity with eager PyTorch and speed, one real layer shape per op",
+                        device, thread_note)
     print(f"  parity: fp32, forward and every gradient, torch.testing.assert_close defaults; "
           f"times: median, fastblocks backend 'auto'")
     print(flush=True)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from .. import ops
 from ._activation_names import UNKNOWN, activation_name
 from ._fold import fold_batchnorm
+from ._padding import padded_input
 
 __all__ = ["ConvBNAct", "conv_bn_act_forward"]
 
@@ -48,12 +49,6 @@ def _ver(t):
     return None if t is None else (id(t), t._version, t.dtype)
 
 
-def _padded_input(conv: nn.Conv2d, x: Tensor) -> tuple[Tensor, object]:
-    if conv.padding_mode != "zeros":  # as nn.Conv2d: pad with the mode, then no padding
-        return F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode), 0
-    return x, conv.padding
-
-
 def _uses_batch_stats(bn: nn.modules.batchnorm._BatchNorm) -> bool:
     return bn.training or bn.running_mean is None or bn.running_var is None
 
@@ -67,7 +62,7 @@ def conv_bn_act_forward(owner: nn.Module, x: Tensor, conv: nn.Conv2d,
     per input, e.g. TensorFlow "SAME", passes it here instead of copying x into a padded
     tensor)."""
     if padding is None:
-        x, padding = _padded_input(conv, x)
+        x, padding = padded_input(conv, x)
     if _uses_batch_stats(bn):
         # nn.modules.batchnorm._BatchNorm.forward, step for step
         factor = 0.0 if bn.momentum is None else bn.momentum

@@ -2,10 +2,10 @@
 depthwise kernel, with an optional fused activation."""
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from ._padding import padded_input
 from ..ops._activation_codes import activation_code
 from ._fold import fold_batchnorm
 
@@ -34,12 +34,7 @@ class DepthwiseConv2d(nn.Conv2d):
         self.activation = None if activation == "none" else activation
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.padding_mode != "zeros":
-            # as nn.Conv2d does: pad with the mode, then convolve without padding
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            padding = 0
-        else:
-            padding = self.padding
+        x, padding = padded_input(self, x)
         return ops.depthwise_conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation,
                                     self.activation)
 

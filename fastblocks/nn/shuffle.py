@@ -2,10 +2,10 @@
 nn.Conv2d(groups=g), backed by fastblocks.ops.channel_shuffle and grouped_conv2d."""
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from ._padding import padded_input
 from ..ops._activation_codes import activation_code
 from ..ops.shuffle import check_groups
 from ._fold import fold_batchnorm
@@ -59,12 +59,7 @@ class GroupedConv2d(nn.Conv2d):
         self.shuffle_groups = shuffle_groups
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.padding_mode != "zeros":
-            # as nn.Conv2d does: pad with the mode, then convolve without padding
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            padding = 0
-        else:
-            padding = self.padding
+        x, padding = padded_input(self, x)
         return ops.grouped_conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation,
                                   self.groups, self.activation, self.shuffle_groups)
 
