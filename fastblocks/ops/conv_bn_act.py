@@ -99,6 +99,9 @@ def _out_channels_last(x: Tensor, weight: Tensor) -> bool:
 # ---- inference: conv + bias + activation -----------------------------------------------------
 
 def _conv_bias_act_impl(x, weight, bias, stride, padding, dilation, groups, act):
+    if _triton_conv_selected(x, weight, groups):
+        return importlib.import_module("fastblocks.kernels.conv_gemm").conv_bias_act_forward(
+            x, weight, bias, stride, padding, dilation, groups, act, _out_channels_last(x, weight))
     # oneDNN's fused primitive for channels_last outputs only: on NCHW it runs on the plain
     # weight (a packed one would make it write NHWC) and measured 0.60-0.99x eager on 20 of the
     # 30 batch-1 layers (1 thread, the EPYC VM), where ATen's NCHW convolution with the bias
@@ -110,6 +113,20 @@ def _conv_bias_act_impl(x, weight, bias, stride, padding, dilation, groups, act)
                                            act)
     y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     return _activate_(y, act)
+
+
+def _triton_conv_selected(x: Tensor, weight: Tensor, groups: int) -> bool:
+    """Whether the Triton implicit-GEMM convolution (kernels/conv_gemm.py) serves this call:
+    CUDA tensors whose backend resolves to triton (``auto`` included, by the measured order),
+    CPU tensors only when ``triton`` is selected explicitly (the interpreter, for tests; CPU
+    ``auto`` stays on oneDNN/ATen). float64 stays on ATen (the kernel accumulates in fp32),
+    and so do more than 65535 groups (the kernel's second grid axis)."""
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or weight.dtype != x.dtype \
+            or groups > 65535:
+        return False
+    if x.device.type != "cuda" and get_backend() != "triton":
+        return False
+    return resolve("conv_bn_act", x.device) == "triton"
 
 
 @torch.library.custom_op("fastblocks::conv_bias_act", mutates_args=())
