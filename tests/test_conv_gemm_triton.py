@@ -80,21 +80,18 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_kernel_matches_eager_fp32(case):
-    cg = _conv_gemm()
-    n, ci, co, h, w, k, s, p, d, g, layout, act = CASES[case]
-    x, wt, b = _inputs(n, ci, co, h, w, k, g, layout, torch.float32)
-    y = _run_kernel(cg, x, wt, b, s, p, d, g, act)
-    _assert_matches_eager(y, x, wt, b, s, p, d, g, act)
+# every case in float32 (assert_close defaults); two in float16 (storage only, fp32
+# accumulation: at most 2x eager's own error against float64)
+DTYPE_CASES = ([(case, torch.float32) for case in CASES]
+               + [(case, torch.float16) for case in ("3x3 s2 p1", "groups 2, several tiles")])
 
 
-@pytest.mark.parametrize("case", ["3x3 s2 p1", "groups 2, several tiles"])
-def test_kernel_matches_eager_fp16(case):
-    """float16 storage, fp32 accumulation: at most 2x eager's own error against float64."""
+@pytest.mark.parametrize("case,dtype", DTYPE_CASES,
+                         ids=[f"{c}-{str(d)[6:]}" for c, d in DTYPE_CASES])
+def test_kernel_matches_eager(case, dtype):
     cg = _conv_gemm()
     n, ci, co, h, w, k, s, p, d, g, layout, act = CASES[case]
-    x, wt, b = _inputs(n, ci, co, h, w, k, g, layout, torch.float16)
+    x, wt, b = _inputs(n, ci, co, h, w, k, g, layout, dtype)
     y = _run_kernel(cg, x, wt, b, s, p, d, g, act)
     _assert_matches_eager(y, x, wt, b, s, p, d, g, act)
 
