@@ -12,7 +12,8 @@ axis, each group its own GEMM over its channel slice. Depthwise convolutions (gr
 never come here: the op delegates them to the depthwise family.
 
 Layouts: x, weight and y are addressed through their four strides, so NHWC and NCHW (and any
-other strided view) are read in place, no copy. NHWC is the fast layout (a K step is a
+other strided view) are read in place, no copy of x (a kxk weight whose input channels are
+not adjacent is repacked to channels_last first, a copy of the small weight only). NHWC is the fast layout (a K step is a
 contiguous run of channels); on NCHW the tile's rows (pixels) are contiguous instead, which
 also coalesces for stride 1. y is allocated by the caller's rule (PyTorch's for convolutions:
 channels_last if x or the weight is) and stored through its strides.
@@ -215,6 +216,12 @@ def conv_bias_act_forward(x: torch.Tensor, weight: torch.Tensor, bias, stride, p
     if m == 0:
         return y
     j = c_out // groups
+    if weight.stride(1) != 1 and cg > 1:
+        # PyTorch's default kxk weight has its input channels kh*kw apart: every B-tile element
+        # would be its own 32-byte sector read. Repacked to (C_out, kh, kw, C_in/g) once per
+        # call, a K step reads contiguous runs. The weight is small (at most a few MB for the
+        # networks' layers) and the 1x1 default layout needs no copy.
+        weight = weight.contiguous(memory_format=torch.channels_last)
     if bias is not None:
         bias = bias.contiguous()
 
