@@ -49,6 +49,12 @@ Tiles: BLOCK_M pixels x BLOCK_N output channels, BLOCK_K channels per K step, al
 (tap, channel block) pairs so that Triton's software pipelining (num_stages) covers the whole
 reduction, also when C_in / groups fits in one block (1x1 layers). Autotuned per shape class
 (below); NOT run, tuned or timed on a GPU yet: tested only under TRITON_INTERPRET=1.
+Compiled ahead of time for sm_90 on the CPU dev VM (Triton 3.9, triton.compile with
+GPUTarget("cuda", 90, 32); every config, bf16/fp16/fp32 tf32/ieee, 1x1 and 3x3): all build;
+with NHWC x and channels_last weight, bf16, channel counts and strides divisible by 16, the
+PTX uses wgmma and cp.async with num_stages buffers (128x128x64, 3 stages: 96 KB shared).
+Channel counts not divisible by 16 (24, 40: Triton's specialisation knows only 16) lose the
+alignment proof and load without cp.async, so those layers' K loop is not pipelined.
 """
 import os
 

@@ -10,7 +10,10 @@ into models through ``fastblocks.nn.ConvBNAct``) and this op family:
   (``_mkldnn_conv``: what inductor's freezing does); where oneDNN cannot serve (float64,
   float16/bfloat16 without native CPU support) ATen's convolution and an in-place activation.
   Depthwise convolutions (groups == C_in, weight (C_in*m, 1, kh, kw)) go to
-  ``depthwise_conv2d``'s fused kernel.
+  ``depthwise_conv2d``'s fused kernel. With the ``triton`` backend (CUDA tensors, ``auto``
+  included; CPU tensors only when ``triton`` is selected, in the interpreter) every other
+  float16/bfloat16/float32 convolution runs kernels/conv_gemm.py: a GEMM / implicit GEMM
+  with bias and activation in its epilogue (float32 in TF32 when cuDNN's flag allows it).
 - ``conv_bn_act``: the whole chain with ``nn.BatchNorm2d``'s semantics. training=True runs
   ``fastblocks::conv_bn_act_train``: ATen's convolution, then batch statistics (fp32
   accumulation for every dtype), normalisation and the activation: fused kernels
