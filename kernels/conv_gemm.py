@@ -91,9 +91,11 @@ def _pow2_at_least_16(v: int) -> int:
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles more than 2x wider than the group's output channels (J) or deeper than its
-    input channels (CG) rounded up to a power of two: they only multiply zeros, and each
-    config costs a compile and a benchmark per shape class. The smallest survives always."""
+    """Drop tiles wider than the group's output channels (J) or deeper than its input
+    channels (CG), each rounded up to a power of two and to at least 32: the extra columns or
+    K steps only multiply zeros, and each config costs a compile and a benchmark per shape
+    class (MobileNetV2's 24->144 expansion keeps the 4 BLOCK_K = 32 tiles, ResNet-50's
+    3x3 64->64 the 3 with BLOCK_N <= 64). The smallest tile survives always."""
     j, cg = _pow2_at_least_16(named_args["J"]), _pow2_at_least_16(named_args["CG"])
     kept = [c for c in configs
             if c.kwargs["BLOCK_N"] <= max(32, j) and c.kwargs["BLOCK_K"] <= max(32, cg)]
