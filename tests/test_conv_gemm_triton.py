@@ -232,3 +232,43 @@ def test_kernel_cuda_multi_tile(dtype, case):
         _assert_matches_eager(y, x, wt, b, s, p, d, g, act)
     finally:
         conv.fp32_precision = old
+
+
+_AOT = r"""
+import os
+os.environ.pop("TRITON_INTERPRET", None)
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import fastblocks.kernels.conv_gemm as cg
+fn = cg._conv_gemm_kernel.fn
+names = fn.arg_names
+cfg = cg._configs()[1]  # 128 x 64 x 64, 4 warps, 4 stages
+const = dict(KH=3, KW=3, PADDED=True, HAS_BIAS=True, ACT=3, PRECISION="tf32", sx_c=1, sw_c=1,
+             sy_c=1, **cfg.kwargs)
+sig = {n: "*bf16" if n.endswith("_ptr") else "constexpr" if n in const else "i32" for n in names}
+div16 = [n for n in names if n.endswith("_ptr") or n in ("CG", "J") or n[:2] in ("sx", "sw", "sy")]
+src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in const.items()},
+                attrs={(names.index(n),): [["tt.divisibility", 16]] for n in div16 if n not in const})
+k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                   options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+ptx = k.asm["ptx"]
+print("wgmma" in ptx, "cp.async" in ptx, k.metadata.shared)
+"""
+
+
+def test_kernel_compiles_for_sm90():
+    """Ahead-of-time compile for Hopper (no GPU needed: Triton's own ptxas), which the
+    interpreter never does: bf16 3x3 NHWC must lower to wgmma with cp.async pipelining."""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("triton.backends.nvidia")
+    env = {**os.environ, "TRITON_DEFAULT_FP_FUSION": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    out = subprocess.run([sys.executable, "-c", _AOT], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    wgmma, cp_async, shared = out.stdout.split()
+    assert wgmma == "True" and cp_async == "True", out.stdout
+    assert int(shared) > 128 * 64 * 2 + 64 * 64 * 2  # more than one stage of A and B tiles
