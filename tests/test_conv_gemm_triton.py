@@ -75,6 +75,9 @@ CASES = {
                           "hardsigmoid"),
     "1x3 s(2,1) strided view": (1, 3, 17, 6, 7, (1, 3), (2, 1), (0, 1), (1, 1), 1, "view",
                                 "relu"),
+    # channel counts and strides multiples of 16 bytes: the kernel's ALIGN > 1 path
+    "3x3 aligned fp32": (2, 8, 12, 5, 6, (3, 3), (1, 1), (1, 1), (1, 1), 1, "cl", "relu"),
+    "1x1 aligned fp16": (1, 16, 16, 5, 5, (1, 1), (1, 1), (0, 0), (1, 1), 1, "cl", "silu"),
     # 19 channels (2 K blocks per tap), 18 outputs (2 N tiles), 36 pixels (2 M tiles)
     "3x3 several tiles": (1, 19, 18, 6, 6, (3, 3), (1, 1), (1, 1), (1, 1), 1, "cl", "relu"),
 }
@@ -82,8 +85,9 @@ CASES = {
 
 # every case in float32 (assert_close defaults); two in float16 (storage only, fp32
 # accumulation: at most 2x eager's own error against float64)
-DTYPE_CASES = ([(case, torch.float32) for case in CASES]
-               + [(case, torch.float16) for case in ("3x3 s2 p1", "groups 2, several tiles")])
+DTYPE_CASES = ([(case, torch.float32) for case in CASES if "fp16" not in case]
+               + [(case, torch.float16) for case in ("3x3 s2 p1", "groups 2, several tiles",
+                                                     "1x1 aligned fp16")])
 
 
 @pytest.mark.parametrize("case,dtype", DTYPE_CASES,
@@ -94,6 +98,10 @@ def test_kernel_matches_eager(case, dtype):
     x, wt, b = _inputs(n, ci, co, h, w, k, g, layout, dtype)
     y = _run_kernel(cg, x, wt, b, s, p, d, g, act)
     _assert_matches_eager(y, x, wt, b, s, p, d, g, act)
+    if "aligned" in case:  # the case is there to take the vectorized (ALIGN > 1) path
+        wp = wt.contiguous(memory_format=CL) if k != (1, 1) else wt
+        assert cg.vector_align(x.element_size(), ci // g, co // g, cg._strides(x),
+                               cg._strides(wp), cg._strides(y)) == 16 // x.element_size()
 
 
 def test_kernel_every_activation_without_bias():
@@ -244,22 +252,24 @@ import fastblocks.kernels.conv_gemm as cg
 fn = cg._conv_gemm_kernel.fn
 names = fn.arg_names
 cfg = cg._configs()[1]  # 128 x 64 x 64, 4 warps, 4 stages
-const = dict(KH=3, KW=3, PADDED=True, HAS_BIAS=True, ACT=3, PRECISION="tf32", sx_c=1, sw_c=1,
-             sy_c=1, **cfg.kwargs)
+const = dict(KH=3, KW=3, PADDED=True, HAS_BIAS=True, ACT=3, PRECISION="tf32", ALIGN=8, sx_c=1,
+             sw_c=1, sy_c=1, **cfg.kwargs)
 sig = {n: "*bf16" if n.endswith("_ptr") else "constexpr" if n in const else "i32" for n in names}
-div16 = [n for n in names if n.endswith("_ptr") or n in ("CG", "J") or n[:2] in ("sx", "sw", "sy")]
 src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in const.items()},
-                attrs={(names.index(n),): [["tt.divisibility", 16]] for n in div16 if n not in const})
+                attrs={(names.index(n),): [["tt.divisibility", 16]] for n in names
+                       if n.endswith("_ptr")})
 k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                    options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
 ptx = k.asm["ptx"]
-print("wgmma" in ptx, "cp.async" in ptx, k.metadata.shared)
+print("wgmma" in ptx, "cp.async" in ptx, "st.global.v4" in ptx, k.metadata.shared)
 """
 
 
 def test_kernel_compiles_for_sm90():
     """Ahead-of-time compile for Hopper (no GPU needed: Triton's own ptxas), which the
-    interpreter never does: bf16 3x3 NHWC must lower to wgmma with cp.async pipelining."""
+    interpreter never does: bf16 3x3 NHWC with ALIGN = 8 (e.g. 24 channels: not divisible
+    by 16, so only ALIGN proves the alignment) must lower to wgmma, cp.async pipelining and
+    16-byte vector stores."""
     import os
     import subprocess
     import sys
@@ -269,6 +279,6 @@ def test_kernel_compiles_for_sm90():
     out = subprocess.run([sys.executable, "-c", _AOT], env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    wgmma, cp_async, shared = out.stdout.split()
-    assert wgmma == "True" and cp_async == "True", out.stdout
+    wgmma, cp_async, st_v4, shared = out.stdout.split()
+    assert wgmma == cp_async == st_v4 == "True", out.stdout
     assert int(shared) > 128 * 64 * 2 + 64 * 64 * 2  # more than one stage of A and B tiles
