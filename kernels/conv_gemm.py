@@ -13,9 +13,10 @@ never come here: the op delegates them to the depthwise family.
 
 Layouts: x, weight and y are addressed through their four strides, so NHWC and NCHW (and any
 other strided view) are read in place, no copy of x (a kxk weight whose input channels are
-not adjacent is repacked to channels_last first, a copy of the small weight only). NHWC is the fast layout (a K step is a
-contiguous run of channels); on NCHW the tile's rows (pixels) are contiguous instead, which
-also coalesces for stride 1. y is allocated by the caller's rule (PyTorch's for convolutions:
+not adjacent is repacked to channels_last first, a copy of the small weight only). NHWC is
+the fast layout (a K step is a contiguous run of channels, vectorized where ALIGN > 1); on
+NCHW the tile's rows (pixels) are contiguous instead, which coalesces for stride 1 but is
+not vectorized or pipelined (see below). y is allocated by the caller's rule (PyTorch's for convolutions:
 channels_last if x or the weight is) and stored through its strides.
 
 Precision: fp32 accumulation (tl.dot). float16/bfloat16 operands go to the tensor cores as
@@ -50,11 +51,12 @@ Tiles: BLOCK_M pixels x BLOCK_N output channels, BLOCK_K channels per K step, al
 reduction, also when C_in / groups fits in one block (1x1 layers). Autotuned per shape class
 (below); NOT run, tuned or timed on a GPU yet: tested only under TRITON_INTERPRET=1.
 Compiled ahead of time for sm_90 on the CPU dev VM (Triton 3.9, triton.compile with
-GPUTarget("cuda", 90, 32); every config, bf16/fp16/fp32 tf32/ieee, 1x1 and 3x3): all build;
-with NHWC x and channels_last weight, bf16, channel counts and strides divisible by 16, the
-PTX uses wgmma and cp.async with num_stages buffers (128x128x64, 3 stages: 96 KB shared).
-Channel counts not divisible by 16 (24, 40: Triton's specialisation knows only 16) lose the
-alignment proof and load without cp.async, so those layers' K loop is not pipelined.
+GPUTarget("cuda", 90, 32)): every config builds, in bf16/fp16 and fp32 (tf32 and ieee), 1x1
+and 3x3. With ALIGN > 1 (NHWC x, channels_last or 1x1 weight, channel counts per group and
+strides multiples of 16 bytes: the launcher's vector_align) the PTX has wgmma, cp.async
+loads with num_stages buffers (bf16 128x128x64, 3 stages: 96 KB shared; fp32 192 KB) and
+16-byte vector stores; with ALIGN = 1 (NCHW, or channels not a multiple of 8 in 16-bit)
+wgmma still, but scalar 2-byte loads and stores and no pipelining.
 """
 import os
 
