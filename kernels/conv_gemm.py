@@ -16,8 +16,8 @@ other strided view) are read in place, no copy of x (a kxk weight whose input ch
 not adjacent is repacked to channels_last first, a copy of the small weight only). NHWC is
 the fast layout (a K step is a contiguous run of channels, vectorized where ALIGN > 1); on
 NCHW the tile's rows (pixels) are contiguous instead, which coalesces for stride 1 but is
-not vectorized or pipelined (see below). y is allocated by the caller's rule (PyTorch's for convolutions:
-channels_last if x or the weight is) and stored through its strides.
+not vectorized or pipelined (see below). y is allocated by the caller's rule (PyTorch's for
+convolutions: channels_last if x or the weight is) and stored through its strides.
 
 Precision: fp32 accumulation (tl.dot). float16/bfloat16 operands go to the tensor cores as
 they are. float32 operands follow eager's F.conv2d: cuDNN convolutions may use TF32 unless the
