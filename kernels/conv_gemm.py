@@ -43,7 +43,9 @@ Roofline floors for judging a GPU run (H200 SXM: datasheet 989 TFLOP/s dense bf1
   989 TFLOP/s, 75 us at the measured 790 (memory: 48 us at 4.3 TB/s). Eager's extra BN +
   activation passes add ~411 MB (~96 us), which only a conv near cuDNN's speed turns into a win.
 (At batch 32 the same layers move 34 MB / 26 MB, within the 60 MB L2: floors there are
-launch- and L2-bound, not HBM-bound.)
+launch- and L2-bound, not HBM-bound.) To set a GPU run against them: ``fastblocks bench ops
+--op conv_bn_act --dtype bfloat16 --layout channels_last --batch 256 --shapes resnet50
+--shapes mobilenet_v2 --providers eager,compile,triton`` (eval: BN folded, this kernel).
 
 Tiles: BLOCK_M pixels x BLOCK_N output channels, BLOCK_K channels per K step, all >= 16
 (tl.dot's minimum); masked tails in every dimension. The K loop is one flat loop over
