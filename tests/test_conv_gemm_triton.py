@@ -25,6 +25,23 @@ ACTS = (None, "relu", "relu6", "hardswish", "hardsigmoid", "silu")
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@pytest.fixture(autouse=True)
+def _fp32_without_tf32():
+    """On a GPU, float32 convolutions without TF32 on both sides (eager's cuDNN and the
+    kernel, which follows the same flag): TF32 results of two different algorithms are not
+    comparable at assert_close's rtol. Nothing changes in the interpreter (no TF32)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if not torch.cuda.is_available() or conv is None:
+        yield
+        return
+    old = conv.fp32_precision
+    conv.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision = old
+
+
 def _conv_gemm():
     if "triton" not in fastblocks.available_backends(DEV):
         pytest.skip("triton backend unavailable (TRITON_INTERPRET=1 and triton needed)")
@@ -169,8 +186,8 @@ def test_conv_bn_act_eval_runs_the_kernel(monkeypatch):
     cg = _conv_gemm()
     calls = _spy(monkeypatch, cg)
     x, wt, _ = _inputs(2, 5, 7, 6, 5, (1, 1), 1, "cl", torch.float32)
-    bw, bb = torch.rand(7) + 0.5, torch.randn(7) * 0.1
-    rm, rv = torch.randn(7) * 0.1, torch.rand(7) + 0.5
+    bw, bb = torch.rand(7, device=DEV) + 0.5, torch.randn(7, device=DEV) * 0.1
+    rm, rv = torch.randn(7, device=DEV) * 0.1, torch.rand(7, device=DEV) + 0.5
     kw = dict(training=False, activation="relu6")
     with fastblocks.backend("triton"):
         y = ops.conv_bn_act(x, wt, None, bw, bb, rm, rv, **kw)
@@ -227,19 +244,13 @@ def test_autotune_configs(monkeypatch):
     (4, 64, 128, 14, 14, (3, 3), (1, 1), (2, 2), (2, 2), 4, "cl", "silu"),
 ])
 def test_kernel_cuda_multi_tile(dtype, case):
-    """On a GPU, the autotuned kernel over several tiles per dimension. float32 with TF32 off
-    on both sides: eager's cuDNN TF32 algorithms are not comparable at assert_close's rtol."""
+    """On a GPU, the autotuned kernel over several tiles per dimension (float32 without TF32:
+    the autouse fixture)."""
     cg = _conv_gemm()
     n, ci, co, h, w, k, s, p, d, g, layout, act = case
     x, wt, b = _inputs(n, ci, co, h, w, k, g, layout, dtype, device="cuda")
-    conv = torch.backends.cudnn.conv
-    old = conv.fp32_precision
-    try:
-        conv.fp32_precision = "ieee"
-        y = _run_kernel(cg, x, wt, b, s, p, d, g, act)
-        _assert_matches_eager(y, x, wt, b, s, p, d, g, act)
-    finally:
-        conv.fp32_precision = old
+    y = _run_kernel(cg, x, wt, b, s, p, d, g, act)
+    _assert_matches_eager(y, x, wt, b, s, p, d, g, act)
 
 
 _AOT = r"""
