@@ -7,7 +7,9 @@ into models through ``fastblocks.nn.ConvBNAct``) and this op family:
   ``act(conv2d(x, weight, bias))`` in one pass over the output. Registered as
   ``fastblocks::conv_bias_act``. On CPU it runs oneDNN's convolution with the bias and the
   activation as post-ops of the same primitive, on weights packed once per (tensor, version)
-  (``_mkldnn_conv``: what inductor's freezing does); where oneDNN cannot serve (float64,
+  (``_mkldnn_conv``: what inductor's freezing does), except 1x1 convolutions under 8 M
+  multiply-adds, where ATen's GEMM plus an in-place activation costs less per call
+  (``_small_pointwise``); where oneDNN cannot serve (float64,
   float16/bfloat16 without native CPU support) ATen's convolution and an in-place activation.
   Depthwise convolutions (groups == C_in, weight (C_in*m, 1, kh, kw)) go to
   ``depthwise_conv2d``'s fused kernel.
@@ -104,12 +106,31 @@ def _conv_bias_act_impl(x, weight, bias, stride, padding, dilation, groups, act)
     # 30 batch-1 layers (1 thread, the EPYC VM), where ATen's NCHW convolution with the bias
     # and an in-place activation drops only BN's pass and never loses
     if _out_channels_last(x, weight) and _mkldnn_conv.can_serve(x, weight) \
-            and get_backend() != "torch":
+            and get_backend() != "torch" and not _small_pointwise(x, weight, stride):
         x = x.contiguous(memory_format=torch.channels_last)
         return _mkldnn_conv.conv_pointwise(x, weight, bias, stride, padding, dilation, groups,
                                            act)
     y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     return _activate_(y, act)
+
+
+# oneDNN's fused primitive costs ~25 us more per call than ATen's convolution, which for a 1x1
+# kernel on channels_last is one GEMM with the bias (then an in-place activation). Interleaved
+# medians of 60 calls, batch 1, fp32, relu6, 1 thread, the 2-core EPYC VM
+# (/work/lead/sweep1x1.py): oneDNN/ATen time 2.3x at 64->64 7x7 (0.2 M multiply-adds), 1.2x at
+# 20x20 (1.6 M), 1.05x at 40x40 (6.6 M), 0.93x at 56x56 (12.8 M); 192->32: 1.06x at 28x28
+# (4.8 M), 0.93x at 40x40 (9.8 M); 576->96: 1.0x at 14x14 (10.8 M), 0.95x at 20x20 (22 M).
+# kxk kernels stay with oneDNN at every size (ATen's im2col path measured 1.08-1.4x slower).
+_POINTWISE_ATEN_MAX_MACS = 8_000_000
+
+
+def _small_pointwise(x: Tensor, weight: Tensor, stride) -> bool:
+    """A 1x1 convolution small enough for ATen's GEMM to beat oneDNN's per-call cost."""
+    if weight.shape[-1] != 1 or weight.shape[-2] != 1:
+        return False
+    n, c_in, h, w = x.shape
+    macs = n * -(-h // stride[0]) * -(-w // stride[1]) * weight.shape[0] * weight.shape[1]
+    return macs < _POINTWISE_ATEN_MAX_MACS
 
 
 @torch.library.custom_op("fastblocks::conv_bias_act", mutates_args=())
