@@ -442,3 +442,24 @@ def test_cpu_channels_last_path_by_size(monkeypatch, n, c_in, hw, k, onednn):
                          F.relu6(F.conv2d(x.double(), w.double(), b.double(), 1, k // 2)),
                          reduction=True)
     assert ok, msg
+
+
+def test_compile_on_cpu_hands_the_conv_to_inductor():
+    """Under torch.compile on CPU, conv_bias_act traces to ATen's conv and activation (inductor
+    fuses them itself), not to the opaque fastblocks op."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    f = torch.compile(lambda x, w, b: ops.conv_bias_act(x, w, b, 1, 1, 1, 1, "relu6"),
+                      backend=backend, fullgraph=True)
+    x, w, b = _x(1, 4, 6, 6, channels_last=True), torch.randn(8, 4, 3, 3), torch.randn(8)
+    y = f(x, w, b)
+    targets = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert any("conv2d" in t for t in targets), targets
+    assert not any("fastblocks" in t for t in targets), targets
+    ok, _, msg = compare(y, F.relu6(F.conv2d(x, w, b, 1, 1)),
+                         F.relu6(F.conv2d(x.double(), w.double(), b.double(), 1, 1)), reduction=True)
+    assert ok, msg

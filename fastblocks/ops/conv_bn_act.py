@@ -49,7 +49,7 @@ from torch import Tensor
 
 from .._backend import capture, get_backend, resolve, restored
 from . import _mkldnn_conv
-from ._activation_codes import activation_code
+from ._activation_codes import activate_, activation_code
 from ._conv_args import conv_geometry, conv_geometry_cached
 from ._fastpath import direct_autograd, needs_grad, plain_eager
 from ._layout import empty, is_channels_last, memory_format
@@ -83,16 +83,6 @@ def reference_conv_bn_act(x, weight, conv_bias, bn_weight, bn_bias, running_mean
     return y if code == 0 else _act_forward(y, code)
 
 
-_INPLACE = {1: torch.relu_, 2: lambda y: F.hardtanh_(y, 0.0, 6.0),
-            3: lambda y: F.hardswish(y, inplace=True), 4: lambda y: F.hardsigmoid(y, inplace=True),
-            5: lambda y: F.silu(y, inplace=True)}
-
-
-def _activate_(y: Tensor, act: int) -> Tensor:
-    """The activation applied in place (y is a fresh buffer nobody else holds)."""
-    return y if act == 0 else _INPLACE[act](y)
-
-
 def _out_channels_last(x: Tensor, weight: Tensor) -> bool:
     """PyTorch's rule for a convolution's output: channels_last if the input or the weight is."""
     return is_channels_last(x) or is_channels_last(weight)
@@ -111,7 +101,7 @@ def _conv_bias_act_impl(x, weight, bias, stride, padding, dilation, groups, act)
         return _mkldnn_conv.conv_pointwise(x, weight, bias, stride, padding, dilation, groups,
                                            act)
     y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    return _activate_(y, act)
+    return activate_(y, act)
 
 
 # oneDNN's fused primitive costs ~25 us more per call than ATen's convolution, which for a 1x1
@@ -204,7 +194,7 @@ def _train_impl(x, weight, conv_bias, bn_weight, bn_bias, eps, stride, padding, 
         y, mean, invstd = kernels.bn_act_train_forward(z, w32, b32, eps, act, cl)
         return y, z, mean, invstd
     y, mean, invstd = torch.ops.aten._native_batch_norm_legit.no_stats(z, w32, b32, True, 0.0, eps)
-    return _activate_(y, act), z, mean, invstd
+    return activate_(y, act), z, mean, invstd
 
 
 def _train_kernels(device: torch.device):
@@ -462,7 +452,13 @@ def conv_bias_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=
     x, unbatched, stride, padding, dilation = _prepare(x, weight, bias, stride, padding,
                                                        dilation, groups)
     args = (x, weight, bias, stride, padding, dilation, groups, code)
-    if not _direct_ok(x, weight, bias):
+    if torch.compiler.is_compiling() and x.device.type == "cpu":
+        # plain ATen ops for inductor: with freezing it folds the constants and fuses the conv
+        # with its activation into oneDNN's post-op primitive on channels_last itself, where
+        # our op is opaque to it (zoo MobileNetV2 b8, 1 thread, NCHW: compile of the optimized
+        # model ran 0.70x compile of the plain one through the op; bench/results models-*)
+        y = activate_(F.conv2d(x, weight, bias, stride, padding, dilation, groups), code)
+    elif not _direct_ok(x, weight, bias):
         y = _conv_bias_act_op(*args)
     elif needs_grad(x, weight, bias):
         y = _conv_bias_act_direct(*args)
