@@ -96,7 +96,7 @@ cudaError_t backward_input_impl(const void* gv, const void* wv, void* gxv,
     return cudaGetLastError();
   const Conv p = forward_conv(s);
   const Decompose dec = make_decompose(s.c, s.h, s.w, s.channels_last);
-  const dim3 grid(grid_1d(s.n * s.c * s.h * s.w));
+  const dim3 grid(grid_stride_blocks(s.n * s.c * s.h * s.w, kThreads));
   if (s.stride_h == 2 && s.stride_w == 2)
     launch(gather_backward_input_kernel<T, 2>, grid, dim3(kThreads), 0, stream, g, w, gx, p, dec);
   else

@@ -312,8 +312,8 @@ cudaError_t backward_weight_impl(const void* gv, const void* xv, void* gwv, void
              stream, g, x, ws, p, bool(s.channels_last), chunks, Div64(p.out_w), Div64(p.out_h));
       break;
   }
-  launch(bww_finalize_kernel<T>, dim3(grid_1d(total)), dim3(kThreads), 0, stream,
-         static_cast<const acc_t*>(ws), gw, chunks, total);
+  launch(bww_finalize_kernel<T>, dim3(grid_stride_blocks(total, kThreads)), dim3(kThreads), 0,
+         stream, static_cast<const acc_t*>(ws), gw, chunks, total);
   return cudaGetLastError();
 }
 

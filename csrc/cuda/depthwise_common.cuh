@@ -139,16 +139,6 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaSt
   FB_LAUNCH(grid, block, smem, stream, kernel)(args...);
 }
 
-inline bool aligned(const void* p, size_t bytes) {
-  return (reinterpret_cast<uintptr_t>(p) % bytes) == 0;
-}
-
-// Grid-stride kernels: enough blocks to cover the work, capped at 8 resident blocks of 256
-// threads on each of the 132 SMs of an H100.
-inline unsigned grid_1d(int64_t work) {
-  return unsigned(std::max<int64_t>(1, std::min<int64_t>(ceil_div(work, kThreads), 132 * 8)));
-}
-
 // Index helpers of the int64 kernels (one thread per element, any size, either layout).
 
 // Output element idx of a contiguous (N, C, H, W) or (N, H, W, C) tensor.

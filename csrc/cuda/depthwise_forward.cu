@@ -41,8 +41,8 @@ template <typename T>
 void launch_direct_forward(const T* x, const T* w, const T* b, T* y, const Conv& p, bool cl,
                            int act, cudaStream_t stream) {
   const int64_t total = p.n * p.out_c * p.out_h * p.out_w;
-  launch(direct_forward_kernel<T>, dim3(grid_1d(total)), dim3(kThreads), 0, stream, x, w, b, y,
-         p, make_decompose(p.out_c, p.out_h, p.out_w, cl), act);
+  launch(direct_forward_kernel<T>, dim3(grid_stride_blocks(total, kThreads)), dim3(kThreads), 0,
+         stream, x, w, b, y, p, make_decompose(p.out_c, p.out_h, p.out_w, cl), act);
 }
 
 template <typename T>

@@ -29,7 +29,8 @@ cudaError_t depthwise_forward(const void* x, const void* weight, const void* bia
 cudaError_t depthwise_backward_input(const void* grad, const void* weight, void* grad_x,
                                      const DepthwiseShape& s, DType dtype, cudaStream_t stream);
 // grad_weight (C*mult, 1, KH, KW) in dtype; `workspace` holds at least
-// depthwise_backward_weight_workspace(s) bytes of scratch (float partial sums).
+// depthwise_backward_weight_workspace(s) bytes of scratch (partial sums in float, double for
+// fp64; the size is a function of the shape alone, so it can be allocated before the launch).
 int64_t depthwise_backward_weight_workspace(const DepthwiseShape& s);
 cudaError_t depthwise_backward_weight(const void* grad, const void* x, void* grad_w,
                                       void* workspace, const DepthwiseShape& s, DType dtype,

@@ -117,7 +117,8 @@ def kernels_in(path: Path) -> list[str]:
     return _KERNEL.findall(path.read_text())
 
 
-def _sources() -> list[Path]:
+def _cache_key_files() -> list[Path]:
+    """Every file a build reads: their contents key the build cache."""
     deps = sorted(EMU.glob("*.h")) + sorted(EMU.glob("*.cpp")) + sorted(EMU.glob("*.cu"))
     deps += sorted(CUDA_SRC.glob("*.cu*"))
     deps += sorted(CUDA_SRC.glob("*.h")) + sorted((ROOT / "csrc" / "include").rglob("*.h"))
@@ -132,7 +133,7 @@ def build(cache: Path | None = None, jobs: int | None = None) -> Path:
         raise EmuUnavailable(f"no host C++ compiler ({cxx})")
     inc = cuda_include()
     key = hashlib.sha256()
-    for p in _sources():
+    for p in _cache_key_files():
         key.update(p.name.encode() + p.read_bytes())
     key.update(" ".join([cxx, str(inc), *CXXFLAGS, *(f for fs in FAMILIES.values() for f in fs)])
                .encode())
