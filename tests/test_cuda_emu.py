@@ -10,11 +10,11 @@ check, one that leaves an element unwritten or reads outside its inputs fails th
 
 Covered: every launcher of the activation and depthwise families; every activation, forward and
 backward, vectorized and scalar (misaligned) paths; depthwise forward with every fused
-activation, input and weight gradients, on shapes chosen to reach each kernel of the
-depthwise family (csrc/cuda/depthwise_*.cu and depthwise_conv.cuh: NCHW tiled fixed 3/5/7 and runtime-size, multi-tile; NHWC 1- and 2-channel packs, fixed and
-runtime-size; the flipped stride-1 input gradient, the stride-2 and generic gathers; the NCHW,
-NHWC and generic weight-gradient reductions; the int64 direct fallbacks), both layouts, all
-four dtypes.
+activation, input and weight gradients, on shapes chosen to reach each kernel of the depthwise
+family (csrc/cuda/depthwise_*.cu and depthwise_conv.cuh: NCHW tiled fixed 3/5/7 and
+runtime-size, multi-tile; NHWC 1- and 2-channel packs, fixed and runtime-size; the flipped
+stride-1 input gradient, the stride-2 and generic gathers; the NCHW, NHWC and generic
+weight-gradient reductions; the int64 direct fallbacks), both layouts, all four dtypes.
 """
 from __future__ import annotations
 
@@ -333,9 +333,9 @@ def assert_family_kernels_launched(lib, request, families, tests: dict[str, int]
 
 def test_every_kernel_was_launched(emu, request):
     """Runs last: every __global__ kernel of the activation and depthwise families was launched
-    by the tests above (so a kernel added to their files without a test here fails this); every other
-    emulated family has its own module, tests/test_<family>_cuda_emu.py, ending with the same
-    check (assert_family_kernels_launched) for its kernels."""
+    by the tests above (so a kernel added to their files without a test here fails this); every
+    other emulated family has its own module, tests/test_<family>_cuda_emu.py, ending with the
+    same check (assert_family_kernels_launched) for its kernels."""
     own = ("activation", "depthwise")
     elsewhere = sorted(f"tests/test_{fam}_cuda_emu.py" for fam in cuda_emu.FAMILIES if fam not in own
                        and not (ROOT / "tests" / f"test_{fam}_cuda_emu.py").is_file())

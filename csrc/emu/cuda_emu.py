@@ -95,7 +95,8 @@ def family_files(family: str) -> list[Path]:
     for name in FAMILIES[family]:
         cu = CUDA_SRC / name
         if not cu.is_file():
-            raise FileNotFoundError(f"cuda_emu FAMILIES[{family!r}] names {name} but {cu} does not exist")
+            raise FileNotFoundError(f"cuda_emu FAMILIES[{family!r}] names {name} "
+                                    f"but {cu} does not exist")
         visit(cu)
     return order
 
