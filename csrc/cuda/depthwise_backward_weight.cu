@@ -4,6 +4,7 @@
 // over S. Fixed-size NCHW and NHWC kernels reuse each loaded x value for several outputs; a
 // generic kernel takes any size, layout and int64 coordinates. S depends on the shape alone, so
 // the binding can size the workspace (depthwise_backward_weight_workspace) before launching.
+// Names starting bww_ / Bww belong to this backward-weight pass.
 #include <algorithm>
 #include <cstdint>
 
