@@ -113,7 +113,7 @@ def _conv_bias_act_impl(x, weight, bias, stride, padding, dilation, groups, act)
 # oneDNN's fused primitive costs ~25 us more per call than ATen's convolution, which for a 1x1
 # kernel on channels_last is one GEMM with the bias (then an in-place activation). Interleaved
 # medians of 60 calls, batch 1, fp32, relu6, 1 thread, the 2-core EPYC VM
-# (/work/lead/sweep1x1.py): oneDNN/ATen time 2.3x at 64->64 7x7 (0.2 M multiply-adds), 1.2x at
+# (bench/cpu_probes/pointwise_aten_vs_onednn.py): oneDNN/ATen time 2.3x at 64->64 7x7 (0.2 M multiply-adds), 1.2x at
 # 20x20 (1.6 M), 1.05x at 40x40 (6.6 M), 0.93x at 56x56 (12.8 M); 192->32: 1.06x at 28x28
 # (4.8 M), 0.93x at 40x40 (9.8 M); 576->96: 1.0x at 14x14 (10.8 M), 0.95x at 20x20 (22 M).
 # kxk kernels stay with oneDNN at every size (ATen's im2col path measured 1.08-1.4x slower).
