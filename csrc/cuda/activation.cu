@@ -46,16 +46,7 @@ __global__ void activation_backward_kernel(const T* g, const T* __restrict__ x, 
   if (tail < n) gx[tail] = from_acc<T>(act_backward<acc_t>(to_acc(g[tail]), to_acc(x[tail]), act));
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
-unsigned grid_for(int64_t work) {
-  // Enough blocks to cover the work but capped: the grid-stride loop does the rest, and 8
-  // blocks of 256 threads per SM on 132 SMs keep an H100 full.
-  int64_t blocks = (work + kThreads - 1) / kThreads;
-  if (blocks < 1) blocks = 1;
-  if (blocks > 132 * 8) blocks = 132 * 8;
-  return static_cast<unsigned>(blocks);
-}
+unsigned grid_for(int64_t work) { return capped_blocks(work, kThreads); }
 
 template <typename T>
 cudaError_t launch_forward(const void* x, void* y, int64_t n, int act, cudaStream_t stream) {

@@ -5,6 +5,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdint>
+
 #include "fastblocks/cuda_launch.h"
 
 namespace fastblocks::cuda {
@@ -31,6 +33,27 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(flo
 
 // kVec elements moved by one load/store; the pointer must be aligned to sizeof(Pack).
 template <typename T, int kVec> struct alignas(sizeof(T) * kVec) Pack { T v[kVec]; };
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+constexpr int kWarp = 32;
+
+// The sum of v over the warp's 32 lanes, in lane 0 (a fixed tree: deterministic).
+template <typename A>
+__device__ __forceinline__ A warp_sum(A v) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Blocks of `threads` for a grid-stride loop over `work` items: enough to cover it, capped at
+// 8 resident blocks per SM on 132 SMs (H100/H200); the loop does the rest.
+inline unsigned capped_blocks(int64_t work, int threads) {
+  int64_t blocks = (work + threads - 1) / threads;
+  if (blocks < 1) blocks = 1;
+  if (blocks > 132 * 8) blocks = 132 * 8;
+  return static_cast<unsigned>(blocks);
+}
 
 }  // namespace
 }  // namespace fastblocks::cuda

@@ -17,14 +17,6 @@ namespace fastblocks::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarp = 32;
-
-template <typename A>
-__device__ __forceinline__ A warp_sum(A v) {
-#pragma unroll
-  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_down_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // NCHW: one warp per plane, kThreads / 32 planes per block; blockIdx.y is the split.
 template <typename T, bool PRODUCT>
@@ -100,13 +92,7 @@ __global__ void scale_kernel(const T* a, const typename Acc<T>::type* __restrict
   }
 }
 
-unsigned blocks_for(int64_t work) {
-  // capped: the grid-stride loop does the rest; 8 blocks of 256 threads per SM on 132 SMs
-  int64_t blocks = (work + kThreads - 1) / kThreads;
-  if (blocks < 1) blocks = 1;
-  if (blocks > 132 * 8) blocks = 132 * 8;
-  return static_cast<unsigned>(blocks);
-}
+unsigned blocks_for(int64_t work) { return capped_blocks(work, kThreads); }
 
 template <typename T, bool PRODUCT>
 cudaError_t launch_reduce(const void* a, const void* b, void* out, const SeShape& s,

@@ -28,6 +28,7 @@ from pathlib import Path
 
 FAMILIES = (
     "activation",
+    "conv_bn_act",
     "depthwise",
     "shuffle",
     "squeeze_excite",
