@@ -145,8 +145,9 @@ struct ChannelConsts {
 // ---- reductions: partial sums per (range of rows, channel) -----------------------------------
 // part holds 2 * split * C values: sum 1 of range k, channel c at k * C + c, sum 2 after them.
 
-// NCHW: a block per (channel, range); its 256 threads walk the range's rows (coalesced inside
-// each plane) and meet through warp shuffles and shared memory, in a fixed order.
+// NCHW: a block per (channel, range); its threads (a multiple of 32, at most 256: no more
+// than the range has rows) walk the range's rows (coalesced inside each plane) and meet
+// through warp shuffles and shared memory, in a fixed order.
 template <typename T, bool GRAD>
 __global__ void bn_reduce_nchw_kernel(const T* __restrict__ z, const T* __restrict__ g,
                                       const typename Acc<T>::type* __restrict__ mean,
@@ -164,8 +165,8 @@ __global__ void bn_reduce_nchw_kernel(const T* __restrict__ z, const T* __restri
   const int64_t chw = c * hw, base = ch * hw;
   A s1 = A(0), s2 = A(0);
   if (r0 + threadIdx.x < r1) {
-    PlaneWalker w(r0 + threadIdx.x, kThreads, hw);
-    for (int64_t r = r0 + threadIdx.x; r < r1; r += kThreads, w.advance())
+    PlaneWalker w(r0 + threadIdx.x, blockDim.x, hw);
+    for (int64_t r = r0 + threadIdx.x; r < r1; r += blockDim.x, w.advance())
       add_terms<T, GRAD>(z, g, w.n * chw + base + w.i, k.center, k.a, k.b, act, s1, s2);
   }
   s1 = warp_sum(s1);
@@ -176,7 +177,10 @@ __global__ void bn_reduce_nchw_kernel(const T* __restrict__ z, const T* __restri
   if (threadIdx.x == 0) {
     A t1 = A(0), t2 = A(0);
 #pragma unroll
-    for (int k2 = 0; k2 < kWarps; ++k2) t1 += warp_part[k2][0], t2 += warp_part[k2][1];
+    for (int k2 = 0; k2 < kWarps; ++k2) {
+      if (k2 * kWarp >= int(blockDim.x)) break;
+      t1 += warp_part[k2][0], t2 += warp_part[k2][1];
+    }
     part[int64_t(blockIdx.y) * c + ch] = t1;
     part[(int64_t(gridDim.y) + blockIdx.y) * c + ch] = t2;
   }
@@ -387,7 +391,9 @@ void launch_reduce(const T* z, const T* g, const typename Acc<T>::type* mean,
         z, g, mean, invstd, weight, bias, part, s.c, rows, per, act);
   } else {
     const dim3 grid(static_cast<unsigned>(s.c), static_cast<unsigned>(s.split));
-    FB_LAUNCH(grid, kThreads, 0, stream, bn_reduce_nchw_kernel<T, GRAD>)(
+    // a batch-1 7x7 map has 49 rows per channel: 64 threads, not 256 mostly idle ones
+    const int threads = static_cast<int>(per >= kThreads ? kThreads : (per + kWarp - 1) / kWarp * kWarp);
+    FB_LAUNCH(grid, threads, 0, stream, bn_reduce_nchw_kernel<T, GRAD>)(
         z, g, mean, invstd, weight, bias, part, s.c, s.hw, rows, per, act);
   }
 }
