@@ -108,8 +108,21 @@ def _conv_bias_act_impl(x, weight, bias, stride, padding, dilation, groups, act)
         x = x.contiguous(memory_format=torch.channels_last)
         return _mkldnn_conv.conv_pointwise(x, weight, bias, stride, padding, dilation, groups,
                                            act)
+    if x.device.type == "cuda" and _cuda_epilogue(x.device):
+        # cuDNN's convolution without its bias, then bias + activation in one pass of ours
+        # (ATen adds a cuDNN convolution's bias in a pass of its own, then the activation)
+        y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+        return torch.ops.fastblocks_C.bias_act_(y, bias, act)
     y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     return _activate_(y, act)
+
+
+def _cuda_epilogue(device: torch.device) -> bool:
+    """Whether conv_bias_act's bias + activation run in fastblocks_C.bias_act_ (the cuda
+    backend, or auto where it resolves to cuda) on this CUDA device."""
+    if get_backend() not in ("auto", "cuda") or not hasattr(torch.ops.fastblocks_C, "bias_act_"):
+        return False
+    return resolve("conv_bn_act", device, "bias_act_") == "cuda"
 
 
 @torch.library.custom_op("fastblocks::conv_bias_act", mutates_args=())
