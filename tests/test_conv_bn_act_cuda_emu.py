@@ -42,6 +42,20 @@ CASES = [(3, 5, 11, 13), (2, 37, 3, 2), (2, 16, 16, 18)]
 SPLITS = (1, 2, 5)
 
 
+def every_case(test):
+    """Parametrizes a training-kernel test over CASES x both layouts x DTYPES."""
+    for mark in (pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES]),
+                 pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"]),
+                 pytest.mark.parametrize("dtype", DTYPES, ids=str)):
+        test = mark(test)
+    return test
+
+
+def _ws_bytes(emu, shape, dtype) -> int:
+    fn = _fn(emu, "bn_act_workspace_bytes", [ctypes.POINTER(BnShape), cint], i64)
+    return fn(ctypes.byref(shape), DTYPE_CODE[dtype])
+
+
 def _acc(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -74,15 +88,12 @@ def _eager(z, weight, bias, act, grad=None):
     return y, torch.autograd.grad(y, (z, w, b), grad)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
-@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+@every_case
 def test_bn_act_train_forward(emu, case, channels_last, dtype):  # noqa: F811
     n, c, h, w = case
     acc = _acc(dtype)
     fwd = _fn(emu, "bn_act_train_forward",
               [vp] * 7 + [ctypes.POINTER(BnShape), ctypes.c_double, cint, cint, vp])
-    ws_bytes = _fn(emu, "bn_act_workspace_bytes", [ctypes.POINTER(BnShape), cint], i64)
     z, weight, bias = _bn_inputs(case, channels_last, dtype)
     hi = [t.t.double() for t in (z, weight, bias)]
     for i, split in enumerate(SPLITS):
@@ -90,7 +101,7 @@ def test_bn_act_train_forward(emu, case, channels_last, dtype):  # noqa: F811
         s = BnShape(n, c, h * w, split, channels_last)
         y = Guarded(case, dtype, channels_last)
         mean, invstd = Guarded((c,), acc), Guarded((c,), acc)
-        ws = Guarded((ws_bytes(ctypes.byref(s), DTYPE_CODE[dtype]),), torch.uint8)
+        ws = Guarded((_ws_bytes(emu, s, dtype),), torch.uint8)
         _check_launch(emu, fwd(z.ptr(), weight.ptr(), bias.ptr(), y.ptr(), mean.ptr(), invstd.ptr(),
                                ws.ptr(), ctypes.byref(s), EPS, act, DTYPE_CODE[dtype], None))
         what = f"split {split} act {act}"
@@ -104,15 +115,12 @@ def test_bn_act_train_forward(emu, case, channels_last, dtype):  # noqa: F811
     assert z.ok() and weight.ok() and bias.ok(), "inputs were written"
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
-@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+@every_case
 def test_bn_act_train_backward(emu, case, channels_last, dtype):  # noqa: F811
     n, c, h, w = case
     acc = _acc(dtype)
     bwd = _fn(emu, "bn_act_train_backward",
               [vp] * 10 + [ctypes.POINTER(BnShape), cint, cint, vp])
-    ws_bytes = _fn(emu, "bn_act_workspace_bytes", [ctypes.POINTER(BnShape), cint], i64)
     z, weight, bias = _bn_inputs(case, channels_last, dtype)
     grad = _inputs(case, dtype, channels_last)
     # the forward's saved statistics, as eager computes them
@@ -125,7 +133,7 @@ def test_bn_act_train_backward(emu, case, channels_last, dtype):  # noqa: F811
         s = BnShape(n, c, h * w, split, channels_last)
         gz = Guarded(case, dtype, channels_last)
         gw, gb = Guarded((c,), acc), Guarded((c,), acc)
-        ws = Guarded((ws_bytes(ctypes.byref(s), DTYPE_CODE[dtype]),), torch.uint8)
+        ws = Guarded((_ws_bytes(emu, s, dtype),), torch.uint8)
         _check_launch(emu, bwd(grad.ptr(), z.ptr(), weight.ptr(), bias.ptr(), mean.ptr(),
                                invstd.ptr(), gz.ptr() if with_z else None, gw.ptr(), gb.ptr(),
                                ws.ptr(), ctypes.byref(s), act, DTYPE_CODE[dtype], None))

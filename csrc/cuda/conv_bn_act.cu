@@ -123,18 +123,26 @@ __device__ __forceinline__ void add_terms(const T* z, const T* g, int64_t off,
   }
 }
 
+// The backward's per-channel inputs, (C,) each in the accumulation type (null in forward).
+template <typename A>
+struct BnParams {
+  const A* mean;
+  const A* invstd;
+  const A* weight;
+  const A* bias;
+};
+
 // The per-channel constants a reduction block needs: forward the pivot (z's first value of
 // the channel), backward the mean and a = invstd * weight, b = bias - mean * a.
 template <typename T, bool GRAD>
 struct ChannelConsts {
   using A = typename Acc<T>::type;
   A center, a, b;
-  __device__ ChannelConsts(const T* z, int64_t first, const A* mean, const A* invstd,
-                           const A* weight, const A* bias, int64_t ch) {
+  __device__ ChannelConsts(const T* z, int64_t first, const BnParams<A>& p, int64_t ch) {
     if constexpr (GRAD) {
-      center = mean[ch];
-      a = invstd[ch] * weight[ch];
-      b = bias[ch] - center * a;
+      center = p.mean[ch];
+      a = p.invstd[ch] * p.weight[ch];
+      b = p.bias[ch] - center * a;
     } else {
       center = to_acc(z[first]);
       a = b = A(0);
@@ -145,28 +153,39 @@ struct ChannelConsts {
 // ---- reductions: partial sums per (range of rows, channel) -----------------------------------
 // part holds 2 * split * C values: sum 1 of range k, channel c at k * C + c, sum 2 after them.
 
+// This block's range [r0, r1) of a channel's rows (blockIdx.y of gridDim.y ranges).
+struct RowRange {
+  int64_t r0, r1;
+  __device__ RowRange(int64_t rows, int64_t per) {
+    r0 = int64_t(blockIdx.y) * per;
+    r1 = r0 + per < rows ? r0 + per : rows;
+  }
+};
+
+template <typename A>
+__device__ __forceinline__ void store_partials(A* part, int64_t c, int64_t ch, A t1, A t2) {
+  part[int64_t(blockIdx.y) * c + ch] = t1;
+  part[(int64_t(gridDim.y) + blockIdx.y) * c + ch] = t2;
+}
+
 // NCHW: a block per (channel, range); its threads (a multiple of 32, at most 256: no more
 // than the range has rows) walk the range's rows (coalesced inside each plane) and meet
 // through warp shuffles and shared memory, in a fixed order.
 template <typename T, bool GRAD>
 __global__ void bn_reduce_nchw_kernel(const T* __restrict__ z, const T* __restrict__ g,
-                                      const typename Acc<T>::type* __restrict__ mean,
-                                      const typename Acc<T>::type* __restrict__ invstd,
-                                      const typename Acc<T>::type* __restrict__ weight,
-                                      const typename Acc<T>::type* __restrict__ bias,
+                                      BnParams<typename Acc<T>::type> p,
                                       typename Acc<T>::type* __restrict__ part, int64_t c,
                                       int64_t hw, int64_t rows, int64_t rows_per_split, int act) {
   using A = typename Acc<T>::type;
   __shared__ A warp_part[kWarps][2];
   const int64_t ch = blockIdx.x;
-  const ChannelConsts<T, GRAD> k(z, ch * hw, mean, invstd, weight, bias, ch);
-  const int64_t r0 = int64_t(blockIdx.y) * rows_per_split;
-  const int64_t r1 = r0 + rows_per_split < rows ? r0 + rows_per_split : rows;
+  const ChannelConsts<T, GRAD> k(z, ch * hw, p, ch);
+  const RowRange rr(rows, rows_per_split);
   const int64_t chw = c * hw, base = ch * hw;
   A s1 = A(0), s2 = A(0);
-  if (r0 + threadIdx.x < r1) {
-    PlaneWalker w(r0 + threadIdx.x, blockDim.x, hw);
-    for (int64_t r = r0 + threadIdx.x; r < r1; r += blockDim.x, w.advance())
+  if (rr.r0 + threadIdx.x < rr.r1) {
+    PlaneWalker w(rr.r0 + threadIdx.x, blockDim.x, hw);
+    for (int64_t r = rr.r0 + threadIdx.x; r < rr.r1; r += blockDim.x, w.advance())
       add_terms<T, GRAD>(z, g, w.n * chw + base + w.i, k.center, k.a, k.b, act, s1, s2);
   }
   s1 = warp_sum(s1);
@@ -181,8 +200,7 @@ __global__ void bn_reduce_nchw_kernel(const T* __restrict__ z, const T* __restri
       if (k2 * kWarp >= int(blockDim.x)) break;
       t1 += warp_part[k2][0], t2 += warp_part[k2][1];
     }
-    part[int64_t(blockIdx.y) * c + ch] = t1;
-    part[(int64_t(gridDim.y) + blockIdx.y) * c + ch] = t2;
+    store_partials(part, c, ch, t1, t2);
   }
 }
 
@@ -192,21 +210,17 @@ constexpr int kRowLanes = kThreads / kWarp;
 
 template <typename T, bool GRAD>
 __global__ void bn_reduce_nhwc_kernel(const T* __restrict__ z, const T* __restrict__ g,
-                                      const typename Acc<T>::type* __restrict__ mean,
-                                      const typename Acc<T>::type* __restrict__ invstd,
-                                      const typename Acc<T>::type* __restrict__ weight,
-                                      const typename Acc<T>::type* __restrict__ bias,
+                                      BnParams<typename Acc<T>::type> p,
                                       typename Acc<T>::type* __restrict__ part, int64_t c,
                                       int64_t rows, int64_t rows_per_split, int act) {
   using A = typename Acc<T>::type;
   __shared__ A lane_part[2][kRowLanes][kWarp];
   const int64_t ch = int64_t(blockIdx.x) * kWarp + threadIdx.x;
-  const int64_t r0 = int64_t(blockIdx.y) * rows_per_split;
-  const int64_t r1 = r0 + rows_per_split < rows ? r0 + rows_per_split : rows;
+  const RowRange rr(rows, rows_per_split);
   A s1 = A(0), s2 = A(0);
   if (ch < c) {
-    const ChannelConsts<T, GRAD> k(z, ch, mean, invstd, weight, bias, ch);
-    for (int64_t r = r0 + threadIdx.y; r < r1; r += kRowLanes)
+    const ChannelConsts<T, GRAD> k(z, ch, p, ch);
+    for (int64_t r = rr.r0 + threadIdx.y; r < rr.r1; r += kRowLanes)
       add_terms<T, GRAD>(z, g, r * c + ch, k.center, k.a, k.b, act, s1, s2);
   }
   lane_part[0][threadIdx.y][threadIdx.x] = s1;
@@ -216,8 +230,7 @@ __global__ void bn_reduce_nhwc_kernel(const T* __restrict__ z, const T* __restri
     A t1 = A(0), t2 = A(0);
 #pragma unroll
     for (int k2 = 0; k2 < kRowLanes; ++k2) t1 += lane_part[0][k2][threadIdx.x], t2 += lane_part[1][k2][threadIdx.x];
-    part[int64_t(blockIdx.y) * c + ch] = t1;
-    part[(int64_t(gridDim.y) + blockIdx.y) * c + ch] = t2;
+    store_partials(part, c, ch, t1, t2);
   }
 }
 
@@ -278,6 +291,17 @@ __global__ void bn_grad_finalize_kernel(const A* __restrict__ part, const A* __r
 
 // ---- elementwise passes (grid-stride over packs of kVec elements) ----------------------------
 
+// Calls f(p, ch) for this thread's packs p of a grid-stride loop, ch the channel of the pack's
+// first element (NHWC: element k of the pack is channel ch + k; NCHW: all are ch).
+template <int kVec, bool CL, typename F>
+__device__ __forceinline__ void for_each_pack(int64_t packs, int64_t c, int64_t hw, F&& f) {
+  const int64_t start = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t step = int64_t(gridDim.x) * blockDim.x;
+  if (start >= packs) return;
+  ChannelWalker<CL> w(start * kVec, step * kVec, c, hw);
+  for (int64_t p = start; p < packs; p += step, w.advance()) f(p, w.ch);
+}
+
 // y = act(round(z * a[c] + b[c])).
 template <typename T, int kVec, bool CL>
 __global__ void bn_act_normalize_kernel(const T* __restrict__ z, T* __restrict__ y,
@@ -285,20 +309,16 @@ __global__ void bn_act_normalize_kernel(const T* __restrict__ z, T* __restrict__
                                         const typename Acc<T>::type* __restrict__ coef_b,
                                         int64_t packs, int64_t c, int64_t hw, int act) {
   using A = typename Acc<T>::type;
-  const int64_t start = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t step = int64_t(gridDim.x) * blockDim.x;
-  if (start >= packs) return;
-  ChannelWalker<CL> w(start * kVec, step * kVec, c, hw);
-  for (int64_t p = start; p < packs; p += step, w.advance()) {
+  for_each_pack<kVec, CL>(packs, c, hw, [&](int64_t p, int64_t ch0) {
     const Pack<T, kVec> in = reinterpret_cast<const Pack<T, kVec>*>(z)[p];
     Pack<T, kVec> out;
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      const int64_t ch = CL ? w.ch + k : w.ch;
+      const int64_t ch = CL ? ch0 + k : ch0;
       out.v[k] = from_acc<T>(act_forward<A>(bn_out<T>(to_acc(in.v[k]), coef_a[ch], coef_b[ch]), act));
     }
     reinterpret_cast<Pack<T, kVec>*>(y)[p] = out;
-  }
+  });
 }
 
 // grad_z = (g' - gmean[c] - (z - mean[c]) * k[c]) * a[c]; coef as bn_grad_finalize_kernel's.
@@ -308,23 +328,19 @@ __global__ void bn_act_grad_z_kernel(const T* __restrict__ g, const T* __restric
                                      const typename Acc<T>::type* __restrict__ coef, int64_t packs,
                                      int64_t c, int64_t hw, int act) {
   using A = typename Acc<T>::type;
-  const int64_t start = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t step = int64_t(gridDim.x) * blockDim.x;
-  if (start >= packs) return;
-  ChannelWalker<CL> w(start * kVec, step * kVec, c, hw);
-  for (int64_t p = start; p < packs; p += step, w.advance()) {
+  for_each_pack<kVec, CL>(packs, c, hw, [&](int64_t p, int64_t ch0) {
     const Pack<T, kVec> gi = reinterpret_cast<const Pack<T, kVec>*>(g)[p];
     const Pack<T, kVec> zi = reinterpret_cast<const Pack<T, kVec>*>(z)[p];
     Pack<T, kVec> out;
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      const int64_t ch = CL ? w.ch + k : w.ch;
+      const int64_t ch = CL ? ch0 + k : ch0;
       const A a = coef[ch], zv = to_acc(zi.v[k]);
       const A gb = grad_bn<T>(to_acc(gi.v[k]), zv, a, coef[c + ch], act);
       out.v[k] = from_acc<T>((gb - coef[3 * c + ch] - (zv - mean[ch]) * coef[2 * c + ch]) * a);
     }
     reinterpret_cast<Pack<T, kVec>*>(gz)[p] = out;
-  }
+  });
 }
 
 // The inference epilogue, in place: y = act(round(y + bias[c])) (bias may be null). The sum is
@@ -333,20 +349,16 @@ template <typename T, int kVec, bool CL>
 __global__ void bias_act_kernel(T* __restrict__ y, const T* __restrict__ bias, int64_t packs,
                                 int64_t c, int64_t hw, int act) {
   using A = typename Acc<T>::type;
-  const int64_t start = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t step = int64_t(gridDim.x) * blockDim.x;
-  if (start >= packs) return;
-  ChannelWalker<CL> w(start * kVec, step * kVec, c, hw);
-  for (int64_t p = start; p < packs; p += step, w.advance()) {
+  for_each_pack<kVec, CL>(packs, c, hw, [&](int64_t p, int64_t ch0) {
     Pack<T, kVec> v = reinterpret_cast<const Pack<T, kVec>*>(y)[p];
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      const int64_t ch = CL ? w.ch + k : w.ch;
+      const int64_t ch = CL ? ch0 + k : ch0;
       const A pre = bias ? to_acc(from_acc<T>(to_acc(v.v[k]) + to_acc(bias[ch]))) : to_acc(v.v[k]);
       v.v[k] = from_acc<T>(act_forward<A>(pre, act));
     }
     reinterpret_cast<Pack<T, kVec>*>(y)[p] = v;
-  }
+  });
 }
 
 // ---- launch helpers --------------------------------------------------------------------------
@@ -380,21 +392,19 @@ int64_t rows_per_split(const BnShape& s) { return (s.n * s.hw + s.split - 1) / s
 
 // The reduction pass: partial sums of forward (GRAD false) or backward terms into part.
 template <typename T, bool GRAD>
-void launch_reduce(const T* z, const T* g, const typename Acc<T>::type* mean,
-                   const typename Acc<T>::type* invstd, const typename Acc<T>::type* weight,
-                   const typename Acc<T>::type* bias, typename Acc<T>::type* part,
-                   const BnShape& s, int act, cudaStream_t stream) {
+void launch_reduce(const T* z, const T* g, const BnParams<typename Acc<T>::type>& p,
+                   typename Acc<T>::type* part, const BnShape& s, int act, cudaStream_t stream) {
   const int64_t rows = s.n * s.hw, per = rows_per_split(s);
   if (s.channels_last) {
     const dim3 grid(static_cast<unsigned>((s.c + kWarp - 1) / kWarp), static_cast<unsigned>(s.split));
     FB_LAUNCH(grid, dim3(kWarp, kRowLanes), 0, stream, bn_reduce_nhwc_kernel<T, GRAD>)(
-        z, g, mean, invstd, weight, bias, part, s.c, rows, per, act);
+        z, g, p, part, s.c, rows, per, act);
   } else {
     const dim3 grid(static_cast<unsigned>(s.c), static_cast<unsigned>(s.split));
     // a batch-1 7x7 map has 49 rows per channel: 64 threads, not 256 mostly idle ones
     const int threads = static_cast<int>(per >= kThreads ? kThreads : (per + kWarp - 1) / kWarp * kWarp);
     FB_LAUNCH(grid, threads, 0, stream, bn_reduce_nchw_kernel<T, GRAD>)(
-        z, g, mean, invstd, weight, bias, part, s.c, s.hw, rows, per, act);
+        z, g, p, part, s.c, s.hw, rows, per, act);
   }
 }
 
@@ -412,7 +422,7 @@ cudaError_t forward_typed(const void* z_, const void* weight_, const void* bias_
   A* invstd = static_cast<A*>(invstd_);
   A* part = static_cast<A*>(workspace);
   A* coef = part + 2 * s.split * s.c;
-  launch_reduce<T, false>(z, nullptr, nullptr, nullptr, nullptr, nullptr, part, s, act, stream);
+  launch_reduce<T, false>(z, nullptr, BnParams<A>{}, part, s, act, stream);
   FB_LAUNCH(channel_blocks(s.c), kThreads, 0, stream, bn_stats_finalize_kernel<T>)(
       z, part, weight, bias, mean, invstd, coef, coef + s.c, s.c, s.split, s.n * s.hw,
       s.channels_last ? int64_t(1) : s.hw, eps);
@@ -440,7 +450,7 @@ cudaError_t backward_typed(const void* grad_, const void* z_, const void* weight
   const A* invstd = static_cast<const A*>(invstd_);
   A* part = static_cast<A*>(workspace);
   A* coef = part + 2 * s.split * s.c;
-  launch_reduce<T, true>(z, g, mean, invstd, weight, bias, part, s, act, stream);
+  launch_reduce<T, true>(z, g, BnParams<A>{mean, invstd, weight, bias}, part, s, act, stream);
   FB_LAUNCH(channel_blocks(s.c), kThreads, 0, stream, bn_grad_finalize_kernel<A>)(
       part, weight, bias, mean, invstd, static_cast<A*>(grad_weight_), static_cast<A*>(grad_bias_),
       coef, s.c, s.split, s.n * s.hw);
