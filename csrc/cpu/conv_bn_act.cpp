@@ -24,6 +24,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "fastblocks/bn_act_args.h"
 #include "fastblocks/cpu_utils.h"
 #include "fastblocks/cpu_vec.h"
 
@@ -109,19 +110,7 @@ void for_each(const Layout& L, bool channels_last, F&& f) {
   }
 }
 
-void check_args(const at::Tensor& z, const at::Tensor& weight, const at::Tensor& bias,
-                bool channels_last) {
-  TORCH_CHECK(z.dim() == 4, "bn_act_train: z must be 4-d");
-  TORCH_CHECK(z.is_contiguous(channels_last ? at::MemoryFormat::ChannelsLast
-                                            : at::MemoryFormat::Contiguous),
-              "bn_act_train: z must be contiguous in the memory format channels_last names");
-  const auto stat = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  for (const at::Tensor* t : {&weight, &bias}) {
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == z.size(1) && t->scalar_type() == stat &&
-                    t->is_contiguous(),
-                "bn_act_train: weight/bias must be contiguous (C,) vectors of the stats dtype");
-  }
-}
+using bn_act::check_args;
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_train_forward(
     const at::Tensor& z, const at::Tensor& weight, const at::Tensor& bias, double eps,
@@ -177,8 +166,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_train_backward(
   check_args(z, weight, bias, channels_last);
   TORCH_CHECK(grad_in.sizes() == z.sizes() && grad_in.scalar_type() == z.scalar_type(),
               "bn_act_train_backward: grad must have z's shape and dtype");
-  const at::Tensor grad = grad_in.contiguous(
-      channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  const at::Tensor grad = grad_in.contiguous(bn_act::mem_format(channels_last));
   const Layout L = layout_of(z, channels_last);
   at::Tensor gz = mask[0] ? at::empty_like(z) : at::empty({0}, z.options());
   at::Tensor gw = at::empty({L.c}, weight.options());

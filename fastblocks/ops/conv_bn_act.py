@@ -27,6 +27,21 @@ into models through ``fastblocks.nn.ConvBNAct``) and this op family:
   the chain stores one activation map fewer than eager (which keeps z, BN's output and, for
   relu, the activation's output). training=False folds BN and runs ``conv_bias_act``.
 
+On CUDA tensors (csrc/cuda/conv_bn_act.cu, bound in csrc/cuda/conv_bn_act.cpp):
+- training, ``cuda`` backend: ``bn_act_train_forward/backward`` of fastblocks._C around
+  ATen's (cuDNN's) convolution: per-channel shifted sums in fp32 (fp64 for fp64) over many
+  blocks per channel, a deterministic second pass adding the partials in order (no atomics),
+  one fused normalisation + activation pass; the backward recomputes BN's output from z.
+  Under ``auto`` the Triton kernels come first (the prior order of _auto_order.json until a
+  GPU measurement is committed).
+- inference, ``cuda`` backend (or ``auto`` where it resolves to cuda): cuDNN's convolution
+  without its bias, then ``fastblocks_C.bias_act_``: bias + activation in one in-place pass
+  (ATen adds a cuDNN convolution's bias in a pass of its own, then runs the activation).
+Status: the CUDA kernels are compile-checked (nvcc, sm_90) and run on the CPU under the CUDA
+emulation (tests/test_conv_bn_act_cuda_emu.py, every kernel, both layouts, fp32/fp16/bf16/
+fp64); they have NOT run on a GPU, and nothing about their speed is measured yet. The
+binding is syntax-checked against PyTorch's headers only.
+
 Measured (the shared 2-core AMD EPYC dev VM, torch 2.13, 1 thread, fp32 channels_last, eval,
 ``python -m fastblocks.bench.conv_bn_act_cpu --threads 1 --stat p10``, providers interleaved
 call by call; bench/results/cpu-amd-epyc-2t/conv_bn_act-eval-cl-fp32-1thread.json), over the 30
@@ -106,6 +121,11 @@ def _conv_bias_act_impl(x, weight, bias, stride, padding, dilation, groups, act)
         x = x.contiguous(memory_format=torch.channels_last)
         return _mkldnn_conv.conv_pointwise(x, weight, bias, stride, padding, dilation, groups,
                                            act)
+    if x.device.type == "cuda" and _cuda_epilogue(x.device):
+        # cuDNN's convolution without its bias, then bias + activation in one pass of ours
+        # (ATen adds a cuDNN convolution's bias in a pass of its own, then the activation)
+        y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+        return torch.ops.fastblocks_C.bias_act_(y, bias, act)
     y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     return activate_(y, act)
 
@@ -141,6 +161,14 @@ def _triton_conv_selected(x: Tensor, weight: Tensor, groups: int) -> bool:
     if x.device.type != "cuda" and get_backend() != "triton":
         return False
     return resolve("conv_bn_act", x.device) == "triton"
+
+
+def _cuda_epilogue(device: torch.device) -> bool:
+    """Whether conv_bias_act's bias + activation run in fastblocks_C.bias_act_ (the cuda
+    backend, or auto where it resolves to cuda) on this CUDA device."""
+    if get_backend() not in ("auto", "cuda") or not hasattr(torch.ops.fastblocks_C, "bias_act_"):
+        return False
+    return resolve("conv_bn_act", device, "bias_act_") == "cuda"
 
 
 @torch.library.custom_op("fastblocks::conv_bias_act", mutates_args=())
