@@ -12,7 +12,7 @@
 //      most a few hundred values), mean, 1/std, and a = 1/std * weight, b = bias - mean * a;
 //   3. one elementwise pass y = act(round(z * a + b)).
 // Training backward (bn_act_train_backward): BN's output is recomputed from z (only z is kept
-// for backward); 1. partial sums of g' and g' * (z - mean), g' = round(act'(round(bn)) * grad);
+// for backward); 1. partial sums of g' and g' * (z - mean), g' = act'(round(bn)) * grad;
 // 2. finalize: grad_weight = dot / std, grad_bias = sum(g'), and ATen's training-backward
 // coefficients; 3. grad_z = (g' - sum/N - (z - mean) * dot / (std^2 N)) * weight / std.
 //
@@ -20,8 +20,9 @@
 // to a workspace, then the tiny finalize pass adds them in a fixed order. No atomics: the
 // statistics feed the running statistics and every gradient, and fp32 atomics would make them
 // differ run to run in the last bits; the second pass costs one launch over split * C values.
-// Rounding follows eager: BN's output and the gradient w.r.t. it are rounded to z's dtype
-// before the activation (and its derivative) reads them, as eager stores them.
+// Rounding: BN's output is rounded to z's dtype before the activation (and its derivative)
+// reads it, as eager stores it; the gradient w.r.t. it stays in the accumulation type, as in
+// the CPU kernel (csrc/cpu/conv_bn_act.cpp says why).
 // Elementwise passes move 16 bytes per access where the layout allows (every pack inside one
 // plane (NCHW) or one pixel's channels (NHWC), pointers 16-byte aligned), else one element;
 // they find each element's channel by carries, without a 64-bit division per element.
@@ -48,8 +49,8 @@ __device__ __forceinline__ typename Acc<T>::type bn_out(typename Acc<T>::type z,
   return to_acc(from_acc<T>(z * a + b));
 }
 
-// The gradient w.r.t. BN's output (the activation's derivative at the recomputed output),
-// rounded to T as eager stores it.
+// The gradient w.r.t. BN's output (the activation's derivative at the recomputed output, that
+// output rounded to T as eager stores it), kept in the accumulation type.
 template <typename T>
 __device__ __forceinline__ typename Acc<T>::type grad_bn(typename Acc<T>::type g,
                                                          typename Acc<T>::type z,
@@ -57,7 +58,7 @@ __device__ __forceinline__ typename Acc<T>::type grad_bn(typename Acc<T>::type g
                                                          typename Acc<T>::type b, int act) {
   using A = typename Acc<T>::type;
   if (act == int(Act::kNone)) return g;
-  return to_acc(from_acc<T>(act_backward<A>(g, bn_out<T>(z, a, b), act)));
+  return act_backward<A>(g, bn_out<T>(z, a, b), act);
 }
 
 // The rows r = n * hw + i of one NCHW channel visited from `start` by `step`: the plane n and
