@@ -14,7 +14,9 @@
 #                   (junit XML kept: bench/where_ran.py reads which tests passed)
 #   memcheck    45  compute-sanitizer --tool memcheck over bench/gpu_sanitize_cases.py
 #   racecheck   45  compute-sanitizer --tool racecheck over the same multi-tile cases
-#   quick      120  fastblocks bench ops --op all --quick (every op family, every backend)
+#   quick      120  fastblocks bench ops --op all --quick (every op family, every backend);
+#                   the Triton kernels are autotuned here (see stage_quick), and what was
+#                   chosen per kernel and key lands in gpu-session/autotune-quick.json
 #   models      60  fastblocks bench models: MobileNetV3-Large, EfficientNet-B0 and
 #                   ShuffleNetV2 x1.0 inference at batch 256, bf16, channels_last; skipped
 #                   with a message while that command does not exist
@@ -32,6 +34,10 @@
 #   RESULTS_ROOT  where $OUT's results are copied (default bench/results; in a dry run
 #                 $OUT/copied, so a dry run never writes into the checkout unless asked)
 #   MODELS_ARGS   arguments of `fastblocks bench models` (default below)
+#   FASTBLOCKS_AUTOTUNE  set to "prior" here for every stage but quick and sweeps: the tests,
+#                 the sanitizers and the models run the kernels' prior configs (tuning each
+#                 test's shapes would spend those stages' budgets on compiles); quick and sweeps
+#                 tune (kernels/_autotune.py) and log each choice to gpu-session/autotune-*.jsonl
 #
 # Output: $OUT/results/<device-slug>/ holds the benchmark JSON/PNG files and gpu-session/
 # (session.json: stage, budget, exit status, seconds; summary.txt; logs/<stage>.log;
@@ -61,6 +67,7 @@ PY=${PYTHON:-python3}
 MODELS_ARGS=${MODELS_ARGS:-"--model mobilenet_v3_large,efficientnet_b0,shufflenet_v2_x1_0 --batch 256 --dtype bfloat16 --channels-last --quick"}
 mkdir -p "$OUT"
 t_start=$SECONDS
+export FASTBLOCKS_AUTOTUNE=prior
 
 for s in "${STAGES[@]}"; do
   if [ -z "${BUDGET[$s]:-}" ]; then
@@ -172,9 +179,36 @@ stage_memcheck() { sanitize memcheck; }
 # racecheck checks shared-memory hazards only, and is the slower tool: fp32 is enough (the
 # barriers and indexing are the same code for every dtype).
 stage_racecheck() { sanitize racecheck --dtype float32; }
+# tuned STAGE: sets TUNED to the command prefix that turns the Triton autotuner on and logs
+# each tuning;
+# record_tuning STAGE sums the log up into gpu-session/autotune-STAGE.json
+# (bench/autotune_record.py: no torch import, well under a second, inside the session's 10 s
+# of slack).
+tuned() { TUNED=(env FASTBLOCKS_AUTOTUNE=tune "FASTBLOCKS_AUTOTUNE_LOG=$SES/autotune-$1.jsonl"); }
+record_tuning() {
+  "$PY" bench/autotune_record.py "$SES/autotune-$1.jsonl" "$SES/autotune-$1.json" \
+    > "$SES/logs/autotune-$1.log" 2>&1 || note "autotune record of $1 failed (logs/autotune-$1.log)"
+}
+# Tuning cost in quick (fp32, NCHW, fwd, batches 1 and 32; counted from bench/cases.py's quick
+# shapes, not yet timed on a GPU). Each kernel tunes once per key (kernels/_autotune.py: the
+# tensors' dtype plus the named shape class, never the batch size itself) over at most 3-4
+# configs, one of them the prior the run compiles anyway, each timed for ~5 ms of warm-up and
+# 20 ms of calls (vs do_bench's 25/100 ms): ~0.1 s a tuning. Keys met: activation 4 ops x ~6
+# log-4 size classes = 24, depthwise forward 12 (6 layers x 2 batches), squeeze-excite reduce +
+# scale ~20, shuffle ~8, grouped 1x1 conv ~30 (K, J, class of M) = ~95 tunings, ~10 s. Compiles
+# beyond the prior's: ~2 per compiled variant: activation 4 ACT x 2 = 8, depthwise ~6 layers
+# x 2 = 12, squeeze-excite ~10, shuffle 4, grouped conv ~3 (bias, act) x 3 = 9 = ~43; at the
+# 0.7 s an activation config took to compile for sm_90 on our 2-core CPU VM (an upper bound
+# for the 16-core lent machine: Triton compiles on one core), ~30 s. conv_bn_act's quick cases
+# are inference (BN folded, no Triton). So tuning adds ~40 s to the stage; it ran without a
+# GPU so far, so the 120 s are not yet checked against a run: the session record shows it.
 stage_quick() {
-  run_stage quick "${BENCH[@]}" ops --op all --quick --no-progress --out "$OUT/results" \
-    --name ops-all-quick
+  tuned quick
+  run_stage quick "${TUNED[@]}" "${BENCH[@]}" ops --op all --quick --no-progress \
+    --out "$OUT/results" --name ops-all-quick
+  local rc=$?
+  record_tuning quick
+  return $rc
 }
 stage_models() {
   # The zoo's benchmark command lands separately; probe for it (cheap, also in a dry run).
@@ -188,9 +222,13 @@ stage_models() {
 stage_sweeps() {
   local dw=(ops --op depthwise_conv2d --shapes all --layout channels_last --layout nchw --mode fwd
             --mode fwd+bwd --providers eager,compile,triton,cuda,auto --no-progress --out "$OUT/results")
-  run_stage sweeps bash -c "$(printf '%q ' "${BENCH[@]}" "${dw[@]}") --batch 32 --dtype bfloat16 \
---dtype float32 --name depthwise-batch32 && $(printf '%q ' "${BENCH[@]}" "${dw[@]}") --batch 256 \
---dtype bfloat16 --name depthwise-batch256-bf16"
+  tuned sweeps
+  run_stage sweeps "${TUNED[@]}" bash -c "$(printf '%q ' "${BENCH[@]}" "${dw[@]}") --batch 32 \
+--dtype bfloat16 --dtype float32 --name depthwise-batch32 && $(printf '%q ' "${BENCH[@]}" \
+"${dw[@]}") --batch 256 --dtype bfloat16 --name depthwise-batch256-bf16"
+  local rc=$?
+  record_tuning sweeps
+  return $rc
 }
 
 status=0

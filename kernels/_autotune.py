@@ -153,7 +153,7 @@ def _install_log(path: str) -> None:
         if previous is not None:
             previous(fn=fn, key=key, best_config=best_config, configs_timings=configs_timings,
                      duration=duration, cache_hit=cache_hit)
-        tuner = by_fn.get(fn) or next((t for t in TUNED if _jit_of(t) is fn), None)
+        tuner = by_fn.get(fn) or next((t for t in TUNED if _wraps(t, fn)), None)
         if tuner is None:
             return  # a kernel outside fastblocks
         by_fn[fn] = tuner
@@ -170,11 +170,14 @@ def _install_log(path: str) -> None:
     knobs.autotuning.listener = listener
 
 
-def _jit_of(tuner):
-    fn = tuner.fn
-    while not isinstance(fn, triton.runtime.JITFunction):
-        fn = fn.fn
-    return fn
+def _wraps(tuner, fn) -> bool:
+    """Whether fn is in tuner's chain (heuristics, the JIT or interpreted function, ...)."""
+    inner = tuner.fn
+    while inner is not None:
+        if inner is fn:
+            return True
+        inner = getattr(inner, "fn", None)
+    return False
 
 
 if os.environ.get(LOG_ENV):
