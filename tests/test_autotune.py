@@ -77,7 +77,7 @@ def fresh_caches():
     yield
     for t in _autotune.TUNED:
         t.cache.clear()
-        t.cache.update(saved[id(t)])
+        t.cache.update(saved.get(id(t), {}))
 
 
 def _launch_every_family():
