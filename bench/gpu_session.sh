@@ -179,31 +179,34 @@ stage_memcheck() { sanitize memcheck; }
 # racecheck checks shared-memory hazards only, and is the slower tool: fp32 is enough (the
 # barriers and indexing are the same code for every dtype).
 stage_racecheck() { sanitize racecheck --dtype float32; }
-# tuned STAGE: sets TUNED to the command prefix that turns the Triton autotuner on and logs
-# each tuning;
+# tuned STAGE SECONDS: sets TUNED to the command prefix that turns the Triton autotuner on for
+# at most SECONDS of tuning (then the prior configs; kernels/_autotune.py) and logs each tuning;
 # record_tuning STAGE sums the log up into gpu-session/autotune-STAGE.json
 # (bench/autotune_record.py: no torch import, well under a second, inside the session's 10 s
 # of slack).
-tuned() { TUNED=(env FASTBLOCKS_AUTOTUNE=tune "FASTBLOCKS_AUTOTUNE_LOG=$SES/autotune-$1.jsonl"); }
+tuned() {
+  TUNED=(env FASTBLOCKS_AUTOTUNE=tune "FASTBLOCKS_AUTOTUNE_BUDGET_S=$2"
+         "FASTBLOCKS_AUTOTUNE_LOG=$SES/autotune-$1.jsonl")
+}
 record_tuning() {
   "$PY" bench/autotune_record.py "$SES/autotune-$1.jsonl" "$SES/autotune-$1.json" \
     > "$SES/logs/autotune-$1.log" 2>&1 || note "autotune record of $1 failed (logs/autotune-$1.log)"
 }
-# Tuning cost in quick (fp32, NCHW, fwd, batches 1 and 32; counted from bench/cases.py's quick
-# shapes, not yet timed on a GPU). Each kernel tunes once per key (kernels/_autotune.py: the
-# tensors' dtype plus the named shape class, never the batch size itself) over at most 3-4
-# configs, one of them the prior the run compiles anyway, each timed for ~5 ms of warm-up and
-# 20 ms of calls (vs do_bench's 25/100 ms): ~0.1 s a tuning. Keys met: activation 4 ops x ~6
-# log-4 size classes = 24, depthwise forward 12 (6 layers x 2 batches), squeeze-excite reduce +
-# scale ~20, shuffle ~8, grouped 1x1 conv ~30 (K, J, class of M) = ~95 tunings, ~10 s. Compiles
-# beyond the prior's: ~2 per compiled variant: activation 4 ACT x 2 = 8, depthwise ~6 layers
-# x 2 = 12, squeeze-excite ~10, shuffle 4, grouped conv ~3 (bias, act) x 3 = 9 = ~43; at the
-# 0.7 s an activation config took to compile for sm_90 on our 2-core CPU VM (an upper bound
-# for the 16-core lent machine: Triton compiles on one core), ~30 s. conv_bn_act's quick cases
-# are inference (BN folded, no Triton). So tuning adds ~40 s to the stage; it ran without a
-# GPU so far, so the 120 s are not yet checked against a run: the session record shows it.
+# Tuning cost in quick (fp32, NCHW, fwd, batches 1 and 32), counted from bench/cases.py's quick
+# shapes and the kernels' keys and configs (not yet timed on a GPU): 93 keys meet the Triton
+# kernels (activation 24, depthwise forward 12, squeeze-excite reduce 8 + scale 5, shuffle 4,
+# grouped 1x1 conv 40), each tuned once over its 2-4 configs (the tensors' dtype and a shape
+# class are the key, never the batch size itself), each config timed for 5 ms of warm-up and
+# 20 ms of calls (do_bench's defaults are 25/100 ms): ~93 x 3 x 30 ms = ~8 s. Compiles: 49
+# kernel variants, ~17 of them the priors' that the run compiles anyway, so ~32 more at 0.7 s
+# (an activation config) to 1.0-1.9 s (depthwise 3x3-7x7 configs), cross-compiled for sm_90 on
+# our loaded 2-core CPU VM (Triton compiles a kernel on one core): ~25-60 s. To keep the
+# stage's 120 s whatever the compiles cost, tuning stops after 45 s (FASTBLOCKS_AUTOTUNE_BUDGET_S:
+# later keys run the prior; one tuning in flight may finish, ~4 configs x 2 s) and the log says
+# which keys it left at the prior (budget_spent). conv_bn_act's quick cases are inference (BN
+# folded: no Triton kernel).
 stage_quick() {
-  tuned quick
+  tuned quick 45
   run_stage quick "${TUNED[@]}" "${BENCH[@]}" ops --op all --quick --no-progress \
     --out "$OUT/results" --name ops-all-quick
   local rc=$?
@@ -222,7 +225,7 @@ stage_models() {
 stage_sweeps() {
   local dw=(ops --op depthwise_conv2d --shapes all --layout channels_last --layout nchw --mode fwd
             --mode fwd+bwd --providers eager,compile,triton,cuda,auto --no-progress --out "$OUT/results")
-  tuned sweeps
+  tuned sweeps 150  # of the stage's 540 s: every depthwise layer, fwd and bwd kernels
   run_stage sweeps "${TUNED[@]}" bash -c "$(printf '%q ' "${BENCH[@]}" "${dw[@]}") --batch 32 \
 --dtype bfloat16 --dtype float32 --name depthwise-batch32 && $(printf '%q ' "${BENCH[@]}" \
 "${dw[@]}") --batch 256 --dtype bfloat16 --name depthwise-batch256-bf16"

@@ -29,20 +29,22 @@ on them is a function of ``META``.
   overwrites the previous one's result. No kernel of fastblocks needs them today: each stores
   every element of fresh outputs (partial sums included) exactly once.
 
-Under TRITON_INTERPRET=1 (CPU: tests, CI), or with FASTBLOCKS_AUTOTUNE=prior, only the prior
+Under TRITON_INTERPRET=1 (CPU: tests, CI), with FASTBLOCKS_AUTOTUNE=prior, or once the
+FASTBLOCKS_AUTOTUNE_BUDGET_S seconds of tuning a process may spend are spent, only the prior
 runs: the early-prune hook returns ``[configs[0]]``, and one config is never benchmarked
 (triton.runtime.autotuner.Autotuner.run caches it without timing). The interpreter's timings
 mean nothing, and the prior keeps CPU results what they were before tuning existed.
 
 With FASTBLOCKS_AUTOTUNE_LOG=path, every tuning appends one JSON line to ``path`` (kernel, key,
 chosen config, each config's time, seconds spent): bench/gpu_session.sh sets it for the
-benchmark stages and fastblocks.bench.autotune_record sums the lines up into the results.
+benchmark stages and bench/autotune_record.py sums the lines up into the results.
 """
 from __future__ import annotations
 
 import json
 import os
 import threading
+import time
 
 import triton
 from triton import knobs
@@ -55,6 +57,9 @@ REP_MS = 20
 
 PRIOR_ENV = "FASTBLOCKS_AUTOTUNE"      # "prior" (or "0", "off"): always the prior config
 LOG_ENV = "FASTBLOCKS_AUTOTUNE_LOG"    # path: one JSON line per tuning
+BUDGET_ENV = "FASTBLOCKS_AUTOTUNE_BUDGET_S"  # seconds of tuning per process, then the prior
+
+_spent_s = 0.0  # wall time of every config's benchmark so far (its first compile included)
 
 #: every Autotuner made by :func:`autotune`, in definition order
 TUNED: list = []
@@ -70,14 +75,27 @@ def size_class(n: int) -> int:
 
 
 def prior_only() -> bool:
-    """Whether only the prior config runs: the interpreter, or FASTBLOCKS_AUTOTUNE=prior."""
+    """Whether only the prior config runs: the interpreter, FASTBLOCKS_AUTOTUNE=prior, or the
+    FASTBLOCKS_AUTOTUNE_BUDGET_S seconds of tuning this process may spend are spent."""
     if knobs.runtime.interpret:
         return True
-    return os.environ.get(PRIOR_ENV, "").strip().lower() in ("prior", "0", "off", "no", "false")
+    if os.environ.get(PRIOR_ENV, "").strip().lower() in ("prior", "0", "off", "no", "false"):
+        return True
+    return budget_spent()
+
+
+def budget_spent() -> bool:
+    budget = os.environ.get(BUDGET_ENV, "").strip()
+    return bool(budget) and _spent_s >= float(budget)
 
 
 def _bench(fn, quantiles):
-    return triton.testing.do_bench(fn, warmup=WARMUP_MS, rep=REP_MS, quantiles=quantiles)
+    global _spent_s
+    t0 = time.perf_counter()
+    try:
+        return triton.testing.do_bench(fn, warmup=WARMUP_MS, rep=REP_MS, quantiles=quantiles)
+    finally:
+        _spent_s += time.perf_counter() - t0
 
 
 def _early_prune(prune, derive):
@@ -162,6 +180,7 @@ def _install_log(path: str) -> None:
                "config": config_dict(best_config),
                "prior": config_dict(tuner.fastblocks_prior),
                "seconds": round(duration, 4) if timed else None,
+               "budget_spent": budget_spent(),
                "timings_ms": ([{**config_dict(c), "ms": (t[0] if isinstance(t, (list, tuple)) else t)}
                                for c, t in configs_timings.items()] if timed else None)}
         with _log_lock, open(path, "a") as f:

@@ -45,14 +45,17 @@ from ._launch import acc_dtype
 # pixels [x channels]) take 46-116 registers from 3x3 to 7x7, no spills. Kernels far larger
 # than 7x7 (e.g. 31x31) work but were not looked at. Timings: none yet.
 # These are the autotuner's priors (kernels/_autotune.py, configs[0] below); on a GPU it also
-# tries half the tile on 4 warps (the prior's elements per thread) and twice the tile on 8.
+# tries half and twice the tile at the prior's elements per thread (4 and 16 warps). Compiled
+# for sm_90 (triton.compile with a GPUTarget, cuobjdump --dump-resource-usage; no run), bf16,
+# 3x3/5x5/7x7: the half tile takes 40-128 registers, no spills; twice the tile on 8 warps
+# instead took up to 255 registers and spilled in NHWC 7x7, so the large tile gets 16 warps.
 NUM_WARPS = 8
 TILE = 1024
 UNROLL_MAX_TAPS = 9
 WGRAD_WARPS = 8
 WGRAD_ACC = 4096
 TILE_CONFIGS = [triton.Config({"TILE": t}, num_warps=w)
-                for t, w in ((TILE, NUM_WARPS), (TILE // 2, 4), (TILE * 2, 8))]
+                for t, w in ((TILE, NUM_WARPS), (TILE // 2, 4), (TILE * 2, 16))]
 WGRAD_CONFIGS = [triton.Config({"WGRAD_ACC": a}, num_warps=w)
                  for a, w in ((WGRAD_ACC, WGRAD_WARPS), (WGRAD_ACC // 2, 4), (WGRAD_ACC * 2, 8))]
 # the largest tile any config uses: _geometry's int32 bound must hold for all of them

@@ -131,13 +131,21 @@ def test_gpu_path_prunes_to_distinct_kernels(monkeypatch):
     monkeypatch.delenv(_autotune.PRIOR_ENV, raising=False)
     k = depthwise._dw_fwd_nchw_kernel
     big = _prune(k, {"OH": 56, "OW": 56})
-    assert [(c.kwargs["TILE"], c.num_warps) for c in big] == [(1024, 8), (512, 4), (2048, 8)]
-    # a 7x7 plane clips every tile to 8x8: 2048 on 8 warps is the prior's kernel again
+    assert [(c.kwargs["TILE"], c.num_warps) for c in big] == [(1024, 8), (512, 4), (2048, 16)]
+    # a 7x7 plane clips every tile to 8x8: the three differ only in their warps
     small = _prune(k, {"OH": 7, "OW": 7})
-    assert [(c.kwargs["TILE"], c.num_warps) for c in small] == [(1024, 8), (512, 4)]
+    assert len(small) == 3
+    wg = depthwise._dw_bwd_w_nhwc_kernel  # a 1x1 map at batch 1: every accumulator clips to 1
+    assert _prune(wg, {"NPIX": 1, "KKP": 16, "BC": 32}) == wg.configs[:2]
     g = grouped_conv._gconv1x1_kernel
     assert len(_prune(g, {"J": 64, "K": 64})) == 4
     assert [c.kwargs["BLOCK_N"] for c in _prune(g, {"J": 20, "K": 8})] == [32, 32, 32]
+    monkeypatch.setenv(_autotune.BUDGET_ENV, "45")
+    monkeypatch.setattr(_autotune, "_spent_s", 44.0)
+    assert len(_prune(k, {"OH": 56, "OW": 56})) == 3
+    monkeypatch.setattr(_autotune, "_spent_s", 45.5)  # the tuning budget is spent
+    assert _prune(k, {"OH": 56, "OW": 56}) == [k.fastblocks_prior]
+    monkeypatch.delenv(_autotune.BUDGET_ENV)
     monkeypatch.setenv(_autotune.PRIOR_ENV, "prior")
     assert _prune(k, {"OH": 56, "OW": 56}) == [k.fastblocks_prior]
 
