@@ -199,8 +199,9 @@ record_tuning() {
 # class are the key, never the batch size itself), each config timed for 5 ms of warm-up and
 # 20 ms of calls (do_bench's defaults are 25/100 ms): ~93 x 3 x 30 ms = ~8 s. Compiles: 49
 # kernel variants, ~17 of them the priors' that the run compiles anyway, so ~32 more at 0.7 s
-# (an activation config) to 1.0-1.9 s (depthwise 3x3-7x7 configs), cross-compiled for sm_90 on
-# our loaded 2-core CPU VM (Triton compiles a kernel on one core): ~25-60 s. To keep the
+# (an activation config) to 1-7 s (depthwise configs, 3x3-7x7, both layouts), cross-compiled
+# for sm_90 on our loaded 2-core CPU VM (Triton compiles a kernel on one core): ~30-100 s, so
+# on its own it need not fit beside the benchmark's own compiles and timings. To keep the
 # stage's 120 s whatever the compiles cost, tuning stops after 45 s (FASTBLOCKS_AUTOTUNE_BUDGET_S:
 # later keys run the prior; one tuning in flight may finish, ~4 configs x 2 s) and the log says
 # which keys it left at the prior (budget_spent). conv_bn_act's quick cases are inference (BN

@@ -48,7 +48,10 @@ from ._launch import acc_dtype
 # tries half and twice the tile at the prior's elements per thread (4 and 16 warps). Compiled
 # for sm_90 (triton.compile with a GPUTarget, cuobjdump --dump-resource-usage; no run), bf16,
 # 3x3/5x5/7x7: the half tile takes 40-128 registers, no spills; twice the tile on 8 warps
-# instead took up to 255 registers and spilled in NHWC 7x7, so the large tile gets 16 warps.
+# instead took up to 255 registers and spilled in NHWC 7x7, so the large tile gets 16 warps
+# (NHWC 7x7: 128 registers forward, 101 backward_input). backward_weight likewise: half and
+# twice the accumulator on 4 and 16 warps (NHWC 7x7: 80 and 100 registers; 8192 on 8 warps
+# took 210). Compile times, same machine: 1-7 s per config (a loaded 2-core VM).
 NUM_WARPS = 8
 TILE = 1024
 UNROLL_MAX_TAPS = 9
@@ -57,7 +60,7 @@ WGRAD_ACC = 4096
 TILE_CONFIGS = [triton.Config({"TILE": t}, num_warps=w)
                 for t, w in ((TILE, NUM_WARPS), (TILE // 2, 4), (TILE * 2, 16))]
 WGRAD_CONFIGS = [triton.Config({"WGRAD_ACC": a}, num_warps=w)
-                 for a, w in ((WGRAD_ACC, WGRAD_WARPS), (WGRAD_ACC // 2, 4), (WGRAD_ACC * 2, 8))]
+                 for a, w in ((WGRAD_ACC, WGRAD_WARPS), (WGRAD_ACC // 2, 4), (WGRAD_ACC * 2, 16))]
 # the largest tile any config uses: _geometry's int32 bound must hold for all of them
 MAX_TILE = max(c.kwargs["TILE"] for c in TILE_CONFIGS)
 # backward_weight: split the N*OH*OW reduction into S slices until about this many programs

@@ -135,8 +135,9 @@ def test_gpu_path_prunes_to_distinct_kernels(monkeypatch):
     # a 7x7 plane clips every tile to 8x8: the three differ only in their warps
     small = _prune(k, {"OH": 7, "OW": 7})
     assert len(small) == 3
-    wg = depthwise._dw_bwd_w_nhwc_kernel  # a 1x1 map at batch 1: every accumulator clips to 1
-    assert _prune(wg, {"NPIX": 1, "KKP": 16, "BC": 32}) == wg.configs[:2]
+    from fastblocks.kernels import squeeze_excite
+    r = squeeze_excite._reduce_nchw_kernel  # 4 planes of 7x7: 4096 and 8192 both give 4 x 64
+    assert _prune(r, {"planes": 4, "BLOCK_HW": 64}) == r.configs[:2]
     g = grouped_conv._gconv1x1_kernel
     assert len(_prune(g, {"J": 64, "K": 64})) == 4
     assert [c.kwargs["BLOCK_N"] for c in _prune(g, {"J": 20, "K": 8})] == [32, 32, 32]
