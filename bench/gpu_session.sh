@@ -197,8 +197,8 @@ record_tuning() {
 # kernels (activation 24, depthwise forward 12, squeeze-excite reduce 8 + scale 5, shuffle 4,
 # grouped 1x1 conv 40), each tuned once over its 2-4 configs (the tensors' dtype and a shape
 # class are the key, never the batch size itself), each config timed for 5 ms of warm-up and
-# 20 ms of calls (do_bench's defaults are 25/100 ms): ~93 x 3 x 30 ms = ~8 s. Compiles: 49
-# kernel variants, ~17 of them the priors' that the run compiles anyway, so ~32 more at 0.7 s
+# 20 ms of calls (do_bench's defaults are 25/100 ms): ~93 x 3 x 30 ms = ~8 s. Compiles: 53
+# kernel variants, ~18 of them the priors' that the run compiles anyway, so ~35 more at 0.7 s
 # (an activation config) to 1-7 s (depthwise configs, 3x3-7x7, both layouts), cross-compiled
 # for sm_90 on our loaded 2-core CPU VM (Triton compiles a kernel on one core): ~30-100 s, so
 # on its own it need not fit beside the benchmark's own compiles and timings. To keep the

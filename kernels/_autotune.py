@@ -29,9 +29,9 @@ on them is a function of ``META``.
   overwrites the previous one's result. No kernel of fastblocks needs them today: each stores
   every element of fresh outputs (partial sums included) exactly once.
 
-Under TRITON_INTERPRET=1 (CPU: tests, CI), with FASTBLOCKS_AUTOTUNE=prior, or once the
-FASTBLOCKS_AUTOTUNE_BUDGET_S seconds of tuning a process may spend are spent, only the prior
-runs: the early-prune hook returns ``[configs[0]]``, and one config is never benchmarked
+Under TRITON_INTERPRET=1 (CPU: tests, CI), with FASTBLOCKS_AUTOTUNE=prior, once the
+FASTBLOCKS_AUTOTUNE_BUDGET_S seconds of tuning a process may spend are spent, or while a CUDA
+graph is captured (a new key met then keeps the prior for the process), only the prior runs: the early-prune hook returns ``[configs[0]]``, and one config is never benchmarked
 (triton.runtime.autotuner.Autotuner.run caches it without timing). The interpreter's timings
 mean nothing, and the prior keeps CPU results what they were before tuning existed.
 
@@ -75,13 +75,19 @@ def size_class(n: int) -> int:
 
 
 def prior_only() -> bool:
-    """Whether only the prior config runs: the interpreter, FASTBLOCKS_AUTOTUNE=prior, or the
-    FASTBLOCKS_AUTOTUNE_BUDGET_S seconds of tuning this process may spend are spent."""
+    """Whether only the prior config runs: the interpreter, FASTBLOCKS_AUTOTUNE=prior, the
+    FASTBLOCKS_AUTOTUNE_BUDGET_S seconds of tuning this process may spend are spent, or a CUDA
+    graph is being captured (benchmarking synchronizes, which a capture forbids)."""
     if knobs.runtime.interpret:
         return True
     if os.environ.get(PRIOR_ENV, "").strip().lower() in ("prior", "0", "off", "no", "false"):
         return True
-    return budget_spent()
+    return budget_spent() or _capturing()
+
+
+def _capturing() -> bool:
+    import torch
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def budget_spent() -> bool:
@@ -129,8 +135,8 @@ def autotune(configs, key, *, derive=None, prune=None, reset_to_zero=None, resto
 
     def decorator(fn):
         inner = triton.heuristics(derive)(fn) if derive else fn
-        tuner = triton.autotune(configs=configs, key=list(key),
-                                prune_configs_by={"early_config_prune": _early_prune(prune, derive)},
+        pruning = {"early_config_prune": _early_prune(prune, derive)}
+        tuner = triton.autotune(configs=configs, key=list(key), prune_configs_by=pruning,
                                 reset_to_zero=reset_to_zero, restore_value=restore_value,
                                 do_bench=_bench)(inner)
         tuner.fastblocks_prior = configs[0]
@@ -151,12 +157,6 @@ def config_dict(config) -> dict:
 def kernel_name(tuner) -> str:
     fn = tuner.base_fn
     return f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"
-
-
-def choices() -> list[dict]:
-    """Every choice the tuners of this process hold: kernel, key, config."""
-    return [{"kernel": kernel_name(t), "key": [str(k) for k in key], "config": config_dict(c)}
-            for t in TUNED for key, c in t.cache.items()]
 
 
 _log_lock = threading.Lock()
@@ -181,12 +181,17 @@ def _install_log(path: str) -> None:
                "prior": config_dict(tuner.fastblocks_prior),
                "seconds": round(duration, 4) if timed else None,
                "budget_spent": budget_spent(),
-               "timings_ms": ([{**config_dict(c), "ms": (t[0] if isinstance(t, (list, tuple)) else t)}
+               "timings_ms": ([{**config_dict(c), "ms": _median(t)}
                                for c, t in configs_timings.items()] if timed else None)}
         with _log_lock, open(path, "a") as f:
             f.write(json.dumps(rec) + "\n")
 
     knobs.autotuning.listener = listener
+
+
+def _median(t):
+    """Autotuner timings are do_bench's (median, 20th, 80th percentile) in ms."""
+    return t[0] if isinstance(t, (list, tuple)) else t
 
 
 def _wraps(tuner, fn) -> bool:

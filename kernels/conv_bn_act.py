@@ -129,8 +129,8 @@ def _grad_sums_kernel(g_ptr, z_ptr, alpha_ptr, beta_ptr, mean_ptr, sum_ptr, dot_
 @autotune(configs=CONFIGS, key=ELEM_KEY)
 @triton.jit
 def _grad_z_kernel(g_ptr, z_ptr, gz_ptr, alpha_ptr, beta_ptr, mean_ptr, k_ptr, gmean_ptr,
-                   scale_ptr, n, size_class, C, HW, CL: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
-                   BLOCK: tl.constexpr):
+                   scale_ptr, n, size_class, C, HW, CL: tl.constexpr, ACT: tl.constexpr,
+                   ACC: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = offs < n
     c = _channel(offs, C, HW, CL)
