@@ -31,7 +31,8 @@ on them is a function of ``META``.
 
 Under TRITON_INTERPRET=1 (CPU: tests, CI), with FASTBLOCKS_AUTOTUNE=prior, once the
 FASTBLOCKS_AUTOTUNE_BUDGET_S seconds of tuning a process may spend are spent, or while a CUDA
-graph is captured (a new key met then keeps the prior for the process), only the prior runs: the early-prune hook returns ``[configs[0]]``, and one config is never benchmarked
+graph is captured (a new key met then keeps the prior for the process), only the prior runs:
+the early-prune hook returns ``[configs[0]]``, and one config is never benchmarked
 (triton.runtime.autotuner.Autotuner.run caches it without timing). The interpreter's timings
 mean nothing, and the prior keeps CPU results what they were before tuning existed.
 

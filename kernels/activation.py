@@ -14,17 +14,13 @@ from fastblocks.ops._layout import as_dense, like_layout  # torch-only layout ru
 
 from ._activation_math import act_grad, apply_act
 from ._autotune import autotune, size_class
-from ._launch import acc_dtype, flat
+from ._launch import acc_dtype, blocks_grid, flat
 
 # (BLOCK, warps): the prior first (16 elements per thread), then 4 and 8 per thread.
 CONFIGS = [triton.Config({"BLOCK": 4096}, num_warps=8),
            triton.Config({"BLOCK": 1024}, num_warps=4),
            triton.Config({"BLOCK": 2048}, num_warps=8)]
 KEY = ["ACT", "size_class"]  # + the tensors' dtype (Triton adds it)
-
-
-def _grid(n):
-    return lambda meta: (triton.cdiv(n, meta["BLOCK"]),)
 
 
 @autotune(configs=CONFIGS, key=KEY)
@@ -56,8 +52,8 @@ def activation_forward(x: torch.Tensor, act: int) -> torch.Tensor:
     y = torch.empty_like(x)
     n = x.numel()
     if n:
-        _activation_forward_kernel[_grid(n)](flat(x), flat(y), n, size_class(n), ACT=act,
-                                             ACC=acc_dtype(x))
+        _activation_forward_kernel[blocks_grid(n)](flat(x), flat(y), n, size_class(n),
+                                                   ACT=act, ACC=acc_dtype(x))
     return y
 
 
@@ -72,6 +68,6 @@ def activation_backward(grad: torch.Tensor, x: torch.Tensor, act: int) -> torch.
     gx = torch.empty_like(x)
     n = x.numel()
     if n:
-        _activation_backward_kernel[_grid(n)](flat(grad), flat(x), flat(gx), n, size_class(n),
-                                              ACT=act, ACC=acc_dtype(x))
+        _activation_backward_kernel[blocks_grid(n)](flat(grad), flat(x), flat(gx), n,
+                                                    size_class(n), ACT=act, ACC=acc_dtype(x))
     return gx

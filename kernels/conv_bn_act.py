@@ -22,7 +22,7 @@ import triton.language as tl
 
 from ._activation_math import act_grad, apply_act
 from ._autotune import autotune, size_class
-from ._launch import acc_dtype, flat
+from ._launch import acc_dtype, blocks_grid, flat
 
 # (BLOCK, warps), the prior first. The per-channel reductions are one program per channel
 # (C programs, a few hundred): larger tiles give each more loads in flight.
@@ -31,10 +31,6 @@ CONFIGS = [triton.Config({"BLOCK": 1024}, num_warps=4),
            triton.Config({"BLOCK": 4096}, num_warps=8)]
 REDUCE_KEY = ["CL", "size_class"]         # size_class of the rows per channel
 ELEM_KEY = ["CL", "ACT", "size_class"]    # size_class of the elements
-
-
-def _elem_grid(n):
-    return lambda meta: (triton.cdiv(n, meta["BLOCK"]),)
 
 
 @triton.jit
@@ -172,7 +168,7 @@ def bn_act_train_forward(z, weight, bias, eps: float, act: int, channels_last: b
     beta = bias - mean * alpha
     y = torch.empty_like(z)
     n = z.numel()
-    _normalize_kernel[_elem_grid(n)](
+    _normalize_kernel[blocks_grid(n)](
         flat(z), flat(y), alpha, beta, n, size_class(n), c, hw, CL=channels_last, ACT=act,
         ACC=acc)
     return y, mean, invstd
@@ -198,7 +194,7 @@ def bn_act_train_backward(grad, z, weight, bias, mean, invstd, act: int, channel
         k = dot * invstd * invstd / rows
         gmean = sum_g / rows
         n = z.numel()
-        _grad_z_kernel[_elem_grid(n)](
+        _grad_z_kernel[blocks_grid(n)](
             flat(grad), flat(z), flat(gz), alpha, beta, mean, k, gmean, alpha, n, size_class(n),
             c, hw, CL=channels_last, ACT=act, ACC=acc)
     return gz, grad_weight, sum_g

@@ -20,17 +20,13 @@ import triton.language as tl
 
 from ._activation_math import act_grad, apply_act
 from ._autotune import autotune, size_class
-from ._launch import acc_dtype
+from ._launch import acc_dtype, blocks_grid
 
 # (BLOCK, warps): the prior first (8 elements per thread), then 8 and 16 per thread.
 CONFIGS = [triton.Config({"BLOCK": 1024}, num_warps=4),
            triton.Config({"BLOCK": 2048}, num_warps=8),
            triton.Config({"BLOCK": 4096}, num_warps=8)]
 KEY = ["CL", "size_class"]  # + the tensors' dtype (Triton adds it)
-
-
-def _grid(total):
-    return lambda meta: (triton.cdiv(total, meta["BLOCK"]),)
 
 
 @autotune(configs=CONFIGS, key=KEY)
@@ -131,7 +127,7 @@ def channel_shuffle_forward(a, b, bias, groups: int, act: int, channels_last: bo
     if total:
         sa = _strides(a, channels_last)
         sb = _strides(b, channels_last) if b is not None else (0, 0, 0)
-        _shuffle_forward_kernel[_grid(total)](
+        _shuffle_forward_kernel[blocks_grid(total)](
             a, a if b is None else b, a if bias is None else bias, y, total, size_class(total),
             c, h * w, ca, groups, c // groups, *sa, *sb, CL=channels_last, HAS_B=b is not None,
             HAS_BIAS=bias is not None, ACT=act, ACC=acc_dtype(a))
@@ -147,7 +143,7 @@ def channel_shuffle_backward(grad, y, split: int, groups: int, act: int, channel
     gb = _empty((n, c - split, h, w), grad, channels_last)
     total = grad.numel()
     if total:
-        _shuffle_backward_kernel[_grid(total)](
+        _shuffle_backward_kernel[blocks_grid(total)](
             grad, grad if y is None else y, ga, gb if gb.numel() else ga, total,
             size_class(total), c, h * w, split, groups, c // groups, CL=channels_last, ACT=act,
             ACC=acc_dtype(grad))

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from ._autotune import autotune, size_class
-from ._launch import acc_dtype, flat
+from ._launch import acc_dtype, blocks_grid, flat
 from ._se_mlp import mlp_backward, mlp_forward
 
 # Elements per program (TILE; the scale kernel's BLOCK) and warps: the prior first.
@@ -152,10 +152,9 @@ def _scale(a: torch.Tensor, s: torch.Tensor, q: torch.Tensor | None, channels_la
     numel = a.numel()
     if numel:
         c, hw = a.shape[1], a.shape[2] * a.shape[3]
-        grid = lambda meta: (triton.cdiv(numel, meta["BLOCK"]),)  # noqa: E731
-        _scale_kernel[grid](flat(a), s, s if q is None else q, flat(out), numel,
-                            size_class(numel), c, hw, ADD=q is not None,
-                            CHANNELS_LAST=channels_last, ACC=acc_dtype(a))
+        _scale_kernel[blocks_grid(numel)](flat(a), s, s if q is None else q, flat(out), numel,
+                                          size_class(numel), c, hw, ADD=q is not None,
+                                          CHANNELS_LAST=channels_last, ACC=acc_dtype(a))
     return out
 
 
