@@ -116,8 +116,11 @@ def _dw_fwd_nchw_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                         UNROLL_KH: tl.constexpr, TILE: tl.constexpr, BH: tl.constexpr,
                         BW: tl.constexpr, I64: tl.constexpr):
     # One program: one (n, oc) plane, one BH x BW output tile; W is the contiguous axis.
-    TILES_W = tl.cdiv(OW, BW)
-    TILES = tl.cdiv(OH, BH) * TILES_W
+    # tiles per plane from the config's BH x BW, in int64 (OH + BH - 1 may pass int32);
+    # tl.cast, not .to(): Triton passes an int argument equal to 1 as a constexpr
+    tiles_w = tl.cdiv(tl.cast(OW, tl.int64), BW)
+    TILES = tl.cdiv(tl.cast(OH, tl.int64), BH) * tiles_w
+    TILES_W = tiles_w.to(tl.int32)
     pid = tl.program_id(0).to(tl.int64)
     nc = pid // TILES  # n * OC + oc
     tile = (pid % TILES).to(tl.int32)
@@ -238,8 +241,11 @@ def _dw_bwd_in_nchw_kernel(g_ptr, w_ptr, gx_ptr,
                            BW: tl.constexpr, I64: tl.constexpr):
     # Gather: input pixel (ih, iw) receives grad[oh, ow] * w[kh, kw] wherever
     # oh*SH - PH + kh*DH == ih (and the same along W), summed over the m output channels.
-    TILES_W = tl.cdiv(W, BW)
-    TILES = tl.cdiv(H, BH) * TILES_W
+    # tiles per plane from the config's BH x BW, in int64 (H + BH - 1 may pass int32);
+    # tl.cast, not .to(): Triton passes an int argument equal to 1 as a constexpr
+    tiles_w = tl.cdiv(tl.cast(W, tl.int64), BW)
+    TILES = tl.cdiv(tl.cast(H, tl.int64), BH) * tiles_w
+    TILES_W = tiles_w.to(tl.int32)
     pid = tl.program_id(0).to(tl.int64)
     nc = pid // TILES  # n * C + ic
     tile = (pid % TILES).to(tl.int32)
@@ -348,7 +354,7 @@ def _dw_bwd_w_nchw_kernel(g_ptr, x_ptr, part_ptr, NQ, S, size_class,
     # Program (oc, s) reduces blocks s, s+S, s+2S, ... of the N*OH*OW output positions of
     # channel oc into a [KKP taps, BLOCK] accumulator, then writes partial[s, oc, :]. The split
     # is fixed by the launcher, so the sum is deterministic (no atomics).
-    NBLK = tl.cdiv(NQ, BLOCK)
+    NBLK = tl.cdiv(tl.cast(NQ, tl.int64), BLOCK)  # in int64: NQ + BLOCK - 1 may pass int32
     oc = tl.program_id(0).to(tl.int64)
     s = tl.program_id(1).to(tl.int64)
     ic = oc // M
@@ -392,7 +398,7 @@ def _dw_bwd_w_nhwc_kernel(g_ptr, x_ptr, part_ptr, NPIX, S, size_class,
                           I64: tl.constexpr):
     # Program (channel tile, s) reduces pixel blocks s, s+S, ... into [KKP, BP, BC] and
     # writes partial[s, oc, :] for its BC channels; channels are the contiguous axis.
-    NBLK = tl.cdiv(NPIX, BP)
+    NBLK = tl.cdiv(tl.cast(NPIX, tl.int64), BP)  # in int64: NPIX + BP - 1 may pass int32
     oc = tl.program_id(0) * BC + tl.arange(0, BC)
     s = tl.program_id(1).to(tl.int64)
     cmask = oc < OC
