@@ -35,8 +35,8 @@ CONFIGS = [_cfg(64, 32, 32, 4), _cfg(128, 32, 32, 4), _cfg(64, 64, 32, 4), _cfg(
 
 
 def _useful(configs, args):
-    """Drop tiles wider than the group's outputs or deeper than its inputs (past 16 or the
-    prior's 32 and 32, which are kept for every shape): all-masked lanes, no new choice."""
+    """Drop tiles wider than the group's outputs or deeper than its inputs, beyond the prior's
+    32 x 32 (kept for every shape): their extra lanes would all be masked."""
     j, k = args["J"], args["K"]
     return [c for c in configs
             if c.kwargs["BLOCK_N"] <= max(32, triton.next_power_of_2(j))
