@@ -14,7 +14,9 @@
 #                   (junit XML kept: bench/where_ran.py reads which tests passed)
 #   memcheck    45  compute-sanitizer --tool memcheck over bench/gpu_sanitize_cases.py
 #   racecheck   45  compute-sanitizer --tool racecheck over the same multi-tile cases
-#   quick      120  fastblocks bench ops --op all --quick (every op family, every backend)
+#   quick      120  fastblocks bench ops --op all --quick (every op family, every backend);
+#                   the Triton kernels are autotuned here (see stage_quick), and what was
+#                   chosen per kernel and key lands in gpu-session/autotune-quick.json
 #   models      60  fastblocks bench models: MobileNetV3-Large, EfficientNet-B0 and
 #                   ShuffleNetV2 x1.0 inference at batch 256, bf16, channels_last; skipped
 #                   with a message while that command does not exist
@@ -32,6 +34,10 @@
 #   RESULTS_ROOT  where $OUT's results are copied (default bench/results; in a dry run
 #                 $OUT/copied, so a dry run never writes into the checkout unless asked)
 #   MODELS_ARGS   arguments of `fastblocks bench models` (default below)
+#   FASTBLOCKS_AUTOTUNE  set to "prior" here for every stage but quick and sweeps: the tests,
+#                 the sanitizers and the models run the kernels' prior configs (tuning each
+#                 test's shapes would spend those stages' budgets on compiles); quick and sweeps
+#                 tune (kernels/_autotune.py) and log each choice to gpu-session/autotune-*.jsonl
 #
 # Output: $OUT/results/<device-slug>/ holds the benchmark JSON/PNG files and gpu-session/
 # (session.json: stage, budget, exit status, seconds; summary.txt; logs/<stage>.log;
@@ -61,6 +67,7 @@ PY=${PYTHON:-python3}
 MODELS_ARGS=${MODELS_ARGS:-"--model mobilenet_v3_large,efficientnet_b0,shufflenet_v2_x1_0 --batch 256 --dtype bfloat16 --channels-last --quick"}
 mkdir -p "$OUT"
 t_start=$SECONDS
+export FASTBLOCKS_AUTOTUNE=prior
 
 for s in "${STAGES[@]}"; do
   if [ -z "${BUDGET[$s]:-}" ]; then
@@ -172,9 +179,40 @@ stage_memcheck() { sanitize memcheck; }
 # racecheck checks shared-memory hazards only, and is the slower tool: fp32 is enough (the
 # barriers and indexing are the same code for every dtype).
 stage_racecheck() { sanitize racecheck --dtype float32; }
+# tuned STAGE SECONDS: sets TUNED to the command prefix that turns the Triton autotuner on for
+# at most SECONDS of tuning (then the prior configs; kernels/_autotune.py) and logs each tuning;
+# record_tuning STAGE sums the log up into gpu-session/autotune-STAGE.json
+# (bench/autotune_record.py: no torch import, well under a second, inside the session's 10 s
+# of slack).
+tuned() {
+  TUNED=(env FASTBLOCKS_AUTOTUNE=tune "FASTBLOCKS_AUTOTUNE_BUDGET_S=$2"
+         "FASTBLOCKS_AUTOTUNE_LOG=$SES/autotune-$1.jsonl")
+}
+record_tuning() {
+  "$PY" bench/autotune_record.py "$SES/autotune-$1.jsonl" "$SES/autotune-$1.json" \
+    > "$SES/logs/autotune-$1.log" 2>&1 || note "autotune record of $1 failed (logs/autotune-$1.log)"
+}
+# Tuning cost in quick (fp32, NCHW, fwd, batches 1 and 32), counted from bench/cases.py's quick
+# shapes and the kernels' keys and configs (not yet timed on a GPU): 93 keys meet the Triton
+# kernels (activation 24, depthwise forward 12, squeeze-excite reduce 8 + scale 5, shuffle 4,
+# grouped 1x1 conv 40), each tuned once over its 2-4 configs (the tensors' dtype and a shape
+# class are the key, never the batch size itself), each config timed for 5 ms of warm-up and
+# 20 ms of calls (do_bench's defaults are 25/100 ms): ~93 x 3 x 30 ms = ~8 s. Compiles: 53
+# kernel variants, ~18 of them the priors' that the run compiles anyway, so ~35 more at 0.7 s
+# (an activation config) to 1-7 s (depthwise configs, 3x3-7x7, both layouts), cross-compiled
+# for sm_90 on our loaded 2-core CPU VM (Triton compiles a kernel on one core): ~30-100 s, so
+# on its own it need not fit beside the benchmark's own compiles and timings. To keep the
+# stage's 120 s whatever the compiles cost, tuning stops after 45 s (FASTBLOCKS_AUTOTUNE_BUDGET_S:
+# later keys run the prior; one tuning in flight may finish, ~4 configs x 2 s) and the log says
+# which keys it left at the prior (budget_spent). conv_bn_act's quick cases are inference (BN
+# folded: no Triton kernel).
 stage_quick() {
-  run_stage quick "${BENCH[@]}" ops --op all --quick --no-progress --out "$OUT/results" \
-    --name ops-all-quick
+  tuned quick 45
+  run_stage quick "${TUNED[@]}" "${BENCH[@]}" ops --op all --quick --no-progress \
+    --out "$OUT/results" --name ops-all-quick
+  local rc=$?
+  record_tuning quick
+  return $rc
 }
 stage_models() {
   # The zoo's benchmark command lands separately; probe for it (cheap, also in a dry run).
@@ -188,9 +226,13 @@ stage_models() {
 stage_sweeps() {
   local dw=(ops --op depthwise_conv2d --shapes all --layout channels_last --layout nchw --mode fwd
             --mode fwd+bwd --providers eager,compile,triton,cuda,auto --no-progress --out "$OUT/results")
-  run_stage sweeps bash -c "$(printf '%q ' "${BENCH[@]}" "${dw[@]}") --batch 32 --dtype bfloat16 \
---dtype float32 --name depthwise-batch32 && $(printf '%q ' "${BENCH[@]}" "${dw[@]}") --batch 256 \
---dtype bfloat16 --name depthwise-batch256-bf16"
+  tuned sweeps 150  # of the stage's 540 s: every depthwise layer, fwd and bwd kernels
+  run_stage sweeps "${TUNED[@]}" bash -c "$(printf '%q ' "${BENCH[@]}" "${dw[@]}") --batch 32 \
+--dtype bfloat16 --dtype float32 --name depthwise-batch32 && $(printf '%q ' "${BENCH[@]}" \
+"${dw[@]}") --batch 256 --dtype bfloat16 --name depthwise-batch256-bf16"
+  local rc=$?
+  record_tuning sweeps
+  return $rc
 }
 
 status=0

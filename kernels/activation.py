@@ -2,8 +2,9 @@
 
 Memory-bound: 2 tensors of traffic forward (read x, write y), 3 backward (read g and x,
 write gx). BLOCK = 4096 with 8 warps gives each thread 16 elements, i.e. two 16-byte vector
-accesses in fp16/bf16 — a common choice for streaming kernels on Hopper. NOT yet tuned on a
-GPU (no device run has been made for this file); see bench/ for the harness that will.
+accesses in fp16/bf16 — a common choice for streaming kernels on Hopper: the prior config
+of the autotuner (kernels/_autotune.py), which on a GPU also tries smaller programs (more of
+them for small tensors) per activation, dtype and log-4 size class. NOT yet run on a GPU.
 """
 import torch
 import triton
@@ -12,15 +13,20 @@ import triton.language as tl
 from fastblocks.ops._layout import as_dense, like_layout  # torch-only layout rules, shared
 
 from ._activation_math import act_grad, apply_act
-from ._launch import acc_dtype, flat
+from ._autotune import autotune, size_class
+from ._launch import acc_dtype, blocks_grid, flat
 
-BLOCK = 4096
-NUM_WARPS = 8
+# (BLOCK, warps): the prior first (16 elements per thread), then 4 and 8 per thread.
+CONFIGS = [triton.Config({"BLOCK": 4096}, num_warps=8),
+           triton.Config({"BLOCK": 1024}, num_warps=4),
+           triton.Config({"BLOCK": 2048}, num_warps=8)]
+KEY = ["ACT", "size_class"]  # + the tensors' dtype (Triton adds it)
 
 
+@autotune(configs=CONFIGS, key=KEY)
 @triton.jit
-def _activation_forward_kernel(x_ptr, y_ptr, n, ACT: tl.constexpr, ACC: tl.constexpr,
-                               BLOCK: tl.constexpr):
+def _activation_forward_kernel(x_ptr, y_ptr, n, size_class, ACT: tl.constexpr,
+                               ACC: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
@@ -28,9 +34,10 @@ def _activation_forward_kernel(x_ptr, y_ptr, n, ACT: tl.constexpr, ACC: tl.const
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@autotune(configs=CONFIGS, key=KEY)
 @triton.jit
-def _activation_backward_kernel(g_ptr, x_ptr, gx_ptr, n, ACT: tl.constexpr, ACC: tl.constexpr,
-                                BLOCK: tl.constexpr):
+def _activation_backward_kernel(g_ptr, x_ptr, gx_ptr, n, size_class, ACT: tl.constexpr,
+                                ACC: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC)
@@ -45,9 +52,8 @@ def activation_forward(x: torch.Tensor, act: int) -> torch.Tensor:
     y = torch.empty_like(x)
     n = x.numel()
     if n:
-        grid = (triton.cdiv(n, BLOCK),)
-        _activation_forward_kernel[grid](flat(x), flat(y), n, ACT=act, ACC=acc_dtype(x),
-                                         BLOCK=BLOCK, num_warps=NUM_WARPS)
+        _activation_forward_kernel[blocks_grid(n)](flat(x), flat(y), n, size_class(n),
+                                                   ACT=act, ACC=acc_dtype(x))
     return y
 
 
@@ -62,7 +68,6 @@ def activation_backward(grad: torch.Tensor, x: torch.Tensor, act: int) -> torch.
     gx = torch.empty_like(x)
     n = x.numel()
     if n:
-        grid = (triton.cdiv(n, BLOCK),)
-        _activation_backward_kernel[grid](flat(grad), flat(x), flat(gx), n, ACT=act,
-                                          ACC=acc_dtype(x), BLOCK=BLOCK, num_warps=NUM_WARPS)
+        _activation_backward_kernel[blocks_grid(n)](flat(grad), flat(x), flat(gx), n,
+                                                    size_class(n), ACT=act, ACC=acc_dtype(x))
     return gx

@@ -11,18 +11,26 @@ Same names and arguments as the fastblocks._C ops (csrc/cpu/conv_bn_act.cpp):
   channel reduces sum(g) and sum(g * (z - mean)), one elementwise pass writes grad_z.
 
 z is contiguous in NCHW or NHWC (``channels_last``); weight/bias/mean/invstd are fp32 (fp64).
-Tested under TRITON_INTERPRET=1 only; NOT run or tuned on a GPU (BLOCK sizes are priors: a
-per-channel program streams its channel in 1024-element tiles).
+Tested under TRITON_INTERPRET=1 only; NOT run on a GPU. BLOCK sizes are the autotuner's
+priors (kernels/_autotune.py: a per-channel program streams its channel in 1024-element tiles
+with 4 warps, Triton's default); on a GPU it also tries 2048 and 4096 per layout and log-4
+class of the rows (reductions) or elements (elementwise passes).
 """
 import torch
 import triton
 import triton.language as tl
 
 from ._activation_math import act_grad, apply_act
-from ._launch import acc_dtype, flat
+from ._autotune import autotune, size_class
+from ._launch import acc_dtype, blocks_grid, flat
 
-REDUCE_BLOCK = 1024
-ELEM_BLOCK = 1024
+# (BLOCK, warps), the prior first. The per-channel reductions are one program per channel
+# (C programs, a few hundred): larger tiles give each more loads in flight.
+CONFIGS = [triton.Config({"BLOCK": 1024}, num_warps=4),
+           triton.Config({"BLOCK": 2048}, num_warps=8),
+           triton.Config({"BLOCK": 4096}, num_warps=8)]
+REDUCE_KEY = ["CL", "size_class"]         # size_class of the rows per channel
+ELEM_KEY = ["CL", "ACT", "size_class"]    # size_class of the elements
 
 
 @triton.jit
@@ -41,8 +49,9 @@ def _channel(offs, C, HW, CL: tl.constexpr):
     return (offs // HW) % C
 
 
+@autotune(configs=CONFIGS, key=REDUCE_KEY)
 @triton.jit
-def _stats_kernel(z_ptr, mean_ptr, invstd_ptr, rows, C, HW, eps, CL: tl.constexpr,
+def _stats_kernel(z_ptr, mean_ptr, invstd_ptr, rows, size_class, C, HW, eps, CL: tl.constexpr,
                   ACC: tl.constexpr, BLOCK: tl.constexpr):
     c = tl.program_id(0).to(tl.int64)
     shift = tl.load(z_ptr + _offsets(tl.zeros([], tl.int64), c, C, HW, CL)).to(ACC)
@@ -67,8 +76,9 @@ def _bn_out(z, alpha, beta, OUT_T):
     return (z * alpha + beta).to(OUT_T).to(z.dtype)
 
 
+@autotune(configs=CONFIGS, key=ELEM_KEY)
 @triton.jit
-def _normalize_kernel(z_ptr, y_ptr, alpha_ptr, beta_ptr, n, C, HW, CL: tl.constexpr,
+def _normalize_kernel(z_ptr, y_ptr, alpha_ptr, beta_ptr, n, size_class, C, HW, CL: tl.constexpr,
                       ACT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = offs < n
@@ -89,9 +99,11 @@ def _grad_bn(g, z, alpha, beta, OUT_T, ACT: tl.constexpr):
     return act_grad(g, _bn_out(z, alpha, beta, OUT_T), ACT)
 
 
+@autotune(configs=CONFIGS, key=REDUCE_KEY)
 @triton.jit
-def _grad_sums_kernel(g_ptr, z_ptr, alpha_ptr, beta_ptr, mean_ptr, sum_ptr, dot_ptr, rows, C, HW,
-                      CL: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _grad_sums_kernel(g_ptr, z_ptr, alpha_ptr, beta_ptr, mean_ptr, sum_ptr, dot_ptr, rows,
+                      size_class, C, HW, CL: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
+                      BLOCK: tl.constexpr):
     c = tl.program_id(0).to(tl.int64)
     alpha = tl.load(alpha_ptr + c)
     beta = tl.load(beta_ptr + c)
@@ -111,10 +123,11 @@ def _grad_sums_kernel(g_ptr, z_ptr, alpha_ptr, beta_ptr, mean_ptr, sum_ptr, dot_
     tl.store(dot_ptr + c, tl.sum(d, 0))
 
 
+@autotune(configs=CONFIGS, key=ELEM_KEY)
 @triton.jit
 def _grad_z_kernel(g_ptr, z_ptr, gz_ptr, alpha_ptr, beta_ptr, mean_ptr, k_ptr, gmean_ptr,
-                   scale_ptr, n, C, HW, CL: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
-                   BLOCK: tl.constexpr):
+                   scale_ptr, n, size_class, C, HW, CL: tl.constexpr, ACT: tl.constexpr,
+                   ACC: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = offs < n
     c = _channel(offs, C, HW, CL)
@@ -150,15 +163,15 @@ def bn_act_train_forward(z, weight, bias, eps: float, act: int, channels_last: b
     mean = torch.empty_like(weight)
     invstd = torch.empty_like(weight)
     acc = acc_dtype(z)
-    _stats_kernel[(c,)](flat(z), mean, invstd, rows, c, hw, eps, CL=channels_last, ACC=acc,
-                        BLOCK=REDUCE_BLOCK)
+    _stats_kernel[(c,)](flat(z), mean, invstd, rows, size_class(rows), c, hw, eps,
+                        CL=channels_last, ACC=acc)
     alpha = invstd * weight
     beta = bias - mean * alpha
     y = torch.empty_like(z)
     n = z.numel()
-    _normalize_kernel[(triton.cdiv(n, ELEM_BLOCK),)](
-        flat(z), flat(y), alpha, beta, n, c, hw, CL=channels_last, ACT=act, ACC=acc,
-        BLOCK=ELEM_BLOCK)
+    _normalize_kernel[blocks_grid(n)](
+        flat(z), flat(y), alpha, beta, n, size_class(n), c, hw, CL=channels_last, ACT=act,
+        ACC=acc)
     return y, mean, invstd
 
 
@@ -173,8 +186,8 @@ def bn_act_train_backward(grad, z, weight, bias, mean, invstd, act: int, channel
     beta = bias - mean * alpha
     sum_g = torch.empty_like(weight)
     dot = torch.empty_like(weight)
-    _grad_sums_kernel[(c,)](flat(grad), flat(z), alpha, beta, mean, sum_g, dot, rows, c, hw,
-                            CL=channels_last, ACT=act, ACC=acc, BLOCK=REDUCE_BLOCK)
+    _grad_sums_kernel[(c,)](flat(grad), flat(z), alpha, beta, mean, sum_g, dot, rows,
+                            size_class(rows), c, hw, CL=channels_last, ACT=act, ACC=acc)
     grad_weight = dot * invstd
     gz = z.new_empty(0)
     if output_mask[0]:
@@ -182,7 +195,7 @@ def bn_act_train_backward(grad, z, weight, bias, mean, invstd, act: int, channel
         k = dot * invstd * invstd / rows
         gmean = sum_g / rows
         n = z.numel()
-        _grad_z_kernel[(triton.cdiv(n, ELEM_BLOCK),)](
-            flat(grad), flat(z), flat(gz), alpha, beta, mean, k, gmean, alpha, n, c, hw,
-            CL=channels_last, ACT=act, ACC=acc, BLOCK=ELEM_BLOCK)
+        _grad_z_kernel[blocks_grid(n)](
+            flat(grad), flat(z), flat(gz), alpha, beta, mean, k, gmean, alpha, n, size_class(n),
+            c, hw, CL=channels_last, ACT=act, ACC=acc)
     return gz, grad_weight, sum_g

@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from ._activation_math import apply_act
+from ._autotune import autotune, size_class
 from ._launch import acc_dtype
 
 # Elements per output tile (forward, backward_input) and per accumulator (backward_weight),
@@ -43,11 +44,25 @@ from ._launch import acc_dtype
 # backward_weight: 8 warps x 4096 accumulator elements (taps padded to a power of two x
 # pixels [x channels]) take 46-116 registers from 3x3 to 7x7, no spills. Kernels far larger
 # than 7x7 (e.g. 31x31) work but were not looked at. Timings: none yet.
+# These are the autotuner's priors (kernels/_autotune.py, configs[0] below); on a GPU it also
+# tries half and twice the tile at the prior's elements per thread (4 and 16 warps). Compiled
+# for sm_90 (triton.compile with a GPUTarget, cuobjdump --dump-resource-usage; no run), bf16,
+# 3x3/5x5/7x7: the half tile takes 40-128 registers, no spills; twice the tile on 8 warps
+# instead took up to 255 registers and spilled in NHWC 7x7, so the large tile gets 16 warps
+# (NHWC 7x7: 128 registers forward, 101 backward_input). backward_weight likewise: half and
+# twice the accumulator on 4 and 16 warps (NHWC 7x7: 80 and 100 registers; 8192 on 8 warps
+# took 210). Compile times, same machine: 1-7 s per config (a loaded 2-core VM).
 NUM_WARPS = 8
 TILE = 1024
 UNROLL_MAX_TAPS = 9
 WGRAD_WARPS = 8
 WGRAD_ACC = 4096
+TILE_CONFIGS = [triton.Config({"TILE": t}, num_warps=w)
+                for t, w in ((TILE, NUM_WARPS), (TILE // 2, 4), (TILE * 2, 16))]
+WGRAD_CONFIGS = [triton.Config({"WGRAD_ACC": a}, num_warps=w)
+                 for a, w in ((WGRAD_ACC, WGRAD_WARPS), (WGRAD_ACC // 2, 4), (WGRAD_ACC * 2, 16))]
+# the largest tile any config uses: _geometry's int32 bound must hold for all of them
+MAX_TILE = max(c.kwargs["TILE"] for c in TILE_CONFIGS)
 # backward_weight: split the N*OH*OW reduction into S slices until about this many programs
 # run (H100: 132 SMs), keeping at least WGRAD_MIN_BLOCKS blocks per program; each slice costs
 # one [C*m, KH*KW] fp32 partial row.
@@ -58,6 +73,21 @@ _INT32_MAX = 2**31 - 1
 
 def _np2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
+
+
+# Tile shapes follow the tensor's shape (next powers of two, clipped), their size and warps
+# are tuned: `derive` turns the config's TILE (WGRAD_ACC) into the kernel's block sides. Keys:
+# the plane (NCHW) or channel count (NHWC), the taps and strides, the log-4 class of the work
+# (so batch 1 and batch 32 tune apart), and the dtype.
+_TAPS = ["KH", "KW", "SH", "SW"]
+_PLANE_OUT = {"BH": lambda a: _plane_tile(a["OH"], a["OW"], a["TILE"])[0],
+              "BW": lambda a: _plane_tile(a["OH"], a["OW"], a["TILE"])[1]}
+_PLANE_IN = {"BH": lambda a: _plane_tile(a["H"], a["W"], a["TILE"])[0],
+             "BW": lambda a: _plane_tile(a["H"], a["W"], a["TILE"])[1]}
+_PIXELS_OUT = {"BP": lambda a: _pixel_tile(a["NPIX"], a["OC"], a["TILE"])[0],
+               "BC": lambda a: _pixel_tile(a["NPIX"], a["OC"], a["TILE"])[1]}
+_PIXELS_IN = {"BP": lambda a: _pixel_tile(a["NPIX"], a["C"], a["TILE"])[0],
+              "BC": lambda a: _pixel_tile(a["NPIX"], a["C"], a["TILE"])[1]}
 
 
 # ------------------------------------------------------------------------------- forward
@@ -77,14 +107,20 @@ def _fwd_nchw_row(acc, x_base, w_base, kh, oh, ow, H, W, OH, OW, PH, PW, DH, DW,
     return acc
 
 
+@autotune(configs=TILE_CONFIGS, key=["OH", "OW", *_TAPS, "size_class"], derive=_PLANE_OUT)
 @triton.jit
 def _dw_fwd_nchw_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
-                        C, H, W, OC, OH, OW, M, PH, PW, DH, DW, TILES_W, TILES,
+                        C, H, W, OC, OH, OW, M, PH, PW, DH, DW, size_class,
                         KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                         HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
-                        UNROLL_KH: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
-                        I64: tl.constexpr):
+                        UNROLL_KH: tl.constexpr, TILE: tl.constexpr, BH: tl.constexpr,
+                        BW: tl.constexpr, I64: tl.constexpr):
     # One program: one (n, oc) plane, one BH x BW output tile; W is the contiguous axis.
+    # tiles per plane from the config's BH x BW, in int64 (OH + BH - 1 may pass int32);
+    # tl.cast, not .to(): Triton passes an int argument equal to 1 as a constexpr
+    tiles_w = tl.cdiv(tl.cast(OW, tl.int64), BW)
+    TILES = tl.cdiv(tl.cast(OH, tl.int64), BH) * tiles_w
+    TILES_W = tiles_w.to(tl.int32)
     pid = tl.program_id(0).to(tl.int64)
     nc = pid // TILES  # n * OC + oc
     tile = (pid % TILES).to(tl.int32)
@@ -134,13 +170,14 @@ def _fwd_nhwc_row(acc, x_ptr, w_ptr, w_off, kh, n, oh, ow, ic, pmask, cmask,
     return acc
 
 
+@autotune(configs=TILE_CONFIGS, key=["OC", *_TAPS, "size_class"], derive=_PIXELS_OUT)
 @triton.jit
 def _dw_fwd_nhwc_kernel(x_ptr, w_ptr, b_ptr, y_ptr, NPIX,
-                        C, H, W, OC, OH, OW, M, PH, PW, DH, DW,
+                        C, H, W, OC, OH, OW, M, PH, PW, DH, DW, size_class,
                         KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                         HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
-                        UNROLL_KH: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
-                        I64: tl.constexpr):
+                        UNROLL_KH: tl.constexpr, TILE: tl.constexpr, BP: tl.constexpr,
+                        BC: tl.constexpr, I64: tl.constexpr):
     # One program: BP output pixels (flattened over N*OH*OW) x BC output channels (contiguous).
     pix = tl.program_id(0).to(tl.int64) * BP + tl.arange(0, BP)
     oc = tl.program_id(1) * BC + tl.arange(0, BC)
@@ -194,15 +231,21 @@ def _bwd_in_nchw_row(acc, g_base, w_base, kh, ih, iw, in_h, in_w, OH, OW, PH, PW
     return acc
 
 
+@autotune(configs=TILE_CONFIGS, key=["H", "W", *_TAPS, "size_class"], derive=_PLANE_IN)
 @triton.jit
 def _dw_bwd_in_nchw_kernel(g_ptr, w_ptr, gx_ptr,
-                           C, H, W, OC, OH, OW, M, PH, PW, DH, DW, TILES_W, TILES,
+                           C, H, W, OC, OH, OW, M, PH, PW, DH, DW, size_class,
                            KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
                            SW: tl.constexpr, ACC: tl.constexpr,
-                           UNROLL_KH: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
-                           I64: tl.constexpr):
+                           UNROLL_KH: tl.constexpr, TILE: tl.constexpr, BH: tl.constexpr,
+                           BW: tl.constexpr, I64: tl.constexpr):
     # Gather: input pixel (ih, iw) receives grad[oh, ow] * w[kh, kw] wherever
     # oh*SH - PH + kh*DH == ih (and the same along W), summed over the m output channels.
+    # tiles per plane from the config's BH x BW, in int64 (H + BH - 1 may pass int32);
+    # tl.cast, not .to(): Triton passes an int argument equal to 1 as a constexpr
+    tiles_w = tl.cdiv(tl.cast(W, tl.int64), BW)
+    TILES = tl.cdiv(tl.cast(H, tl.int64), BH) * tiles_w
+    TILES_W = tiles_w.to(tl.int32)
     pid = tl.program_id(0).to(tl.int64)
     nc = pid // TILES  # n * C + ic
     tile = (pid % TILES).to(tl.int32)
@@ -256,13 +299,14 @@ def _bwd_in_nhwc_row(acc, g_ptr, w_ptr, w_off, kh, n, ih, iw, oc, pmask, cmask,
     return acc
 
 
+@autotune(configs=TILE_CONFIGS, key=["C", *_TAPS, "size_class"], derive=_PIXELS_IN)
 @triton.jit
 def _dw_bwd_in_nhwc_kernel(g_ptr, w_ptr, gx_ptr, NPIX,
-                           C, H, W, OC, OH, OW, M, PH, PW, DH, DW,
+                           C, H, W, OC, OH, OW, M, PH, PW, DH, DW, size_class,
                            KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
                            SW: tl.constexpr, ACC: tl.constexpr,
-                           UNROLL_KH: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
-                           I64: tl.constexpr):
+                           UNROLL_KH: tl.constexpr, TILE: tl.constexpr, BP: tl.constexpr,
+                           BC: tl.constexpr, I64: tl.constexpr):
     # BP input pixels (flattened over N*H*W) x BC input channels; gather as in the NCHW kernel.
     pix = tl.program_id(0).to(tl.int64) * BP + tl.arange(0, BP)
     ic = tl.program_id(1) * BC + tl.arange(0, BC)
@@ -296,15 +340,21 @@ def _dw_bwd_in_nhwc_kernel(g_ptr, w_ptr, gx_ptr, NPIX,
 # ----------------------------------------------------------------------- backward weight
 
 
+# Weight gradient: the number S of partial rows is fixed by the launcher from the prior (it
+# sizes the partial buffer before a config is chosen); the tuned accumulator size sets the
+# block, and a program's blocks s, s+S, ... cover the positions whatever the block.
+@autotune(configs=WGRAD_CONFIGS, key=["KKP", "OC", "size_class"],
+          derive={"BLOCK": lambda a: _wgrad_block_nchw(a["NQ"], a["KKP"], a["WGRAD_ACC"])})
 @triton.jit
-def _dw_bwd_w_nchw_kernel(g_ptr, x_ptr, part_ptr, NQ, NBLK, S,
+def _dw_bwd_w_nchw_kernel(g_ptr, x_ptr, part_ptr, NQ, S, size_class,
                           C, H, W, OC, OH, OW, M, PH, PW, DH, DW,
                           KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
                           SW: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr,
-                          BLOCK: tl.constexpr, I64: tl.constexpr):
+                          WGRAD_ACC: tl.constexpr, BLOCK: tl.constexpr, I64: tl.constexpr):
     # Program (oc, s) reduces blocks s, s+S, s+2S, ... of the N*OH*OW output positions of
     # channel oc into a [KKP taps, BLOCK] accumulator, then writes partial[s, oc, :]. The split
     # is fixed by the launcher, so the sum is deterministic (no atomics).
+    NBLK = tl.cdiv(tl.cast(NQ, tl.int64), BLOCK)  # in int64: NQ + BLOCK - 1 may pass int32
     oc = tl.program_id(0).to(tl.int64)
     s = tl.program_id(1).to(tl.int64)
     ic = oc // M
@@ -337,14 +387,18 @@ def _dw_bwd_w_nchw_kernel(g_ptr, x_ptr, part_ptr, NQ, NBLK, S,
     tl.store(part_ptr + (s * OC + oc) * (KH * KW) + t, tl.sum(acc, axis=1), mask=tmask)
 
 
+@autotune(configs=WGRAD_CONFIGS, key=["KKP", "BC", "size_class"],
+          derive={"BP": lambda a: _wgrad_bp_nhwc(a["NPIX"], a["KKP"], a["BC"], a["WGRAD_ACC"])})
 @triton.jit
-def _dw_bwd_w_nhwc_kernel(g_ptr, x_ptr, part_ptr, NPIX, NBLK, S,
+def _dw_bwd_w_nhwc_kernel(g_ptr, x_ptr, part_ptr, NPIX, S, size_class,
                           C, H, W, OC, OH, OW, M, PH, PW, DH, DW,
                           KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
                           SW: tl.constexpr, KKP: tl.constexpr, ACC: tl.constexpr,
-                          BP: tl.constexpr, BC: tl.constexpr, I64: tl.constexpr):
+                          WGRAD_ACC: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
+                          I64: tl.constexpr):
     # Program (channel tile, s) reduces pixel blocks s, s+S, ... into [KKP, BP, BC] and
     # writes partial[s, oc, :] for its BC channels; channels are the contiguous axis.
+    NBLK = tl.cdiv(tl.cast(NPIX, tl.int64), BP)  # in int64: NPIX + BP - 1 may pass int32
     oc = tl.program_id(0) * BC + tl.arange(0, BC)
     s = tl.program_id(1).to(tl.int64)
     cmask = oc < OC
@@ -402,12 +456,13 @@ def _geometry(in_hw, out_hw, kernel_size, stride, padding, dilation):
     and a dilation along an axis with one tap cannot matter and become 1 (a stride of 2^31
     onto a 1x1 output would otherwise be a constexpr and an int32 overflow). I64: whether an
     in-plane coordinate the kernels form (out * stride - pad + tap * dilation, over tiles of up
-    to TILE elements past the plane) could leave int32; those geometries compute in int64."""
+    to MAX_TILE elements past the plane, the largest tile of any config) could leave int32;
+    those geometries compute in int64."""
     strides, reach = [], 0
     for n, o, k, st, p, d in zip(in_hw, out_hw, kernel_size, stride, padding, dilation):
         st, d = (1 if o <= 1 else st), (1 if k == 1 else d)
         strides.append((st, d))
-        size = max(n, o) + TILE
+        size = max(n, o) + MAX_TILE
         reach = max(reach, size * st + p + k * d + size)
     (sh, dh), (sw, dw) = strides
     return sh, sw, padding[0], padding[1], dh, dw, reach > _INT32_MAX
@@ -419,18 +474,28 @@ def _nonempty(t: torch.Tensor) -> torch.Tensor:
     return t if t.numel() else torch.zeros(1, dtype=t.dtype, device=t.device)
 
 
-def _plane_tile(h: int, w: int):
-    """(BH, BW) for an NCHW tile over an h x w plane: W first (coalescing), TILE elements."""
+def _plane_tile(h: int, w: int, tile: int):
+    """(BH, BW) for an NCHW tile over an h x w plane: W first (coalescing), `tile` elements."""
     bw = min(_np2(w), 64)
-    bh = min(_np2(h), max(1, TILE // bw))
+    bh = min(_np2(h), max(1, tile // bw))
     return bh, bw
 
 
-def _pixel_tile(npix: int, channels: int):
-    """(BP, BC) for an NHWC tile: channels first (contiguous), TILE elements."""
+def _pixel_tile(npix: int, channels: int, tile: int):
+    """(BP, BC) for an NHWC tile: channels first (contiguous), `tile` elements."""
     bc = min(_np2(channels), 64)
-    bp = min(_np2(npix), max(1, TILE // bc))
+    bp = min(_np2(npix), max(1, tile // bc))
     return bp, bc
+
+
+def _wgrad_block_nchw(npix: int, kkp: int, acc: int) -> int:
+    """Positions per step of an NCHW weight-gradient program: a [KKP, BLOCK] accumulator."""
+    return min(_np2(npix), max(16, acc // kkp))
+
+
+def _wgrad_bp_nhwc(npix: int, kkp: int, bc: int, acc: int) -> int:
+    """Pixels per step of an NHWC weight-gradient program: a [KKP, BP, BC] accumulator."""
+    return min(_np2(npix), max(1, acc // (kkp * bc)))
 
 
 def _wgrad_splits(nblk: int, programs_per_split: int) -> int:
@@ -442,6 +507,16 @@ def _wgrad_splits(nblk: int, programs_per_split: int) -> int:
 def _pair(v):
     a, b = v
     return int(a), int(b)
+
+
+def _plane_grid(planes: int, h: int, w: int):
+    """Grid of the NCHW kernels: `planes` planes of h x w, BH x BW tiles (the config's)."""
+    return lambda meta: (planes * triton.cdiv(h, meta["BH"]) * triton.cdiv(w, meta["BW"]),)
+
+
+def _pixel_grid(npix: int, channels: int):
+    """Grid of the NHWC forward/backward-input kernels: BP pixels x BC channels a program."""
+    return lambda meta: (triton.cdiv(npix, meta["BP"]), triton.cdiv(channels, meta["BC"]))
 
 
 def depthwise_forward(x: torch.Tensor, weight: torch.Tensor, bias, stride, padding, dilation,
@@ -472,22 +547,16 @@ def depthwise_forward(x: torch.Tensor, weight: torch.Tensor, bias, stride, paddi
     xp, wp = _nonempty(x), _nonempty(weight)
     bp_ = bias if bias is not None else wp
     common = dict(KH=KH, KW=KW, SH=SH, SW=SW, HAS_BIAS=bias is not None, ACT=int(act),
-                  ACC=acc_dtype(x), UNROLL_KH=KH * KW <= UNROLL_MAX_TAPS, I64=I64,
-                  num_warps=NUM_WARPS)
+                  ACC=acc_dtype(x), UNROLL_KH=KH * KW <= UNROLL_MAX_TAPS, I64=I64)
+    work = size_class(y.numel())
     if channels_last:
         npix = N * OH * OW
-        BP, BC = _pixel_tile(npix, OC)
-        grid = (triton.cdiv(npix, BP), triton.cdiv(OC, BC))
-        _dw_fwd_nhwc_kernel[grid](xp, wp, bp_, y, npix, C, H, W, OC, OH, OW, M,
-                                  PH, PW, DH, DW, BP=BP, BC=BC, **common)
+        _dw_fwd_nhwc_kernel[_pixel_grid(npix, OC)](
+            xp, wp, bp_, y, npix, C, H, W, OC, OH, OW, M, PH, PW, DH, DW, work, **common)
     else:
         assert H * W <= _INT32_MAX and OH * OW <= _INT32_MAX, "one plane must fit int32"
-        BH, BW = _plane_tile(OH, OW)
-        tiles_w = triton.cdiv(OW, BW)
-        tiles = triton.cdiv(OH, BH) * tiles_w
-        grid = (N * OC * tiles,)
-        _dw_fwd_nchw_kernel[grid](xp, wp, bp_, y, C, H, W, OC, OH, OW, M, PH, PW, DH, DW,
-                                  tiles_w, tiles, BH=BH, BW=BW, **common)
+        _dw_fwd_nchw_kernel[_plane_grid(N * OC, OH, OW)](
+            xp, wp, bp_, y, C, H, W, OC, OH, OW, M, PH, PW, DH, DW, work, **common)
     return y
 
 
@@ -515,22 +584,16 @@ def depthwise_backward_input(grad: torch.Tensor, weight: torch.Tensor, in_size, 
     gx = torch.empty((N, C, H, W), dtype=grad.dtype, device=grad.device, memory_format=gx_fmt)
     if gx.numel() == 0:
         return gx
-    common = dict(KH=KH, KW=KW, SH=SH, SW=SW, ACC=acc_dtype(grad), UNROLL_KH=False, I64=I64,
-                  num_warps=NUM_WARPS)
+    common = dict(KH=KH, KW=KW, SH=SH, SW=SW, ACC=acc_dtype(grad), UNROLL_KH=False, I64=I64)
+    work = size_class(gx.numel())
     if channels_last:
         npix = N * H * W
-        BP, BC = _pixel_tile(npix, C)
-        grid = (triton.cdiv(npix, BP), triton.cdiv(C, BC))
-        _dw_bwd_in_nhwc_kernel[grid](grad, weight, gx, npix, C, H, W, OC, OH, OW, M,
-                                     PH, PW, DH, DW, BP=BP, BC=BC, **common)
+        _dw_bwd_in_nhwc_kernel[_pixel_grid(npix, C)](
+            grad, weight, gx, npix, C, H, W, OC, OH, OW, M, PH, PW, DH, DW, work, **common)
     else:
         assert H * W <= _INT32_MAX and OH * OW <= _INT32_MAX, "one plane must fit int32"
-        BH, BW = _plane_tile(H, W)
-        tiles_w = triton.cdiv(W, BW)
-        tiles = triton.cdiv(H, BH) * tiles_w
-        grid = (N * C * tiles,)
-        _dw_bwd_in_nchw_kernel[grid](grad, weight, gx, C, H, W, OC, OH, OW, M, PH, PW, DH, DW,
-                                     tiles_w, tiles, BH=BH, BW=BW, **common)
+        _dw_bwd_in_nchw_kernel[_plane_grid(N * C, H, W)](
+            grad, weight, gx, C, H, W, OC, OH, OW, M, PH, PW, DH, DW, work, **common)
     return gx
 
 
@@ -556,24 +619,23 @@ def depthwise_backward_weight(grad: torch.Tensor, x: torch.Tensor, kernel_size, 
         return torch.zeros((OC, 1, KH, KW), dtype=x.dtype, device=x.device)
     KKP = _np2(KK)
     part_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    common = dict(KH=KH, KW=KW, SH=SH, SW=SW, KKP=KKP, ACC=acc_dtype(x), I64=I64,
-                  num_warps=WGRAD_WARPS)
+    common = dict(KH=KH, KW=KW, SH=SH, SW=SW, KKP=KKP, ACC=acc_dtype(x), I64=I64)
     npix = N * OH * OW
+    work = size_class(npix)
+    # S (the partial rows) from the prior's block: fixed before the autotuner picks a config
     if channels_last:
-        BC = min(_np2(OC), 32)
-        BP = min(_np2(npix), max(1, WGRAD_ACC // (KKP * BC)))
-        nblk = triton.cdiv(npix, BP)
+        BC = min(_np2(OC), 32)  # fixed by the shape (a key); the accumulator size is tuned
+        nblk = triton.cdiv(npix, _wgrad_bp_nhwc(npix, KKP, BC, WGRAD_ACC))
         ctiles = triton.cdiv(OC, BC)
         S = _wgrad_splits(nblk, ctiles)
         part = torch.empty((S, OC, KK), dtype=part_dtype, device=x.device)
-        _dw_bwd_w_nhwc_kernel[(ctiles, S)](grad, x, part, npix, nblk, S, C, H, W, OC, OH, OW,
-                                           M, PH, PW, DH, DW, BP=BP, BC=BC, **common)
+        _dw_bwd_w_nhwc_kernel[(ctiles, S)](grad, x, part, npix, S, work, C, H, W, OC, OH, OW,
+                                           M, PH, PW, DH, DW, BC=BC, **common)
     else:
         assert H * W <= _INT32_MAX and OH * OW <= _INT32_MAX, "one plane must fit int32"
-        BLOCK = min(_np2(npix), max(16, WGRAD_ACC // KKP))
-        nblk = triton.cdiv(npix, BLOCK)
+        nblk = triton.cdiv(npix, _wgrad_block_nchw(npix, KKP, WGRAD_ACC))
         S = _wgrad_splits(nblk, OC)
         part = torch.empty((S, OC, KK), dtype=part_dtype, device=x.device)
-        _dw_bwd_w_nchw_kernel[(OC, S)](grad, x, part, npix, nblk, S, C, H, W, OC, OH, OW,
-                                       M, PH, PW, DH, DW, BLOCK=BLOCK, **common)
+        _dw_bwd_w_nchw_kernel[(OC, S)](grad, x, part, npix, S, work, C, H, W, OC, OH, OW,
+                                       M, PH, PW, DH, DW, **common)
     return part.sum(0).view(OC, 1, KH, KW).to(x.dtype)

@@ -12,23 +12,40 @@ output channels of one group, reducing over BLOCK_K input channels with fp32 acc
 Inference only (the op calls it when no gradient is needed): training runs ATen's convolution
 and the shuffle family's fused epilogue, whose backward is ATen's convolution_backward.
 Block sizes 64 x 32 x 32 with 4 warps: a conventional starting point for small-K GEMMs
-(ShuffleNet's K per group is 8-128); NOT tuned, and NOT run on a GPU yet (tested only under
-TRITON_INTERPRET=1).
+(ShuffleNet's K per group is 8-128), the autotuner's prior (kernels/_autotune.py); on a GPU it
+also tries taller, wider and smaller tiles per (K, J, dtype, log-4 class of M). NOT run on a
+GPU yet (tested only under TRITON_INTERPRET=1).
 """
 import torch
 import triton
 import triton.language as tl
 
 from ._activation_math import apply_act
-
-BLOCK_M = 64
-BLOCK_N = 32
-BLOCK_K = 32
-NUM_WARPS = 4
+from ._autotune import autotune, size_class
 
 
+def _cfg(bm, bn, bk, warps):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps)
+
+
+# The prior first; then twice the pixels, twice the outputs (J >= 64: ShuffleNet v1's wider
+# groups), and a quarter-size tile for batch-1 maps (more programs). tl.dot needs every side
+# >= 16.
+CONFIGS = [_cfg(64, 32, 32, 4), _cfg(128, 32, 32, 4), _cfg(64, 64, 32, 4), _cfg(32, 32, 16, 2)]
+
+
+def _useful(configs, args):
+    """Drop tiles wider than the group's outputs or deeper than its inputs, beyond the prior's
+    32 x 32 (kept for every shape): their extra lanes would all be masked."""
+    j, k = args["J"], args["K"]
+    return [c for c in configs
+            if c.kwargs["BLOCK_N"] <= max(32, triton.next_power_of_2(j))
+            and c.kwargs["BLOCK_K"] <= max(32, triton.next_power_of_2(k))]
+
+
+@autotune(configs=CONFIGS, key=["K", "J", "size_class"], prune=_useful)
 @triton.jit
-def _gconv1x1_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, HW, K, J, CO, KS, SG,
+def _gconv1x1_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, size_class, HW, K, J, CO, KS, SG,
                      sx_n, sx_c, sx_p, sy_n, sy_c, sy_p,
                      HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -82,10 +99,11 @@ def grouped_conv1x1_forward(x: torch.Tensor, weight: torch.Tensor, bias, groups:
     if m == 0:
         return y
     k, j = c_in // groups, c_out // groups
-    grid = (triton.cdiv(m, BLOCK_M), groups, triton.cdiv(j, BLOCK_N))
+
+    def grid(meta):
+        return (triton.cdiv(m, meta["BLOCK_M"]), groups, triton.cdiv(j, meta["BLOCK_N"]))
     _gconv1x1_kernel[grid](
-        x, weight, weight if bias is None else bias, y, m, h * w, k, j, c_out,
+        x, weight, weight if bias is None else bias, y, m, size_class(m), h * w, k, j, c_out,
         c_out // shuffle_groups, shuffle_groups, *_bcp(x, channels_last), *_bcp(y, channels_last),
-        HAS_BIAS=bias is not None, ACT=act, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-        num_warps=NUM_WARPS)
+        HAS_BIAS=bias is not None, ACT=act)
     return y

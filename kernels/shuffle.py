@@ -10,22 +10,28 @@ or two cache lines for ShuffleNet's C <= 976 in fp16), in NCHW each output plane
 input plane, so both layouts stay coalesced except at plane/row boundaries.
 
 Index math is int64 throughout (flat offsets of tensors past 2^31 elements). BLOCK = 1024 with
-4 warps (8 elements per thread): the usual choice for a streaming copy; NOT tuned on a GPU
-(no device run of this file yet).
+4 warps (8 elements per thread), the usual choice for a streaming copy, is the autotuner's
+prior (kernels/_autotune.py); on a GPU it also tries 2048 and 4096 elements per program, per
+layout and log-4 size class. NOT yet run on a GPU.
 """
 import torch
 import triton
 import triton.language as tl
 
 from ._activation_math import act_grad, apply_act
-from ._launch import acc_dtype
+from ._autotune import autotune, size_class
+from ._launch import acc_dtype, blocks_grid
 
-BLOCK = 1024
-NUM_WARPS = 4
+# (BLOCK, warps): the prior first (8 elements per thread), then 8 and 16 per thread.
+CONFIGS = [triton.Config({"BLOCK": 1024}, num_warps=4),
+           triton.Config({"BLOCK": 2048}, num_warps=8),
+           triton.Config({"BLOCK": 4096}, num_warps=8)]
+KEY = ["CL", "size_class"]  # + the tensors' dtype (Triton adds it)
 
 
+@autotune(configs=CONFIGS, key=KEY)
 @triton.jit
-def _shuffle_forward_kernel(a_ptr, b_ptr, bias_ptr, y_ptr, total, C, HW, CA, G, K,
+def _shuffle_forward_kernel(a_ptr, b_ptr, bias_ptr, y_ptr, total, size_class, C, HW, CA, G, K,
                             a_sn, a_sc, a_sp, b_sn, b_sc, b_sp,
                             CL: tl.constexpr, HAS_B: tl.constexpr, HAS_BIAS: tl.constexpr,
                             ACT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
@@ -54,8 +60,9 @@ def _shuffle_forward_kernel(a_ptr, b_ptr, bias_ptr, y_ptr, total, C, HW, CA, G, 
     tl.store(y_ptr + offs, v.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@autotune(configs=CONFIGS, key=KEY)
 @triton.jit
-def _shuffle_backward_kernel(g_ptr, y_ptr, ga_ptr, gb_ptr, total, C, HW, SPLIT, G, K,
+def _shuffle_backward_kernel(g_ptr, y_ptr, ga_ptr, gb_ptr, total, size_class, C, HW, SPLIT, G, K,
                              CL: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
                              BLOCK: tl.constexpr):
     # offs walks the concatenated gradient (N, C, H, W) in the output layout
@@ -120,12 +127,10 @@ def channel_shuffle_forward(a, b, bias, groups: int, act: int, channels_last: bo
     if total:
         sa = _strides(a, channels_last)
         sb = _strides(b, channels_last) if b is not None else (0, 0, 0)
-        grid = (triton.cdiv(total, BLOCK),)
-        _shuffle_forward_kernel[grid](
-            a, a if b is None else b, a if bias is None else bias, y, total, c, h * w, ca,
-            groups, c // groups, *sa, *sb, CL=channels_last, HAS_B=b is not None,
-            HAS_BIAS=bias is not None, ACT=act, ACC=acc_dtype(a), BLOCK=BLOCK,
-            num_warps=NUM_WARPS)
+        _shuffle_forward_kernel[blocks_grid(total)](
+            a, a if b is None else b, a if bias is None else bias, y, total, size_class(total),
+            c, h * w, ca, groups, c // groups, *sa, *sb, CL=channels_last, HAS_B=b is not None,
+            HAS_BIAS=bias is not None, ACT=act, ACC=acc_dtype(a))
     return y
 
 
@@ -138,9 +143,8 @@ def channel_shuffle_backward(grad, y, split: int, groups: int, act: int, channel
     gb = _empty((n, c - split, h, w), grad, channels_last)
     total = grad.numel()
     if total:
-        grid = (triton.cdiv(total, BLOCK),)
-        _shuffle_backward_kernel[grid](
-            grad, grad if y is None else y, ga, gb if gb.numel() else ga, total, c, h * w, split,
-            groups, c // groups, CL=channels_last, ACT=act, ACC=acc_dtype(grad), BLOCK=BLOCK,
-            num_warps=NUM_WARPS)
+        _shuffle_backward_kernel[blocks_grid(total)](
+            grad, grad if y is None else y, ga, gb if gb.numel() else ga, total,
+            size_class(total), c, h * w, split, groups, c // groups, CL=channels_last, ACT=act,
+            ACC=acc_dtype(grad))
     return ga, gb

@@ -9,26 +9,50 @@ reduction over ``grad * x``, the MLP backward, then ``grad_x = grad * s + q[n, c
 Reductions split H*W into ``split`` ranges so that a batch-1 map still spreads over the SMs;
 each program writes its partial sums to a (split, N*C) buffer that one torch sum adds up in a
 fixed order (deterministic; no atomics). Block sizes follow the activation kernels' streaming
-choice (4096 elements per program, 8 warps). NOT yet run or tuned on a GPU: tested only in the
-interpreter (TRITON_INTERPRET=1).
+choice (4096 elements per program, 8 warps): the autotuner's prior (kernels/_autotune.py). On
+a GPU it also tries 2048 and 8192 elements per program; the split and the partial buffer stay
+those of the prior (they size memory before a config is chosen; any tile covers any rows per
+split, masked). NOT yet run on a GPU: tested only in the interpreter (TRITON_INTERPRET=1).
 """
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import acc_dtype, flat
+from ._autotune import autotune, size_class
+from ._launch import acc_dtype, blocks_grid, flat
 from ._se_mlp import mlp_backward, mlp_forward
 
-BLOCK = 4096
-NUM_WARPS = 8
+# Elements per program (TILE; the scale kernel's BLOCK) and warps: the prior first.
+TILES = [(4096, 8), (2048, 4), (8192, 8)]
+BLOCK = TILES[0][0]
+REDUCE_CONFIGS = [triton.Config({"TILE": t}, num_warps=w) for t, w in TILES]
+SCALE_CONFIGS = [triton.Config({"BLOCK": t}, num_warps=w) for t, w in TILES]
 # programs a reduction aims for: two waves of 132 SMs (H100/H200)
 TARGET_PROGRAMS = 264
 
 
+def _pow2_at_most(n: int, cap: int) -> int:
+    return min(triton.next_power_of_2(max(n, 1)), cap)
+
+
+def _block_p(tile: int, block_hw: int, planes: int) -> int:
+    """Planes per NCHW reduction program: a tile of `tile` elements, rows of BLOCK_HW."""
+    return max(1, min(tile // block_hw, triton.next_power_of_2(planes)))
+
+
+def _block_r(tile: int, block_c: int, hw: int) -> int:
+    """Rows per step of an NHWC reduction program: a tile of `tile` elements, BLOCK_C wide."""
+    return max(1, min(tile // block_c, triton.next_power_of_2(hw)))
+
+
+# Key: the tile's fixed side (BLOCK_HW / BLOCK_C, from the shape), PRODUCT, the log-4 class
+# of the planes (NCHW) / rows per split (NHWC), and the dtypes.
+@autotune(configs=REDUCE_CONFIGS, key=["BLOCK_HW", "PRODUCT", "size_class"],
+          derive={"BLOCK_P": lambda a: _block_p(a["TILE"], a["BLOCK_HW"], a["planes"])})
 @triton.jit
-def _reduce_nchw_kernel(a_ptr, b_ptr, out_ptr, planes, hw, rows_per_split,
-                        PRODUCT: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr,
-                        BLOCK_HW: tl.constexpr):
+def _reduce_nchw_kernel(a_ptr, b_ptr, out_ptr, planes, hw, rows_per_split, size_class,
+                        PRODUCT: tl.constexpr, ACC: tl.constexpr, TILE: tl.constexpr,
+                        BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
     # program (p-block, split): planes [p0, p0 + BLOCK_P) over rows [r0, r1) of H*W
     pid_p = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1).to(tl.int64)
@@ -47,10 +71,12 @@ def _reduce_nchw_kernel(a_ptr, b_ptr, out_ptr, planes, hw, rows_per_split,
     tl.store(out_ptr + split * planes + p, tl.sum(acc, axis=1), mask=p < planes)
 
 
+@autotune(configs=REDUCE_CONFIGS, key=["BLOCK_C", "PRODUCT", "size_class"],
+          derive={"BLOCK_R": lambda a: _block_r(a["TILE"], a["BLOCK_C"], a["hw"])})
 @triton.jit
-def _reduce_nhwc_kernel(a_ptr, b_ptr, out_ptr, n_img, c, hw, rows_per_split,
-                        PRODUCT: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
-                        BLOCK_C: tl.constexpr):
+def _reduce_nhwc_kernel(a_ptr, b_ptr, out_ptr, n_img, c, hw, rows_per_split, size_class,
+                        PRODUCT: tl.constexpr, ACC: tl.constexpr, TILE: tl.constexpr,
+                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     # program (n, c-block, split): channels [c0, c0 + BLOCK_C) of image n over rows [r0, r1)
     n = tl.program_id(0).to(tl.int64)
     ch = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
@@ -69,8 +95,9 @@ def _reduce_nhwc_kernel(a_ptr, b_ptr, out_ptr, n_img, c, hw, rows_per_split,
     tl.store(out_ptr + (split * n_img + n) * c + ch, tl.sum(acc, axis=0), mask=ch < c)
 
 
+@autotune(configs=SCALE_CONFIGS, key=["ADD", "CHANNELS_LAST", "size_class"])
 @triton.jit
-def _scale_kernel(a_ptr, s_ptr, q_ptr, out_ptr, numel, c, hw, ADD: tl.constexpr,
+def _scale_kernel(a_ptr, s_ptr, q_ptr, out_ptr, numel, size_class, c, hw, ADD: tl.constexpr,
                   CHANNELS_LAST: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     # out = a * s[n, c] (+ q[n, c]) over the storage of a contiguous NCHW or NHWC tensor
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -86,23 +113,19 @@ def _scale_kernel(a_ptr, s_ptr, q_ptr, out_ptr, numel, c, hw, ADD: tl.constexpr,
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _pow2_at_most(n: int, cap: int) -> int:
-    return min(triton.next_power_of_2(max(n, 1)), cap)
-
-
 def _reduce(a: torch.Tensor, b: torch.Tensor, product: bool, channels_last: bool) -> torch.Tensor:
     """sum over H, W of a (* b): (N, C) in the accumulation type."""
     n, c, h, w = a.shape
     hw = h * w
     acc = torch.float64 if a.dtype == torch.float64 else torch.float32
+    # the split, and so the partial buffer, from the prior tile (BLOCK): fixed before tuning
     if channels_last:
         block_c = _pow2_at_most(c, 128)
-        block_r = max(1, min(BLOCK // block_c, triton.next_power_of_2(hw)))
+        block_r = _block_r(BLOCK, block_c, hw)
         base = n * triton.cdiv(c, block_c)
     else:
         block_hw = _pow2_at_most(hw, 1024)
-        block_p = max(1, min(BLOCK // block_hw, triton.next_power_of_2(n * c)))
-        base = triton.cdiv(n * c, block_p)
+        base = triton.cdiv(n * c, _block_p(BLOCK, block_hw, n * c))
         block_r = block_hw
     split = max(1, min(triton.cdiv(TARGET_PROGRAMS, base), triton.cdiv(hw, block_r)))
     rows = triton.cdiv(hw, split)
@@ -111,14 +134,16 @@ def _reduce(a: torch.Tensor, b: torch.Tensor, product: bool, channels_last: bool
     partial = torch.empty((split, n * c), dtype=acc, device=a.device)
     if channels_last:
         grid = (n, triton.cdiv(c, block_c), split)
-        _reduce_nhwc_kernel[grid](flat(a), flat(b), partial, n, c, hw, rows, PRODUCT=product,
-                                  ACC=acc_dtype(a), BLOCK_R=block_r, BLOCK_C=block_c,
-                                  num_warps=NUM_WARPS)
+        _reduce_nhwc_kernel[grid](flat(a), flat(b), partial, n, c, hw, rows, size_class(rows),
+                                  PRODUCT=product, ACC=acc_dtype(a), BLOCK_C=block_c)
     else:
-        grid = (triton.cdiv(n * c, block_p), split)
-        _reduce_nchw_kernel[grid](flat(a), flat(b), partial, n * c, hw, rows, PRODUCT=product,
-                                  ACC=acc_dtype(a), BLOCK_P=block_p, BLOCK_HW=block_hw,
-                                  num_warps=NUM_WARPS)
+        planes = n * c
+
+        def grid(meta):
+            return (triton.cdiv(planes, meta["BLOCK_P"]), split)
+        _reduce_nchw_kernel[grid](flat(a), flat(b), partial, planes, hw, rows,
+                                  size_class(planes), PRODUCT=product, ACC=acc_dtype(a),
+                                  BLOCK_HW=block_hw)
     return (partial[0] if split == 1 else partial.sum(0)).view(n, c)
 
 
@@ -127,10 +152,9 @@ def _scale(a: torch.Tensor, s: torch.Tensor, q: torch.Tensor | None, channels_la
     numel = a.numel()
     if numel:
         c, hw = a.shape[1], a.shape[2] * a.shape[3]
-        grid = (triton.cdiv(numel, BLOCK),)
-        _scale_kernel[grid](flat(a), s, s if q is None else q, flat(out), numel, c, hw,
-                            ADD=q is not None, CHANNELS_LAST=channels_last, ACC=acc_dtype(a),
-                            BLOCK=BLOCK, num_warps=NUM_WARPS)
+        _scale_kernel[blocks_grid(numel)](flat(a), s, s if q is None else q, flat(out), numel,
+                                          size_class(numel), c, hw, ADD=q is not None,
+                                          CHANNELS_LAST=channels_last, ACC=acc_dtype(a))
     return out
 
 

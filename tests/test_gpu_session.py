@@ -46,6 +46,9 @@ def test_dry_run_end_to_end(tmp_path):
     with tarfile.open(out / "session.tar.gz") as tar:
         assert f"{slug}/gpu-session/session.json" in tar.getnames()
     assert (out / "summary.txt").read_text() == (copied / "summary.txt").read_text()
+    # the quick stage tunes the Triton kernels and logs it; the record exists even when empty
+    assert "would run: env FASTBLOCKS_AUTOTUNE=tune FASTBLOCKS_AUTOTUNE_BUDGET_S=45" in r.stdout
+    assert json.loads((copied / "autotune-quick.json").read_text())["tunings"] == 0
 
 
 def test_unknown_stage_and_missing_gpu(tmp_path):
