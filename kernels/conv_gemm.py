@@ -67,17 +67,18 @@ import triton
 import triton.language as tl
 
 from ._activation_math import apply_act
+from ._autotune import autotune
 
 
 def _configs():
-    """GEMM tile configs. Under the interpreter (programs run one after another in numpy) one
-    small config, so tests stay fast and nothing is benchmarked. On a GPU a few Hopper
+    """GEMM tile configs, the prior first (kernels/_autotune.py). On a GPU a few Hopper
     starting points (priors, not a sweep): wide-N tiles for the memory-bound 1x1 expansions
     (C_out 96-1152 over K 16-160), square-ish tiles with deep K for the dense 3x3 layers, a
-    narrow-N tile for the projections to 16-40 channels."""
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16}, num_warps=1,
-                              num_stages=1)]
+    narrow-N tile for the projections to 16-40 channels. Under the interpreter (programs run
+    one after another in numpy; only the prior runs) a small tile comes first, so the tests'
+    tiny shapes still span several tiles in every dimension."""
+    small = triton.Config({"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16}, num_warps=1,
+                          num_stages=1)
     shapes = [  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
         (128, 128, 64, 8, 3),
         (128, 64, 64, 4, 4),
@@ -86,8 +87,11 @@ def _configs():
         (128, 32, 32, 4, 4),
         (64, 64, 32, 4, 4),
     ]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w,
-                          num_stages=s) for m, n, k, w, s in shapes]
+    hopper = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w,
+                            num_stages=s) for m, n, k, w, s in shapes]
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return [small, hopper[0]]
+    return hopper
 
 
 def _pow2_at_least_16(v: int) -> int:
@@ -113,14 +117,7 @@ CONFIGS = _configs()
 AUTOTUNE_KEY = ["M_CLASS", "CG", "J", "KH", "KW", "STRIDE_H", "STRIDE_W", "PADDED"]
 
 
-def _autotune(fn):
-    kwargs = {"configs": CONFIGS, "key": AUTOTUNE_KEY}
-    if len(CONFIGS) > 1:
-        kwargs["prune_configs_by"] = {"early_config_prune": _prune}
-    return triton.autotune(**kwargs)(fn)
-
-
-@_autotune
+@autotune(configs=CONFIGS, key=AUTOTUNE_KEY, prune=_prune)
 @triton.jit(do_not_specialize=["M_CLASS"])  # read by the autotuner only: no variants for it
 def _conv_gemm_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                       M, OHW, OW, H, W, CG, J,

@@ -221,11 +221,13 @@ def test_fp32_precision_follows_cudnn_flag():
 
 
 def test_autotune_configs(monkeypatch):
-    """One small config in the interpreter; on a GPU every tile meets tl.dot's 16 minimum and
-    pruning keeps at least one config and drops tiles far wider than the layer."""
+    """A small tile first (the prior, the only one run) in the interpreter; on a GPU every tile
+    meets tl.dot's 16 minimum and pruning keeps at least one config and drops tiles far wider
+    than the layer."""
     cg = _conv_gemm()
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert len(cg._configs()) == 1
+    interp = cg._configs()
+    assert len(interp) == 2 and interp[0].kwargs == {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16}
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     gpu = cg._configs()
     assert 3 <= len(gpu) <= 6
