@@ -55,12 +55,23 @@ def _uses_batch_stats(bn: nn.modules.batchnorm._BatchNorm) -> bool:
 
 def conv_bn_act_forward(owner: nn.Module, x: Tensor, conv: nn.Conv2d,
                         bn: nn.modules.batchnorm._BatchNorm, activation: str | None,
-                        padding=None) -> Tensor:
+                        padding=None, shuffle_groups: int | None = None,
+                        shuffle=None) -> Tensor:
     """``act(bn(conv(x)))`` with nn.BatchNorm2d's semantics in the BN's current mode (see the
     module docstring); ``owner`` holds the eval-mode fold cache. x: (N, C_in, H, W).
     ``padding`` (int pair) replaces the conv's own zero padding (a caller that computes it
     per input, e.g. TensorFlow "SAME", passes it here instead of copying x into a padded
-    tensor)."""
+    tensor).
+
+    ``shuffle_groups`` (a positive int dividing C_out; 4-d x): the output is channel-shuffled
+    as ``nn.ChannelShuffle(shuffle_groups)`` does (ShuffleNet v1's 1x1 GConv -> BN -> ReLU ->
+    shuffle). Eval mode without autograd: one ``ops.grouped_conv2d`` call with the folded
+    weight and bias writes the activated output in shuffled order. Otherwise (training,
+    gradients of an eval-mode model) the chain runs as without it and ``shuffle(y,
+    shuffle_groups)`` (default ``ops.channel_shuffle``) shuffles its output."""
+    if shuffle_groups is not None:
+        return _chain_then_shuffle(owner, x, conv, bn, activation, padding, shuffle_groups,
+                                   shuffle or ops.channel_shuffle)
     if padding is None:
         x, padding = padded_input(conv, x)
     if _uses_batch_stats(bn):
@@ -92,18 +103,35 @@ def conv_bn_act_forward(owner: nn.Module, x: Tensor, conv: nn.Conv2d,
                               conv.groups, None)
         y = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
         return y if activation is None else _EAGER_ACT[activation](y)
-    if torch.compiler.is_compiling():
-        # traceable: fold inline (the compiled graph computes it; no Python-side cache)
-        weight, bias = _fold_inline(conv, bn)
-    else:
-        key = _fold_key(conv, bn)
-        cache = owner.__dict__.get("_fold_cache")
-        if cache is None or cache[0] != key:
-            weight, bias = fold_batchnorm(conv.weight, conv.bias, bn)
-            owner.__dict__["_fold_cache"] = cache = (key, weight, bias)
-        weight, bias = cache[1], cache[2]
+    weight, bias = _folded(owner, conv, bn)
     return ops.conv_bias_act(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups,
                              activation)
+
+
+def _chain_then_shuffle(owner, x, conv, bn, activation, padding, groups, shuffle) -> Tensor:
+    """conv_bn_act_forward with ``shuffle_groups`` (its docstring)."""
+    if _uses_batch_stats(bn) or (torch.is_grad_enabled() and any(
+            p is not None and p.requires_grad for p in (x, conv.weight, conv.bias, bn.weight,
+                                                        bn.bias))):
+        return shuffle(conv_bn_act_forward(owner, x, conv, bn, activation, padding), groups)
+    if padding is None:
+        x, padding = padded_input(conv, x)
+    weight, bias = _folded(owner, conv, bn)
+    return ops.grouped_conv2d(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups,
+                              activation, groups)
+
+
+def _folded(owner: nn.Module, conv: nn.Conv2d, bn) -> tuple[Tensor, Tensor]:
+    """The eval-mode BN folded into the conv's weight and bias: inline under torch.compile
+    (the compiled graph computes it), else cached on ``owner`` by tensor versions."""
+    if torch.compiler.is_compiling():
+        return _fold_inline(conv, bn)
+    key = _fold_key(conv, bn)
+    cache = owner.__dict__.get("_fold_cache")
+    if cache is None or cache[0] != key:
+        weight, bias = fold_batchnorm(conv.weight, conv.bias, bn)
+        owner.__dict__["_fold_cache"] = cache = (key, weight, bias)
+    return cache[1], cache[2]
 
 
 def _fold_inline(conv: nn.Conv2d, bn) -> tuple[Tensor, Tensor]:
