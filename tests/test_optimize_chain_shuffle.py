@@ -1,0 +1,119 @@
+"""fastblocks.optimize's conv -> BN -> act -> channel shuffle fusion (rules/chain_shuffle.py) on
+user-style blocks: a Sequential ending in nn.ChannelShuffle, a block shuffling inline, and one
+whose chain output is also read elsewhere (not fused). Report, classes, state_dict keys, parity
+of outputs and every gradient with the plain model in train and eval, the one grouped_conv2d
+call per chain in inference, revert, and torch.compile(fullgraph=True). The zoo's ShuffleNet
+v1 is checked in tests/test_optimize_se_shuffle.py."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import fastblocks
+from fastblocks.optimize._inline_module import InlineFused
+from fastblocks.optimize.rules.chain_shuffle import ShuffleFusedIntoConv, ShuffledConvBNActHead
+from fastblocks.optimize.rules.conv_bn_act import ConvBNActHead
+
+from _optimize_helpers import assert_same_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class InlineUnit(nn.Module):
+    """ShuffleNet v1's unit head written by hand: conv -> BN -> ReLU6, shuffle inline."""
+
+    def __init__(self, c: int, g: int):
+        super().__init__()
+        self.g = g
+        self.conv = nn.Conv2d(c, c, 1, groups=g, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+        self.act = nn.ReLU6()
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+
+    def forward(self, x):
+        y = self.act(self.bn(self.conv(x)))
+        n, c, h, w = y.size()
+        y = y.view(n, self.g, c // self.g, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        return self.dw(y) + x
+
+
+class ChainReadTwice(InlineUnit):
+    """The chain's output feeds the shuffle and the residual: the shuffle must stay apart."""
+
+    def forward(self, x):
+        y = self.act(self.bn(self.conv(x)))
+        n, c, h, w = y.size()
+        z = y.view(n, self.g, c // self.g, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        return self.dw(z) + y
+
+
+def user_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(6, 12, 1, groups=2, bias=False), nn.BatchNorm2d(12), nn.ReLU(),
+                      nn.ChannelShuffle(3)),
+        InlineUnit(12, 4), ChainReadTwice(12, 3))
+    for m in model.modules():  # running statistics that differ from the batch's
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+    return model
+
+
+def test_fused_report_classes_parity_and_revert(monkeypatch):
+    plain = user_model()
+    fused = fastblocks.optimize(plain)
+    counts = fused.fastblocks_report.counts()
+    report = str(fused.fastblocks_report)
+    assert counts.get("grouped conv -> BN -> relu -> channel shuffle (groups=3)") == 1, report
+    assert counts.get("grouped conv -> BN -> relu6 -> channel shuffle (groups=4)") == 1, report
+    # ChainReadTwice: its chain and its inline shuffle are fused, but separately
+    assert counts.get("grouped conv -> BN -> relu6") == 1, report
+    assert counts.get("inline channel shuffle (groups=3)") == 1, report
+    assert not any("nn.ChannelShuffle" in p for p in counts), report
+    assert type(fused[0][0]) is ShuffledConvBNActHead and type(fused[0][3]) is ShuffleFusedIntoConv
+    assert isinstance(fused[1], InlineFused) and type(fused[1].conv) is ShuffledConvBNActHead
+    assert type(fused[2].conv) is ConvBNActHead
+    assert list(fused.state_dict()) == list(plain.state_dict())
+
+    x = torch.randn(2, 6, 5, 4)
+    for train in (True, False):  # outputs, input and every parameter gradient, running stats
+        assert_same_model(copy.deepcopy(plain), copy.deepcopy(fused), x, train, steps=2)
+
+    # inference: each fused chain is one grouped_conv2d call writing the shuffled output
+    calls = []
+    real = fastblocks.ops.grouped_conv2d
+    monkeypatch.setattr(fastblocks.ops, "grouped_conv2d",
+                        lambda *a: calls.append((a[6], a[8])) or real(*a))
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        calls.clear()
+        assert_same_model(plain, fused, x.contiguous(memory_format=fmt), train=False,
+                          backward=False)
+        assert sorted(calls) == [(2, 3), (4, 4)], calls
+
+    back = fastblocks.revert(copy.deepcopy(fused))
+    assert [type(m) for m in back.modules()] == [type(m) for m in plain.modules()]
+    assert not any(k.startswith("_fb") for m in back.modules() for k in m.__dict__)
+    assert list(back.state_dict()) == list(plain.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(back.eval()(x), plain.eval()(x), rtol=0, atol=0)
+
+
+def test_compile_fullgraph_eval():
+    plain = user_model().eval()
+    fused = fastblocks.optimize(plain)
+    counts = fused.fastblocks_report.counts()
+    assert counts.get("grouped conv -> BN -> relu6 -> channel shuffle (groups=4)") == 1, counts
+    # aot_eager: dynamo's capture and AOT autograd's tracing through the ops, in seconds
+    compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+    assert_same_model(plain, compiled, torch.randn(2, 6, 5, 4), train=False, backward=False)
