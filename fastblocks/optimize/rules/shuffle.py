@@ -15,9 +15,12 @@
   The shape arguments are checked symbolically (they must be x's own sizes, split only in
   dim 1), so a view that moves other dims is not taken for a shuffle.
 
-Fusing a shuffle into the 1x1 grouped conv before it (``fastblocks.nn.GroupedConv2d``) is not
-done: in the zoo's ShuffleNets that conv is already the head of a fused conv -> BN -> ReLU
-chain (rules/conv_bn_act.py), and folding the shuffle in would take it out of that chain.
+A shuffle that reads nothing but a fused conv -> BN -> act chain's output (ShuffleNet v1's
+1x1 GConv -> BN -> ReLU -> shuffle; rules/conv_bn_act.py fused the chain) is then taken over
+by that chain (rules/chain_shuffle.py, run after a block's children): in eval mode one
+``ops.grouped_conv2d(..., activation, shuffle_groups)`` call with the BN folded writes the
+shuffled output, and the shuffle found here (inline call or swapped module) becomes an
+identity; its report entry moves to the chain's ("... -> relu -> channel shuffle (groups=3)").
 
 CPU policy (as rules/activation.py, decided per call by the tensors): measured on the 2-core
 dev VM (AMD EPYC, torch 2.13, OMP_NUM_THREADS=1, 30 (train: 10) interleaved calls, median, eager
