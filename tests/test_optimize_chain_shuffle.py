@@ -14,6 +14,7 @@ from torch import nn
 
 import fastblocks
 from fastblocks.optimize._inline_module import InlineFused
+from fastblocks.optimize.rules import chain_shuffle as rule
 from fastblocks.optimize.rules.chain_shuffle import ShuffleFusedIntoConv, ShuffledConvBNActHead
 from fastblocks.optimize.rules.conv_bn_act import ConvBNActHead
 
@@ -90,16 +91,26 @@ def test_fused_report_classes_parity_and_revert(monkeypatch):
     for train in (True, False):  # outputs, input and every parameter gradient, running stats
         assert_same_model(copy.deepcopy(plain), copy.deepcopy(fused), x, train, steps=2)
 
-    # inference: each fused chain is one grouped_conv2d call writing the shuffled output
+    # inference: each fused chain is one grouped_conv2d call writing the shuffled output; on
+    # CPU, channels_last runs conv_bias_act then channel_shuffle instead (_fused_on_cpu),
+    # unless forced
     calls = []
-    real = fastblocks.ops.grouped_conv2d
-    monkeypatch.setattr(fastblocks.ops, "grouped_conv2d",
-                        lambda *a: calls.append((a[6], a[8])) or real(*a))
-    for fmt in (torch.contiguous_format, torch.channels_last):
+    for op in ("grouped_conv2d", "channel_shuffle"):
+        real = getattr(fastblocks.ops, op)
+        monkeypatch.setattr(fastblocks.ops, op,
+                            lambda *a, _r=real, _n=op: calls.append((_n, a[-1])) or _r(*a))
+    # (ChainReadTwice's separate shuffle runs eager on a tiny NCHW tensor, ours on channels_last)
+    gconv = [("grouped_conv2d", 3), ("grouped_conv2d", 4)]
+    cases = [(torch.contiguous_format, False, gconv),
+             (torch.channels_last, False, [("channel_shuffle", 3)] * 2 + [("channel_shuffle", 4)]),
+             (torch.channels_last, True, [("channel_shuffle", 3)] + gconv)]
+    for fmt, force, want in cases:
+        if force:
+            monkeypatch.setattr(rule, "_fused_on_cpu", lambda *a: True)
         calls.clear()
         assert_same_model(plain, fused, x.contiguous(memory_format=fmt), train=False,
                           backward=False)
-        assert sorted(calls) == [(2, 3), (4, 4)], calls
+        assert sorted(calls) == sorted(want), (fmt, force, calls)
 
     back = fastblocks.revert(copy.deepcopy(fused))
     assert [type(m) for m in back.modules()] == [type(m) for m in plain.modules()]
