@@ -1,6 +1,6 @@
 """fastblocks.optimize's conv -> BN -> act -> channel shuffle fusion (rules/chain_shuffle.py) on
-user-style blocks: a Sequential ending in nn.ChannelShuffle, a block shuffling inline, and one
-whose chain output is also read elsewhere (not fused). Report, classes, state_dict keys, parity
+user-style blocks: Sequentials ending in nn.ChannelShuffle (grouped and ungrouped conv), a
+block shuffling inline, and one whose chain output is also read elsewhere (not fused). Report, classes, state_dict keys, parity
 of outputs and every gradient with the plain model in train and eval, the one grouped_conv2d
 call per chain in inference, revert, and torch.compile(fullgraph=True). The zoo's ShuffleNet
 v1 is checked in tests/test_optimize_se_shuffle.py."""
@@ -62,7 +62,10 @@ def user_model():
     model = nn.Sequential(
         nn.Sequential(nn.Conv2d(6, 12, 1, groups=2, bias=False), nn.BatchNorm2d(12), nn.ReLU(),
                       nn.ChannelShuffle(3)),
-        InlineUnit(12, 4), ChainReadTwice(12, 3))
+        InlineUnit(12, 4), ChainReadTwice(12, 3),
+        # ungrouped: the shuffle becomes a permutation of the folded weight's output channels
+        nn.Sequential(nn.Conv2d(12, 8, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                      nn.ChannelShuffle(2)))
     for m in model.modules():  # running statistics that differ from the batch's
         if isinstance(m, nn.BatchNorm2d):
             with torch.no_grad():
@@ -81,6 +84,7 @@ def test_fused_report_classes_parity_and_revert(monkeypatch):
     # ChainReadTwice: its chain and its inline shuffle are fused, but separately
     assert counts.get("grouped conv -> BN -> relu6") == 1, report
     assert counts.get("inline channel shuffle (groups=3)") == 1, report
+    assert counts.get("conv -> BN -> relu -> channel shuffle (groups=2)") == 1, report
     assert not any("nn.ChannelShuffle" in p for p in counts), report
     assert type(fused[0][0]) is ShuffledConvBNActHead and type(fused[0][3]) is ShuffleFusedIntoConv
     assert isinstance(fused[1], InlineFused) and type(fused[1].conv) is ShuffledConvBNActHead

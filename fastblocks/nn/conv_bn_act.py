@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ._activation_names import UNKNOWN, activation_name
+from ..ops.grouped_conv import permute_output_channels
 from ._fold import fold_batchnorm
 from ._padding import padded_input
 
@@ -116,22 +117,38 @@ def _chain_then_shuffle(owner, x, conv, bn, activation, padding, groups, shuffle
         return shuffle(conv_bn_act_forward(owner, x, conv, bn, activation, padding), groups)
     if padding is None:
         x, padding = padded_input(conv, x)
+    if conv.groups == 1:
+        # shuffling an ungrouped conv's output channels is the same conv with its weight's
+        # output channels permuted (as ops.grouped_conv2d does it): the permuted fold is cached
+        # and the conv runs as the unshuffled chain would, with no pass for the shuffle
+        weight, bias = _folded(owner, conv, bn, groups)
+        return ops.conv_bias_act(x, weight, bias, conv.stride, padding, conv.dilation, 1,
+                                 activation)
     weight, bias = _folded(owner, conv, bn)
     return ops.grouped_conv2d(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups,
                               activation, groups)
 
 
-def _folded(owner: nn.Module, conv: nn.Conv2d, bn) -> tuple[Tensor, Tensor]:
-    """The eval-mode BN folded into the conv's weight and bias: inline under torch.compile
-    (the compiled graph computes it), else cached on ``owner`` by tensor versions."""
+def _folded(owner: nn.Module, conv: nn.Conv2d, bn, permute: int | None = None
+            ) -> tuple[Tensor, Tensor]:
+    """The eval-mode BN folded into the conv's weight and bias (their output channels in
+    channel_shuffle's order for ``permute`` groups): inline under torch.compile (the compiled
+    graph computes it), else cached on ``owner`` by tensor versions."""
     if torch.compiler.is_compiling():
-        return _fold_inline(conv, bn)
-    key = _fold_key(conv, bn)
+        weight, bias = _fold_inline(conv, bn)
+        return _permuted(weight, bias, permute)
+    key = _fold_key(conv, bn) + (permute,)
     cache = owner.__dict__.get("_fold_cache")
     if cache is None or cache[0] != key:
-        weight, bias = fold_batchnorm(conv.weight, conv.bias, bn)
+        weight, bias = _permuted(*fold_batchnorm(conv.weight, conv.bias, bn), permute)
         owner.__dict__["_fold_cache"] = cache = (key, weight, bias)
     return cache[1], cache[2]
+
+
+def _permuted(weight: Tensor, bias: Tensor, groups: int | None) -> tuple[Tensor, Tensor]:
+    if groups is None:
+        return weight, bias
+    return permute_output_channels(weight, groups), permute_output_channels(bias, groups)
 
 
 def _fold_inline(conv: nn.Conv2d, bn) -> tuple[Tensor, Tensor]:

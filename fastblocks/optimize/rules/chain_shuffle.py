@@ -42,9 +42,11 @@ from .conv_bn_act import (ActivationFusedIntoConv, BatchNormFusedIntoConv, ConvB
 from .shuffle import SwappedChannelShuffle, inline_channel_shuffle
 
 
-def _fused_on_cpu(x: Tensor, weight: Tensor) -> bool:
-    """Whether the one-call grouped_conv2d path runs for CPU input ``x`` in inference: for an
-    NCHW output only. A channels_last one runs the folded chain as ``ops.conv_bias_act``
+def _fused_on_cpu(x: Tensor, conv: nn.Conv2d) -> bool:
+    """Whether the one-call path runs for CPU input ``x`` in inference: for an ungrouped conv
+    always (one conv_bias_act with the output channels of the folded weight permuted: no
+    shuffle pass at all), for a grouped one (grouped_conv2d) for an NCHW output only. A
+    channels_last one runs the folded chain as ``ops.conv_bias_act``
     (oneDNN's convolution with packed weights and the activation as a post-op, where
     grouped_conv2d calls ATen's convolution) and then ``ops.channel_shuffle``.
 
@@ -60,7 +62,7 @@ def _fused_on_cpu(x: Tensor, weight: Tensor) -> bool:
       (faster than fused on 10 of 12); batch 8: fused 1.07-1.53x, conv_bias_act +
       channel_shuffle 1.09-2.54x (faster on 10 of 12).
     """
-    return not (is_channels_last(x) or is_channels_last(weight))
+    return conv.groups == 1 or not (is_channels_last(x) or is_channels_last(conv.weight))
 
 
 class ShuffledConvBNActHead(ConvBNActHead):
@@ -83,7 +85,7 @@ class ShuffledConvBNActHead(ConvBNActHead):
             x, padding = tf_same_padding(x, self)
         if x.dim() != 4:
             return F.channel_shuffle(conv_bn_act_forward(self, x, self, bn, act, padding), groups)
-        if x.device.type == "cpu" and not _fused_on_cpu(x, self.weight):
+        if x.device.type == "cpu" and not _fused_on_cpu(x, self):
             return inline_channel_shuffle(conv_bn_act_forward(self, x, self, bn, act, padding),
                                           groups)
         return conv_bn_act_forward(self, x, self, bn, act, padding, groups, inline_channel_shuffle)
