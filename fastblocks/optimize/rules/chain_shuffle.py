@@ -51,16 +51,19 @@ def _fused_on_cpu(x: Tensor, conv: nn.Conv2d) -> bool:
     grouped_conv2d calls ATen's convolution) and then ``ops.channel_shuffle``.
 
     Measured on the 2-core dev VM (AMD EPYC, torch 2.13, OMP_NUM_THREADS=1, fp32, eval, no_grad;
-    ShuffleNet v1 compress layers 1x1 conv -> BN -> ReLU -> shuffle, g=3 and g=8, 12 shapes
-    each; 41 interleaved rounds in random order, median; eager = nn.Sequential(conv, BN, ReLU)
-    then view/transpose/reshape; the VM was shared with other builds, single outliers of up to
-    4x either way were discarded), speed-up over eager:
-    - NCHW, batch 1: fused 1.22-1.62x; conv_bias_act + channel_shuffle 1.06-1.77x (slower than
-      fused on 9 of 12 shapes); before this rule (conv_bias_act, then eager's shuffle below
-      2**18 elements) 1.01-1.64x. Batch 8: fused 1.04-1.30x, the others 0.98-1.65x.
-    - channels_last, batch 1: fused 1.25-2.71x; conv_bias_act + channel_shuffle 1.33-2.62x
-      (faster than fused on 10 of 12); batch 8: fused 1.07-1.53x, conv_bias_act +
-      channel_shuffle 1.09-2.54x (faster on 10 of 12).
+    the 12 compress layers of ShuffleNet v1 g=3 and g=8, 1x1 conv -> BN -> ReLU -> shuffle;
+    41 interleaved rounds in random order, median; eager = the zoo's nn.Sequential(conv, BN,
+    ReLU) then its view/transpose/reshape shuffle). The VM ran other builds meanwhile (load
+    8-13): batch-8 samples were dominated by 10 ms scheduler slices, so only batch 1 decides
+    here. Median over the 12 shapes of the speed-up over eager (the op calls alone):
+    - NCHW: grouped_conv2d 1.44x (none below 1x), conv_bias_act + channel_shuffle 1.34x;
+      grouped_conv2d faster on 9 of 12.
+    - channels_last: grouped_conv2d 1.38x, conv_bias_act + channel_shuffle 1.73x (none below
+      1x); the latter faster on 11 of 12.
+    Whole models (224x224, same conditions, 15 rounds): ShuffleNet v1 g3 / g8 with this rule
+    1.15x / 1.09x eager at batch 1 NCHW (without it 1.08x / 1.04x), 1.28x / 1.42x channels_last
+    (1.19x / 1.14x); batch 8 NCHW 1.09x / 1.14x (1.05x / 1.12x), channels_last 1.49x / 1.64x
+    (1.24x / 1.63x).
     """
     return conv.groups == 1 or not (is_channels_last(x) or is_channels_last(conv.weight))
 
