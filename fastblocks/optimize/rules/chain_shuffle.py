@@ -60,10 +60,10 @@ def _fused_on_cpu(x: Tensor, conv: nn.Conv2d) -> bool:
       grouped_conv2d faster on 9 of 12.
     - channels_last: grouped_conv2d 1.38x, conv_bias_act + channel_shuffle 1.73x (none below
       1x); the latter faster on 11 of 12.
-    Whole models (224x224, same conditions, 15 rounds): ShuffleNet v1 g3 / g8 with this rule
-    1.15x / 1.09x eager at batch 1 NCHW (without it 1.08x / 1.04x), 1.28x / 1.42x channels_last
-    (1.19x / 1.14x); batch 8 NCHW 1.09x / 1.14x (1.05x / 1.12x), channels_last 1.49x / 1.64x
-    (1.24x / 1.63x).
+    Whole models (224x224, same conditions, 15 rounds, in-process against optimize without
+    this rule): ShuffleNet v1 g3 / g8 with it 1.19x / 1.20x eager at batch 1 NCHW (without
+    0.97x / 1.19x), 1.11x / 1.49x channels_last (1.09x / 1.24x); batch 8 NCHW 1.10x / 1.35x
+    (1.03x / 1.39x), channels_last 1.59x / 1.52x (1.29x / 1.42x).
     """
     return conv.groups == 1 or not (is_channels_last(x) or is_channels_last(conv.weight))
 
