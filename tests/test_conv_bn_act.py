@@ -14,7 +14,7 @@ from fastblocks import ops
 from fastblocks.nn import ConvBNAct
 from fastblocks.ops import _mkldnn_conv
 from fastblocks.ops.conv_bn_act import reference_conv_bias_act, reference_conv_bn_act
-from fastblocks.testing import check
+from fastblocks.testing import check, compare
 from tolerances import assert_parity
 
 ACTS = (None, "relu", "relu6", "hardswish", "hardsigmoid", "silu")
@@ -421,3 +421,45 @@ def test_conv_bn_act_cuda(dtype, training):
     res = check(fast, eager, [x, w, bw, bb], grad_idx=(0, 1, 2, 3),
                 names=("x", "weight", "bn_weight", "bn_bias"))
     assert res.ok, res.messages
+
+
+@pytest.mark.parametrize("n, c_in, hw, k, onednn", [
+    (1, 16, 8, 1, False),    # 1x1, 0.07 M multiply-adds: ATen's GEMM (less per-call cost)
+    (2, 64, 36, 1, True),    # 1x1, 10.6 M: oneDNN's fused primitive
+    (1, 4, 6, 3, True),      # 3x3: oneDNN at every size
+])
+def test_cpu_channels_last_path_by_size(monkeypatch, n, c_in, hw, k, onednn):
+    calls = []
+    real = _mkldnn_conv.conv_pointwise
+    monkeypatch.setattr(_mkldnn_conv, "conv_pointwise",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    x = _x(n, c_in, hw, hw, channels_last=True)
+    w, b = torch.randn(64, c_in, k, k), torch.randn(64)
+    y = ops.conv_bias_act(x, w, b, 1, k // 2, 1, 1, "relu6")
+    assert bool(calls) == (onednn and _mkldnn_conv.can_serve(x, w))
+    assert y.is_contiguous(memory_format=CL)
+    ok, _, msg = compare(y, F.relu6(F.conv2d(x, w, b, 1, k // 2)),
+                         F.relu6(F.conv2d(x.double(), w.double(), b.double(), 1, k // 2)),
+                         reduction=True)
+    assert ok, msg
+
+
+def test_compile_on_cpu_hands_the_conv_to_inductor():
+    """Under torch.compile on CPU, conv_bias_act traces to ATen's conv and activation (inductor
+    fuses them itself), not to the opaque fastblocks op."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    f = torch.compile(lambda x, w, b: ops.conv_bias_act(x, w, b, 1, 1, 1, 1, "relu6"),
+                      backend=backend, fullgraph=True)
+    x, w, b = _x(1, 4, 6, 6, channels_last=True), torch.randn(8, 4, 3, 3), torch.randn(8)
+    y = f(x, w, b)
+    targets = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert any("conv2d" in t for t in targets), targets
+    assert not any("fastblocks" in t for t in targets), targets
+    ok, _, msg = compare(y, F.relu6(F.conv2d(x, w, b, 1, 1)),
+                         F.relu6(F.conv2d(x.double(), w.double(), b.double(), 1, 1)), reduction=True)
+    assert ok, msg

@@ -29,11 +29,21 @@ cudaError_t depthwise_forward(const void* x, const void* weight, const void* bia
 cudaError_t depthwise_backward_input(const void* grad, const void* weight, void* grad_x,
                                      const DepthwiseShape& s, DType dtype, cudaStream_t stream);
 // grad_weight (C*mult, 1, KH, KW) in dtype; `workspace` holds at least
-// depthwise_backward_weight_workspace(s) bytes of scratch (float partial sums).
+// depthwise_backward_weight_workspace(s) bytes of scratch (partial sums in float, double for
+// fp64; the size is a function of the shape alone, so it can be allocated before the launch).
 int64_t depthwise_backward_weight_workspace(const DepthwiseShape& s);
 cudaError_t depthwise_backward_weight(const void* grad, const void* x, void* grad_w,
                                       void* workspace, const DepthwiseShape& s, DType dtype,
                                       cudaStream_t stream);
+// The depthwise kernels index strides, paddings, dilated kernel spans and channels in int32:
+// the launchers return cudaErrorInvalidValue past these limits, and the binding checks them
+// first to say which argument is too large. Needs dil_h, dil_w >= 1.
+inline bool depthwise_fits_int32(const DepthwiseShape& s) {
+  constexpr int64_t lim = 2147483647;
+  return s.stride_h <= lim && s.stride_w <= lim && s.pad_h >= -lim && s.pad_h <= lim &&
+         s.pad_w >= -lim && s.pad_w <= lim && s.kh * s.kw <= lim && s.kh <= lim / s.dil_h &&
+         s.kw <= lim / s.dil_w && s.c * s.mult <= lim;
+}
 
 // Channel shuffle of a (channels [0, s.split)) and b (the rest; null when s.split == s.c) into
 // y (N, C, H, W) contiguous in the format: y[:, o] = act(cat[:, src(o)] + bias[src(o)]),

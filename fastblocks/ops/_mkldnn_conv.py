@@ -34,7 +34,7 @@ _MAX_SHAPES_PER_WEIGHT = 4   # input sizes remembered per weight (batch sizes se
 _packed: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
-def _native_dtypes() -> tuple[torch.dtype, ...]:
+def native_dtypes() -> tuple[torch.dtype, ...]:
     global _DTYPES
     if _DTYPES is None:
         dtypes = [torch.float32]
@@ -57,7 +57,7 @@ def can_serve(x: Tensor, weight: Tensor) -> bool:
     """Whether the fused oneDNN primitive runs this CPU convolution (dtype the CPU supports
     natively, dense 4-d tensors, torch.backends.mkldnn enabled)."""
     return (_AVAILABLE and x.device.type == "cpu" and torch.backends.mkldnn.enabled
-            and x.dtype in _native_dtypes() and weight.dtype == x.dtype and x.dim() == 4
+            and x.dtype in native_dtypes() and weight.dtype == x.dtype and x.dim() == 4
             and x.shape[0] > 0)
 
 

@@ -7,7 +7,9 @@ into models through ``fastblocks.nn.ConvBNAct``) and this op family:
   ``act(conv2d(x, weight, bias))`` in one pass over the output. Registered as
   ``fastblocks::conv_bias_act``. On CPU it runs oneDNN's convolution with the bias and the
   activation as post-ops of the same primitive, on weights packed once per (tensor, version)
-  (``_mkldnn_conv``: what inductor's freezing does); where oneDNN cannot serve (float64,
+  (``_mkldnn_conv``: what inductor's freezing does), except 1x1 convolutions under 8 M
+  multiply-adds, where ATen's GEMM plus an in-place activation costs less per call
+  (``_small_pointwise``); where oneDNN cannot serve (float64,
   float16/bfloat16 without native CPU support) ATen's convolution and an in-place activation.
   Depthwise convolutions (groups == C_in, weight (C_in*m, 1, kh, kw)) go to
   ``depthwise_conv2d``'s fused kernel.
@@ -47,7 +49,7 @@ from torch import Tensor
 
 from .._backend import capture, get_backend, resolve, restored
 from . import _mkldnn_conv
-from ._activation_codes import activation_code
+from ._activation_codes import activate_, activation_code
 from ._conv_args import conv_geometry, conv_geometry_cached
 from ._fastpath import direct_autograd, needs_grad, plain_eager
 from ._layout import empty, is_channels_last, memory_format
@@ -81,16 +83,6 @@ def reference_conv_bn_act(x, weight, conv_bias, bn_weight, bn_bias, running_mean
     return y if code == 0 else _act_forward(y, code)
 
 
-_INPLACE = {1: torch.relu_, 2: lambda y: F.hardtanh_(y, 0.0, 6.0),
-            3: lambda y: F.hardswish(y, inplace=True), 4: lambda y: F.hardsigmoid(y, inplace=True),
-            5: lambda y: F.silu(y, inplace=True)}
-
-
-def _activate_(y: Tensor, act: int) -> Tensor:
-    """The activation applied in place (y is a fresh buffer nobody else holds)."""
-    return y if act == 0 else _INPLACE[act](y)
-
-
 def _out_channels_last(x: Tensor, weight: Tensor) -> bool:
     """PyTorch's rule for a convolution's output: channels_last if the input or the weight is."""
     return is_channels_last(x) or is_channels_last(weight)
@@ -104,12 +96,31 @@ def _conv_bias_act_impl(x, weight, bias, stride, padding, dilation, groups, act)
     # 30 batch-1 layers (1 thread, the EPYC VM), where ATen's NCHW convolution with the bias
     # and an in-place activation drops only BN's pass and never loses
     if _out_channels_last(x, weight) and _mkldnn_conv.can_serve(x, weight) \
-            and get_backend() != "torch":
+            and get_backend() != "torch" and not _small_pointwise(x, weight, stride):
         x = x.contiguous(memory_format=torch.channels_last)
         return _mkldnn_conv.conv_pointwise(x, weight, bias, stride, padding, dilation, groups,
                                            act)
     y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    return _activate_(y, act)
+    return activate_(y, act)
+
+
+# oneDNN's fused primitive costs ~25 us more per call than ATen's convolution, which for a 1x1
+# kernel on channels_last is one GEMM with the bias (then an in-place activation). Interleaved
+# medians of 60 calls, batch 1, fp32, relu6, 1 thread, the 2-core EPYC VM
+# (/work/lead/sweep1x1.py): oneDNN/ATen time 2.3x at 64->64 7x7 (0.2 M multiply-adds), 1.2x at
+# 20x20 (1.6 M), 1.05x at 40x40 (6.6 M), 0.93x at 56x56 (12.8 M); 192->32: 1.06x at 28x28
+# (4.8 M), 0.93x at 40x40 (9.8 M); 576->96: 1.0x at 14x14 (10.8 M), 0.95x at 20x20 (22 M).
+# kxk kernels stay with oneDNN at every size (ATen's im2col path measured 1.08-1.4x slower).
+_POINTWISE_ATEN_MAX_MACS = 8_000_000
+
+
+def _small_pointwise(x: Tensor, weight: Tensor, stride) -> bool:
+    """A 1x1 convolution small enough for ATen's GEMM to beat oneDNN's per-call cost."""
+    if weight.shape[-1] != 1 or weight.shape[-2] != 1:
+        return False
+    n, c_in, h, w = x.shape
+    macs = n * -(-h // stride[0]) * -(-w // stride[1]) * weight.shape[0] * weight.shape[1]
+    return macs < _POINTWISE_ATEN_MAX_MACS
 
 
 @torch.library.custom_op("fastblocks::conv_bias_act", mutates_args=())
@@ -183,7 +194,7 @@ def _train_impl(x, weight, conv_bias, bn_weight, bn_bias, eps, stride, padding, 
         y, mean, invstd = kernels.bn_act_train_forward(z, w32, b32, eps, act, cl)
         return y, z, mean, invstd
     y, mean, invstd = torch.ops.aten._native_batch_norm_legit.no_stats(z, w32, b32, True, 0.0, eps)
-    return _activate_(y, act), z, mean, invstd
+    return activate_(y, act), z, mean, invstd
 
 
 def _train_kernels(device: torch.device):
@@ -441,7 +452,13 @@ def conv_bias_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=
     x, unbatched, stride, padding, dilation = _prepare(x, weight, bias, stride, padding,
                                                        dilation, groups)
     args = (x, weight, bias, stride, padding, dilation, groups, code)
-    if not _direct_ok(x, weight, bias):
+    if torch.compiler.is_compiling() and x.device.type == "cpu":
+        # plain ATen ops for inductor: with freezing it folds the constants and fuses the conv
+        # with its activation into oneDNN's post-op primitive on channels_last itself, where
+        # our op is opaque to it (zoo MobileNetV2 b8, 1 thread, NCHW: compile of the optimized
+        # model ran 0.70x compile of the plain one through the op; bench/results models-*)
+        y = activate_(F.conv2d(x, weight, bias, stride, padding, dilation, groups), code)
+    elif not _direct_ok(x, weight, bias):
         y = _conv_bias_act_op(*args)
     elif needs_grad(x, weight, bias):
         y = _conv_bias_act_direct(*args)

@@ -6,6 +6,7 @@ from collections import Counter
 
 from torch import nn
 
+from . import _cpu_layout
 from ._classswap import is_swapped, restore_class
 from ._report import Report
 from ._rule import Context, Keep, same_state
@@ -38,6 +39,8 @@ def optimize(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     state = {"replaced": {}, "visited": set()}
     model = _visit(model, "", ctx, state)
     model.__dict__["fastblocks_report"] = ctx.report
+    if _cpu_layout.pays_off(model, ctx.report):
+        _cpu_layout.install(model)
     return model
 
 
@@ -110,6 +113,7 @@ def revert(model: nn.Module) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     done: dict[int, nn.Module] = {}
+    _cpu_layout.uninstall(model)
     model = _revert(model, done)
     model.__dict__.pop("fastblocks_report", None)
     return model

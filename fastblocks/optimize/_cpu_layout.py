@@ -1,0 +1,137 @@
+"""On CPU, an optimized model in eval mode runs channels_last inside when it is given NCHW input.
+
+Why: the fused conv -> BN -> activation path on CPU is oneDNN's convolution with post-ops on
+prepacked weights (fastblocks/ops/_mkldnn_conv.py), and oneDNN serves it fast only for
+channels_last activations; per layer, converting NCHW -> NHWC -> NCHW around each conv costs
+more than it saves (MobileNetV2's 19 1x1 layers at batch 8, 1 thread: 104 ms converted per
+layer vs 64 ms for ATen's NCHW convolution; /work/lead/nchw_1x1.py, the 2-core EPYC VM). So
+the layout is changed once, at the model's input, and changed back at its output, as
+inductor's layout optimisation does inside a compiled graph (optimize() installs it where
+``pays_off``: a conv was fused and no norm layer is left that eager runs slower on
+channels_last):
+
+- a forward pre-hook on the root module converts the first positional argument, when it is a
+  4-d NCHW floating-point CPU tensor of a dtype oneDNN serves, to channels_last;
+- a forward hook converts every 4-d channels_last tensor of the output back to NCHW
+  (contiguous), so callers see the strides eager would have given them;
+- values are those of eager up to the summation order of the convolutions (the layouts run
+  different oneDNN/ATen kernels, as eager's own NCHW and channels_last runs do).
+
+Only in eval mode: user code in a forward can depend on strides (``x.view(n, -1)`` on a 4-d
+activation fails on channels_last), so the first converted call runs the model once on the
+channels_last input under ``torch.no_grad()`` and keeps the conversion only if that succeeds
+(else NCHW for good, with a note in ``model.fastblocks_report``). A training forward updates
+BatchNorm statistics, so it cannot be tried twice: training keeps the caller's layout. Under
+torch.compile/export nothing is converted (inductor chooses layouts itself). ``revert()``
+removes both hooks. The hooks are module-level functions, so deepcopy and pickling keep them.
+"""
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import Tensor, nn
+from torch.utils import _pytree as pytree
+
+from ..ops import _mkldnn_conv
+from ._classswap import is_swapped
+
+_STATE = "_fastblocks_cpu_channels_last"  # model.__dict__: {"ok": None | bool, "why": str}
+_active = threading.local()               # ids of root modules whose input this thread converted
+
+
+# Norm layers eager runs slower on channels_last CPU tensors: BatchNorm2d(144) + ReLU on
+# 8x144x56x56, eval, 1 thread: 2.2 ms NCHW, 10.5 ms channels_last (/work/lead/bn_cl.py, the
+# EPYC VM). A model that still runs one of them eagerly after optimize() (a pre-activation
+# BN -> ReLU -> conv, as in DenseNet) keeps NCHW.
+_EAGER_SLOWER_ON_CHANNELS_LAST = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm,
+                                  nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
+
+
+def pays_off(model: nn.Module, report) -> bool:
+    """Whether optimize() installs the conversion: some conv was fused (its CPU path wants
+    channels_last) and no norm layer is left for eager to run on channels_last."""
+    if not any("conv" in pattern for pattern in report.swapped):
+        return False
+    return not any(isinstance(m, _EAGER_SLOWER_ON_CHANNELS_LAST) and not is_swapped(m)
+                   for m in model.modules())
+
+
+def install(model: nn.Module) -> None:
+    """Register the two hooks on ``model`` (the root that optimize() returns)."""
+    if _STATE in model.__dict__:
+        return
+    model.__dict__[_STATE] = {"ok": None, "why": ""}
+    model.register_forward_pre_hook(channels_last_input, with_kwargs=True)
+    model.register_forward_hook(input_layout_output)
+
+
+def uninstall(model: nn.Module) -> None:
+    """Remove what ``install`` added (revert())."""
+    if model.__dict__.pop(_STATE, None) is None:
+        return
+    for hooks, fn, with_kwargs in ((model._forward_pre_hooks, channels_last_input,
+                                    model._forward_pre_hooks_with_kwargs),
+                                   (model._forward_hooks, input_layout_output,
+                                    model._forward_hooks_with_kwargs)):
+        for key in [k for k, h in hooks.items() if h is fn]:
+            del hooks[key]
+            with_kwargs.pop(key, None)
+
+
+def enabled(model: nn.Module) -> bool | None:
+    """True/False once decided by the first eval call on NCHW CPU input, None before (or when
+    not installed)."""
+    state = model.__dict__.get(_STATE)
+    return None if state is None else state["ok"]
+
+
+def _wants_conversion(module: nn.Module, x) -> bool:
+    return (not module.training and isinstance(x, Tensor) and x.device.type == "cpu"
+            and x.dim() == 4 and x.is_floating_point()
+            and x.dtype in _mkldnn_conv.native_dtypes()
+            and x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+            and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+            and not torch.jit.is_tracing()
+            and not torch.jit.is_scripting())
+
+
+def channels_last_input(module: nn.Module, args: tuple, kwargs: dict):
+    ids = getattr(_active, "ids", None)
+    if ids is None:
+        ids = _active.ids = set()
+    ids.discard(id(module))  # left over from a call that raised
+    state = module.__dict__.get(_STATE)
+    if state is None or state["ok"] is False or not args or not _wants_conversion(module, args[0]):
+        return None
+    x = args[0].contiguous(memory_format=torch.channels_last)
+    args = (x,) + tuple(args[1:])
+    if state["ok"] is None:
+        try:
+            with torch.no_grad():
+                module.forward(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any failure means: keep the caller's layout
+            state["ok"] = False
+            state["why"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            report = module.__dict__.get("fastblocks_report")
+            if report is not None:
+                report.note("CPU: the model failed on a channels_last input "
+                            f"({state['why']}); it runs in the caller's NCHW layout")
+            return None
+        state["ok"] = True
+    ids.add(id(module))
+    return args, kwargs
+
+
+def _to_nchw(t: Tensor) -> Tensor:
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return t.contiguous()
+    return t
+
+
+def input_layout_output(module: nn.Module, args: tuple, output):
+    ids = getattr(_active, "ids", None)
+    if not ids or id(module) not in ids:
+        return None
+    ids.discard(id(module))
+    return pytree.tree_map_only(Tensor, _to_nchw, output)
