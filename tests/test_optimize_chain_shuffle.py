@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import fastblocks
+from fastblocks.optimize import _cpu_layout
 from fastblocks.optimize._inline_module import InlineFused
 from fastblocks.optimize.rules import chain_shuffle as rule
 from fastblocks.optimize.rules.chain_shuffle import ShuffleFusedIntoConv, ShuffledConvBNActHead
@@ -103,7 +104,10 @@ def test_fused_report_classes_parity_and_revert(monkeypatch):
         real = getattr(fastblocks.ops, op)
         monkeypatch.setattr(fastblocks.ops, op,
                             lambda *a, _r=real, _n=op: calls.append((_n, a[-1])) or _r(*a))
-    # (ChainReadTwice's separate shuffle runs eager on a tiny NCHW tensor, ours on channels_last)
+    # (ChainReadTwice's separate shuffle runs eager on a tiny NCHW tensor, ours on channels_last).
+    # Each layout as given: without optimize()'s CPU conversion of NCHW input to channels_last
+    bare = copy.deepcopy(fused)
+    _cpu_layout.uninstall(bare)
     gconv = [("grouped_conv2d", 3), ("grouped_conv2d", 4)]
     cases = [(torch.contiguous_format, False, gconv),
              (torch.channels_last, False, [("channel_shuffle", 3)] * 2 + [("channel_shuffle", 4)]),
@@ -112,7 +116,7 @@ def test_fused_report_classes_parity_and_revert(monkeypatch):
         if force:
             monkeypatch.setattr(rule, "_fused_on_cpu", lambda *a: True)
         calls.clear()
-        assert_same_model(plain, fused, x.contiguous(memory_format=fmt), train=False,
+        assert_same_model(plain, bare, x.contiguous(memory_format=fmt), train=False,
                           backward=False)
         assert sorted(calls) == sorted(want), (fmt, force, calls)
 
