@@ -23,7 +23,8 @@ the chain under its own pattern, e.g. "grouped conv -> BN -> relu -> channel shu
 How the head runs: see ``ShuffledConvBNActHead`` (eval without autograd: one
 ``ops.grouped_conv2d(x, folded weight, folded bias, groups, activation, shuffle_groups)``;
 otherwise the chain's exact BN path, then the shuffle), and ``_fused_on_cpu`` for the CPU
-policy.
+policy (on CPU an optimized model in eval mode runs NCHW input channels_last inside,
+_cpu_layout.py, so there the chain runs as conv_bias_act, then ops.channel_shuffle).
 """
 from __future__ import annotations
 
