@@ -97,8 +97,8 @@ def test_fused_report_classes_parity_and_revert(monkeypatch):
         assert_same_model(copy.deepcopy(plain), copy.deepcopy(fused), x, train, steps=2)
 
     # inference: each fused chain is one grouped_conv2d call writing the shuffled output; on
-    # CPU, channels_last runs conv_bias_act then channel_shuffle instead (_fused_on_cpu),
-    # unless forced
+    # CPU, a channels_last output of a conv that conv_bias_act runs through oneDNN (not these
+    # tiny ones) takes conv_bias_act then channel_shuffle instead (_fused_on_cpu), forced here
     calls = []
     for op in ("grouped_conv2d", "channel_shuffle"):
         real = getattr(fastblocks.ops, op)
@@ -110,11 +110,11 @@ def test_fused_report_classes_parity_and_revert(monkeypatch):
     _cpu_layout.uninstall(bare)
     gconv = [("grouped_conv2d", 3), ("grouped_conv2d", 4)]
     cases = [(torch.contiguous_format, False, gconv),
-             (torch.channels_last, False, [("channel_shuffle", 3)] * 2 + [("channel_shuffle", 4)]),
-             (torch.channels_last, True, [("channel_shuffle", 3)] + gconv)]
+             (torch.channels_last, False, [("channel_shuffle", 3)] + gconv),
+             (torch.channels_last, True, [("channel_shuffle", 3)] * 2 + [("channel_shuffle", 4)])]
     for fmt, force, want in cases:
-        if force:
-            monkeypatch.setattr(rule, "_fused_on_cpu", lambda *a: True)
+        if force:  # the ungrouped chain keeps its permuted-weight conv
+            monkeypatch.setattr(rule, "_fused_on_cpu", lambda x, conv: conv.groups == 1)
         calls.clear()
         assert_same_model(plain, bare, x.contiguous(memory_format=fmt), train=False,
                           backward=False)

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ...nn.conv_bn_act import conv_bn_act_forward
 from ...nn.shuffle import ChannelShuffle as FastChannelShuffle
 from ...ops._layout import is_channels_last
+from ...ops.conv_bn_act import _small_pointwise
 from .._classswap import is_swapped, reswap_class, swap_class
 from .._inline_module import InlineFused
 from .._padding import tf_same_padding
@@ -46,27 +47,35 @@ from .shuffle import SwappedChannelShuffle, inline_channel_shuffle
 def _fused_on_cpu(x: Tensor, conv: nn.Conv2d) -> bool:
     """Whether the one-call path runs for CPU input ``x`` in inference: for an ungrouped conv
     always (one conv_bias_act with the output channels of the folded weight permuted: no
-    shuffle pass at all), for a grouped one (grouped_conv2d) for an NCHW output only. A
-    channels_last one runs the folded chain as ``ops.conv_bias_act``
-    (oneDNN's convolution with packed weights and the activation as a post-op, where
-    grouped_conv2d calls ATen's convolution) and then ``ops.channel_shuffle``.
+    shuffle pass at all); for a grouped one (grouped_conv2d: ATen's convolution, then one pass
+    adding nothing but the activation and the shuffled write) unless the output is
+    channels_last and ``ops.conv_bias_act`` would run oneDNN's packed-weight primitive with
+    the activation as a post-op (kxk kernels, 1x1 from 8 M multiply-adds: ops/conv_bn_act.py
+    ``_small_pointwise``): then the folded chain as conv_bias_act, then ``ops.channel_shuffle``.
 
     Measured on the 2-core dev VM (AMD EPYC, torch 2.13, OMP_NUM_THREADS=1, fp32, eval, no_grad;
-    the 12 compress layers of ShuffleNet v1 g=3 and g=8, 1x1 conv -> BN -> ReLU -> shuffle;
-    41 interleaved rounds in random order, median; eager = the zoo's nn.Sequential(conv, BN,
-    ReLU) then its view/transpose/reshape shuffle). The VM ran other builds meanwhile (load
-    8-13): batch-8 samples were dominated by 10 ms scheduler slices, so only batch 1 decides
-    here. Median over the 12 shapes of the speed-up over eager (the op calls alone):
-    - NCHW: grouped_conv2d 1.44x (none below 1x), conv_bias_act + channel_shuffle 1.34x;
-      grouped_conv2d faster on 9 of 12.
-    - channels_last: grouped_conv2d 1.38x, conv_bias_act + channel_shuffle 1.73x (none below
-      1x); the latter faster on 11 of 12.
+    the 12 compress layers of ShuffleNet v1 g=3 and g=8, 1x1 conv -> BN -> ReLU -> shuffle,
+    10 of them grouped; 41 interleaved rounds in random order, median; eager = the zoo's
+    nn.Sequential(conv, BN, ReLU), then its view/transpose/reshape shuffle). The VM ran other
+    builds meanwhile (load 8-13), so single ratios swing; medians over the shapes of the
+    speed-up over eager, op calls alone:
+    - batch 1, NCHW: grouped_conv2d 1.44x (none below 1x), conv_bias_act + channel_shuffle
+      1.34x; grouped_conv2d faster on 9 of 12.
+    - batch 1, channels_last (every layer under 8 M multiply-adds: conv_bias_act is ATen's GEMM
+      there): grouped_conv2d 1.46x, conv_bias_act + channel_shuffle 1.39x; grouped_conv2d
+      faster on 9 of the 10 grouped layers.
+    - batch 8, channels_last (all from 29 M multiply-adds: oneDNN): grouped_conv2d 1.33x,
+      conv_bias_act + channel_shuffle 1.94x, faster on 11 of 12 (10 of 10 in a quieter run).
+      Batch 8 NCHW: within noise of each other (1.05x against 1.02x).
     Whole models (224x224, same conditions, 15 rounds, in-process against optimize without
-    this rule): ShuffleNet v1 g3 / g8 with it 1.19x / 1.20x eager at batch 1 NCHW (without
-    0.97x / 1.19x), 1.11x / 1.49x channels_last (1.09x / 1.24x); batch 8 NCHW 1.10x / 1.35x
-    (1.03x / 1.39x), channels_last 1.59x / 1.52x (1.29x / 1.42x).
+    this rule, before optimize() ran NCHW input channels_last on CPU): ShuffleNet v1 g3 / g8
+    with it 1.19x / 1.20x eager at batch 1 NCHW (without 0.97x / 1.19x), 1.11x / 1.49x
+    channels_last (1.09x / 1.24x); batch 8 NCHW 1.10x / 1.35x (1.03x / 1.39x), channels_last
+    1.59x / 1.52x (1.29x / 1.42x).
     """
-    return conv.groups == 1 or not (is_channels_last(x) or is_channels_last(conv.weight))
+    if conv.groups == 1 or not (is_channels_last(x) or is_channels_last(conv.weight)):
+        return True
+    return conv.kernel_size == (1, 1) and _small_pointwise(x, conv.weight, conv.stride)
 
 
 class ShuffledConvBNActHead(ConvBNActHead):
