@@ -1,9 +1,10 @@
 """fastblocks.optimize's conv -> BN -> act -> channel shuffle fusion (rules/chain_shuffle.py) on
 user-style blocks: Sequentials ending in nn.ChannelShuffle (grouped and ungrouped conv), a
-block shuffling inline, and one whose chain output is also read elsewhere (not fused). Report, classes, state_dict keys, parity
-of outputs and every gradient with the plain model in train and eval, the one grouped_conv2d
-call per chain in inference, revert, and torch.compile(fullgraph=True). The zoo's ShuffleNet
-v1 is checked in tests/test_optimize_se_shuffle.py."""
+block shuffling inline, and one whose chain output is also read elsewhere (not fused).
+Report, classes, state_dict keys, parity of outputs and every gradient with the plain model
+in train and eval, the one grouped_conv2d call per chain in inference (and the CPU policy's
+other branch), revert, and torch.compile(fullgraph=True). The zoo's ShuffleNet v1 is checked
+in tests/test_optimize_se_shuffle.py."""
 from __future__ import annotations
 
 import copy

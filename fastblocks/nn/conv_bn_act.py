@@ -67,9 +67,10 @@ def conv_bn_act_forward(owner: nn.Module, x: Tensor, conv: nn.Conv2d,
     ``shuffle_groups`` (a positive int dividing C_out; 4-d x): the output is channel-shuffled
     as ``nn.ChannelShuffle(shuffle_groups)`` does (ShuffleNet v1's 1x1 GConv -> BN -> ReLU ->
     shuffle). Eval mode without autograd: one ``ops.grouped_conv2d`` call with the folded
-    weight and bias writes the activated output in shuffled order. Otherwise (training,
-    gradients of an eval-mode model) the chain runs as without it and ``shuffle(y,
-    shuffle_groups)`` (default ``ops.channel_shuffle``) shuffles its output."""
+    weight and bias writes the activated output in shuffled order (an ungrouped conv: one
+    ``ops.conv_bias_act`` with the folded weight's output channels permuted). Otherwise
+    (training, gradients of an eval-mode model) the chain runs as without it and
+    ``shuffle(y, shuffle_groups)`` (default ``ops.channel_shuffle``) shuffles its output."""
     if shuffle_groups is not None:
         return _chain_then_shuffle(owner, x, conv, bn, activation, padding, shuffle_groups,
                                    shuffle or ops.channel_shuffle)

@@ -83,8 +83,9 @@ class ShuffledConvBNActHead(ConvBNActHead):
     (the shuffle that followed the chain became an identity).
 
     Eval mode without autograd: one ``ops.grouped_conv2d`` call with the BN folded writes the
-    activated output in shuffled order (on CPU where ``_fused_on_cpu`` says so, else the
-    folded chain then ``inline_channel_shuffle``). Training or autograd: the chain's exact
+    activated output in shuffled order (an ungrouped conv: its folded weight's output
+    channels permuted; on CPU where ``_fused_on_cpu`` says so, else the folded chain, then
+    ``inline_channel_shuffle``). Training or autograd: the chain's exact
     BatchNorm path (running statistics as nn.BatchNorm2d), then ``inline_channel_shuffle``.
     Shapes: (N, C_in, H, W) -> (N, C_out, OH, OW), channels shuffled; an unbatched (C_in, H, W)
     input gets ``F.channel_shuffle`` of its (C_out, OH, OW) output, as nn.ChannelShuffle does.
@@ -233,7 +234,8 @@ class ChainShuffleRule(BlockRule):
                 node.replace_all_uses_with(x)
                 graphs[0].erase_node(node)
                 rewritten = True
-                ctx.report.unswap(f"inline channel shuffle (groups={groups})", ctx.path or "<model>")
+                ctx.report.unswap(f"inline channel shuffle (groups={groups})",
+                                  ctx.path or "<model>")
             else:
                 if is_swapped(module):
                     reswap_class(module, ShuffleFusedIntoConv)
