@@ -152,9 +152,10 @@ def _head_in(module: nn.Module, ctx):
 
 
 def _owns(head: ConvBNActHead, skipped: list) -> bool:
-    """The fused BN/activation modules between the head and the output are its own."""
+    """The fused modules between the head and the output are its own: its BN (always there:
+    a chain is fused only where its BN reads the conv) and at most its activation."""
     bns = [m for m in skipped if isinstance(m, BatchNormFusedIntoConv)]
-    return all(m is head.__dict__["_fb_bn"] for m in bns) and len(bns) <= 1
+    return len(bns) == 1 and bns[0] is head.__dict__["_fb_bn"] and len(skipped) <= 2
 
 
 def _head_of(block: nn.Module, x, calls: dict, ctx):
@@ -167,7 +168,7 @@ def _head_of(block: nn.Module, x, calls: dict, ctx):
             return None
         m = block.get_submodule(n.target)
         if type(m) is ConvBNActHead:
-            return (m, n.target) if skipped and _owns(m, skipped) else None
+            return (m, n.target) if _owns(m, skipped) else None
         if isinstance(m, _IDENTITIES):
             if len(n.args) != 1 or n.kwargs or not hasattr(n.args[0], "op"):
                 return None
