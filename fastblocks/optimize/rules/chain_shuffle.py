@@ -53,25 +53,26 @@ def _fused_on_cpu(x: Tensor, conv: nn.Conv2d) -> bool:
     the activation as a post-op (kxk kernels, 1x1 from 8 M multiply-adds: ops/conv_bn_act.py
     ``_small_pointwise``): then the folded chain as conv_bias_act, then ``ops.channel_shuffle``.
 
-    Measured on the 2-core dev VM (AMD EPYC, torch 2.13, OMP_NUM_THREADS=1, fp32, eval, no_grad;
-    the 12 compress layers of ShuffleNet v1 g=3 and g=8, 1x1 conv -> BN -> ReLU -> shuffle,
-    10 of them grouped; 41 interleaved rounds in random order, median; eager = the zoo's
-    nn.Sequential(conv, BN, ReLU), then its view/transpose/reshape shuffle). The VM ran other
-    builds meanwhile (load 8-13), so single ratios swing; medians over the shapes of the
-    speed-up over eager, op calls alone:
-    - batch 1, NCHW: grouped_conv2d 1.44x (none below 1x), conv_bias_act + channel_shuffle
-      1.34x; grouped_conv2d faster on 9 of 12.
-    - batch 1, channels_last (every layer under 8 M multiply-adds: conv_bias_act is ATen's GEMM
-      there): grouped_conv2d 1.46x, conv_bias_act + channel_shuffle 1.39x; grouped_conv2d
-      faster on 9 of the 10 grouped layers.
-    - batch 8, channels_last (all from 29 M multiply-adds: oneDNN): grouped_conv2d 1.33x,
-      conv_bias_act + channel_shuffle 1.94x, faster on 11 of 12 (10 of 10 in a quieter run).
-      Batch 8 NCHW: within noise of each other (1.05x against 1.02x).
-    Whole models (224x224, same conditions, 15 rounds, in-process against optimize without
-    this rule, before optimize() ran NCHW input channels_last on CPU): ShuffleNet v1 g3 / g8
-    with it 1.19x / 1.20x eager at batch 1 NCHW (without 0.97x / 1.19x), 1.11x / 1.49x
-    channels_last (1.09x / 1.24x); batch 8 NCHW 1.10x / 1.35x (1.03x / 1.39x), channels_last
-    1.59x / 1.52x (1.29x / 1.42x).
+    Measured on the 2-core dev VM (AMD EPYC, torch 2.13, OMP_NUM_THREADS=1, fp32, eval, no_grad,
+    load ~2; the 10 grouped compress layers of ShuffleNet v1 g=3 and g=8, 1x1 conv -> BN ->
+    ReLU -> shuffle; 41 interleaved rounds in random order, median; eager = the zoo's
+    nn.Sequential(conv, BN, ReLU), then its view/transpose/reshape shuffle). Speed-up over
+    eager of the op calls, median [range] over the layers:
+    - batch 1, NCHW: grouped_conv2d 1.17x [1.11-1.21], conv_bias_act + channel_shuffle 1.10x
+      [1.04-1.14]; grouped_conv2d faster on 10 of 10.
+    - batch 1, channels_last (all under 8 M multiply-adds: conv_bias_act is ATen's GEMM there):
+      grouped_conv2d 1.23x [1.17-1.41], conv_bias_act + channel_shuffle 1.17x [1.08-1.32];
+      grouped_conv2d faster on 10 of 10.
+    - batch 8, channels_last (all from 29 M multiply-adds: oneDNN): grouped_conv2d 1.18x
+      [1.10-1.33], conv_bias_act + channel_shuffle 1.67x [1.47-1.98], faster on 10 of 10.
+    - batch 8, NCHW: grouped_conv2d 1.11x [1.07-1.16], conv_bias_act + channel_shuffle 1.08x
+      [1.01-1.16]; grouped_conv2d faster on 8 of 10.
+    The ungrouped stage-2 layers (24 -> 60/96 at 56x56) with the permuted weight: 1.21-1.48x
+    NCHW, 1.74-1.89x channels_last at batch 1. Whole models, in-process against optimize()
+    without this rule (224x224, 15-41 rounds): ShuffleNet v1 g3 batch 1 channels_last 1.25x
+    eager (without: 1.08-1.16x), batch 8 NCHW 1.71x (1.48x), channels_last 1.45x (1.21x); g8
+    batch 8 NCHW 1.52x (1.42x), channels_last 1.41x (1.34x); batch 1 g8 within noise (1.16x vs
+    1.18x NCHW, 1.05x vs 1.03x channels_last).
     """
     if conv.groups == 1 or not (is_channels_last(x) or is_channels_last(conv.weight)):
         return True
