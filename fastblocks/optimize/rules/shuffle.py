@@ -31,12 +31,12 @@ dev VM (AMD EPYC, torch 2.13, OMP_NUM_THREADS=1, 30 (train: 10) interleaved call
 - shuffle alone, inference: 0.89-0.93x at batch 1 (ShuffleNetV1 g3 60x28x28, 120x14x14,
   240x7x7), 1.16-1.29x at batch 32; training 0.69-0.74x at batch 1, 0.83-1.07x at batch 32.
   -> ours for inference from ``_CPU_MIN_NUMEL`` output elements up, eager otherwise.
-  Re-measured (same VM shared with builds, 41 rounds in random order, median; g3 and g8
-  shapes 60/120/240 and 96/192/384 channels at 28/14/7): NCHW inference 0.93-1.12x at batch
-  1, 0.97-1.27x at batch 8 (a tie); channels_last inference 1.71-4.94x at batch 1 and
-  2.32-3.52x at batch 8 (eager's view/transpose/reshape copies through NCHW) -> ours for
-  channels_last input in inference at any size; training (forward + backward) 0.78-0.88x
-  at batch 8 NCHW, 0.86-1.03x channels_last, lower and noisier at batch 1 -> eager.
+  Re-measured (same VM, load ~2, 41 rounds in random order, median; ShuffleNetV1 g3 and g8
+  shuffles of 60/120/240 and 96/192/384 channels at 28/14/7): inference NCHW 1.01-1.11x at
+  batch 1, 0.99-1.31x at batch 8 (a tie either way); inference channels_last 1.80-2.72x at
+  batch 1, 2.39-4.16x at batch 8 (eager's view/transpose/reshape copies through NCHW) -> ours
+  for channels_last input in inference at any size; training (forward + backward) 0.69-0.78x
+  at batch 1, 0.79-0.94x at batch 8 NCHW, 0.88-1.10x channels_last -> eager.
 """
 from __future__ import annotations
 
