@@ -50,5 +50,15 @@ inline unsigned grid_stride_blocks(int64_t work, int threads) {
   return unsigned(blocks < 1 ? 1 : blocks > kMaxBlocks ? kMaxBlocks : blocks);
 }
 
+constexpr int kWarp = 32;
+
+// The sum of v over the warp's 32 lanes, in lane 0 (a fixed tree: deterministic).
+template <typename A>
+__device__ __forceinline__ A warp_sum(A v) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;
+}
+
 }  // namespace
 }  // namespace fastblocks::cuda

@@ -19,16 +19,8 @@ namespace fastblocks::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarp = 32;
 // A block's warps: planes per block of the NCHW kernel, rows walked at once by the NHWC one.
 constexpr int kWarpsPerBlock = kThreads / kWarp;
-
-template <typename V>
-__device__ __forceinline__ V warp_sum(V v) {
-#pragma unroll
-  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_down_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // NCHW: one warp per plane, kWarpsPerBlock planes per block; blockIdx.y is the split.
 template <typename T, bool PRODUCT>

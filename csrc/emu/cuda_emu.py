@@ -30,6 +30,7 @@ from pathlib import Path
 # Each op family's CUDA translation units, in csrc/cuda/.
 FAMILIES: dict[str, tuple[str, ...]] = {
     "activation": ("activation.cu",),
+    "conv_bn_act": ("conv_bn_act.cu",),
     "depthwise": ("depthwise_forward.cu", "depthwise_backward_input.cu",
                   "depthwise_backward_weight.cu"),
     "shuffle": ("shuffle.cu",),
