@@ -39,7 +39,9 @@ ZOO = {
     "efficientnet_b0": (64, "squeeze-excite silu/sigmoid (SqueezeExcitation)", 16),
     "se_resnet50": (64, "squeeze-excite relu/sigmoid (SqueezeExcitation)", 16),
     "shufflenet_v2_x1_0": (32, "inline concat + channel shuffle (groups=2)", 16),
-    "shufflenet_v1_g3": (32, "inline channel shuffle (groups=3)", 16),
+    # the shuffle after each unit's compress chain runs in that chain (rules/chain_shuffle.py);
+    # stage 2's first compress conv is not grouped (1 more, "conv -> BN -> relu -> ...")
+    "shufflenet_v1_g3": (32, "grouped conv -> BN -> relu -> channel shuffle (groups=3)", 15),
 }
 
 

@@ -122,6 +122,7 @@ def fused_ops(report) -> str:
     for pattern, n in report.counts().items():
         p = pattern.lower()
         op = ("depthwise_conv2d" if p.startswith("depthwise") else
+              "grouped_conv2d" if "conv -> bn" in p and "shuffle" in p else
               "conv_bn_act" if "conv -> bn" in p else
               "squeeze_excite" if "squeeze" in p or p.startswith("se ") else
               "channel_shuffle" if "shuffle" in p else

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ._activation_names import UNKNOWN, activation_name
+from ..ops.grouped_conv import permute_output_channels
 from ._fold import fold_batchnorm
 from ._padding import padded_input
 
@@ -55,12 +56,24 @@ def _uses_batch_stats(bn: nn.modules.batchnorm._BatchNorm) -> bool:
 
 def conv_bn_act_forward(owner: nn.Module, x: Tensor, conv: nn.Conv2d,
                         bn: nn.modules.batchnorm._BatchNorm, activation: str | None,
-                        padding=None) -> Tensor:
+                        padding=None, shuffle_groups: int | None = None,
+                        shuffle=None) -> Tensor:
     """``act(bn(conv(x)))`` with nn.BatchNorm2d's semantics in the BN's current mode (see the
     module docstring); ``owner`` holds the eval-mode fold cache. x: (N, C_in, H, W).
     ``padding`` (int pair) replaces the conv's own zero padding (a caller that computes it
     per input, e.g. TensorFlow "SAME", passes it here instead of copying x into a padded
-    tensor)."""
+    tensor).
+
+    ``shuffle_groups`` (a positive int dividing C_out; 4-d x): the output is channel-shuffled
+    as ``nn.ChannelShuffle(shuffle_groups)`` does (ShuffleNet v1's 1x1 GConv -> BN -> ReLU ->
+    shuffle). Eval mode without autograd: one ``ops.grouped_conv2d`` call with the folded
+    weight and bias writes the activated output in shuffled order (an ungrouped conv: one
+    ``ops.conv_bias_act`` with the folded weight's output channels permuted). Otherwise
+    (training, gradients of an eval-mode model) the chain runs as without it and
+    ``shuffle(y, shuffle_groups)`` (default ``ops.channel_shuffle``) shuffles its output."""
+    if shuffle_groups is not None:
+        return _chain_then_shuffle(owner, x, conv, bn, activation, padding, shuffle_groups,
+                                   shuffle or ops.channel_shuffle)
     if padding is None:
         x, padding = padded_input(conv, x)
     if _uses_batch_stats(bn):
@@ -92,18 +105,51 @@ def conv_bn_act_forward(owner: nn.Module, x: Tensor, conv: nn.Conv2d,
                               conv.groups, None)
         y = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
         return y if activation is None else _EAGER_ACT[activation](y)
-    if torch.compiler.is_compiling():
-        # traceable: fold inline (the compiled graph computes it; no Python-side cache)
-        weight, bias = _fold_inline(conv, bn)
-    else:
-        key = _fold_key(conv, bn)
-        cache = owner.__dict__.get("_fold_cache")
-        if cache is None or cache[0] != key:
-            weight, bias = fold_batchnorm(conv.weight, conv.bias, bn)
-            owner.__dict__["_fold_cache"] = cache = (key, weight, bias)
-        weight, bias = cache[1], cache[2]
+    weight, bias = _folded(owner, conv, bn)
     return ops.conv_bias_act(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups,
                              activation)
+
+
+def _chain_then_shuffle(owner, x, conv, bn, activation, padding, groups, shuffle) -> Tensor:
+    """conv_bn_act_forward with ``shuffle_groups`` (its docstring)."""
+    if _uses_batch_stats(bn) or (torch.is_grad_enabled() and any(
+            p is not None and p.requires_grad for p in (x, conv.weight, conv.bias, bn.weight,
+                                                        bn.bias))):
+        return shuffle(conv_bn_act_forward(owner, x, conv, bn, activation, padding), groups)
+    if padding is None:
+        x, padding = padded_input(conv, x)
+    if conv.groups == 1:
+        # shuffling an ungrouped conv's output channels is the same conv with its weight's
+        # output channels permuted (as ops.grouped_conv2d does it): the permuted fold is cached
+        # and the conv runs as the unshuffled chain would, with no pass for the shuffle
+        weight, bias = _folded(owner, conv, bn, groups)
+        return ops.conv_bias_act(x, weight, bias, conv.stride, padding, conv.dilation, 1,
+                                 activation)
+    weight, bias = _folded(owner, conv, bn)
+    return ops.grouped_conv2d(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups,
+                              activation, groups)
+
+
+def _folded(owner: nn.Module, conv: nn.Conv2d, bn, permute: int | None = None
+            ) -> tuple[Tensor, Tensor]:
+    """The eval-mode BN folded into the conv's weight and bias (their output channels in
+    channel_shuffle's order for ``permute`` groups): inline under torch.compile (the compiled
+    graph computes it), else cached on ``owner`` by tensor versions."""
+    if torch.compiler.is_compiling():
+        weight, bias = _fold_inline(conv, bn)
+        return _permuted(weight, bias, permute)
+    key = _fold_key(conv, bn) + (permute,)
+    cache = owner.__dict__.get("_fold_cache")
+    if cache is None or cache[0] != key:
+        weight, bias = _permuted(*fold_batchnorm(conv.weight, conv.bias, bn), permute)
+        owner.__dict__["_fold_cache"] = cache = (key, weight, bias)
+    return cache[1], cache[2]
+
+
+def _permuted(weight: Tensor, bias: Tensor, groups: int | None) -> tuple[Tensor, Tensor]:
+    if groups is None:
+        return weight, bias
+    return permute_output_channels(weight, groups), permute_output_channels(bias, groups)
 
 
 def _fold_inline(conv: nn.Conv2d, bn) -> tuple[Tensor, Tensor]:

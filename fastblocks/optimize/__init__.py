@@ -25,6 +25,11 @@ What it swaps (rules/, in this order):
 - channel shuffles (rules/shuffle.py): nn.ChannelShuffle and inline view -> transpose -> view
   shuffles -> ops.channel_shuffle; ``torch.cat([a, b], 1)`` read only by a shuffle ->
   ops.concat_shuffle. On CPU tensors, eager where it measured faster (small/training).
+- a fused conv -> BN -> act chain read only by a channel shuffle (rules/chain_shuffle.py, after
+  the block's children, so also a chain inside a child Sequential): ShuffleNet v1's 1x1 GConv
+  -> BN -> ReLU -> shuffle runs as one ops.grouped_conv2d(shuffle_groups) call in eval mode
+  (BN folded), as the exact BN chain then the shuffle in training; the shuffle becomes an
+  identity.
 - depthwise convs (rules/depthwise.py): nn.Conv2d with groups == in_channels, and subclasses
   padding TensorFlow-"same" in their forward (timm's Conv2dSame).
 - activation modules (rules/activation.py): Hardswish, Hardsigmoid, ReLU6, SiLU and any

@@ -11,7 +11,7 @@ from ._classswap import is_swapped, restore_class
 from ._report import Report
 from ._rule import Context, Keep, same_state
 from ._trace import trace_block
-from .rules import BLOCK_RULES, MODULE_RULES
+from .rules import BLOCK_RULES, LATE_BLOCK_RULES, MODULE_RULES
 
 _ORIGINAL = "_fastblocks_original"  # on a replacement module: the module it replaced
 _NO_FORWARD = (nn.ModuleList, nn.ModuleDict)
@@ -95,6 +95,11 @@ def _visit(module: nn.Module, path: str, ctx: Context, state) -> nn.Module:
             new = _visit(child, f"{path}.{name}" if path else name, ctx, state)
             if new is not child:
                 module._modules[name] = new
+        if graphs is not None:
+            for rule in LATE_BLOCK_RULES:  # patterns spanning the children's own fusions
+                ctx.path = path
+                rule.apply(replacement, graphs, ctx)
+        replacement.__dict__.pop("_fb_graph", None)  # InlineFused's graph: no rule needs it now
     return replacement
 
 

@@ -28,6 +28,18 @@ def swap_class(module: nn.Module, new_cls: type, **attrs) -> nn.Module:
     return module
 
 
+def reswap_class(module: nn.Module, new_cls: type, **attrs) -> nn.Module:
+    """Move a module ``swap_class`` already swapped on to another fastblocks class, adding
+    ``attrs`` (a fused chain that also takes over the channel shuffle after it);
+    ``restore_class`` still gives the original class back, without any added attribute."""
+    original, names = module.__dict__[_KEY]
+    module.__class__ = new_cls
+    for k, v in attrs.items():
+        module.__dict__[k] = v
+    module.__dict__[_KEY] = (original, names + tuple(k for k in attrs if k not in names))
+    return module
+
+
 def is_swapped(module: nn.Module) -> bool:
     return _KEY in module.__dict__
 

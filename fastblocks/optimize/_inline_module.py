@@ -21,6 +21,12 @@ class InlineFused(nn.Module):
         self._parameters = block._parameters
         self._buffers = block._buffers
         self.training = block.training
+        self._block_name = type(block).__name__
+        self.set_graph(graph)
+
+    def set_graph(self, graph: fx.Graph) -> None:
+        """Run ``graph`` from now on (a later rule rewrote it further: rules/chain_shuffle.py).
+        The graph itself is kept for such rules until the module is copied or pickled."""
         code = graph.python_code(root_module="self")
         self._src = code.src
         self._modnames = {k: v.__name__ for k, v in code.globals.items()
@@ -28,7 +34,7 @@ class InlineFused(nn.Module):
         self._globals = {k: v for k, v in code.globals.items()
                          if not isinstance(v, types.ModuleType)}
         self.__dict__["_fn"] = self._compile()
-        self._block_name = type(block).__name__
+        self.__dict__["_fb_graph"] = graph
 
     def _compile(self):
         env = dict(self._globals)
@@ -45,6 +51,7 @@ class InlineFused(nn.Module):
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_fn", None)
+        state.pop("_fb_graph", None)
         return state
 
     def __setstate__(self, state):

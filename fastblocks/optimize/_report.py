@@ -32,6 +32,14 @@ class Report:
                 self.swap(pattern[: len(pattern) - len(old_suffix)] + new_suffix, path)
                 return
 
+    def unswap(self, pattern: str, path: str) -> None:
+        """Withdraw one swap of ``pattern`` at ``path`` (a later rule fused it into another)."""
+        paths = self.swapped.get(pattern, [])
+        if path in paths:
+            paths.remove(path)
+        if not paths:
+            self.swapped.pop(pattern, None)
+
     def keep(self, reason: str, path: str) -> None:
         self.kept[reason].append(path or "<model>")
 

@@ -15,9 +15,12 @@
   The shape arguments are checked symbolically (they must be x's own sizes, split only in
   dim 1), so a view that moves other dims is not taken for a shuffle.
 
-Fusing a shuffle into the 1x1 grouped conv before it (``fastblocks.nn.GroupedConv2d``) is not
-done: in the zoo's ShuffleNets that conv is already the head of a fused conv -> BN -> ReLU
-chain (rules/conv_bn_act.py), and folding the shuffle in would take it out of that chain.
+A shuffle that reads nothing but a fused conv -> BN -> act chain's output (ShuffleNet v1's
+1x1 GConv -> BN -> ReLU -> shuffle; rules/conv_bn_act.py fused the chain) is then taken over
+by that chain (rules/chain_shuffle.py, run after a block's children): in eval mode one
+``ops.grouped_conv2d(..., activation, shuffle_groups)`` call with the BN folded writes the
+shuffled output, and the shuffle found here (inline call or swapped module) becomes an
+identity; its report entry moves to the chain's ("... -> relu -> channel shuffle (groups=3)").
 
 CPU policy (as rules/activation.py, decided per call by the tensors): measured on the 2-core
 dev VM (AMD EPYC, torch 2.13, OMP_NUM_THREADS=1, 30 (train: 10) interleaved calls, median, eager
@@ -28,6 +31,12 @@ dev VM (AMD EPYC, torch 2.13, OMP_NUM_THREADS=1, 30 (train: 10) interleaved call
 - shuffle alone, inference: 0.89-0.93x at batch 1 (ShuffleNetV1 g3 60x28x28, 120x14x14,
   240x7x7), 1.16-1.29x at batch 32; training 0.69-0.74x at batch 1, 0.83-1.07x at batch 32.
   -> ours for inference from ``_CPU_MIN_NUMEL`` output elements up, eager otherwise.
+  Re-measured (same VM, load ~2, 41 rounds in random order, median; ShuffleNetV1 g3 and g8
+  shuffles of 60/120/240 and 96/192/384 channels at 28/14/7): inference NCHW 1.01-1.11x at
+  batch 1, 0.99-1.31x at batch 8 (a tie either way); inference channels_last 1.80-2.72x at
+  batch 1, 2.39-4.16x at batch 8 (eager's view/transpose/reshape copies through NCHW) -> ours
+  for channels_last input in inference at any size; training (forward + backward) 0.69-0.78x
+  at batch 1, 0.79-0.94x at batch 8 NCHW, 0.88-1.10x channels_last -> eager.
 """
 from __future__ import annotations
 
@@ -38,6 +47,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from ... import ops
+from ...ops._layout import is_channels_last
 from ...ops.shuffle import _permute as _eager_shuffle  # reshape -> transpose -> reshape
 from .._classswap import swap_class
 from .._rule import BlockRule, Keep, ModuleRule, Swap
@@ -55,7 +65,8 @@ def _autograd(*ts: Tensor) -> bool:
 def inline_channel_shuffle(x: Tensor, groups: int) -> Tensor:
     """channel_shuffle(x, groups): ``ops.channel_shuffle``, or eager's view/transpose on CPU
     tensors where that measured faster (module docstring). x: (N, C, H, W)."""
-    if x.device.type == "cpu" and (_autograd(x) or x.numel() < _CPU_MIN_NUMEL):
+    if x.device.type == "cpu" and (_autograd(x) or (x.numel() < _CPU_MIN_NUMEL
+                                                    and not is_channels_last(x))):
         return _eager_shuffle(x, groups)
     return ops.channel_shuffle(x, groups)
 
