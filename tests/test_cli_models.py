@@ -46,6 +46,11 @@ def test_verify_bad_model_name_exits_2(capsys):
     assert "unknown model 'mobilenet_v9'" in capsys.readouterr().err
 
 
+def test_bench_models_checks_every_name_of_a_list(capsys):
+    assert main(["bench", "models", "--model", f"{TINY},mobilenet_v9"]) == 2
+    assert "unknown model 'mobilenet_v9'" in capsys.readouterr().err
+
+
 def test_bench_models_writes_json_and_png(tmp_path, capsys):
     rc = main(["bench", "models", "--model", TINY, "--size", "16", "--batch", "2", "--quick",
                "--providers", "eager,fastblocks", "--out", str(tmp_path), "--no-progress",

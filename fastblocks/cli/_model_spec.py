@@ -49,6 +49,15 @@ def _factory(spec: str) -> ModelSpec:
     return ModelSpec(spec, model, tuple(size))
 
 
+def check_zoo_name(name: str):
+    """The zoo's model_info for ``name``; UsageError listing close names otherwise."""
+    from ..models import model_info
+    try:
+        return model_info(name)
+    except ValueError as exc:
+        raise UsageError(f"{exc}; or hf:<transformers config> or package.module:factory") from None
+
+
 def load_model(spec: str, num_classes: int | None = None, **kwargs) -> ModelSpec:
     """Build the plain model that ``spec`` names (see the module docstring). Raises UsageError
     for a name that is none of these, listing close zoo names."""
@@ -56,11 +65,8 @@ def load_model(spec: str, num_classes: int | None = None, **kwargs) -> ModelSpec
         return _hf(spec[3:])
     if ":" in spec:
         return _factory(spec)
-    from ..models import create_model, model_info
-    try:
-        info = model_info(spec)
-    except ValueError as exc:
-        raise UsageError(f"{exc}; or hf:<transformers config> or package.module:factory") from None
+    from ..models import create_model
+    info = check_zoo_name(spec)
     extra = {} if num_classes is None else {"num_classes": num_classes}
     model = create_model(spec, fused=False, **extra, **kwargs)
     return ModelSpec(spec, model, info.input_size)
