@@ -390,24 +390,40 @@ for _device, _dtype in (("cpu", torch.bfloat16), ("cuda", torch.float16)):
     torch.library.register_autocast("fastblocks::conv_bn_act_train", _device, _dtype)
 
 
-def _update_running_stats(running_mean, running_var, mean, z, count, momentum):
+def _update_running_stats(running_mean, running_var, mean, invstd, eps, z, count, momentum):
     """running = (1 - momentum) * running + momentum * batch, with the unbiased batch variance
     (as F.batch_norm); in place, under no_grad, like BatchNorm's buffers.
 
-    The variance is taken from the conv output z itself (one more read of it), not recovered
-    from the saved 1/std: invstd**-2 - eps cancels when the variance is below eps, as it is
-    over the few values per channel of a small batch at 1x1 resolution, and the running
-    variance then drifted enough that a tiny HF MobileNetV2 evaluated after two training
-    steps landed 2.5x past eager's own float32 error (tests/test_optimize_hf.py)."""
+    The batch variance is recovered from the saved 1/std (var = invstd**-2 - eps) where that is
+    well conditioned: its relative error is about 2e-7 * (1 + eps / var) in float32, so for
+    every channel with var > 16 * eps it is as good as a float32 sum. Where the variance is
+    below that (a few values per channel at 1x1 resolution in a small batch), invstd**-2 - eps
+    cancels and the running variance drifted enough that a tiny HF MobileNetV2 evaluated after
+    two training steps landed 2.5x past eager's own float32 error (tests/test_optimize_hf.py):
+    there it is taken from the conv output z itself (one more read of z). On CUDA that read
+    is always made (deciding per call would cost a device-to-host sync per layer), and so it is
+    under torch.compile (a data-dependent branch breaks the graph); in eager on CPU only
+    when a channel needs it: torch.var over z took 27% of a ShuffleNet v1 training step's CPU
+    time (the shuffle-fuse profile, 2-core EPYC VM)."""
     with torch.no_grad():
         if running_mean is not None:
             running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-        if running_var is not None:
-            zz = z.detach()
-            if zz.dtype in (torch.float16, torch.bfloat16):
-                zz = zz.float()  # eager accumulates the statistics of low precision in float32
-            var = torch.var(zz, dim=(0, 2, 3), correction=1) if count > 1 else zz.new_zeros(zz.shape[1])
-            running_var.mul_(1.0 - momentum).add_(var.to(running_var.dtype), alpha=momentum)
+        if running_var is None:
+            return
+        if count <= 1:
+            var = mean.new_zeros(mean.shape)
+        else:
+            var = None
+            if z.device.type == "cpu" and not torch.compiler.is_compiling():
+                recovered = invstd.double().pow(-2).sub_(eps)
+                if bool((recovered > 16 * eps).all()):
+                    var = recovered.mul_(count / (count - 1))
+            if var is None:
+                zz = z.detach()
+                if zz.dtype in (torch.float16, torch.bfloat16):
+                    zz = zz.float()  # eager accumulates the statistics of low precision in float32
+                var = torch.var(zz, dim=(0, 2, 3), correction=1)
+        running_var.mul_(1.0 - momentum).add_(var.to(running_var.dtype), alpha=momentum)
 
 
 # ---- public functions ------------------------------------------------------------------------
@@ -560,6 +576,18 @@ def conv_bn_act(x: Tensor, weight: Tensor, conv_bias: Tensor | None, bn_weight: 
     if count <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size "
                          f"{torch.Size(oh_ow)}")
+    if not torch.compiler.is_compiling() and x4.device.type == "cpu" and get_backend() == "auto":
+        # CPU training under auto: eager's own composition. Ours keeps only z for backward and
+        # recomputes BN and the activation there (less memory: MobileNetV2 batch 8 418 MB
+        # peak vs eager's 601 MB), which costs time on a CPU: training steps at batch 8, 1
+        # thread, ran 0.72x eager (ShuffleNet v1 g3) and 0.88x (MobileNetV2) through it
+        # (`fastblocks bench models --train --quick`, the 2-core EPYC VM). The memory saving
+        # is a GPU goal; backend("cpu") still selects our kernels.
+        y = reference_conv_bn_act(x4, weight, conv_bias, bn_weight, bn_bias, running_mean,
+                                  running_var, training=True, momentum=float(momentum), eps=eps,
+                                  stride=st, padding=pad, dilation=dil, groups=groups,
+                                  activation=activation)
+        return y.squeeze(0) if unbatched else y
     args = (x4, weight, conv_bias, bn_weight, bn_bias, float(eps), st, pad, dil, groups, code)
     tensors = (x4, weight, conv_bias, bn_weight, bn_bias)
     if not _direct_ok(*tensors, running_mean, running_var):
@@ -568,7 +596,8 @@ def conv_bn_act(x: Tensor, weight: Tensor, conv_bias: Tensor | None, bn_weight: 
         y, z, mean, invstd = _train_direct(*args)
     else:
         y, z, mean, invstd = _train_impl(*args)
-    _update_running_stats(running_mean, running_var, mean, z, count, float(momentum))
+    _update_running_stats(running_mean, running_var, mean, invstd, float(eps), z, count,
+                          float(momentum))
     return y.squeeze(0) if unbatched else y
 
 
