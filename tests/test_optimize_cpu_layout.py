@@ -15,14 +15,15 @@ from fastblocks.testing import compare
 
 
 class _Net(nn.Module):
-    """conv -> BN -> ReLU, depthwise conv -> BN -> ReLU6, then `head`."""
+    """conv -> BN -> ReLU, depthwise conv -> BN -> ReLU6 chains, then `head`."""
 
     def __init__(self, flatten_by_view: bool = False, feature_map: bool = False):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
                                   nn.ReLU())
-        self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
-                                nn.BatchNorm2d(8), nn.ReLU6())
+        # enough fused convs for the conversion to pay (_cpu_layout._MIN_FUSED_CONVS)
+        self.dw = nn.Sequential(*[m for _ in range(_cpu_layout._MIN_FUSED_CONVS - 1) for m in (
+            nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU6())])
         self.fc = nn.Linear(8 * 5 * 5, 4)
         self.flatten_by_view = flatten_by_view
         self.feature_map = feature_map
@@ -121,3 +122,11 @@ def test_dtypes_onednn_does_not_serve_stay_nchw(dtype):
     with torch.no_grad():
         opt(torch.randn(2, 3, 5, 5, dtype=dtype))
     assert _cpu_layout.enabled(opt) is None and opt.seen_layouts == [False]
+
+
+def test_a_few_fused_convs_keep_nchw():
+    """One block's worth of fused convs does not pay for the two conversions."""
+    block = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
+                          nn.ReLU()).eval()
+    opt = fastblocks.optimize(block)
+    assert _cpu_layout.enabled(opt) is None and not opt._forward_pre_hooks

@@ -8,7 +8,7 @@ layer vs 64 ms for ATen's NCHW convolution; bench/cpu_probes/nchw_conv_per_layer
 the layout is changed once, at the model's input, and changed back at its output, as
 inductor's layout optimisation does inside a compiled graph (optimize() installs it where
 ``pays_off``: a conv was fused and no norm layer is left that eager runs slower on
-channels_last):
+channels_last, and enough of them to pay for the two conversions):
 
 - a forward pre-hook on the root module converts the first positional argument, when it is a
   4-d NCHW floating-point CPU tensor of a dtype oneDNN serves, to channels_last;
@@ -48,10 +48,18 @@ _EAGER_SLOWER_ON_CHANNELS_LAST = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm,
                                   nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
 
 
+# The two conversions cost about what a few fused layers gain: on one optimized ShuffleNet
+# unit (3 convs) the converted model ran 0.3-0.95x eager (shuffle-fuse helper's probe, the
+# EPYC VM), on whole networks (17-52 fused convs) 1.14-1.51x (see the package README). A
+# model with fewer fused convs than this keeps the caller's layout.
+_MIN_FUSED_CONVS = 8
+
+
 def pays_off(model: nn.Module, report) -> bool:
-    """Whether optimize() installs the conversion: some conv was fused (its CPU path wants
-    channels_last) and no norm layer is left for eager to run on channels_last."""
-    if not any("conv" in pattern for pattern in report.swapped):
+    """Whether optimize() installs the conversion: a whole network's worth of fused convs (their
+    CPU path wants channels_last) and no norm layer left for eager to run on channels_last."""
+    fused = sum(len(paths) for pattern, paths in report.swapped.items() if "conv" in pattern)
+    if fused < _MIN_FUSED_CONVS:
         return False
     return not any(isinstance(m, _EAGER_SLOWER_ON_CHANNELS_LAST) and not is_swapped(m)
                    for m in model.modules())
