@@ -17,12 +17,16 @@
 #   quick      120  fastblocks bench ops --op all --quick (every op family, every backend);
 #                   the Triton kernels are autotuned here (see stage_quick), and what was
 #                   chosen per kernel and key lands in gpu-session/autotune-quick.json
-#   models      60  fastblocks bench models: MobileNetV3-Large, EfficientNet-B0 and
-#                   ShuffleNetV2 x1.0 inference at batch 256, bf16, channels_last; skipped
-#                   with a message while that command does not exist
+#   models      60  fastblocks bench models: MobileNetV2, MobileNetV3-Large, EfficientNet-B0
+#                   and ShuffleNetV2 x1.0 inference at batch 256, bf16, channels_last, eager
+#                   vs fastblocks (no compile: four models' compiles alone would pass 60 s)
 #   sweeps     540  optional, never in the default list, a second call on its own: every
 #                   depthwise layer at batch 32 (bf16, fp32) and 256 (bf16), both layouts,
 #                   fwd and fwd+bwd, vs eager and torch.compile
+#   models_full 540 optional, a call of its own like sweeps: the issue-13 table. The four
+#                   models at batch 256 bf16 channels_last inference with every provider
+#                   (eager, compile, fastblocks, fastblocks+compile), then an AMP training step
+#                   (eager, fastblocks: time and peak memory), then batch-1 latency (CUDA graphs)
 #
 # --dry-run   no GPU needed: every stage prints what it would run and is skipped (the models
 #             probe and the result/archive/copy plumbing still run); exit 0. Without
@@ -59,19 +63,20 @@ done
 DEFAULT_STAGES=(build test memcheck racecheck quick models)
 [ ${#STAGES[@]} -eq 0 ] && STAGES=("${DEFAULT_STAGES[@]}")
 declare -A BUDGET=([build]=170 [test]=90 [memcheck]=45 [racecheck]=45 [quick]=120 [models]=60
-                   [sweeps]=540)
+                   [sweeps]=540 [models_full]=540)
 SESSION_BUDGET=540
 
 OUT=${OUT:-$(mktemp -d /tmp/fastblocks-gpu.XXXXXX)}
 PY=${PYTHON:-python3}
-MODELS_ARGS=${MODELS_ARGS:-"--model mobilenet_v3_large,efficientnet_b0,shufflenet_v2_x1_0 --batch 256 --dtype bfloat16 --channels-last --quick"}
+ZOO4=mobilenet_v2,mobilenet_v3_large,efficientnet_b0,shufflenet_v2_x1_0
+MODELS_ARGS=${MODELS_ARGS:-"--model $ZOO4 --batch 256 --dtype bfloat16 --channels-last --quick --providers eager,fastblocks"}
 mkdir -p "$OUT"
 t_start=$SECONDS
 export FASTBLOCKS_AUTOTUNE=prior
 
 for s in "${STAGES[@]}"; do
   if [ -z "${BUDGET[$s]:-}" ]; then
-    echo "unknown stage '$s' (known: ${DEFAULT_STAGES[*]} sweeps)" >&2
+    echo "unknown stage '$s' (known: ${DEFAULT_STAGES[*]} sweeps models_full)" >&2
     exit 2
   fi
 done
@@ -127,7 +132,7 @@ run_stage() {
   shift
   local budget=${BUDGET[$name]}
   local left=$((SESSION_BUDGET - (SECONDS - t_start) - 10))
-  [ "$name" = sweeps ] && left=$((SESSION_BUDGET - (SECONDS - t_start)))
+  case $name in sweeps | models_full) left=$((SESSION_BUDGET - (SECONDS - t_start))) ;; esac
   if [ $left -lt $budget ]; then budget=$left; fi
   if [ $DRY_RUN -eq 1 ]; then
     note "$name: skipped (dry run, no GPU stage is run; budget ${BUDGET[$name]} s): would run: $*"
@@ -222,6 +227,14 @@ stage_models() {
   fi
   # shellcheck disable=SC2086  # MODELS_ARGS is a list of words
   run_stage models "${BENCH[@]}" models $MODELS_ARGS --no-progress --out "$OUT/results"
+}
+stage_models_full() {
+  local common=(models --model "$ZOO4" --batch 256 --dtype bfloat16 --channels-last --quick
+                --no-progress --out "$OUT/results")
+  run_stage models_full bash -c "$(printf '%q ' "${BENCH[@]}" "${common[@]}") && \
+$(printf '%q ' "${BENCH[@]}" "${common[@]}") --train --providers eager,fastblocks && \
+$(printf '%q ' "${BENCH[@]}" models --model "$ZOO4" --batch 1 --dtype bfloat16 --channels-last \
+  --quick --providers eager,compile,fastblocks --no-progress --out "$OUT/results")"
 }
 stage_sweeps() {
   local dw=(ops --op depthwise_conv2d --shapes all --layout channels_last --layout nchw --mode fwd
