@@ -26,9 +26,11 @@ def cmd_bench_models(args) -> int:
     bad = [p for p in providers if p not in mb.PROVIDERS]
     if bad:
         raise UsageError(f"unknown provider(s) {', '.join(bad)}; choose from {', '.join(mb.PROVIDERS)}")
-    load_model(args.model)  # fail early on a bad name
+    names = args.model.split(",")
+    for name in names:  # fail early on a bad name (each built once and dropped)
+        load_model(name)
     written = []
-    for name in args.model.split(","):
+    for name in names:
         spec = load_model(name)
         size = spec.input_size if not args.size else (spec.input_size[0], args.size, args.size)
         budget = Budget(warmup_ms=100, rep_ms=1000, min_reps=5, max_reps=100, cpu_warmup_s=0.2,
