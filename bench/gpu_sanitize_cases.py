@@ -19,6 +19,7 @@ import torch
 
 import fastblocks
 from fastblocks.ops.activation import apply_activation
+from fastblocks.ops.conv_bn_act import conv_bn_act, reference_conv_bn_act
 from fastblocks.ops.depthwise import depthwise_conv2d, reference_depthwise_conv2d
 from fastblocks.testing import check
 
@@ -31,6 +32,16 @@ DEPTHWISE = [
     ((3, 19, 33, 45), 3, 2, 1, None),  # odd sizes: partial tiles, 1-channel packs
 ]
 ACTIVATIONS = [((2, 40, 30, 31), "hardswish"), ((4099,), "silu")]  # vector body + odd tail
+# conv -> BN -> act, training (batch statistics: the split reductions, several ranges per
+# channel, then the normalisation; backward from the saved conv output) and eval (cuDNN
+# conv + the bias_act_ epilogue): (N, C_in, H, W), C_out, kernel, activation. 2 x 56 x 56
+# rows per channel split over several blocks; odd sizes for the one-element passes. Smooth or
+# sparse-kinked activations only: eval folds BN into bf16 weights, which moves pre-activations
+# across relu's dense kink at 0 (grad_x 2.1x eager's error, bf16 channels_last, on CPU).
+CONV_BN_ACT = [
+    ((2, 16, 56, 56), 32, 1, "hardswish"),
+    ((3, 8, 33, 29), 37, 3, "silu"),
+]
 
 
 def main(argv=None) -> int:
@@ -71,10 +82,37 @@ def main(argv=None) -> int:
                 failures += not r.ok
                 print(f"{act} {tuple(shape)} {dtype} {layout}: "
                       f"{'ok' if r.ok else 'MISMATCH ' + '; '.join(r.messages)}", flush=True)
+            for shape, c_out, k, act in CONV_BN_ACT:
+                failures += _conv_bn_act_case(shape, c_out, k, act, dtype, layout, dev, gen,
+                                              args.backend)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     print(f"{failures} mismatches")
     return 1 if failures else 0
+
+
+def _conv_bn_act_case(shape, c_out, k, act, dtype, layout, dev, gen, backend) -> int:
+    """Both modes of one conv_bn_act layer; the number of mismatches (0 to 2)."""
+    x = torch.randn(shape, generator=gen).to(dev, dtype).contiguous(memory_format=layout)
+    w = (torch.randn(c_out, shape[1], k, k, generator=gen) * 0.2).to(dev, dtype)
+    cb, bw, bb = (torch.randn(c_out, generator=gen).to(dev, dtype) for _ in range(3))
+    rm, rv = torch.zeros(c_out, device=dev), torch.ones(c_out, device=dev)
+    bad = 0
+    for training in (True, False):
+        kw = dict(training=training, padding=k // 2, activation=act)
+        # eval: our kernel (bias_act_) is forward only, the gradients are ATen's through the
+        # folded weights: x's gradient is enough to run the backward
+        grads = (0, 1, 2, 3, 4) if training else (0,)
+        with fastblocks.backend(backend):
+            r = check(lambda x, w, cb, bw, bb: conv_bn_act(x, w, cb, bw, bb, rm.clone(), rv.clone(), **kw),
+                      lambda x, w, cb, bw, bb: reference_conv_bn_act(
+                          x, w, cb, bw, bb, rm.to(x.dtype), rv.to(x.dtype), **kw),
+                      [x, w, cb, bw, bb], grad_idx=grads,
+                      names=("x", "weight", "bias", "bn_weight", "bn_bias"))
+        bad += not r.ok
+        print(f"conv_bn_act {shape} -> {c_out} k{k} {act} {'train' if training else 'eval'} {dtype} "
+              f"{layout}: {'ok' if r.ok else 'MISMATCH ' + '; '.join(r.messages)}", flush=True)
+    return bad
 
 
 if __name__ == "__main__":

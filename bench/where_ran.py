@@ -6,8 +6,10 @@ written by hand.
     python bench/where_ran.py            # rewrite the table in README.md from the evidence
     python bench/where_ran.py --check    # exit 1 if README.md's table is stale (tests run it)
 
-Kernels: every `__global__` function of csrc/cuda/<family>.cu and every `@triton.jit` kernel
-(a function whose name ends in `_kernel`) of kernels/<family>.py.
+Kernels: every `__global__` function of a CUDA family (its .cu files and the csrc/cuda headers
+they include, as csrc/emu/cuda_emu.py's FAMILIES lists them; a csrc/cuda/*.cu in no family is a
+family of its own) and every `@triton.jit` kernel (a function whose name ends in `_kernel`) of
+kernels/<family>.py.
 Evidence, per kernel:
   GPU          bench/results/<cuda device>/gpu-session/cuda-tests.xml (pytest -m cuda on that
                GPU, written by bench/gpu_session.sh): the tests of tests/test_<family>.py with
@@ -26,6 +28,7 @@ A cell reads "pass (n)" with the number of tests, "FAIL (k of n)", or "-" (no ev
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -41,12 +44,21 @@ README = ROOT / "README.md"
 START, END = "<!-- where-ran:start -->", "<!-- where-ran:end -->"
 
 
+def _cuda_emu():
+    spec = importlib.util.spec_from_file_location("cuda_emu", ROOT / "csrc" / "emu" / "cuda_emu.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def cuda_kernels() -> list[tuple[str, str]]:
-    out = []
-    for cu in sorted((ROOT / "csrc" / "cuda").glob("*.cu")):
-        text = cu.read_text()
-        for m in re.finditer(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(", text):
-            out.append((cu.stem, m.group(1)))
+    """(family, kernel) per CUDA kernel, families in FAMILIES order, then unlisted .cu files."""
+    emu = _cuda_emu()
+    out = [(fam, k) for fam in emu.FAMILIES for _, k in emu.family_kernels(fam)]
+    listed = {name for names in emu.FAMILIES.values() for name in names}
+    for cu in sorted(emu.CUDA_SRC.glob("*.cu")):
+        if cu.name not in listed:
+            out += [(cu.stem, k) for k in emu.kernels_in(cu)]
     return out
 
 

@@ -79,3 +79,11 @@ TORCH_LIBRARY_FRAGMENT(fastblocks_C, m) {
       "bn_act_train_backward(Tensor grad, Tensor z, Tensor weight, Tensor bias, Tensor mean, "
       "Tensor invstd, int act, bool channels_last, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }
+
+TORCH_LIBRARY_FRAGMENT(fastblocks_C, m) {
+  // conv_bn_act family, inference epilogue: y = act(y + bias[c]) in place over a convolution
+  // output computed without its bias (ATen/cuDNN), NCHW or NHWC contiguous (other strides
+  // are worked on a copy and written back). bias (C,) in y's dtype or None. CUDA only: on
+  // CPU oneDNN fuses bias and activation into the convolution itself.
+  m.def("bias_act_(Tensor(a!) y, Tensor? bias, int act) -> Tensor(a!)");
+}

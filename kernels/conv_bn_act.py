@@ -82,10 +82,11 @@ def _normalize_kernel(z_ptr, y_ptr, alpha_ptr, beta_ptr, n, C, HW, CL: tl.conste
 
 @triton.jit
 def _grad_bn(g, z, alpha, beta, OUT_T, ACT: tl.constexpr):
-    """The gradient w.r.t. BN's output, rounded to the storage dtype as eager stores it."""
+    """The gradient w.r.t. BN's output at the BN output eager stores (rounded to the storage
+    dtype), itself kept in fp32 (csrc/cpu/conv_bn_act.cpp says why)."""
     if ACT == 0:
         return g
-    return act_grad(g, _bn_out(z, alpha, beta, OUT_T), ACT).to(OUT_T).to(g.dtype)
+    return act_grad(g, _bn_out(z, alpha, beta, OUT_T), ACT)
 
 
 @triton.jit

@@ -247,3 +247,17 @@ def test_float64_reference_by_chunks_of_images(monkeypatch, layout, dtype):
             continue
         assert got.shape == exp.shape and got.dtype == torch.float64
         torch.testing.assert_close(got, exp, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_cli_verify_conv_bn_act_fp16_training_gradients(capsys, backend):
+    """The fp16 training fuzz of conv_bn_act (a silu chain's bn_bias gradient failed the 2x
+    rule while the kernels rounded the BN-output gradient to fp16 before summing it), and the
+    interpreter's bf16 reported as skipped, not as a failure."""
+    assert main(["verify", "--op", "conv_bn_act", "--backend", backend,
+                 "--dtype", "float16"]) == 0, capsys.readouterr().out
+    if backend == "triton":
+        capsys.readouterr()
+        assert main(["verify", "--op", "conv_bn_act", "--backend", "triton",
+                     "--dtype", "bfloat16"]) == 0
+        assert "no bfloat16 arithmetic" in capsys.readouterr().out

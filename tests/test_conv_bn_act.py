@@ -442,3 +442,57 @@ def test_cpu_channels_last_path_by_size(monkeypatch, n, c_in, hw, k, onednn):
                          F.relu6(F.conv2d(x.double(), w.double(), b.double(), 1, k // 2)),
                          reduction=True)
     assert ok, msg
+
+
+def test_compile_on_cpu_hands_the_conv_to_inductor():
+    """Under torch.compile on CPU, conv_bias_act traces to ATen's conv and activation (inductor
+    fuses them itself), not to the opaque fastblocks op."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    f = torch.compile(lambda x, w, b: ops.conv_bias_act(x, w, b, 1, 1, 1, 1, "relu6"),
+                      backend=backend, fullgraph=True)
+    x, w, b = _x(1, 4, 6, 6, channels_last=True), torch.randn(8, 4, 3, 3), torch.randn(8)
+    y = f(x, w, b)
+    targets = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert any("conv2d" in t for t in targets), targets
+    assert not any("fastblocks" in t for t in targets), targets
+    ok, _, msg = compare(y, F.relu6(F.conv2d(x, w, b, 1, 1)),
+                         F.relu6(F.conv2d(x.double(), w.double(), b.double(), 1, 1)), reduction=True)
+    assert ok, msg
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_conv_bn_act_cuda_kernels(backend, dtype, channels_last, training):
+    """On a GPU: the cuda backend's kernels (csrc/cuda/conv_bn_act.cu): training BN + act
+    forward/backward and the eval epilogue (cuDNN conv + bias_act_), with running statistics,
+    odd sizes and several blocks per channel."""
+    import fastblocks
+    dev = "cuda"
+    x = torch.randn(3, 24, 29, 31, device=dev, dtype=dtype)
+    x = x.contiguous(memory_format=CL) if channels_last else x
+    w, cb = torch.randn(40, 24, 3, 3, device=dev, dtype=dtype) * 0.1, torch.randn(40, device=dev, dtype=dtype)
+    bw = torch.rand(40, device=dev, dtype=dtype) + 0.5
+    bb = torch.randn(40, device=dev, dtype=dtype) * 0.1
+    # float32 running statistics holding values of `dtype`: eval folds the same numbers
+    rm = torch.randn(40, device=dev).to(dtype).float()
+    rv = (torch.rand(40, device=dev) + 0.5).to(dtype).float()
+    rm_f, rv_f, rm_e, rv_e = rm.clone(), rv.clone(), rm.clone(), rv.clone()
+    kw = dict(training=training, padding=1, activation="hardswish")
+
+    def fast(x, w, cb, bw, bb):
+        return ops.conv_bn_act(x, w, cb, bw, bb, rm_f, rv_f, **kw)
+
+    def eager(x, w, cb, bw, bb):
+        return reference_conv_bn_act(x, w, cb, bw, bb, rm_e.to(x.dtype), rv_e.to(x.dtype), **kw)
+    with fastblocks.backend(backend):
+        res = check(fast, eager, [x, w, cb, bw, bb], grad_idx=(0, 1, 2, 3, 4),
+                    names=("x", "weight", "bias", "bn_weight", "bn_bias"))
+    assert res.ok, res.messages

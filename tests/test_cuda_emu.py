@@ -10,11 +10,11 @@ check, one that leaves an element unwritten or reads outside its inputs fails th
 
 Covered: every launcher of the activation and depthwise families; every activation, forward and
 backward, vectorized and scalar (misaligned) paths; depthwise forward with every fused
-activation, input and weight gradients, on shapes chosen to reach each kernel of depthwise.cu
-(NCHW tiled fixed 3/5/7 and runtime-size, multi-tile; NHWC 1- and 2-channel packs, fixed and
-runtime-size; the flipped stride-1 input gradient, the stride-2 and generic gathers; the NCHW,
-NHWC and generic weight-gradient reductions; the int64 direct fallbacks), both layouts, all
-four dtypes.
+activation, input and weight gradients, on shapes chosen to reach each kernel of the depthwise
+family (csrc/cuda/depthwise_*.cu and depthwise_conv.cuh: NCHW tiled fixed 3/5/7 and
+runtime-size, multi-tile; NHWC 1- and 2-channel packs, fixed and runtime-size; the flipped
+stride-1 input gradient, the stride-2 and generic gathers; the NCHW, NHWC and generic
+weight-gradient reductions; the int64 direct fallbacks), both layouts, all four dtypes.
 """
 from __future__ import annotations
 
@@ -310,16 +310,11 @@ def test_emulation_reports_barrier_misuse_and_poisons_shared_memory(emu):
     assert torch.isnan(y).all(), "dynamic shared memory should read NaN until written"
 
 
-def _kernel_templates() -> set[tuple[str, str]]:
-    """(family, kernel) for every __global__ function template of the families the emulation
-    builds, read from the .cu sources."""
-    found = set()
-    for fam in cuda_emu.FAMILIES:
-        text = (cuda_emu.CUDA_SRC / f"{fam}.cu").read_text()
-        for m in re.finditer(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(",
-                             text):
-            found.add((fam, m.group(1)))
-    return found
+def _kernel_templates() -> set[tuple[str, str, str]]:
+    """(family, file, kernel) for every __global__ function template of the families the
+    emulation builds, read from their .cu files and the csrc/cuda headers those include."""
+    return {(fam, path.name, k) for fam in cuda_emu.FAMILIES
+            for path, k in cuda_emu.family_kernels(fam)}
 
 
 def assert_family_kernels_launched(lib, request, families, tests: dict[str, int]) -> None:
@@ -331,16 +326,16 @@ def assert_family_kernels_launched(lib, request, families, tests: dict[str, int]
     if any(sum(n.startswith(f"{name}[") for n in selected) < count for name, count in tests.items()):
         pytest.skip("checks coverage only when every kernel test of this module is selected")
     launched = {m.group(1) for name in lib.launched() if (m := re.search(r"::(\w+)[<(]", name))}
-    missing = sorted(f"{fam}.cu: {k}" for fam, k in _kernel_templates()
+    missing = sorted(f"{file}: {k}" for fam, file, k in _kernel_templates()
                      if fam in families and k not in launched)
     assert not missing, f"kernels never launched by the emulation tests: {missing}"
 
 
 def test_every_kernel_was_launched(emu, request):
-    """Runs last: every __global__ kernel of activation.cu and depthwise.cu was launched by the
-    tests above (so a kernel added to a .cu file without a test here fails this); every other
-    emulated family has its own module, tests/test_<family>_cuda_emu.py, ending with the same
-    check (assert_family_kernels_launched) for its kernels."""
+    """Runs last: every __global__ kernel of the activation and depthwise families was launched
+    by the tests above (so a kernel added to their files without a test here fails this); every
+    other emulated family has its own module, tests/test_<family>_cuda_emu.py, ending with the
+    same check (assert_family_kernels_launched) for its kernels."""
     own = ("activation", "depthwise")
     elsewhere = sorted(f"tests/test_{fam}_cuda_emu.py" for fam in cuda_emu.FAMILIES if fam not in own
                        and not (ROOT / "tests" / f"test_{fam}_cuda_emu.py").is_file())
@@ -350,10 +345,17 @@ def test_every_kernel_was_launched(emu, request):
 
 
 def test_every_cuda_source_is_emulated():
-    """Every csrc/cuda/*.cu is built by the emulation: a new family is one line in
-    csrc/emu/cuda_emu.py (FAMILIES) plus tests of its launchers here."""
-    missing = sorted(cu.stem for cu in cuda_emu.CUDA_SRC.glob("*.cu")
-                     if cu.stem not in cuda_emu.FAMILIES)
-    assert not missing, (f"csrc/cuda/{{{','.join(missing)}}}.cu not emulated: add the stem to "
-                         "FAMILIES in csrc/emu/cuda_emu.py and test its launchers in "
-                         "tests/test_cuda_emu.py")
+    """Every csrc/cuda/*.cu is built by the emulation, in exactly one family: a new family is one
+    entry in csrc/emu/cuda_emu.py (FAMILIES) plus tests of its launchers here; a new file of a
+    family is one more name in its entry. Every csrc/cuda/*.cuh holding a kernel is included by
+    some family's files (else its kernels would escape the coverage checks)."""
+    listed = [name for names in cuda_emu.FAMILIES.values() for name in names]
+    missing = sorted(cu.name for cu in cuda_emu.CUDA_SRC.glob("*.cu") if cu.name not in listed)
+    assert not missing, (f"csrc/cuda/{{{','.join(missing)}}} not emulated: add each file to its "
+                         "family in FAMILIES (csrc/emu/cuda_emu.py) and test its launchers")
+    twice = sorted({name for name in listed if listed.count(name) > 1})
+    assert not twice, f"files in more than one family of FAMILIES: {twice}"
+    reached = {path for fam in cuda_emu.FAMILIES for path in cuda_emu.family_files(fam)}
+    orphans = sorted(h.name for h in cuda_emu.CUDA_SRC.glob("*.cuh")
+                     if h not in reached and "__global__" in h.read_text())
+    assert not orphans, f"headers with kernels that no emulated .cu includes: {orphans}"

@@ -30,7 +30,7 @@ __global__ void activation_forward_kernel(const T* __restrict__ x, T* __restrict
 template <typename T, int kVec>
 __global__ void activation_backward_kernel(const T* g, const T* __restrict__ x, T* gx, int64_t n,
                                            int act) {
-  // g and gx may alias (the binding reuses a relaid-out gradient buffer): no __restrict__.
+  // launchers.h lets gx alias g (an in-place backward): neither is __restrict__.
   using acc_t = typename Acc<T>::type;
   const int64_t packs = n / kVec;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
@@ -46,25 +46,16 @@ __global__ void activation_backward_kernel(const T* g, const T* __restrict__ x, 
   if (tail < n) gx[tail] = from_acc<T>(act_backward<acc_t>(to_acc(g[tail]), to_acc(x[tail]), act));
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
-unsigned grid_for(int64_t work) {
-  // Enough blocks to cover the work but capped: the grid-stride loop does the rest, and 8
-  // blocks of 256 threads per SM on 132 SMs keep an H100 full.
-  int64_t blocks = (work + kThreads - 1) / kThreads;
-  if (blocks < 1) blocks = 1;
-  if (blocks > 132 * 8) blocks = 132 * 8;
-  return static_cast<unsigned>(blocks);
-}
-
 template <typename T>
 cudaError_t launch_forward(const void* x, void* y, int64_t n, int act, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(T);
-  if (aligned16(x) && aligned16(y)) {
-    FB_LAUNCH(grid_for(n / kVec + 1), kThreads, 0, stream, activation_forward_kernel<T, kVec>)(
+  if (aligned(x, 16) && aligned(y, 16)) {
+    FB_LAUNCH(grid_stride_blocks(n / kVec + 1, kThreads), kThreads, 0, stream,
+              activation_forward_kernel<T, kVec>)(
         static_cast<const T*>(x), static_cast<T*>(y), n, act);
   } else {
-    FB_LAUNCH(grid_for(n), kThreads, 0, stream, activation_forward_kernel<T, 1>)(
+    FB_LAUNCH(grid_stride_blocks(n, kThreads), kThreads, 0, stream,
+              activation_forward_kernel<T, 1>)(
         static_cast<const T*>(x), static_cast<T*>(y), n, act);
   }
   return cudaGetLastError();
@@ -74,11 +65,13 @@ template <typename T>
 cudaError_t launch_backward(const void* g, const void* x, void* gx, int64_t n, int act,
                             cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(T);
-  if (aligned16(g) && aligned16(x) && aligned16(gx)) {
-    FB_LAUNCH(grid_for(n / kVec + 1), kThreads, 0, stream, activation_backward_kernel<T, kVec>)(
+  if (aligned(g, 16) && aligned(x, 16) && aligned(gx, 16)) {
+    FB_LAUNCH(grid_stride_blocks(n / kVec + 1, kThreads), kThreads, 0, stream,
+              activation_backward_kernel<T, kVec>)(
         static_cast<const T*>(g), static_cast<const T*>(x), static_cast<T*>(gx), n, act);
   } else {
-    FB_LAUNCH(grid_for(n), kThreads, 0, stream, activation_backward_kernel<T, 1>)(
+    FB_LAUNCH(grid_stride_blocks(n, kThreads), kThreads, 0, stream,
+              activation_backward_kernel<T, 1>)(
         static_cast<const T*>(g), static_cast<const T*>(x), static_cast<T*>(gx), n, act);
   }
   return cudaGetLastError();

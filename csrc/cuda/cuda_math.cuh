@@ -1,9 +1,13 @@
-// Device helpers shared by the .cu files: the accumulation type of each element type and the
-// conversions into and out of it, plus a vector of elements loaded as one aligned access.
-// CUDA headers only (see launchers.h).
+// Helpers shared by the .cu files: the accumulation type of each element type and the
+// conversions into and out of it, a vector of elements loaded as one aligned access, and the
+// host-side alignment test and grid size that go with them. CUDA headers only (see
+// launchers.h).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <cstddef>
+#include <cstdint>
 
 #include "fastblocks/cuda_launch.h"
 
@@ -31,6 +35,30 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(flo
 
 // kVec elements moved by one load/store; the pointer must be aligned to sizeof(Pack).
 template <typename T, int kVec> struct alignas(sizeof(T) * kVec) Pack { T v[kVec]; };
+
+// Whether p (null counts as aligned) may be read or written as packs of `bytes`.
+inline bool aligned(const void* p, size_t bytes) {
+  return (reinterpret_cast<uintptr_t>(p) % bytes) == 0;
+}
+
+// Blocks of `threads` threads for a grid-stride kernel over `work` items: enough to cover the
+// work, but at most 132 * 8: with 256 threads, 8 blocks fill an H100 SM (2048 threads) on each
+// of its 132 SMs, and the stride loop does the rest.
+inline unsigned grid_stride_blocks(int64_t work, int threads) {
+  constexpr int64_t kMaxBlocks = 132 * 8;
+  const int64_t blocks = (work + threads - 1) / threads;
+  return unsigned(blocks < 1 ? 1 : blocks > kMaxBlocks ? kMaxBlocks : blocks);
+}
+
+constexpr int kWarp = 32;
+
+// The sum of v over the warp's 32 lanes, in lane 0 (a fixed tree: deterministic).
+template <typename A>
+__device__ __forceinline__ A warp_sum(A v) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;
+}
 
 }  // namespace
 }  // namespace fastblocks::cuda

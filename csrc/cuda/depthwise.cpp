@@ -1,12 +1,11 @@
-// Torch bindings of the depthwise CUDA launchers (csrc/cuda/depthwise.cu): check the contract of
+// Torch bindings of the depthwise CUDA launchers (csrc/cuda/depthwise_*.cu): check the contract of
 // the fastblocks_C schemas (csrc/ops.cpp; fastblocks/depthwise_args.h, shared with the CPU
 // kernels), allocate the outputs in the requested memory format, launch on the current stream.
 // Status: syntax-checked against PyTorch's headers; not yet built or run on a CUDA machine.
 #include <torch/library.h>
 
 #include <algorithm>
-#include <tuple>
-#include <utility>
+#include <optional>
 
 #include "fastblocks/cuda_binding.h"
 #include "fastblocks/depthwise_args.h"
@@ -22,16 +21,13 @@ void check_cuda(const at::Tensor& t, const char* op, const char* name) {
   (void)dtype_of(t);  // throws on dtypes the kernels are not compiled for
 }
 
-// The CUDA launchers index strides, paddings and dilated kernel spans in int32 (and return
-// cudaErrorInvalidValue past it): say so clearly instead. Strides along one-output axes and
-// dilations along one-tap axes are already reset to 1 (depthwise_args.h), so a 2^31 stride
-// onto a 1x1 output runs.
+// The CUDA launchers index strides, paddings, dilated kernel spans and channels in int32 (and
+// return cudaErrorInvalidValue past it, launchers.h: depthwise_fits_int32): say so clearly
+// instead. Strides along one-output axes and dilations along one-tap axes are already reset to
+// 1 (depthwise_args.h), so a 2^31 stride onto a 1x1 output runs.
 void check_int32_geometry(const DepthwiseShape& s, const char* op) {
-  constexpr int64_t lim = 2147483647;
-  TORCH_CHECK(s.stride_h <= lim && s.stride_w <= lim && s.pad_h <= lim && s.pad_w <= lim &&
-                  s.kh * s.kw <= lim && s.kh <= lim / s.dil_h && s.kw <= lim / s.dil_w &&
-                  s.c * s.mult <= lim,
-              op, " (cuda): stride, padding, dilation x kernel size and channels must stay below "
+  TORCH_CHECK(depthwise_fits_int32(s), op,
+              " (cuda): stride, padding, dilation x kernel size and channels must stay below "
               "2^31 for the CUDA kernels, got stride (", s.stride_h, ", ", s.stride_w,
               "), padding (", s.pad_h, ", ", s.pad_w, "), dilation (", s.dil_h, ", ", s.dil_w,
               "); the cpu and torch backends take any geometry");

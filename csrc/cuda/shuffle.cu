@@ -6,7 +6,8 @@
 // plane. NCHW moves kVec elements (16 bytes) per access where every plane and pointer is
 // aligned to it (HW % kVec == 0, as on all ShuffleNet/ResNeXt maps up to 7x7 in fp32), else
 // one element. Math in float (double for fp64). Indices are int64.
-// Status: compiled with nvcc for sm_90; not yet run on a GPU.
+// Status: compiled with nvcc for sm_90 and run under the CPU emulation of csrc/emu/
+// (tests/test_shuffle_cuda_emu.py); not yet run on a GPU.
 #include "cuda_math.cuh"
 #include "launchers.h"
 
@@ -91,23 +92,11 @@ __global__ void shuffle_backward_kernel(const T* __restrict__ grad, const T* __r
   }
 }
 
-bool aligned(const void* p, int64_t bytes) {
-  return p == nullptr || (reinterpret_cast<uintptr_t>(p) % bytes) == 0;
-}
-
-unsigned grid_for(int64_t work) {
-  // capped grid, grid-stride loop for the rest: 8 blocks of 256 threads per SM on 132 SMs
-  int64_t blocks = (work + kThreads - 1) / kThreads;
-  if (blocks < 1) blocks = 1;
-  if (blocks > 132 * 8) blocks = 132 * 8;
-  return static_cast<unsigned>(blocks);
-}
-
 // Whether NCHW planes can move as packs of kVec: whole planes of packs, every plane start
 // (batch strides included) aligned.
 template <typename T, int kVec>
 bool packs_fit(const ShuffleShape& s, const void* p0, const void* p1, const void* out) {
-  constexpr int64_t bytes = sizeof(T) * kVec;
+  constexpr size_t bytes = sizeof(T) * kVec;
   return !s.channels_last && s.hw % kVec == 0 && s.sn0 % kVec == 0 && s.sn1 % kVec == 0 &&
          aligned(p0, bytes) && aligned(p1, bytes) && aligned(out, bytes);
 }
@@ -122,11 +111,11 @@ cudaError_t launch_forward(const void* a, const void* b, const void* bias, void*
   const auto* biasp = static_cast<const T*>(bias);
   auto* yp = static_cast<T*>(y);
   if (packs_fit<T, kVec>(s, a, b, y)) {
-    FB_LAUNCH(grid_for(total / kVec), kThreads, 0, stream, shuffle_forward_kernel<T, kVec>)(
-        ap, bp, biasp, yp, s, act, total / kVec);
+    FB_LAUNCH(grid_stride_blocks(total / kVec, kThreads), kThreads, 0, stream,
+              shuffle_forward_kernel<T, kVec>)(ap, bp, biasp, yp, s, act, total / kVec);
   } else {
-    FB_LAUNCH(grid_for(total), kThreads, 0, stream, shuffle_forward_kernel<T, 1>)(ap, bp, biasp, yp, s,
-                                                                          act, total);
+    FB_LAUNCH(grid_stride_blocks(total, kThreads), kThreads, 0, stream,
+              shuffle_forward_kernel<T, 1>)(ap, bp, biasp, yp, s, act, total);
   }
   return cudaGetLastError();
 }
@@ -141,11 +130,11 @@ cudaError_t launch_backward(const void* grad, const void* y, void* ga, void* gb,
   auto* gap = static_cast<T*>(ga);
   auto* gbp = static_cast<T*>(gb);
   if (packs_fit<T, kVec>(s, ga, gb, grad) && aligned(y, sizeof(T) * kVec)) {
-    FB_LAUNCH(grid_for(total / kVec), kThreads, 0, stream, shuffle_backward_kernel<T, kVec>)(
-        gp, yp, gap, gbp, s, act, total / kVec);
+    FB_LAUNCH(grid_stride_blocks(total / kVec, kThreads), kThreads, 0, stream,
+              shuffle_backward_kernel<T, kVec>)(gp, yp, gap, gbp, s, act, total / kVec);
   } else {
-    FB_LAUNCH(grid_for(total), kThreads, 0, stream, shuffle_backward_kernel<T, 1>)(gp, yp, gap, gbp, s,
-                                                                           act, total);
+    FB_LAUNCH(grid_stride_blocks(total, kThreads), kThreads, 0, stream,
+              shuffle_backward_kernel<T, 1>)(gp, yp, gap, gbp, s, act, total);
   }
   return cudaGetLastError();
 }

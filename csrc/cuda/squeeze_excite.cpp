@@ -29,7 +29,8 @@ SeShape shape_of(const at::Tensor& x, bool channels_last, const char* op) {
 }
 
 // sum over H, W of a (* b): (N, C) in the accumulation type, partial sums added in order.
-at::Tensor reduce(const at::Tensor& a, const at::Tensor& b, const SeShape& s, bool product) {
+at::Tensor sum_over_hw(const at::Tensor& a, const at::Tensor& b, const SeShape& s,
+                       bool product) {
   at::Tensor partial = at::empty({s.split, s.n * s.c}, a.options().dtype(se::acc_type(a)));
   if (a.numel() == 0) return partial.sum(0).view({s.n, s.c});
   FB_CUDA_CHECK(squeeze_excite_reduce(a.const_data_ptr(), b.const_data_ptr(), partial.mutable_data_ptr(),
@@ -45,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor> squeeze_excite_forward_cuda(
   se::check_args(op, x, w1, b1, w2, b2, act, gate, channels_last);
   const SeShape s = shape_of(x, channels_last, op);
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor pooled = reduce(x, x, s, false) / s.hw;  // a division, as eager's mean
+  const at::Tensor pooled = sum_over_hw(x, x, s, false) / s.hw;  // a division, as eager's mean
   at::Tensor y = at::empty_like(x, x.options().memory_format(se::mem_format(channels_last)));
   if (x.numel() == 0) return {y, pooled};
   const at::Tensor scale = se::mlp_forward(pooled, w1, b1, w2, b2, act, gate).s.contiguous();
@@ -69,7 +70,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_e
               op, ": pooled must be the forward's contiguous (N, C) means in ", se::acc_type(x));
   const SeShape s = shape_of(x, channels_last, op);
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor gs = reduce(grad, x, s, true);
+  const at::Tensor gs = sum_over_hw(grad, x, s, true);
   const se::Mlp m = se::mlp_forward(pooled, w1, b1, w2, b2, act, gate);
   auto [gp, gw1, gb1, gw2, gb2] = se::mlp_backward(gs, pooled, m, w1, w2, act, gate);
   at::Tensor gx = at::empty_like(x, x.options().memory_format(se::mem_format(channels_last)));

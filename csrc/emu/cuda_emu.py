@@ -5,15 +5,16 @@ can call their launchers (csrc/cuda/launchers.h) on CPU tensors through ctypes.
     fn = lib.launcher("activation_forward")        # fastblocks::cuda::activation_forward
     fn.argtypes = [...]; err = fn(...)             # cudaError_t; lib.last_message() says why
 
-Adding a family: append its .cu file's stem to FAMILIES (csrc/cuda/<stem>.cu). Its launchers
-are then callable by name; a launcher taking a shape struct by reference takes a pointer to a
-ctypes.Structure with the same fields (Itanium C++ ABI: references are pointers, enum classes
-their underlying int).
+Adding a family: add it to FAMILIES with its .cu files (csrc/cuda/); each .cu is one
+translation unit, and kernels may also sit in the csrc/cuda/*.cuh headers those files include
+(family_kernels reads both). Its launchers are then callable by name; a launcher taking a shape
+struct by reference takes a pointer to a ctypes.Structure with the same fields (Itanium C++ ABI:
+references are pointers, enum classes their underlying int).
 
-One rewrite is made to the source before compiling: `extern __shared__ [__align__(N)] T name[];`
-becomes `T* name = fb_emu::dynamic_shared<T>();` (a block-scope extern array cannot name a
-per-launch buffer on the host). Line numbers are kept, so compiler messages and the emulation's
-divergent-barrier reports point into csrc/cuda/*.cu.
+One rewrite is made to every .cu and csrc/cuda/*.cuh before compiling: `extern __shared__
+[__align__(N)] T name[];` becomes `T* name = fb_emu::dynamic_shared<T>();` (a block-scope extern
+array cannot name a per-launch buffer on the host). Line numbers are kept, so compiler messages
+and the emulation's divergent-barrier reports point into csrc/cuda/.
 """
 from __future__ import annotations
 
@@ -26,12 +27,15 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-FAMILIES = (
-    "activation",
-    "depthwise",
-    "shuffle",
-    "squeeze_excite",
-)
+# Each op family's CUDA translation units, in csrc/cuda/.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "activation": ("activation.cu",),
+    "conv_bn_act": ("conv_bn_act.cu",),
+    "depthwise": ("depthwise_forward.cu", "depthwise_backward_input.cu",
+                  "depthwise_backward_weight.cu"),
+    "shuffle": ("shuffle.cu",),
+    "squeeze_excite": ("squeeze_excite.cu",),
+}
 
 ROOT = Path(__file__).resolve().parents[2]
 EMU = ROOT / "csrc" / "emu"
@@ -39,6 +43,8 @@ CUDA_SRC = ROOT / "csrc" / "cuda"
 # -O1: the launches are small and a build at -O2 takes ~2x as long on 2 cores.
 CXXFLAGS = ["-std=c++20", "-O1", "-g0", "-fPIC", "-w", "-pthread"]
 
+_LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+_KERNEL = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(")
 _EXTERN_SHARED = re.compile(
     r"extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s+)?([A-Za-z_][\w:<>, ]*?)\s+"
     r"(\w+)\s*\[\s*\]\s*;")
@@ -71,8 +77,52 @@ def rewrite(source: str) -> str:
     return _EXTERN_SHARED.sub(r"\1* \2 = ::fb_emu::dynamic_shared<\1>();", source)
 
 
-def _sources() -> list[Path]:
-    deps = sorted(EMU.glob("*.h")) + sorted(EMU.glob("*.cpp")) + sorted(EMU.glob("*.cu")) + sorted(CUDA_SRC.glob("*.cu*"))
+def family_files(family: str) -> list[Path]:
+    """The family's .cu files (FAMILIES) and the csrc/cuda headers they include (directly or
+    through another such header), each file once, in the order the compiler first reads them
+    (a header before the file that includes it)."""
+    seen: set[Path] = set()
+    order: list[Path] = []
+
+    def visit(path: Path) -> None:
+        if path in seen:
+            return
+        seen.add(path)
+        for name in _LOCAL_INCLUDE.findall(path.read_text()):
+            if (CUDA_SRC / name).is_file():
+                visit(CUDA_SRC / name)
+        order.append(path)
+
+    for name in FAMILIES[family]:
+        cu = CUDA_SRC / name
+        if not cu.is_file():
+            raise FileNotFoundError(f"cuda_emu FAMILIES[{family!r}] names {name} "
+                                    f"but {cu} does not exist")
+        visit(cu)
+    return order
+
+
+def family_kernels(family: str) -> list[tuple[Path, str]]:
+    """(file, name) of every __global__ function template of the family: in its .cu files and
+    the csrc/cuda headers they include, in file order, each name once."""
+    out, names = [], set()
+    for path in family_files(family):
+        for name in kernels_in(path):
+            if name not in names:
+                names.add(name)
+                out.append((path, name))
+    return out
+
+
+def kernels_in(path: Path) -> list[str]:
+    """Names of the __global__ functions declared in one source file, in order."""
+    return _KERNEL.findall(path.read_text())
+
+
+def _cache_key_files() -> list[Path]:
+    """Every file a build reads: their contents key the build cache."""
+    deps = sorted(EMU.glob("*.h")) + sorted(EMU.glob("*.cpp")) + sorted(EMU.glob("*.cu"))
+    deps += sorted(CUDA_SRC.glob("*.cu*"))
     deps += sorted(CUDA_SRC.glob("*.h")) + sorted((ROOT / "csrc" / "include").rglob("*.h"))
     return deps
 
@@ -85,9 +135,10 @@ def build(cache: Path | None = None, jobs: int | None = None) -> Path:
         raise EmuUnavailable(f"no host C++ compiler ({cxx})")
     inc = cuda_include()
     key = hashlib.sha256()
-    for p in _sources():
+    for p in _cache_key_files():
         key.update(p.name.encode() + p.read_bytes())
-    key.update(" ".join([cxx, str(inc), *CXXFLAGS, *FAMILIES]).encode())
+    key.update(" ".join([cxx, str(inc), *CXXFLAGS, *(f for fs in FAMILIES.values() for f in fs)])
+               .encode())
     key.update(subprocess.run([cxx, "--version"], capture_output=True).stdout)
     cache = Path(cache or os.environ.get("FASTBLOCKS_EMU_CACHE", ROOT / "build" / "cuda_emu"))
     out_dir = cache / key.hexdigest()[:16]
@@ -97,12 +148,16 @@ def build(cache: Path | None = None, jobs: int | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     flags = [*CXXFLAGS, "-include", str(EMU / "cuda_emu.h"), f"-I{ROOT / 'csrc' / 'include'}",
              f"-I{CUDA_SRC}", f"-I{EMU}", f"-isystem{inc}"]
+    # The rewritten headers sit next to the rewritten units: `#include "x.cuh"` looks in the
+    # including file's folder first, so it finds them before the originals (-I csrc/cuda).
+    for cuh in sorted(CUDA_SRC.glob("*.cuh")):
+        (out_dir / cuh.name).write_text(f'#line 1 "{cuh}"\n' + rewrite(cuh.read_text()))
     units = [(EMU / "cuda_emu_runtime.cpp", None)]
-    for cu in [*(CUDA_SRC / f"{fam}.cu" for fam in FAMILIES), EMU / "emu_selftest.cu"]:
-        fam = cu.stem
+    cus = [CUDA_SRC / name for fam in FAMILIES for name in FAMILIES[fam]]
+    for cu in [*cus, EMU / "emu_selftest.cu"]:
         if not cu.is_file():
-            raise FileNotFoundError(f"cuda_emu FAMILIES names {fam!r} but {cu} does not exist")
-        src = out_dir / f"{fam}.emu.cpp"
+            raise FileNotFoundError(f"cuda_emu FAMILIES names {cu.name} but {cu} does not exist")
+        src = out_dir / f"{cu.stem}.emu.cpp"
         src.write_text(f'#line 1 "{cu}"\n' + rewrite(cu.read_text()))
         units.append((src, cu))
 

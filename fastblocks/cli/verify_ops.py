@@ -47,6 +47,13 @@ def verify_ops(args) -> int:
                     n_skip += 1
                     continue
                 for dtype in dtypes:
+                    if backend == "triton" and dev.type == "cpu" and dtype == torch.bfloat16:
+                        # numpy, which runs the interpreter's arithmetic, has no bfloat16: the
+                        # results are not Triton's (measured: errors up to 1e10 on conv_bn_act)
+                        rows.append([name, dev.type, backend, DTYPE_SHORT[dtype],
+                                     "skipped: the Triton interpreter has no bfloat16 arithmetic"])
+                        n_skip += 1
+                        continue
                     bad, worst_f, worst_b, n = [], 0.0, 0.0, 0
                     try:
                         cases = op.fuzz(dev, dtype, seed=args.seed)

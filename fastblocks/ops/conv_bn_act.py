@@ -12,7 +12,10 @@ into models through ``fastblocks.nn.ConvBNAct``) and this op family:
   (``_small_pointwise``); where oneDNN cannot serve (float64,
   float16/bfloat16 without native CPU support) ATen's convolution and an in-place activation.
   Depthwise convolutions (groups == C_in, weight (C_in*m, 1, kh, kw)) go to
-  ``depthwise_conv2d``'s fused kernel.
+  ``depthwise_conv2d``'s fused kernel. With the ``triton`` backend (CUDA tensors, ``auto``
+  included; CPU tensors only when ``triton`` is selected, in the interpreter) every other
+  float16/bfloat16/float32 convolution runs kernels/conv_gemm.py: a GEMM / implicit GEMM
+  with bias and activation in its epilogue (float32 in TF32 when cuDNN's flag allows it).
 - ``conv_bn_act``: the whole chain with ``nn.BatchNorm2d``'s semantics. training=True runs
   ``fastblocks::conv_bn_act_train``: ATen's convolution, then batch statistics (fp32
   accumulation for every dtype), normalisation and the activation: fused kernels
@@ -23,6 +26,21 @@ into models through ``fastblocks.nn.ConvBNAct``) and this op family:
   output z (plus per-channel mean and 1/std) and recomputes the normalised pre-activation, so
   the chain stores one activation map fewer than eager (which keeps z, BN's output and, for
   relu, the activation's output). training=False folds BN and runs ``conv_bias_act``.
+
+On CUDA tensors (csrc/cuda/conv_bn_act.cu, bound in csrc/cuda/conv_bn_act.cpp):
+- training, ``cuda`` backend: ``bn_act_train_forward/backward`` of fastblocks._C around
+  ATen's (cuDNN's) convolution: per-channel shifted sums in fp32 (fp64 for fp64) over many
+  blocks per channel, a deterministic second pass adding the partials in order (no atomics),
+  one fused normalisation + activation pass; the backward recomputes BN's output from z.
+  Under ``auto`` the Triton kernels come first (the prior order of _auto_order.json until a
+  GPU measurement is committed).
+- inference, ``cuda`` backend (or ``auto`` where it resolves to cuda): cuDNN's convolution
+  without its bias, then ``fastblocks_C.bias_act_``: bias + activation in one in-place pass
+  (ATen adds a cuDNN convolution's bias in a pass of its own, then runs the activation).
+Status: the CUDA kernels are compile-checked (nvcc, sm_90) and run on the CPU under the CUDA
+emulation (tests/test_conv_bn_act_cuda_emu.py, every kernel, both layouts, fp32/fp16/bf16/
+fp64); they have NOT run on a GPU, and nothing about their speed is measured yet. The
+binding is syntax-checked against PyTorch's headers only.
 
 Measured (the shared 2-core AMD EPYC dev VM, torch 2.13, 1 thread, fp32 channels_last, eval,
 ``python -m fastblocks.bench.conv_bn_act_cpu --threads 1 --stat p10``, providers interleaved
@@ -49,7 +67,7 @@ from torch import Tensor
 
 from .._backend import capture, get_backend, resolve, restored
 from . import _mkldnn_conv
-from ._activation_codes import activation_code
+from ._activation_codes import activate_, activation_code
 from ._conv_args import conv_geometry, conv_geometry_cached
 from ._fastpath import direct_autograd, needs_grad, plain_eager
 from ._layout import empty, is_channels_last, memory_format
@@ -83,16 +101,6 @@ def reference_conv_bn_act(x, weight, conv_bias, bn_weight, bn_bias, running_mean
     return y if code == 0 else _act_forward(y, code)
 
 
-_INPLACE = {1: torch.relu_, 2: lambda y: F.hardtanh_(y, 0.0, 6.0),
-            3: lambda y: F.hardswish(y, inplace=True), 4: lambda y: F.hardsigmoid(y, inplace=True),
-            5: lambda y: F.silu(y, inplace=True)}
-
-
-def _activate_(y: Tensor, act: int) -> Tensor:
-    """The activation applied in place (y is a fresh buffer nobody else holds)."""
-    return y if act == 0 else _INPLACE[act](y)
-
-
 def _out_channels_last(x: Tensor, weight: Tensor) -> bool:
     """PyTorch's rule for a convolution's output: channels_last if the input or the weight is."""
     return is_channels_last(x) or is_channels_last(weight)
@@ -101,6 +109,9 @@ def _out_channels_last(x: Tensor, weight: Tensor) -> bool:
 # ---- inference: conv + bias + activation -----------------------------------------------------
 
 def _conv_bias_act_impl(x, weight, bias, stride, padding, dilation, groups, act):
+    if _triton_conv_selected(x, weight, groups):
+        return importlib.import_module("fastblocks.kernels.conv_gemm").conv_bias_act_forward(
+            x, weight, bias, stride, padding, dilation, groups, act, _out_channels_last(x, weight))
     # oneDNN's fused primitive for channels_last outputs only: on NCHW it runs on the plain
     # weight (a packed one would make it write NHWC) and measured 0.60-0.99x eager on 20 of the
     # 30 batch-1 layers (1 thread, the EPYC VM), where ATen's NCHW convolution with the bias
@@ -110,14 +121,19 @@ def _conv_bias_act_impl(x, weight, bias, stride, padding, dilation, groups, act)
         x = x.contiguous(memory_format=torch.channels_last)
         return _mkldnn_conv.conv_pointwise(x, weight, bias, stride, padding, dilation, groups,
                                            act)
+    if x.device.type == "cuda" and _cuda_epilogue(x.device):
+        # cuDNN's convolution without its bias, then bias + activation in one pass of ours
+        # (ATen adds a cuDNN convolution's bias in a pass of its own, then the activation)
+        y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+        return torch.ops.fastblocks_C.bias_act_(y, bias, act)
     y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    return _activate_(y, act)
+    return activate_(y, act)
 
 
 # oneDNN's fused primitive costs ~25 us more per call than ATen's convolution, which for a 1x1
 # kernel on channels_last is one GEMM with the bias (then an in-place activation). Interleaved
 # medians of 60 calls, batch 1, fp32, relu6, 1 thread, the 2-core EPYC VM
-# (/work/lead/sweep1x1.py): oneDNN/ATen time 2.3x at 64->64 7x7 (0.2 M multiply-adds), 1.2x at
+# (bench/cpu_probes/pointwise_aten_vs_onednn.py): oneDNN/ATen time 2.3x at 64->64 7x7 (0.2 M multiply-adds), 1.2x at
 # 20x20 (1.6 M), 1.05x at 40x40 (6.6 M), 0.93x at 56x56 (12.8 M); 192->32: 1.06x at 28x28
 # (4.8 M), 0.93x at 40x40 (9.8 M); 576->96: 1.0x at 14x14 (10.8 M), 0.95x at 20x20 (22 M).
 # kxk kernels stay with oneDNN at every size (ATen's im2col path measured 1.08-1.4x slower).
@@ -131,6 +147,28 @@ def _small_pointwise(x: Tensor, weight: Tensor, stride) -> bool:
     n, c_in, h, w = x.shape
     macs = n * -(-h // stride[0]) * -(-w // stride[1]) * weight.shape[0] * weight.shape[1]
     return macs < _POINTWISE_ATEN_MAX_MACS
+
+
+def _triton_conv_selected(x: Tensor, weight: Tensor, groups: int) -> bool:
+    """Whether the Triton implicit-GEMM convolution (kernels/conv_gemm.py) serves this call:
+    CUDA tensors whose backend resolves to triton (``auto`` included, by the measured order),
+    CPU tensors only when ``triton`` is selected explicitly (the interpreter, for tests; CPU
+    ``auto`` stays on oneDNN/ATen). float64 stays on ATen (the kernel accumulates in fp32),
+    and so do more than 65535 groups (the kernel's second grid axis)."""
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or weight.dtype != x.dtype \
+            or groups > 65535:
+        return False
+    if x.device.type != "cuda" and get_backend() != "triton":
+        return False
+    return resolve("conv_bn_act", x.device) == "triton"
+
+
+def _cuda_epilogue(device: torch.device) -> bool:
+    """Whether conv_bias_act's bias + activation run in fastblocks_C.bias_act_ (the cuda
+    backend, or auto where it resolves to cuda) on this CUDA device."""
+    if get_backend() not in ("auto", "cuda") or not hasattr(torch.ops.fastblocks_C, "bias_act_"):
+        return False
+    return resolve("conv_bn_act", device, "bias_act_") == "cuda"
 
 
 @torch.library.custom_op("fastblocks::conv_bias_act", mutates_args=())
@@ -204,7 +242,7 @@ def _train_impl(x, weight, conv_bias, bn_weight, bn_bias, eps, stride, padding, 
         y, mean, invstd = kernels.bn_act_train_forward(z, w32, b32, eps, act, cl)
         return y, z, mean, invstd
     y, mean, invstd = torch.ops.aten._native_batch_norm_legit.no_stats(z, w32, b32, True, 0.0, eps)
-    return _activate_(y, act), z, mean, invstd
+    return activate_(y, act), z, mean, invstd
 
 
 def _train_kernels(device: torch.device):
@@ -462,7 +500,13 @@ def conv_bias_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=
     x, unbatched, stride, padding, dilation = _prepare(x, weight, bias, stride, padding,
                                                        dilation, groups)
     args = (x, weight, bias, stride, padding, dilation, groups, code)
-    if not _direct_ok(x, weight, bias):
+    if torch.compiler.is_compiling() and x.device.type == "cpu":
+        # plain ATen ops for inductor: with freezing it folds the constants and fuses the conv
+        # with its activation into oneDNN's post-op primitive on channels_last itself, where
+        # our op is opaque to it (zoo MobileNetV2 b8, 1 thread, NCHW: compile of the optimized
+        # model ran 0.70x compile of the plain one through the op; bench/results models-*)
+        y = activate_(F.conv2d(x, weight, bias, stride, padding, dilation, groups), code)
+    elif not _direct_ok(x, weight, bias):
         y = _conv_bias_act_op(*args)
     elif needs_grad(x, weight, bias):
         y = _conv_bias_act_direct(*args)

@@ -25,7 +25,7 @@ from torch import Tensor
 from .._backend import capture, resolve, restored
 from ._dispatch import run_kernel
 from ._fastpath import direct_autograd, needs_grad, plain_eager
-from ._activation_codes import activation_code
+from ._activation_codes import activate_, activation_code
 from ._conv_args import conv_geometry_cached
 from ._layout import conv_channels_last, empty, memory_format
 from ._validate import check_ndim, check_same, check_tensor
@@ -320,7 +320,12 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stri
     code = activation_code(activation)
     geo = conv_geometry_cached(tuple(x.shape[-2:]), tuple(weight.shape[-2:]), stride, padding, dilation)
     args = (list(geo.stride), list(geo.padding), list(geo.dilation), list(geo.out_size))
-    if not needs_grad(x, weight, bias):
+    if torch.compiler.is_compiling() and x.device.type == "cpu" and not needs_grad(x, weight, bias):
+        # ATen ops for inductor, as conv_bias_act does under compile on CPU: it fuses and lays
+        # them out itself, and an opaque op between its channels_last convolutions costs two
+        # layout conversions
+        y = activate_(F.conv2d(x, weight, bias, geo.stride, geo.padding, geo.dilation, c), code)
+    elif not needs_grad(x, weight, bias):
         # inference fuses every activation; plain eager skips the registered op (_fastpath)
         op = _forward_impl if plain_eager(x, weight, bias) else _depthwise_op
         y = op(x, weight, bias, *args, code)

@@ -4,7 +4,7 @@ Why: the fused conv -> BN -> activation path on CPU is oneDNN's convolution with
 prepacked weights (fastblocks/ops/_mkldnn_conv.py), and oneDNN serves it fast only for
 channels_last activations; per layer, converting NCHW -> NHWC -> NCHW around each conv costs
 more than it saves (MobileNetV2's 19 1x1 layers at batch 8, 1 thread: 104 ms converted per
-layer vs 64 ms for ATen's NCHW convolution; /work/lead/nchw_1x1.py, the 2-core EPYC VM). So
+layer vs 64 ms for ATen's NCHW convolution; bench/cpu_probes/nchw_conv_per_layer_layouts.py, the 2-core EPYC VM). So
 the layout is changed once, at the model's input, and changed back at its output, as
 inductor's layout optimisation does inside a compiled graph (optimize() installs it where
 ``pays_off``: a conv was fused and no norm layer is left that eager runs slower on
@@ -47,7 +47,7 @@ _active = threading.local()               # ids of root modules whose input this
 
 
 # Norm layers eager runs slower on channels_last CPU tensors: BatchNorm2d(144) + ReLU on
-# 8x144x56x56, eval, 1 thread: 2.2 ms NCHW, 10.5 ms channels_last (/work/lead/bn_cl.py, the
+# 8x144x56x56, eval, 1 thread: 2.2 ms NCHW, 10.5 ms channels_last (bench/cpu_probes/batchnorm_layouts.py, the
 # EPYC VM). A model that still runs one of them eagerly after optimize() (a pre-activation
 # BN -> ReLU -> conv, as in DenseNet) keeps NCHW.
 _EAGER_SLOWER_ON_CHANNELS_LAST = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm,
@@ -109,13 +109,17 @@ def _wants_conversion(module: nn.Module, x) -> bool:
     return (not module.training and isinstance(x, Tensor) and x.device.type == "cpu"
             and x.dim() == 4 and x.is_floating_point()
             and x.dtype in _mkldnn_conv.native_dtypes()
-            and x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
-            and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
-            and not torch.jit.is_tracing()
-            and not torch.jit.is_scripting())
+            and x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last))
+
+
+def _tracing() -> bool:
+    return (torch.compiler.is_compiling() or torch.compiler.is_exporting()
+            or torch.jit.is_tracing() or torch.jit.is_scripting())
 
 
 def channels_last_input(module: nn.Module, args: tuple, kwargs: dict):
+    if _tracing():  # first: nothing below is for dynamo to trace
+        return None
     ids = getattr(_active, "ids", None)
     if ids is None:
         ids = _active.ids = set()
@@ -182,6 +186,8 @@ def _to_nchw(t: Tensor) -> Tensor:
 
 
 def input_layout_output(module: nn.Module, args: tuple, output):
+    if _tracing():
+        return None
     ids = getattr(_active, "ids", None)
     if not ids or id(module) not in ids:
         return None
