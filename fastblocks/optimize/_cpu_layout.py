@@ -62,8 +62,10 @@ _EAGER_SLOWER_ON_CHANNELS_LAST = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm,
 # calls: eager 78.2 ms, optimized with channels_last inside 99.9 ms (0.78x), optimized in NCHW
 # 88.6 ms; per fused layer 132 us on either layout vs 105 us (conv) + 17 us (BN) eager, and
 # the channels_last run adds ~13 ms elsewhere (layout-mixed adds, pads and ReLUs). Second run:
-# 105.2 / 123.5 / 109.7 ms. fractalnet at 32x32 (inputs up to 64x32x32 = 65536 values)
-# measured 1.01x with channels_last and keeps it.
+# 105.2 / 123.5 / 109.7 ms. With this rule, `fastblocks bench models --model resnet110_sd
+# --batch 1 --threads 1 --quick`: 0.95x and 0.91x eager (was 0.84x and 0.77x; the rest is the
+# fused conv's per-call Python cost, ~15 us on a ~100 us layer). fractalnet at 32x32 (inputs up to
+# 64x32x32 = 65536 values) measured 1.01x with channels_last and keeps it.
 _ATEN_NATIVE_MAX_NUMEL = 20480
 
 
