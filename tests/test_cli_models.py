@@ -88,3 +88,15 @@ def test_list_models_with_params_flops_and_fused_ops(capsys):
     cells = row.split()
     assert cells[1] == "3.50M" and cells[2] == "0.60" and cells[3] == "224x224"  # torchvision: 3.5M, 0.30 GMACs
     assert "conv_bn_act x35" in row and "depthwise_conv2d x17" in row
+
+
+def test_bench_models_takes_comma_separated_names(tmp_path, capsys):
+    rc = main(["bench", "models", "--model", f"lenet5,{TINY}", "--size", "32", "--batch", "1",
+               "--quick", "--providers", "eager", "--out", str(tmp_path), "--no-progress",
+               "--no-plot", "--threads", "1", "--name", "sweep"])
+    assert rc == 0
+    paths = re.findall(r"^results: (.+\.json)$", capsys.readouterr().out, re.M)
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["sweep-lenet5.json",
+                                                    f"sweep-{TINY.replace(':', '-')}.json"]
+    assert main(["bench", "models", "--model", "lenet5,mobilenet_v9", "--providers", "eager"]) == 2
+    assert "unknown model 'mobilenet_v9'" in capsys.readouterr().err

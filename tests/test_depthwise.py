@@ -594,3 +594,30 @@ def test_gradcheck_cuda(backend):
     w = torch.randn(6, 1, 3, 3, dtype=torch.float64, device="cuda", requires_grad=True)
     with fastblocks.backend(backend):
         assert torch.autograd.gradcheck(lambda x, w: depthwise_conv2d(x, w, None, 2, 1, 1, "silu"), (x, w))
+
+
+def test_cpu_channels_last_batch1_large_map_takes_aten():
+    """ops.depthwise.aten_faster_on_cpu: ATen's conv + in-place relu6 for a stride-1 3x3
+    channels_last batch-1 map of >= 56x56 (measured faster there), our kernel otherwise; the
+    result equals the eager composition either way."""
+    import importlib
+    dw = importlib.import_module("fastblocks.ops.depthwise")
+    w, b = torch.randn(4, 1, 3, 3), torch.randn(4)
+
+    def case(n, hw, stride=1, act="relu6", cl=True):
+        x = torch.randn(n, 4, hw, hw)
+        x = x.contiguous(memory_format=torch.channels_last) if cl else x
+        geo = dw.conv_geometry_cached((hw, hw), (3, 3), stride, 1, 1)
+        args = (list(geo.stride), list(geo.padding), list(geo.dilation), list(geo.out_size))
+        return x, dw.aten_faster_on_cpu(x, w, args, dw.activation_code(act))
+
+    x, aten = case(1, 56)
+    assert aten
+    for other in (case(1, 28), case(2, 56), case(1, 56, stride=2), case(1, 56, act="silu"),
+                  case(1, 56, cl=False)):
+        assert not other[1]
+    with torch.no_grad():
+        got = fastblocks.ops.depthwise_conv2d(x, w, b, 1, 1, 1, "relu6")
+    ref = F.relu6(F.conv2d(x, w, b, 1, 1, 1, 4))
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, ref)

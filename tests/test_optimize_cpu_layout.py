@@ -130,3 +130,20 @@ def test_a_few_fused_convs_keep_nchw():
                           nn.ReLU()).eval()
     opt = fastblocks.optimize(block)
     assert _cpu_layout.enabled(opt) is None and not opt._forward_pre_hooks
+
+
+def test_batch_of_one_with_small_conv_inputs_keeps_nchw():
+    # at batch 1, convolutions reading at most 20480 values per image run NCHW (ATen's own
+    # threshold for its native kernel; resnet110_sd at 32x32 measured 0.78x channels_last)
+    model, opt = _pair(feature_map=True)
+    with torch.no_grad():
+        small = opt(torch.randn(1, 3, 8, 8))          # the depthwise conv reads 8x8x8 = 512
+        assert opt.seen_layouts == [True, False]      # trial run, then NCHW
+        opt(torch.randn(2, 3, 8, 8))                  # a batch of two: channels_last
+        x = torch.randn(1, 3, 52, 52)                 # the depthwise conv reads 8x52x52 = 21632
+        large = opt(x)
+    assert opt.seen_layouts == [True, False, True, True]
+    assert _cpu_layout.enabled(opt) is True
+    assert small["features"].is_contiguous() and large["features"].is_contiguous()
+    assert_same_values(large, model, x)
+    assert _cpu_layout.small_convs_only(opt.__dict__[_cpu_layout._STATE], torch.randn(1, 3, 8, 8))

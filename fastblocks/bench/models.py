@@ -188,7 +188,7 @@ def run(cfg: ModelBenchConfig) -> dict:
         order = [p for p in cfg.providers if p in steps]
         timings, method = {}, ""
         if dev.type == "cpu":
-            ts = time_cpu_interleaved([[steps[p]] for p in order], budget)
+            ts = time_cpu_interleaved([[steps[p]] for p in order], budget) if order else []
             timings = dict(zip(order, ts))
         else:
             timer = CudaTimer(dev)

@@ -17,6 +17,12 @@ channels_last, and enough of them to pay for the two conversions):
 - values are those of eager up to the summation order of the convolutions (the layouts run
   different oneDNN/ATen kernels, as eager's own NCHW and channels_last runs do).
 
+Not for a batch of one whose convolutions all read small inputs (at most
+``_ATEN_NATIVE_MAX_NUMEL`` values per image, e.g. CIFAR-size ResNets): there channels_last
+costs more than it saves (ATen itself runs such convolutions with its native im2col kernel,
+not oneDNN, for batch 1). The sizes are recorded from the convolutions' inputs in the trial
+run below and scaled by the input's size on each call, so every call decides by its tensors.
+
 Only in eval mode: user code in a forward can depend on strides (``x.view(n, -1)`` on a 4-d
 activation fails on channels_last), so the first converted call runs the model once on the
 channels_last input under ``torch.no_grad()`` and keeps the conversion only if that succeeds
@@ -53,6 +59,20 @@ _EAGER_SLOWER_ON_CHANNELS_LAST = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm,
 # EPYC VM), on whole networks (17-52 fused convs) 1.14-1.51x (see the package README). A
 # model with fewer fused convs than this keeps the caller's layout.
 _MIN_FUSED_CONVS = 8
+
+# A batch of one whose every convolution reads at most this many values per image keeps NCHW.
+# The number is ATen's own (aten/src/ATen/native/Convolution.cpp, use_mkldnn: fp32, groups 1,
+# kernel <= 3x3, batch 1 and input numel <= 20480 run the native kernel: "for some case,
+# native is faster"). Measured, the 2-core EPYC VM, 1 thread, batch 1, zoo resnet110_sd at
+# 32x32 (convolution inputs of 16x32x32 = 16384 values at most), interleaved medians of 21
+# calls: eager 78.2 ms, optimized with channels_last inside 99.9 ms (0.78x), optimized in NCHW
+# 88.6 ms; per fused layer 132 us on either layout vs 105 us (conv) + 17 us (BN) eager, and
+# the channels_last run adds ~13 ms elsewhere (layout-mixed adds, pads and ReLUs). Second run:
+# 105.2 / 123.5 / 109.7 ms. With this rule, `fastblocks bench models --model resnet110_sd
+# --batch 1 --threads 1 --quick`: 0.95x and 0.91x eager (was 0.84x and 0.77x; the rest is the
+# fused conv's per-call Python cost, ~15 us on a ~100 us layer). fractalnet at 32x32 (inputs up to
+# 64x32x32 = 65536 values) measured 1.01x with channels_last and keeps it.
+_ATEN_NATIVE_MAX_NUMEL = 20480
 
 
 def pays_off(model: nn.Module, report) -> bool:
@@ -120,7 +140,7 @@ def channels_last_input(module: nn.Module, args: tuple, kwargs: dict):
     args = (x,) + tuple(args[1:])
     if state["ok"] is None:
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _recording_conv_inputs(module) as per_image:
                 module.forward(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any failure means: keep the caller's layout
             state["ok"] = False
@@ -131,8 +151,41 @@ def channels_last_input(module: nn.Module, args: tuple, kwargs: dict):
                             f"({state['why']}); it runs in the caller's NCHW layout")
             return None
         state["ok"] = True
+        # the largest convolution input per image, relative to the model input's size
+        state["conv_numel_ratio"] = max(per_image) / x[0].numel() if per_image else None
+    if small_convs_only(state, x):
+        return None
     ids.add(id(module))
     return args, kwargs
+
+
+def small_convs_only(state: dict, x: Tensor) -> bool:
+    """Whether the call with input ``x`` is a batch of one whose convolutions all read at
+    most ``_ATEN_NATIVE_MAX_NUMEL`` values per image (scaled from the trial run), so NCHW is
+    faster."""
+    ratio = state.get("conv_numel_ratio")
+    return bool(ratio) and x.shape[0] == 1 and ratio * x[0].numel() <= _ATEN_NATIVE_MAX_NUMEL
+
+
+class _recording_conv_inputs:
+    """Within: every nn.Conv2d under ``root`` (fused heads included) appends the number of
+    values per image of its 4-d input to the list that ``with ... as`` gives."""
+
+    def __init__(self, root: nn.Module) -> None:
+        self.root, self.sizes, self.handles = root, [], []
+
+    def _record(self, conv, args):
+        if args and isinstance(args[0], Tensor) and args[0].dim() == 4:
+            self.sizes.append(args[0][0].numel())
+
+    def __enter__(self) -> list:
+        self.handles = [m.register_forward_pre_hook(self._record)
+                        for m in self.root.modules() if isinstance(m, nn.Conv2d)]
+        return self.sizes
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
 
 
 def _to_nchw(t: Tensor) -> Tensor:
