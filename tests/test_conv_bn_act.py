@@ -502,3 +502,28 @@ def test_conv_bn_act_cuda_kernels(backend, dtype, channels_last, training):
         res = check(fast, eager, [x, w, cb, bw, bb], grad_idx=(0, 1, 2, 3, 4),
                     names=("x", "weight", "bias", "bn_weight", "bn_bias"))
     assert res.ok, res.messages
+
+
+def test_eval_plan_is_used_and_keeps_autograd():
+    """Eval inference runs through a plan validated once (fastblocks/nn/conv_bn_act.py); with
+    an input that needs its gradient the op is called as before."""
+    torch.manual_seed(0)
+    m = ConvBNAct(4, 8, 3, activation="relu6").eval()
+    m.bn.running_mean.uniform_(-0.5, 0.5)
+    m.bn.running_var.uniform_(0.5, 2.0)
+    ref = nn.Sequential(m.conv, m.bn, nn.ReLU6())
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        y1, y2 = m(x), m(x)
+        eager = ref(x)
+        hi = copy.deepcopy(ref).double()(x.double())
+    assert m.__dict__["_conv_plan"][1] is not None
+    for y in (y1, y2):
+        ok, _, msg = compare(y, eager, hi, reduction=True)
+        assert ok, msg
+    xg = x.clone().requires_grad_()
+    m(xg).sum().backward()
+    xr = x.clone().requires_grad_()
+    ref(xr).sum().backward()
+    ok, _, msg = compare(xg.grad, xr.grad, None, reduction=False)
+    assert xg.grad is not None and ok, msg

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from ..ops.conv_bn_act import conv_bias_act_plan, conv_bias_act_plan_ok, run_conv_bias_act_plan
 from ._activation_names import UNKNOWN, activation_name
 from ..ops.grouped_conv import permute_output_channels
 from ._fold import fold_batchnorm
@@ -106,6 +107,24 @@ def conv_bn_act_forward(owner: nn.Module, x: Tensor, conv: nn.Conv2d,
         y = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
         return y if activation is None else _EAGER_ACT[activation](y)
     weight, bias = _folded(owner, conv, bn)
+    return _planned_conv_bias_act(owner, x, weight, bias, conv, padding, activation)
+
+
+def _planned_conv_bias_act(owner, x, weight, bias, conv, padding, activation):
+    """ops.conv_bias_act through a plan validated once per input signature (cached on owner;
+    ops.conv_bias_act_plan says why), or the op itself."""
+    if torch.compiler.is_compiling():
+        return ops.conv_bias_act(x, weight, bias, conv.stride, padding, conv.dilation,
+                                 conv.groups, activation)
+    key = (x.shape, x.stride(), x.dtype, x.device, weight.shape, conv.stride, padding,
+           conv.dilation, conv.groups, activation)
+    plan = owner.__dict__.get("_conv_plan")
+    if plan is None or plan[0] != key:
+        planned = conv_bias_act_plan(x, weight, bias, conv.stride, padding, conv.dilation,
+                                     conv.groups, activation)
+        owner.__dict__["_conv_plan"] = plan = (key, planned)
+    if plan[1] is not None and conv_bias_act_plan_ok(x, weight, bias):
+        return run_conv_bias_act_plan(plan[1], x, weight, bias)
     return ops.conv_bias_act(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups,
                              activation)
 

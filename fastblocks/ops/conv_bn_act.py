@@ -531,6 +531,40 @@ def conv_bias_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=
     return y.squeeze(0) if unbatched else y
 
 
+def conv_bias_act_plan(x: Tensor, weight: Tensor, bias: Tensor | None, stride, padding,
+                       dilation, groups: int, activation: str | None):
+    """``conv_bias_act``'s arguments validated once for a module that calls it again and again
+    with inputs like ``x`` (same shape, strides, dtype, device) and parameters like
+    ``weight``/``bias``: a plan (a tuple of ints, picklable) for ``run_conv_bias_act_plan``,
+    which goes straight to the kernel choice, or None where that shortcut does not apply
+    (depthwise, unbatched or asymmetric "same" padding, autograd, compile, autocast: call
+    ``conv_bias_act``). The caller keys the plan on x's shape, strides, dtype and device and
+    the conv's geometry, and runs it only while ``conv_bias_act_plan_ok(x, weight, bias)``
+    holds. Why: ``conv_bias_act``'s validation costs ~10-18 us per call (a 64->64 3x3 layer at
+    8x8, batch 1, 1 thread: 121 us through it, 103 us planned, eager conv + BN + ReLU 103 us),
+    which left pre-activation and DenseNet-style models (NCHW fused convs at batch 1) at
+    0.95-0.99x eager on CPU (bench/results/cpu-amd-epyc-1t/zoo-cpu-b1.md)."""
+    if not isinstance(x, Tensor) or not isinstance(weight, Tensor) or x.dim() != 4 \
+            or not conv_bias_act_plan_ok(x, weight, bias) or _is_depthwise(x, weight, groups):
+        return None
+    code = activation_code(activation)
+    x4, unbatched, st, pad, dil = _prepare(x, weight, bias, stride, padding, dilation, groups)
+    if x4 is not x or unbatched:
+        return None
+    return (tuple(st), tuple(pad), tuple(dil), groups, code)
+
+
+def run_conv_bias_act_plan(plan: tuple, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``conv_bias_act`` for a plan of ``conv_bias_act_plan`` (its conditions hold)."""
+    st, pad, dil, groups, code = plan
+    return _conv_bias_act_impl(x, weight, bias, list(st), list(pad), list(dil), groups, code)
+
+
+def conv_bias_act_plan_ok(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    """Whether a plan of ``conv_bias_act_plan`` may run now: plain eager inference."""
+    return _direct_ok(x, weight, bias) and not needs_grad(x, weight, bias)
+
+
 def conv_bn_act(x: Tensor, weight: Tensor, conv_bias: Tensor | None, bn_weight: Tensor | None,
                 bn_bias: Tensor | None, running_mean: Tensor | None,
                 running_var: Tensor | None, *, training: bool, momentum: float = 0.1,

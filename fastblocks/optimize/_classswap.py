@@ -54,5 +54,6 @@ def restore_class(module: nn.Module) -> nn.Module:
     for k in names:
         module.__dict__.pop(k, None)
     module.__dict__.pop("_fold_cache", None)
+    module.__dict__.pop("_conv_plan", None)
     module.__class__ = original
     return module
