@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -71,3 +72,13 @@ def assert_same_model(plain: nn.Module, fused: nn.Module, x: torch.Tensor, train
     assert list(sd_p) == list(sd_f)
     for k in sd_p:
         torch.testing.assert_close(sd_f[k], sd_p[k], msg=lambda m: f"{k}: {m}")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Imported by the optimize test modules: tiny tensors on a shared 2-core machine, where
+    OpenMP spinning costs far more than it saves."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -16,16 +16,7 @@ from fastblocks.optimize.rules.activation import SwappedActivation
 from fastblocks.optimize._inline_module import InlineFused
 from fastblocks.optimize.rules.conv_bn_act import ConvBNActHead
 
-from _optimize_helpers import assert_same_model
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors on a shared 2-core machine: OpenMP spinning costs far more than it saves
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from _optimize_helpers import assert_same_model, one_thread  # noqa: F401 (autouse fixture)
 
 
 class Swish(nn.Module):  # a library's own swish: recognised by behaviour, not by name

@@ -20,15 +20,7 @@ from fastblocks.optimize.rules import chain_shuffle as rule
 from fastblocks.optimize.rules.chain_shuffle import ShuffleFusedIntoConv, ShuffledConvBNActHead
 from fastblocks.optimize.rules.conv_bn_act import ConvBNActHead
 
-from _optimize_helpers import assert_same_model
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from _optimize_helpers import assert_same_model, one_thread  # noqa: F401 (autouse fixture)
 
 
 class InlineUnit(nn.Module):

@@ -12,17 +12,9 @@ import torch
 
 import fastblocks
 
-from _optimize_helpers import assert_same_model
+from _optimize_helpers import assert_same_model, one_thread  # noqa: F401 (autouse fixture)
 
 transformers = pytest.importorskip("transformers")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _build(name):

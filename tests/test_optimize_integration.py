@@ -18,16 +18,8 @@ import fastblocks
 from fastblocks.models._blocks import ConvNormActivation
 from fastblocks.testing import compare
 
-from _optimize_helpers import assert_same_model
+from _optimize_helpers import assert_same_model, one_thread  # noqa: F401 (autouse fixture)
 from test_optimize import InlineComposites
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def small_model(seed: int = 0) -> nn.Sequential:

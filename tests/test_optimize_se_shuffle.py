@@ -19,16 +19,8 @@ from fastblocks.optimize._inline_module import InlineFused
 from fastblocks.optimize.rules.shuffle import SwappedChannelShuffle
 from fastblocks.optimize.rules.squeeze_excite import SwappedSqueezeExcite
 
-from _optimize_helpers import assert_same_model
+from _optimize_helpers import assert_same_model, one_thread  # noqa: F401 (autouse fixture)
 from zoo_checks import check_architecture
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # name -> (input size, report pattern, count). 64x64 where 32x32 leaves 1x1 maps: train-mode BN

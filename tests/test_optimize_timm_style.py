@@ -16,15 +16,7 @@ import fastblocks
 from fastblocks.optimize.rules.conv_bn_act import ConvBNActHead
 from fastblocks.optimize.rules.depthwise import SamePaddingDepthwiseConv2d
 
-from _optimize_helpers import assert_same_model
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from _optimize_helpers import assert_same_model, one_thread  # noqa: F401 (autouse fixture)
 
 
 class BatchNormAct2d(nn.BatchNorm2d):
