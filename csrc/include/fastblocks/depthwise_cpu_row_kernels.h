@@ -11,7 +11,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "fastblocks/cpu_utils.h"
+#include "fastblocks/cpu_convert.h"
 #include "fastblocks/depthwise_cpu_kernels.h"
 #include "fastblocks/depthwise_cpu_simd.h"
 

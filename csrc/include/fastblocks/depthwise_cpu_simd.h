@@ -15,7 +15,7 @@
 #include <utility>
 
 #include "fastblocks/common.h"
-#include "fastblocks/cpu_utils.h"
+#include "fastblocks/cpu_convert.h"
 #include "fastblocks/cpu_vec.h"
 
 // The kernels pass GCC vector types between always-inline helpers only; the ABI note about
