@@ -136,6 +136,8 @@ def channels_last_input(module: nn.Module, args: tuple, kwargs: dict):
     state = module.__dict__.get(_STATE)
     if state is None or state["ok"] is False or not args or not _wants_conversion(module, args[0]):
         return None
+    if state["ok"] and small_convs_only(state, args[0]):
+        return None  # decided before the copy below, which this call would throw away
     x = args[0].contiguous(memory_format=torch.channels_last)
     args = (x,) + tuple(args[1:])
     if state["ok"] is None:
