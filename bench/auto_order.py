@@ -14,7 +14,7 @@ last, whatever its speed: `auto` must never prefer a wrong kernel. The same scor
 class (dtype, layout, mode) is written beside it, with the classes whose winner differs from
 the family's, for the day `auto` resolves per shape class. Families without GPU rows, and
 everything while no GPU result exists, keep PRIOR (Triton first: a prior, not a measurement),
-and the file says so.
+except the families of PRIOR_FAMILIES, and the file says so.
 """
 from __future__ import annotations
 
@@ -28,6 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "fastblocks" / "_auto_order.json"
 PRIOR = ("triton", "cuda")
+# Unmeasured families whose prior is not PRIOR. conv_bn_act: its triton backend computes the
+# convolution itself (kernels/conv_gemm.py, an implicit GEMM that no GPU has run yet), its cuda
+# backend takes cuDNN's convolution and fuses only bias + activation into one pass of ours, so
+# it can lose to eager by at most that pass while an untuned GEMM can lose by any factor;
+# until a GPU run ranks them, `auto` takes cuDNN's convolution.
+PRIOR_FAMILIES = {"conv_bn_act": ("cuda", "triton")}
 KERNEL_PROVIDERS = {"fastblocks:triton": "triton", "fastblocks:cuda": "cuda"}
 
 
@@ -80,18 +86,23 @@ def generate(results: Path) -> dict:
                          "do not edit by hand",
         "source": "measured" if files else "prior",
         "note": ("" if files else "no GPU results are committed: every family uses the prior "
-                 "order (triton first), which is not a measurement"),
+                 "order (triton first; the families listed here their own prior, with why), "
+                 "which is not a measurement"),
         "default": list(PRIOR),
         "results": files,
         "families": {},
     }
+    for fam, order in PRIOR_FAMILIES.items():  # overwritten below once measured
+        out["families"][fam] = {"order": list(order), "source": "prior",
+                                "why": "bench/auto_order.py PRIOR_FAMILIES"}
     families = sorted({f for f, _ in times} | set(bad))
     for fam in families:
         cases = {k: v for (f, k), v in times.items() if f == fam}
         measured = sorted({b for v in cases.values() for b in v})
         score = _score(cases, measured) if len(measured) > 1 else {b: 1.0 for b in measured}
         order = sorted(score, key=lambda b: (b in bad[fam], score[b]))
-        order += [b for b in PRIOR if b not in order]  # unmeasured backends: prior order, last
+        prior = PRIOR_FAMILIES.get(fam, PRIOR)
+        order += [b for b in prior if b not in order]  # unmeasured backends: prior order, last
         order.sort(key=lambda b: b in bad[fam])  # stable: mismatching backends last
         classes = {}
         for cls in sorted({(k[4], k[5], k[6]) for k in cases}, key=str):
@@ -127,6 +138,9 @@ def main(argv=None) -> int:
     data = json.loads(text)
     print(f"{args.out}: {data['source']}" + (f" ({data['note']})" if data["note"] else ""))
     for fam, v in data["families"].items():
+        if v.get("source") == "prior":
+            print(f"  {fam}: {' > '.join(v['order'])}  (prior: {v['why']})")
+            continue
         print(f"  {fam}: {' > '.join(v['order'])}  score {v['score_vs_fastest']}  "
               f"({v['cases']} cases; classes preferring another: {v['classes_differing'] or 'none'})")
     return 0

@@ -39,7 +39,9 @@ def _row(op, provider, us, shape="a", dtype="bf16", ok=True):
 def test_generator_ranks_by_speed_and_demotes_mismatches(tmp_path):
     assert auto_order.generate(tmp_path)["source"] == "prior"
     _write(tmp_path, "cpu", [_row("silu", "fastblocks:cuda", 1.0)])  # CPU results: ignored
-    assert auto_order.generate(tmp_path)["families"] == {}
+    # unmeasured: only the per-family priors, marked as such
+    assert {f: v["order"] for f, v in auto_order.generate(tmp_path)["families"].items()} == \
+        {f: list(o) for f, o in auto_order.PRIOR_FAMILIES.items()}
     _write(tmp_path, "cuda", [
         _row("silu", "fastblocks:triton", 10.0), _row("silu", "fastblocks:cuda", 5.0),
         _row("silu", "fastblocks:triton", 8.0, shape="b"), _row("silu", "fastblocks:cuda", 4.0, shape="b"),
@@ -58,5 +60,19 @@ def test_generator_ranks_by_speed_and_demotes_mismatches(tmp_path):
     path = tmp_path / "order.json"
     assert auto_order.main(["--results", str(tmp_path), "--out", str(path)]) == 0
     default, families, source = _auto_order.load(path)
-    assert families == {"activation": ("cuda", "triton"), "depthwise": ("triton", "cuda")}
+    assert families == {"activation": ("cuda", "triton"), "depthwise": ("triton", "cuda"),
+                        "conv_bn_act": ("cuda", "triton")}
     assert source == "measured" and default == ("triton", "cuda")
+
+
+def test_conv_family_prior_takes_cudnn_until_measured(tmp_path):
+    """Unmeasured, the conv family's `auto` runs cuDNN's convolution + our epilogue (cuda)
+    before the Triton implicit GEMM; a GPU result ranking triton first overrides the prior."""
+    assert backend.AUTO_CUDA_ORDER.get("conv_bn_act") == ("cuda", "triton") or \
+        json.loads(_auto_order.DATA.read_text())["source"] == "measured"
+    _write(tmp_path, "cuda", [_row("conv_bn_act", "fastblocks:triton", 1.0),
+                              _row("conv_bn_act", "fastblocks:cuda", 2.0)])
+    fam = auto_order._family_of("conv_bn_act")
+    assert fam == "conv_bn_act"
+    out = auto_order.generate(tmp_path)["families"][fam]
+    assert out["order"] == ["triton", "cuda"] and "source" not in out
