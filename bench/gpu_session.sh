@@ -10,7 +10,8 @@
 # cut at its budget by `timeout`; the six add up to 530, leaving 10 s of the 540 for the
 # nvidia-smi probe, the archive and the copy):
 #   build      170  pip install -e . with MAX_JOBS = all cores (CPU + CUDA kernels; --no-deps)
-#   test        90  pytest -m cuda: parity with eager on the GPU, every backend and dtype
+#   test        90  pytest -m "cuda and not gpu_models": parity with eager on the GPU, every
+#                   backend and dtype
 #                   (junit XML kept: bench/where_ran.py reads which tests passed)
 #   memcheck    45  compute-sanitizer --tool memcheck over bench/gpu_sanitize_cases.py
 #   racecheck   45  compute-sanitizer --tool racecheck over the same multi-tile cases
@@ -27,6 +28,10 @@
 #                   models at batch 256 bf16 channels_last inference with every provider
 #                   (eager, compile, fastblocks, fastblocks+compile), then an AMP training step
 #                   (eager, fastblocks: time and peak memory), then batch-1 latency (CUDA graphs)
+#   thirdparty 240  optional, a call of its own: pytest -m gpu_models, optimize() on torchvision's
+#                   and timm's own models (tests/test_optimize_gpu_models.py; the GPU image has
+#                   both libraries): whole-model parity in fp32 train/eval and bf16
+#                   channels_last eval, then revert
 #
 # --dry-run   no GPU needed: every stage prints what it would run and is skipped (the models
 #             probe and the result/archive/copy plumbing still run); exit 0. Without
@@ -63,7 +68,7 @@ done
 DEFAULT_STAGES=(build test memcheck racecheck quick models)
 [ ${#STAGES[@]} -eq 0 ] && STAGES=("${DEFAULT_STAGES[@]}")
 declare -A BUDGET=([build]=170 [test]=90 [memcheck]=45 [racecheck]=45 [quick]=120 [models]=60
-                   [sweeps]=540 [models_full]=540)
+                   [sweeps]=540 [models_full]=540 [thirdparty]=240)
 SESSION_BUDGET=540
 
 OUT=${OUT:-$(mktemp -d /tmp/fastblocks-gpu.XXXXXX)}
@@ -76,7 +81,7 @@ export FASTBLOCKS_AUTOTUNE=prior
 
 for s in "${STAGES[@]}"; do
   if [ -z "${BUDGET[$s]:-}" ]; then
-    echo "unknown stage '$s' (known: ${DEFAULT_STAGES[*]} sweeps models_full)" >&2
+    echo "unknown stage '$s' (known: ${DEFAULT_STAGES[*]} sweeps models_full thirdparty)" >&2
     exit 2
   fi
 done
@@ -132,7 +137,7 @@ run_stage() {
   shift
   local budget=${BUDGET[$name]}
   local left=$((SESSION_BUDGET - (SECONDS - t_start) - 10))
-  case $name in sweeps | models_full) left=$((SESSION_BUDGET - (SECONDS - t_start))) ;; esac
+  case $name in sweeps | models_full | thirdparty) left=$((SESSION_BUDGET - (SECONDS - t_start))) ;; esac
   if [ $left -lt $budget ]; then budget=$left; fi
   if [ $DRY_RUN -eq 1 ]; then
     note "$name: skipped (dry run, no GPU stage is run; budget ${BUDGET[$name]} s): would run: $*"
@@ -168,7 +173,13 @@ stage_build() {
   [ $DRY_RUN -eq 1 ] || "$PY" -m fastblocks.cli info > "$SES/logs/info.log" 2>&1
 }
 stage_test() {
-  run_stage test "$PY" -m pytest -q -m cuda -p no:cacheprovider --junitxml="$SES/cuda-tests.xml"
+  run_stage test "$PY" -m pytest -q -m "cuda and not gpu_models" -p no:cacheprovider \
+    --junitxml="$SES/cuda-tests.xml"
+}
+# whole third-party models: too long for the test stage's 90 s beside every op's GPU tests
+stage_thirdparty() {
+  run_stage thirdparty "$PY" -m pytest -q -m gpu_models -p no:cacheprovider \
+    --junitxml="$SES/gpu-models-tests.xml"
 }
 sanitize() {  # TOOL [ARGS of gpu_sanitize_cases.py]
   local tool=$1

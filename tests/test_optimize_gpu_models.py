@@ -22,7 +22,8 @@ import fastblocks
 from _optimize_helpers import assert_same_model
 from fastblocks.testing import compare
 
-pytestmark = pytest.mark.cuda
+# gpu_models: run by bench/gpu_session.sh's own stage (thirdparty), not its 90 s test stage
+pytestmark = [pytest.mark.cuda, pytest.mark.gpu_models]
 
 MODELS = [("torchvision", "mobilenet_v3_large"), ("torchvision", "efficientnet_b0"),
           ("torchvision", "shufflenet_v2_x1_0"), ("torchvision", "resnext50_32x4d"),
