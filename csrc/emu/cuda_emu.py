@@ -19,6 +19,7 @@ and the emulation's divergent-barrier reports point into csrc/cuda/.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import os
 import re
@@ -146,6 +147,16 @@ def build(cache: Path | None = None, jobs: int | None = None) -> Path:
     if lib.is_file():
         return lib
     out_dir.mkdir(parents=True, exist_ok=True)
+    # pytest-xdist workers of a fresh clone all ask at once: they write the same sources and
+    # objects into out_dir, so one builds while the others wait on the lock, then reuse it.
+    with open(out_dir / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not lib.is_file():
+            _compile(out_dir, lib, cxx, inc, jobs)
+    return lib
+
+
+def _compile(out_dir: Path, lib: Path, cxx: str, inc: Path, jobs: int | None) -> None:
     flags = [*CXXFLAGS, "-include", str(EMU / "cuda_emu.h"), f"-I{ROOT / 'csrc' / 'include'}",
              f"-I{CUDA_SRC}", f"-I{EMU}", f"-isystem{inc}"]
     # The rewritten headers sit next to the rewritten units: `#include "x.cuh"` looks in the
@@ -174,8 +185,7 @@ def build(cache: Path | None = None, jobs: int | None = None) -> Path:
         objs = list(pool.map(compile_one, units))
     tmp = lib.with_suffix(f".{os.getpid()}.tmp")
     subprocess.run([cxx, "-shared", "-pthread", "-o", str(tmp), *map(str, objs)], check=True)
-    os.replace(tmp, lib)  # atomic: a concurrent build (pytest-xdist) sees all or nothing
-    return lib
+    os.replace(tmp, lib)  # atomic: a reader without the lock sees all or nothing
 
 
 class EmuLib:
