@@ -33,7 +33,16 @@ SM has). Three steps:
 Configs the autotuner would prune for a launch's shape are compiled too (they may serve
 another shape); the report counts them apart. Each run compiles into a fresh Triton cache
 (--reuse-cache: Triton's own), so the times are compile times. Exit status 1 if anything
-failed. ``tests/test_triton_aot.py`` runs ``--quick --one-per-kernel --dtypes bfloat16,...``.
+failed. ``tests/test_triton_aot.py`` runs ``--quick --one-per-kernel --dtypes bfloat16``.
+
+Measured (the shared 2-core dev VM, Triton 3.9, 2 workers, fresh cache): the full run records
+718 launches and compiles 2280 specializations in 1812 s; --quick 606 in 395 s (640 since
+the wide 1x1 conv case joined); fp64 --quick 174 in 102 s; the test's
+19 in 34 s. None failed. Stack (spilled registers) in conv_gemm (457 of 672 specializations,
+up to 4.5 KB per thread; 298 of them tiles its autotuner prunes for that shape), grouped_conv
+(30 of 96, up to 472 B) and two depthwise NHWC specializations (16 B). Triton internals used:
+``create_function_from_signature`` and ``JITFunction._pack_args`` (checked with Triton 3.9
+only).
 """
 from __future__ import annotations
 
