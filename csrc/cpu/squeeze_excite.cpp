@@ -21,6 +21,7 @@
 
 #include "fastblocks/cpu_utils.h"
 #include "fastblocks/cpu_vec.h"
+#include "fastblocks/se_cpu_mlp.h"
 #include "fastblocks/squeeze_excite_mlp.h"
 
 namespace fastblocks::cpu {
@@ -71,6 +72,29 @@ FB_CPU_CLONES T lanes_sum(const T* __restrict__ a, const T* __restrict__ b, int6
     for (int k = 0; k < w; ++k) part[k] += part[k + w];
   }
   return part[0] + tail;
+}
+
+// out[p] = sum_i a[p * HW + i] (* b[...]) for `planes` planes of HW <= kSumBlock elements, in one
+// call: one multi-versioned (indirect) call per 7x7 plane cost as much as its 49 adds
+// (32x672x7x7 NCHW: lanes_sum calls were 17% of the forward's time).
+template <typename T, bool PRODUCT>
+FB_CPU_CLONES void small_plane_sums(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out,
+                                    int64_t planes, int64_t HW) {
+  for (int64_t p = 0; p < planes; ++p) {
+    const T* ap = a + p * HW;
+    const T* bp = b + p * HW;
+    T part[kLanes] = {};
+    int64_t i = 0;
+    for (; i + kLanes <= HW; i += kLanes) {
+      for (int k = 0; k < kLanes; ++k) part[k] += PRODUCT ? ap[i + k] * bp[i + k] : ap[i + k];
+    }
+    T tail = 0;
+    for (; i < HW; ++i) tail += PRODUCT ? ap[i] * bp[i] : ap[i];
+    for (int w = kLanes / 2; w >= 1; w /= 2) {
+      for (int k = 0; k < w; ++k) part[k] += part[k + w];
+    }
+    out[p] = part[0] + tail;
+  }
 }
 
 // sum_i a[i] (* b[i]) over one contiguous plane.
@@ -142,6 +166,9 @@ void reduce_planes(const scalar_t* a, const scalar_t* b, at::opmath_type<scalar_
   using acc_t = at::opmath_type<scalar_t>;
   if (!channels_last) {
     at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / HW), [&](int64_t p0, int64_t p1) {
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        if (HW <= kSumBlock) return small_plane_sums<acc_t, PRODUCT>(a + p0 * HW, b + p0 * HW, out + p0, p1 - p0, HW);
+      }
       for (int64_t p = p0; p < p1; ++p) {
         out[p] = static_cast<acc_t>(plane_sum<scalar_t, PRODUCT>(a + p * HW, b + p * HW, HW));
       }
@@ -201,6 +228,20 @@ FB_CPU_CLONES void scale_add(const acc_t* a, const acc_t* __restrict__ s, const 
   }
 }
 
+// scale_add over `planes` consecutive NCHW planes of HW elements, plane p scaled by s[p] (+ q[p]),
+// in one multi-versioned call (see small_plane_sums).
+template <typename acc_t, bool ADD>
+FB_CPU_CLONES void scale_plane_run(const acc_t* a, const acc_t* __restrict__ s, const acc_t* __restrict__ q,
+                                   acc_t* out, int64_t planes, int64_t HW) {
+  for (int64_t p = 0; p < planes; ++p) {
+    const acc_t sv = s[p], qv = ADD ? q[p] : acc_t(0);
+    const acc_t* ap = a + p * HW;
+    acc_t* op = out + p * HW;
+#pragma GCC ivdep
+    for (int64_t i = 0; i < HW; ++i) op[i] = ADD ? ap[i] * sv + qv : ap[i] * sv;
+  }
+}
+
 // scale_add over `rows` NHWC rows of n channels sharing s and q (one image).
 template <typename acc_t, bool ADD>
 FB_CPU_CLONES void scale_rows(const acc_t* a, const acc_t* __restrict__ s, const acc_t* __restrict__ q,
@@ -236,6 +277,9 @@ void scale_planes(const scalar_t* a, const at::opmath_type<scalar_t>* s, const a
                   scalar_t* out, int64_t N, int64_t C, int64_t HW, bool channels_last) {
   if (!channels_last) {
     at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / HW), [&](int64_t p0, int64_t p1) {
+      if constexpr (std::is_same_v<scalar_t, at::opmath_type<scalar_t>>) {
+        return scale_plane_run<scalar_t, ADD>(a + p0 * HW, s + p0, ADD ? q + p0 : q, out + p0 * HW, p1 - p0, HW);
+      }
       for (int64_t p = p0; p < p1; ++p) {
         scale_span<scalar_t, true, ADD>(a + p * HW, s + p, ADD ? q + p : q, out + p * HW, HW);
       }
@@ -260,51 +304,6 @@ void scale_planes(const scalar_t* a, const at::opmath_type<scalar_t>* s, const a
   }
 }
 
-template <typename acc_t>
-FB_CPU_CLONES acc_t dot(const acc_t* __restrict__ a, const acc_t* __restrict__ b, int64_t n) {
-  acc_t part[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int k = 0; k < kLanes; ++k) part[k] += a[i + k] * b[i + k];
-  }
-  acc_t tail = 0;
-  for (; i < n; ++i) tail += a[i] * b[i];
-  for (int w = kLanes / 2; w >= 1; w /= 2) {
-    for (int k = 0; k < w; ++k) part[k] += part[k + w];
-  }
-  return part[0] + tail;
-}
-
-// The forward's MLP on nn rows of means, by hand: s = gate(w2 @ act(w1 @ p + b1) + b2). At
-// batch 1 the eight ATen calls of squeeze_excite_mlp.h cost more than the arithmetic (1x1152x7x7
-// r48: 47 us for the whole op with them, of which eager's pool and mul take 18). Weights and
-// biases arrive contiguous in the accumulation type; b1/b2 may be null.
-// Up to this many rows the hand MLP below beats ATen's; past it the GEMM's weight reuse wins
-// (32x960x7x7 r240 forward: 0.80x eager with the hand MLP on groups of 11 rows, each row
-// re-reading the 1.8 MB of weights).
-constexpr int64_t kHandMlpRows = 2;
-
-template <typename acc_t>
-void mlp_forward_rows(const acc_t* p, const acc_t* w1, const acc_t* b1, const acc_t* w2,
-                      const acc_t* b2, acc_t* h, acc_t* s, int64_t nn, int64_t C, int64_t R,
-                      int act, int gate) {
-  at::parallel_for(0, nn * R, std::max<int64_t>(1, kGrain / C), [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t n = i / R, r = i % R;
-      const acc_t z = (b1 ? b1[r] : acc_t(0)) + dot(w1 + r * C, p + n * C, C);
-      h[i] = act_forward<acc_t>(z, act);
-    }
-  });
-  at::parallel_for(0, nn * C, std::max<int64_t>(1, kGrain / R), [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t n = i / C, c = i % C;
-      const acc_t z = (b2 ? b2[c] : acc_t(0)) + dot(w2 + c * R, h + n * R, R);
-      s[i] = gate == int(se::Gate::kSigmoid) ? acc_t(1) / (acc_t(1) + exp_(-z))
-                                             : act_forward<acc_t>(z, int(Act::kHardsigmoid));
-    }
-  });
-}
-
 std::tuple<at::Tensor, at::Tensor> squeeze_excite_forward(
     const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
     const at::Tensor& w2, const std::optional<at::Tensor>& b2, int64_t act, int64_t gate,
@@ -327,28 +326,23 @@ std::tuple<at::Tensor, at::Tensor> squeeze_excite_forward(
   };
   const at::Tensor w1a = w1.to(acc).contiguous(), w2a = w2.to(acc).contiguous();
   const at::Tensor b1a = as_acc(b1), b2a = as_acc(b2);
-  const int64_t hand = std::min(group, kHandMlpRows);
-  at::Tensor h = at::empty({hand, R}, pooled.options()), s = at::empty({hand, C}, pooled.options());
+  std::vector<char> scratch;
   FB_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     acc_t* pp = pooled.mutable_data_ptr<acc_t>();
     const auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<acc_t>() : nullptr; };
+    scratch.resize(sizeof(acc_t) * group * (R + C));
+    acc_t* h = reinterpret_cast<acc_t*>(scratch.data());
+    acc_t* s = h + group * R;
     for (int64_t n0 = 0; n0 < N; n0 += group) {
       const int64_t nn = std::min(group, N - n0), off = n0 * C * HW;
       reduce_planes<scalar_t, false>(xp + off, xp + off, pp + n0 * C, nn, C, HW, channels_last);
       for (int64_t i = n0 * C; i < (n0 + nn) * C; ++i) pp[i] /= acc_t(HW);  // as eager's mean
-      at::Tensor sg = s;
-      if (nn <= kHandMlpRows) {
-        mlp_forward_rows<acc_t>(pp + n0 * C, ptr(w1a), ptr(b1a), ptr(w2a), ptr(b2a),
-                                h.mutable_data_ptr<acc_t>(), s.mutable_data_ptr<acc_t>(), nn, C, R,
-                                static_cast<int>(act), static_cast<int>(gate));
-      } else {
-        sg = se::mlp_forward(pooled.narrow(0, n0, nn), w1a, b1a, w2a, b2a, act, gate).s.contiguous();
-      }
-      scale_planes<scalar_t, false>(xp + off, sg.const_data_ptr<acc_t>(), nullptr, yp + off, nn, C,
-                                    HW, channels_last);
+      se_mlp::forward<acc_t>(pp + n0 * C, ptr(w1a), ptr(b1a), ptr(w2a), ptr(b2a), h, s, nn, C, R,
+                             static_cast<int>(act), static_cast<int>(gate));
+      scale_planes<scalar_t, false>(xp + off, s, nullptr, yp + off, nn, C, HW, channels_last);
     }
   });
   return {y, pooled};
