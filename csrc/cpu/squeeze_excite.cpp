@@ -372,6 +372,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_e
       gs.zero_();
     }
   });
+  if (N <= se_mlp::kHandBackwardRows) {
+    const auto acc = se::acc_type(x);
+    const auto as_acc = [&](const std::optional<at::Tensor>& t) {
+      return se::has(t) ? t->to(acc).contiguous() : at::Tensor();
+    };
+    const at::Tensor w1a = w1.to(acc).contiguous(), w2a = w2.to(acc).contiguous();
+    const at::Tensor b1a = as_acc(b1), b2a = as_acc(b2);
+    const int64_t R = w1.size(0);
+    at::Tensor gp = at::empty({N, C}, pooled.options()), gw1 = at::empty({R, C}, pooled.options()),
+               gb1 = at::empty({R}, pooled.options()), gw2 = at::empty({C, R}, pooled.options()),
+               gb2 = at::empty({C}, pooled.options());
+    FB_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<acc_t>() : nullptr; };
+      se_mlp::backward<acc_t>(pooled.const_data_ptr<acc_t>(), gs.const_data_ptr<acc_t>(), ptr(w1a), ptr(b1a),
+                              ptr(w2a), ptr(b2a), N, C, R, static_cast<int>(act), static_cast<int>(gate),
+                              gp.mutable_data_ptr<acc_t>(), gw1.mutable_data_ptr<acc_t>(),
+                              gb1.mutable_data_ptr<acc_t>(), gw2.mutable_data_ptr<acc_t>(),
+                              gb2.mutable_data_ptr<acc_t>());
+      if (x.numel()) {
+        for (int64_t i = 0; i < N * C; ++i) gp.mutable_data_ptr<acc_t>()[i] /= acc_t(HW);
+        // s again for the grad_x pass (the forward's is not kept): the same hand forward
+        std::vector<acc_t> hb(N * R), sb(N * C);
+        se_mlp::forward<acc_t>(pooled.const_data_ptr<acc_t>(), ptr(w1a), ptr(b1a), ptr(w2a), ptr(b2a),
+                               hb.data(), sb.data(), N, C, R, static_cast<int>(act), static_cast<int>(gate));
+        scale_planes<scalar_t, true>(grad.const_data_ptr<scalar_t>(), sb.data(), gp.const_data_ptr<acc_t>(),
+                                     gx.mutable_data_ptr<scalar_t>(), N, C, HW, channels_last);
+      }
+    });
+    const auto wt = w1.scalar_type();
+    return {gx, gw1.to(wt), gb1.to(wt), gw2.to(wt), gb2.to(wt)};
+  }
   const se::Mlp m = se::mlp_forward(pooled, w1, b1, w2, b2, act, gate);
   auto [gp, gw1, gb1, gw2, gb2] = se::mlp_backward(gs, pooled, m, w1, w2, act, gate);
   if (x.numel()) {

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "fastblocks/common.h"
 #include "fastblocks/cpu_vec.h"
@@ -125,6 +126,73 @@ void forward(const T* p, const T* w1, const T* b1, const T* w2, const T* b2, T* 
     for (int64_t i = 0; i < G * C; ++i) s[i] = T(1) / (T(1) + exp_(-s[i]));
   } else {
     for (int64_t i = 0; i < G * C; ++i) s[i] = act_forward<T>(s[i], int(Act::kHardsigmoid));
+  }
+}
+
+// The MLP backward for a few rows (batch 1 to kHandBackwardRows; more rows go to ATen's GEMMs,
+// squeeze_excite_mlp.h, whose weight reuse wins there, and whose ~15 calls cost about as much as
+// all of eager's backward at batch 1). From the means p (G, C) and gs (G, C) = sum over H, W of
+// grad * x: gp (G, C), the gradient of the means, and gw1 (R, C), gb1 (R), gw2 (C, R), gb2 (C).
+// The MLP forward is recomputed (z1, z2 are not kept). Sums over C (gh) run in blocks of
+// kSumBlock terms in T and across blocks in double, like the passes' sums. Derivatives as
+// ATen's: sigmoid_backward g * (1 - s) * s, hardsigmoid and the activations by act_backward.
+constexpr int64_t kHandBackwardRows = 4;
+
+template <typename T>
+void backward(const T* p, const T* gs, const T* w1, const T* b1, const T* w2, const T* b2, int64_t G,
+              int64_t C, int64_t R, int act, int gate, T* gp, T* gw1, T* gb1, T* gw2, T* gb2) {
+  constexpr int64_t kSumBlock = 64;
+  std::vector<T> z1(G * R), h(G * R), z2(G * C), gz2(G * C), gz1(G * R), part(R);
+  std::vector<double> total(R);
+  fc_rows<T>(w1, b1, p, z1.data(), G, R, C);
+  for (int64_t i = 0; i < G * R; ++i) h[i] = act_forward<T>(z1[i], act);
+  fc_rows<T>(w2, b2, h.data(), z2.data(), G, C, R);
+  for (int64_t i = 0; i < G * C; ++i) {
+    if (gate == 0) {
+      const T sg = T(1) / (T(1) + exp_(-z2[i]));
+      gz2[i] = gs[i] * (T(1) - sg) * sg;
+    } else {
+      gz2[i] = act_backward<T>(gs[i], z2[i], int(Act::kHardsigmoid));
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    T gb = 0;
+    for (int64_t r = 0; r < R; ++r) gw2[c * R + r] = 0;
+    for (int64_t g = 0; g < G; ++g) {
+      const T d = gz2[g * C + c];
+      gb += d;
+      for (int64_t r = 0; r < R; ++r) gw2[c * R + r] += d * h[g * R + r];
+    }
+    gb2[c] = gb;
+  }
+  for (int64_t g = 0; g < G; ++g) {  // gh = gz2 @ w2, then gz1 = act'(z1) * gh
+    std::fill(total.begin(), total.end(), 0.0);
+    for (int64_t c0 = 0; c0 < C; c0 += kSumBlock) {
+      std::fill(part.begin(), part.end(), T(0));
+      for (int64_t c = c0; c < std::min(C, c0 + kSumBlock); ++c) {
+        const T d = gz2[g * C + c];
+        for (int64_t r = 0; r < R; ++r) part[r] += d * w2[c * R + r];
+      }
+      for (int64_t r = 0; r < R; ++r) total[r] += part[r];
+    }
+    for (int64_t r = 0; r < R; ++r) gz1[g * R + r] = act_backward<T>(T(total[r]), z1[g * R + r], act);
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    T gb = 0;
+    for (int64_t c = 0; c < C; ++c) gw1[r * C + c] = 0;
+    for (int64_t g = 0; g < G; ++g) {
+      const T d = gz1[g * R + r];
+      gb += d;
+      for (int64_t c = 0; c < C; ++c) gw1[r * C + c] += d * p[g * C + c];
+    }
+    gb1[r] = gb;
+  }
+  for (int64_t g = 0; g < G; ++g) {  // gp = gz1 @ w1
+    for (int64_t c = 0; c < C; ++c) gp[g * C + c] = 0;
+    for (int64_t r = 0; r < R; ++r) {
+      const T d = gz1[g * R + r];
+      for (int64_t c = 0; c < C; ++c) gp[g * C + c] += d * w1[r * C + c];
+    }
   }
 }
 
