@@ -36,6 +36,9 @@ constexpr int64_t kChunk = 512;
 // Independent partial sums of a plane: breaks the add chain so the float loop vectorizes
 // (without -ffast-math GCC keeps one serial chain otherwise).
 constexpr int kLanes = 16;
+// Partial sums of long runs (blocks of kSumBlock, planes of 128+): four AVX-512 vectors, so the
+// adds of data in cache are not one latency-bound chain (batch-1 planes are pooled from L2).
+constexpr int kWideLanes = 64;
 // Bytes of x per group of images in the forward (see squeeze_excite_forward): within the L2
 // of two cores or a slice of L3 on the x86 server CPUs we run on.
 //
@@ -61,14 +64,14 @@ constexpr int64_t kSumRows = 16;
 
 template <typename T, bool PRODUCT>
 FB_CPU_CLONES T lanes_sum(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
-  T part[kLanes] = {};
+  T part[kWideLanes] = {};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int k = 0; k < kLanes; ++k) part[k] += PRODUCT ? a[i + k] * b[i + k] : a[i + k];
+  for (; i + kWideLanes <= n; i += kWideLanes) {
+    for (int k = 0; k < kWideLanes; ++k) part[k] += PRODUCT ? a[i + k] * b[i + k] : a[i + k];
   }
   T tail = 0;
   for (; i < n; ++i) tail += PRODUCT ? a[i] * b[i] : a[i];
-  for (int w = kLanes / 2; w >= 1; w /= 2) {
+  for (int w = kWideLanes / 2; w >= 1; w /= 2) {
     for (int k = 0; k < w; ++k) part[k] += part[k + w];
   }
   return part[0] + tail;
@@ -77,20 +80,20 @@ FB_CPU_CLONES T lanes_sum(const T* __restrict__ a, const T* __restrict__ b, int6
 // out[p] = sum_i a[p * HW + i] (* b[...]) for `planes` planes of HW <= kSumBlock elements, in one
 // call: one multi-versioned (indirect) call per 7x7 plane cost as much as its 49 adds
 // (32x672x7x7 NCHW: lanes_sum calls were 17% of the forward's time).
-template <typename T, bool PRODUCT>
+template <typename T, bool PRODUCT, int LANES>
 FB_CPU_CLONES void small_plane_sums(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out,
                                     int64_t planes, int64_t HW) {
   for (int64_t p = 0; p < planes; ++p) {
     const T* ap = a + p * HW;
     const T* bp = b + p * HW;
-    T part[kLanes] = {};
+    T part[LANES] = {};
     int64_t i = 0;
-    for (; i + kLanes <= HW; i += kLanes) {
-      for (int k = 0; k < kLanes; ++k) part[k] += PRODUCT ? ap[i + k] * bp[i + k] : ap[i + k];
+    for (; i + LANES <= HW; i += LANES) {
+      for (int k = 0; k < LANES; ++k) part[k] += PRODUCT ? ap[i + k] * bp[i + k] : ap[i + k];
     }
     T tail = 0;
     for (; i < HW; ++i) tail += PRODUCT ? ap[i] * bp[i] : ap[i];
-    for (int w = kLanes / 2; w >= 1; w /= 2) {
+    for (int w = LANES / 2; w >= 1; w /= 2) {
       for (int k = 0; k < w; ++k) part[k] += part[k + w];
     }
     out[p] = part[0] + tail;
@@ -167,7 +170,12 @@ void reduce_planes(const scalar_t* a, const scalar_t* b, at::opmath_type<scalar_
   if (!channels_last) {
     at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / HW), [&](int64_t p0, int64_t p1) {
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
-        if (HW <= kSumBlock) return small_plane_sums<acc_t, PRODUCT>(a + p0 * HW, b + p0 * HW, out + p0, p1 - p0, HW);
+        if (HW <= kSumBlock) {
+          if (HW >= 2 * kWideLanes) {
+            return small_plane_sums<acc_t, PRODUCT, kWideLanes>(a + p0 * HW, b + p0 * HW, out + p0, p1 - p0, HW);
+          }
+          return small_plane_sums<acc_t, PRODUCT, kLanes>(a + p0 * HW, b + p0 * HW, out + p0, p1 - p0, HW);
+        }
       }
       for (int64_t p = p0; p < p1; ++p) {
         out[p] = static_cast<acc_t>(plane_sum<scalar_t, PRODUCT>(a + p * HW, b + p * HW, HW));
