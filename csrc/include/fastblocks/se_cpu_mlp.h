@@ -135,8 +135,17 @@ void forward(const T* p, const T* w1, const T* b1, const T* w2, const T* b2, T* 
 // grad * x: gp (G, C), the gradient of the means, and gw1 (R, C), gb1 (R), gw2 (C, R), gb2 (C).
 // The MLP forward is recomputed (z1, z2 are not kept). Sums over C (gh) run in blocks of
 // kSumBlock terms in T and across blocks in double, like the passes' sums. Derivatives as
-// ATen's: sigmoid_backward g * (1 - s) * s, hardsigmoid and the activations by act_backward.
+// ATen's: sigmoid_backward g * (1 - s) * s, the activations by act_backward_aten.
 constexpr int64_t kHandBackwardRows = 4;
+
+// act_backward, but hard-sigmoid's slope is ATen's float constant 1.0f / 6.0f in every dtype
+// (torch 2.13's hardsigmoid_backward of a float64 1 at 0 is 0.1666666716337204): with the exact
+// 1/6, MobileNetV3-Large's float64 training gradients differed from eager's by 1e-5 relative.
+template <typename T>
+inline T act_backward_aten(T g, T z, int act) {
+  if (act == int(Act::kHardsigmoid)) return (z > T(-3) && z < T(3)) ? g * T(1.0f / 6.0f) : T(0);
+  return act_backward<T>(g, z, act);
+}
 
 template <typename T>
 void backward(const T* p, const T* gs, const T* w1, const T* b1, const T* w2, const T* b2, int64_t G,
@@ -152,7 +161,7 @@ void backward(const T* p, const T* gs, const T* w1, const T* b1, const T* w2, co
       const T sg = T(1) / (T(1) + exp_(-z2[i]));
       gz2[i] = gs[i] * (T(1) - sg) * sg;
     } else {
-      gz2[i] = act_backward<T>(gs[i], z2[i], int(Act::kHardsigmoid));
+      gz2[i] = act_backward_aten<T>(gs[i], z2[i], int(Act::kHardsigmoid));
     }
   }
   for (int64_t c = 0; c < C; ++c) {
@@ -175,7 +184,7 @@ void backward(const T* p, const T* gs, const T* w1, const T* b1, const T* w2, co
       }
       for (int64_t r = 0; r < R; ++r) total[r] += part[r];
     }
-    for (int64_t r = 0; r < R; ++r) gz1[g * R + r] = act_backward<T>(T(total[r]), z1[g * R + r], act);
+    for (int64_t r = 0; r < R; ++r) gz1[g * R + r] = act_backward_aten<T>(T(total[r]), z1[g * R + r], act);
   }
   for (int64_t r = 0; r < R; ++r) {
     T gb = 0;

@@ -42,12 +42,17 @@ from .._rule import BlockRule, Keep, ModuleRule, Swap
 from .inline import _Matcher, hand_over, single_graph
 
 
+# CPU inference in these dtypes runs the eager composition (module docstring)
+_CPU_EAGER_INFERENCE_DTYPES = (torch.float16, torch.bfloat16)
+
+
 def inline_squeeze_excite(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor,
                           b2: Tensor | None, activation: str, gate: str) -> Tensor:
-    """``ops.squeeze_excite`` (same arguments), or its eager composition on CPU tensors when no
-    autograd graph is recorded (faster there: module docstring)."""
-    if x.device.type == "cpu" and not (torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, w1, b1, w2, b2))):
+    """``ops.squeeze_excite`` (same arguments), or its eager composition for fp16/bf16 CPU
+    tensors when no autograd graph is recorded (module docstring)."""
+    if x.device.type == "cpu" and x.dtype in _CPU_EAGER_INFERENCE_DTYPES and not (
+            torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for t in (x, w1, b1, w2, b2))):
         return reference_squeeze_excite(x, w1, b1, w2, b2, activation, gate)
     return ops.squeeze_excite(x, w1, b1, w2, b2, activation, gate)
 
