@@ -1,9 +1,11 @@
 // CPU kernels of squeeze-and-excitation: y = x * gate(fc2(act(fc1(mean_hw(x))))).
 //
 // Forward: one pass sums each (n, c) plane of x in the accumulation type (float; double for
-// fp64), the tiny MLP runs on the (N, C) means (squeeze_excite_mlp.h: ATen GEMMs), and one
-// pass writes y = x * s. Backward: one pass sums grad * x per (n, c), the MLP backward gives
-// the parameter gradients and the gradient of the means, and one pass writes
+// fp64), the tiny MLP runs on the (N, C) means (by hand, se_cpu_mlp.h), and one pass writes
+// y = x * s, group of images by group (kGroupBytes) so the second pass reads x from cache.
+// Backward: one pass sums grad * x per (n, c), the MLP backward gives the parameter gradients
+// and the gradient of the means (by hand up to se_mlp::kHandBackwardRows images, else ATen's
+// GEMMs, squeeze_excite_mlp.h), and one pass writes
 // grad_x = grad * s + grad_mean / (H*W). Sums never touch fp16/bf16 arithmetic, so an fp16
 // plane whose sum passes 65504 still has a finite mean (eager's fp16 pool, too, accumulates in
 // float on CPU; the GPU reports of NaN, pytorch/pytorch#43992, are the reason to be sure).
@@ -46,13 +48,13 @@ constexpr int kWideLanes = 64;
 // Bytes of x per group of images in the forward (see squeeze_excite_forward): within the L2
 // of two cores or a slice of L3 on the x86 server CPUs we run on.
 //
-// Measured (commit after 23946b0, 2-core dev VM shared with other builds, load average ~12,
-// torch 2.13, 1 thread, fp32, best of 10-40 interleaved calls; ratios moved by up to 1.8x
-// between runs of the same shape, so read them as ranges): batch 32 forward 0.87-1.9x eager
-// over the 5 representative SE shapes of bench/shapes.py (pool and scale are both
-// memory-bound, eager reads x twice as well), fwd+bwd 1.4-4.9x; batch 1 forward 0.80-1.17x
-// (Python-side validation and dispatch, ~20 us, are a third of a 1x1152x7x7 call), fwd+bwd
-// 0.96-1.74x. The 1.3x-over-eager CPU goal is met for training, not for inference.
+// Measured with `fastblocks bench ops --op squeeze_excite --threads 1` (2-core AMD EPYC VM shared
+// with other helpers' builds, load average 3-4, torch 2.13, fp32, in-process interleaved
+// medians; bench/results/cpu-amd-epyc-1t/se-{before,after}-*.json): over the 80 cases of
+// MobileNetV3-Large, EfficientNet-B0 and SE-ResNet-50 (batch 1 and 32, NCHW and channels_last),
+// forward geomean 1.29x eager before this kernel's hand MLP, plane runs and streamed stores,
+// fwd+bwd 1.68x; the after numbers are in the rule's docstring
+// (fastblocks/optimize/rules/squeeze_excite.py).
 constexpr int64_t kGroupBytes = int64_t(2) << 20;
 
 // An fp32 output of this many bytes or more is written with non-temporal stores: it cannot stay
