@@ -184,7 +184,9 @@ def test_concat_shuffle_and_train_eval_switching():
         torch.testing.assert_close(fused[1].running_mean, plain[1].running_mean)
 
 
-def test_swapped_se_runs_fused_op_in_training_and_eager_in_cpu_inference(monkeypatch):
+def test_swapped_se_cpu_policy_fused_except_low_precision_inference(monkeypatch):
+    """The CPU policy of rules/squeeze_excite.py: the fused op in training, and in fp32/fp64
+    inference; the eager composition for fp16/bf16 inference."""
     se = fastblocks.optimize(SqueezeExcitation(8, 2))
     assert isinstance(se, SwappedSqueezeExcite)
     calls = []
@@ -195,7 +197,10 @@ def test_swapped_se_runs_fused_op_in_training_and_eager_in_cpu_inference(monkeyp
     assert calls == [1]
     with torch.no_grad():
         se(x)
-    assert calls == [1]
+    assert calls == [1, 1]
+    with torch.no_grad():
+        se.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert calls == [1, 1]
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])

@@ -120,6 +120,25 @@ def test_cpu_forward_in_image_groups(channels_last):
         check_config(cfg, "cpu", dtype)
 
 
+@pytest.mark.skipif("cpu" not in KERNEL_BACKENDS_CPU, reason="fastblocks._C CPU kernels not built")
+@pytest.mark.parametrize("channels_last", (False, True))
+def test_cpu_forward_streams_large_fp32_outputs(channels_last):
+    """fp32 outputs of 24 MiB and more are written with non-temporal stores (csrc/cpu/
+    squeeze_excite.cpp, kStreamBytes): 1x7x950x950 (24.1 MiB: 25.3 MB), 7 channels so NHWC rows start
+    unaligned. Inference only (the backward does not stream); ~0.3 s."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 7, 950, 950, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w1, b1 = torch.randn(3, 7, generator=g), torch.randn(3, generator=g)
+    w2, b2 = torch.randn(7, 3, generator=g), torch.randn(7, generator=g)
+    with fastblocks.backend("cpu"), torch.no_grad():
+        out = squeeze_excite(x, w1, b1, w2, b2, "relu", "sigmoid")
+    eager = reference_squeeze_excite(x, w1, b1, w2, b2, "relu", "sigmoid")
+    assert out.stride() == eager.stride()
+    assert_parity(out, eager, None, "forward")
+
+
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS_CPU)
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
 def test_fuzz_low_precision(backend, dtype):

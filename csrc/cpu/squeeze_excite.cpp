@@ -1,9 +1,11 @@
 // CPU kernels of squeeze-and-excitation: y = x * gate(fc2(act(fc1(mean_hw(x))))).
 //
 // Forward: one pass sums each (n, c) plane of x in the accumulation type (float; double for
-// fp64), the tiny MLP runs on the (N, C) means (squeeze_excite_mlp.h: ATen GEMMs), and one
-// pass writes y = x * s. Backward: one pass sums grad * x per (n, c), the MLP backward gives
-// the parameter gradients and the gradient of the means, and one pass writes
+// fp64), the tiny MLP runs on the (N, C) means (by hand, se_cpu_mlp.h), and one pass writes
+// y = x * s, group of images by group (kGroupBytes) so the second pass reads x from cache.
+// Backward: one pass sums grad * x per (n, c), the MLP backward gives the parameter gradients
+// and the gradient of the means (by hand up to se_mlp::kHandBackwardRows images, else ATen's
+// GEMMs, squeeze_excite_mlp.h), and one pass writes
 // grad_x = grad * s + grad_mean / (H*W). Sums never touch fp16/bf16 arithmetic, so an fp16
 // plane whose sum passes 65504 still has a finite mean (eager's fp16 pool, too, accumulates in
 // float on CPU; the GPU reports of NaN, pytorch/pytorch#43992, are the reason to be sure).
@@ -15,12 +17,17 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <tuple>
 #include <type_traits>
 #include <vector>
 
 #include "fastblocks/cpu_utils.h"
 #include "fastblocks/cpu_vec.h"
+#include "fastblocks/se_cpu_mlp.h"
 #include "fastblocks/squeeze_excite_mlp.h"
 
 namespace fastblocks::cpu {
@@ -35,17 +42,26 @@ constexpr int64_t kChunk = 512;
 // Independent partial sums of a plane: breaks the add chain so the float loop vectorizes
 // (without -ffast-math GCC keeps one serial chain otherwise).
 constexpr int kLanes = 16;
+// Partial sums of long runs (blocks of kSumBlock, planes of 128+): four AVX-512 vectors, so the
+// adds of data in cache are not one latency-bound chain (batch-1 planes are pooled from L2).
+constexpr int kWideLanes = 64;
 // Bytes of x per group of images in the forward (see squeeze_excite_forward): within the L2
 // of two cores or a slice of L3 on the x86 server CPUs we run on.
 //
-// Measured (commit after 23946b0, 2-core dev VM shared with other builds, load average ~12,
-// torch 2.13, 1 thread, fp32, best of 10-40 interleaved calls; ratios moved by up to 1.8x
-// between runs of the same shape, so read them as ranges): batch 32 forward 0.87-1.9x eager
-// over the 5 representative SE shapes of bench/shapes.py (pool and scale are both
-// memory-bound, eager reads x twice as well), fwd+bwd 1.4-4.9x; batch 1 forward 0.80-1.17x
-// (Python-side validation and dispatch, ~20 us, are a third of a 1x1152x7x7 call), fwd+bwd
-// 0.96-1.74x. The 1.3x-over-eager CPU goal is met for training, not for inference.
+// Measured with `fastblocks bench ops --op squeeze_excite --threads 1` (2-core AMD EPYC VM shared
+// with other helpers' builds, load average 3-4, torch 2.13, fp32, in-process interleaved
+// medians; bench/results/cpu-amd-epyc-1t/se-{before,after}-*.json): over the 80 cases of
+// MobileNetV3-Large, EfficientNet-B0 and SE-ResNet-50 (batch 1 and 32, NCHW and channels_last),
+// forward geomean 1.29x eager before this kernel's hand MLP, plane runs and streamed stores,
+// fwd+bwd 1.68x; the after numbers are in the rule's docstring
+// (fastblocks/optimize/rules/squeeze_excite.py).
 constexpr int64_t kGroupBytes = int64_t(2) << 20;
+
+// An fp32 output of this many bytes or more is written with non-temporal stores: it cannot stay
+// in the caches for the next layer anyway (3/4 of the 32 MB L3 of the AMD EPYC we measure on,
+// glibc memcpy's rule for its own non-temporal threshold), and plain stores read every line of
+// y from memory before writing it, a third of the forward's memory traffic.
+constexpr int64_t kStreamBytes = int64_t(24) << 20;
 
 // Sums run in the accumulation type (float) over blocks of kSumBlock elements (or rows) and
 // in double across blocks: one float chain over the 12544 elements of a 112x112 plane, or over
@@ -60,17 +76,40 @@ constexpr int64_t kSumRows = 16;
 
 template <typename T, bool PRODUCT>
 FB_CPU_CLONES T lanes_sum(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
-  T part[kLanes] = {};
+  T part[kWideLanes] = {};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int k = 0; k < kLanes; ++k) part[k] += PRODUCT ? a[i + k] * b[i + k] : a[i + k];
+  for (; i + kWideLanes <= n; i += kWideLanes) {
+    for (int k = 0; k < kWideLanes; ++k) part[k] += PRODUCT ? a[i + k] * b[i + k] : a[i + k];
   }
   T tail = 0;
   for (; i < n; ++i) tail += PRODUCT ? a[i] * b[i] : a[i];
-  for (int w = kLanes / 2; w >= 1; w /= 2) {
+  for (int w = kWideLanes / 2; w >= 1; w /= 2) {
     for (int k = 0; k < w; ++k) part[k] += part[k + w];
   }
   return part[0] + tail;
+}
+
+// out[p] = sum_i a[p * HW + i] (* b[...]) for `planes` planes of HW <= kSumBlock elements, in one
+// call: one multi-versioned (indirect) call per 7x7 plane cost as much as its 49 adds
+// (32x672x7x7 NCHW: lanes_sum calls were 17% of the forward's time).
+template <typename T, bool PRODUCT, int LANES>
+FB_CPU_CLONES void small_plane_sums(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out,
+                                    int64_t planes, int64_t HW) {
+  for (int64_t p = 0; p < planes; ++p) {
+    const T* ap = a + p * HW;
+    const T* bp = b + p * HW;
+    T part[LANES] = {};
+    int64_t i = 0;
+    for (; i + LANES <= HW; i += LANES) {
+      for (int k = 0; k < LANES; ++k) part[k] += PRODUCT ? ap[i + k] * bp[i + k] : ap[i + k];
+    }
+    T tail = 0;
+    for (; i < HW; ++i) tail += PRODUCT ? ap[i] * bp[i] : ap[i];
+    for (int w = LANES / 2; w >= 1; w /= 2) {
+      for (int k = 0; k < w; ++k) part[k] += part[k + w];
+    }
+    out[p] = part[0] + tail;
+  }
 }
 
 // sum_i a[i] (* b[i]) over one contiguous plane.
@@ -142,6 +181,14 @@ void reduce_planes(const scalar_t* a, const scalar_t* b, at::opmath_type<scalar_
   using acc_t = at::opmath_type<scalar_t>;
   if (!channels_last) {
     at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / HW), [&](int64_t p0, int64_t p1) {
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        if (HW <= kSumBlock) {
+          if (HW >= 2 * kWideLanes) {
+            return small_plane_sums<acc_t, PRODUCT, kWideLanes>(a + p0 * HW, b + p0 * HW, out + p0, p1 - p0, HW);
+          }
+          return small_plane_sums<acc_t, PRODUCT, kLanes>(a + p0 * HW, b + p0 * HW, out + p0, p1 - p0, HW);
+        }
+      }
       for (int64_t p = p0; p < p1; ++p) {
         out[p] = static_cast<acc_t>(plane_sum<scalar_t, PRODUCT>(a + p * HW, b + p * HW, HW));
       }
@@ -201,6 +248,20 @@ FB_CPU_CLONES void scale_add(const acc_t* a, const acc_t* __restrict__ s, const 
   }
 }
 
+// scale_add over `planes` consecutive NCHW planes of HW elements, plane p scaled by s[p] (+ q[p]),
+// in one multi-versioned call (see small_plane_sums).
+template <typename acc_t, bool ADD>
+FB_CPU_CLONES void scale_plane_run(const acc_t* a, const acc_t* __restrict__ s, const acc_t* __restrict__ q,
+                                   acc_t* out, int64_t planes, int64_t HW) {
+  for (int64_t p = 0; p < planes; ++p) {
+    const acc_t sv = s[p], qv = ADD ? q[p] : acc_t(0);
+    const acc_t* ap = a + p * HW;
+    acc_t* op = out + p * HW;
+#pragma GCC ivdep
+    for (int64_t i = 0; i < HW; ++i) op[i] = ADD ? ap[i] * sv + qv : ap[i] * sv;
+  }
+}
+
 // scale_add over `rows` NHWC rows of n channels sharing s and q (one image).
 template <typename acc_t, bool ADD>
 FB_CPU_CLONES void scale_rows(const acc_t* a, const acc_t* __restrict__ s, const acc_t* __restrict__ q,
@@ -230,12 +291,49 @@ void scale_span(const scalar_t* a, const at::opmath_type<scalar_t>* s, const at:
   }
 }
 
-// out = a * s[n, c] (+ q[n, c]) over x's shape, NCHW or NHWC.
-template <typename scalar_t, bool ADD>
+// out[i] = a[i] * s[i * s_step] for i < n, float, with non-temporal (streaming) stores: the
+// lines of out are written without being read first. SSE (baseline x86-64), so no per-ISA
+// clone is needed: the loop is bound by memory, not by 4-float multiplies.
+inline void scale_stream(const float* a, const float* s, int64_t s_step, float* out, int64_t n) {
+  int64_t i = 0;
+  for (; i < n && (reinterpret_cast<uintptr_t>(out + i) & 15); ++i) out[i] = a[i] * s[i * s_step];
+#if defined(__SSE__)
+  if (s_step == 0) {
+    const __m128 sv = _mm_set1_ps(s[0]);
+    for (; i + 4 <= n; i += 4) _mm_stream_ps(out + i, _mm_mul_ps(_mm_loadu_ps(a + i), sv));
+  } else {
+    for (; i + 4 <= n; i += 4) _mm_stream_ps(out + i, _mm_mul_ps(_mm_loadu_ps(a + i), _mm_loadu_ps(s + i)));
+  }
+#endif
+  for (; i < n; ++i) out[i] = a[i] * s[i * s_step];
+}
+
+// out = a * s[n, c] (+ q[n, c]) over x's shape, NCHW or NHWC. STREAM: non-temporal stores
+// (fp32 forward only; see kStreamBytes).
+template <typename scalar_t, bool ADD, bool STREAM = false>
 void scale_planes(const scalar_t* a, const at::opmath_type<scalar_t>* s, const at::opmath_type<scalar_t>* q,
                   scalar_t* out, int64_t N, int64_t C, int64_t HW, bool channels_last) {
+  if constexpr (STREAM) {
+    static_assert(std::is_same_v<scalar_t, float> && !ADD, "streaming scale: fp32 forward only");
+    if (!channels_last) {
+      at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / HW), [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) scale_stream(a + p * HW, s + p, 0, out + p * HW, HW);
+      });
+    } else {
+      at::parallel_for(0, N * HW, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) scale_stream(a + r * C, s + (r / HW) * C, 1, out + r * C, C);
+      });
+    }
+#if defined(__SSE__)
+    _mm_sfence();  // order the streamed stores before y is handed out
+#endif
+    return;
+  }
   if (!channels_last) {
     at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / HW), [&](int64_t p0, int64_t p1) {
+      if constexpr (std::is_same_v<scalar_t, at::opmath_type<scalar_t>>) {
+        return scale_plane_run<scalar_t, ADD>(a + p0 * HW, s + p0, ADD ? q + p0 : q, out + p0 * HW, p1 - p0, HW);
+      }
       for (int64_t p = p0; p < p1; ++p) {
         scale_span<scalar_t, true, ADD>(a + p * HW, s + p, ADD ? q + p : q, out + p * HW, HW);
       }
@@ -260,49 +358,14 @@ void scale_planes(const scalar_t* a, const at::opmath_type<scalar_t>* s, const a
   }
 }
 
-template <typename acc_t>
-FB_CPU_CLONES acc_t dot(const acc_t* __restrict__ a, const acc_t* __restrict__ b, int64_t n) {
-  acc_t part[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int k = 0; k < kLanes; ++k) part[k] += a[i + k] * b[i + k];
+// The forward's scale pass: y = x * s, streamed for large fp32 outputs (kStreamBytes).
+template <typename scalar_t>
+void scale_forward(const scalar_t* x, const at::opmath_type<scalar_t>* s, scalar_t* y, int64_t N, int64_t C,
+                   int64_t HW, bool channels_last, bool stream) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (stream) return scale_planes<float, false, true>(x, s, nullptr, y, N, C, HW, channels_last);
   }
-  acc_t tail = 0;
-  for (; i < n; ++i) tail += a[i] * b[i];
-  for (int w = kLanes / 2; w >= 1; w /= 2) {
-    for (int k = 0; k < w; ++k) part[k] += part[k + w];
-  }
-  return part[0] + tail;
-}
-
-// The forward's MLP on nn rows of means, by hand: s = gate(w2 @ act(w1 @ p + b1) + b2). At
-// batch 1 the eight ATen calls of squeeze_excite_mlp.h cost more than the arithmetic (1x1152x7x7
-// r48: 47 us for the whole op with them, of which eager's pool and mul take 18). Weights and
-// biases arrive contiguous in the accumulation type; b1/b2 may be null.
-// Up to this many rows the hand MLP below beats ATen's; past it the GEMM's weight reuse wins
-// (32x960x7x7 r240 forward: 0.80x eager with the hand MLP on groups of 11 rows, each row
-// re-reading the 1.8 MB of weights).
-constexpr int64_t kHandMlpRows = 2;
-
-template <typename acc_t>
-void mlp_forward_rows(const acc_t* p, const acc_t* w1, const acc_t* b1, const acc_t* w2,
-                      const acc_t* b2, acc_t* h, acc_t* s, int64_t nn, int64_t C, int64_t R,
-                      int act, int gate) {
-  at::parallel_for(0, nn * R, std::max<int64_t>(1, kGrain / C), [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t n = i / R, r = i % R;
-      const acc_t z = (b1 ? b1[r] : acc_t(0)) + dot(w1 + r * C, p + n * C, C);
-      h[i] = act_forward<acc_t>(z, act);
-    }
-  });
-  at::parallel_for(0, nn * C, std::max<int64_t>(1, kGrain / R), [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t n = i / C, c = i % C;
-      const acc_t z = (b2 ? b2[c] : acc_t(0)) + dot(w2 + c * R, h + n * R, R);
-      s[i] = gate == int(se::Gate::kSigmoid) ? acc_t(1) / (acc_t(1) + exp_(-z))
-                                             : act_forward<acc_t>(z, int(Act::kHardsigmoid));
-    }
-  });
+  scale_planes<scalar_t, false>(x, s, nullptr, y, N, C, HW, channels_last);
 }
 
 std::tuple<at::Tensor, at::Tensor> squeeze_excite_forward(
@@ -327,28 +390,24 @@ std::tuple<at::Tensor, at::Tensor> squeeze_excite_forward(
   };
   const at::Tensor w1a = w1.to(acc).contiguous(), w2a = w2.to(acc).contiguous();
   const at::Tensor b1a = as_acc(b1), b2a = as_acc(b2);
-  const int64_t hand = std::min(group, kHandMlpRows);
-  at::Tensor h = at::empty({hand, R}, pooled.options()), s = at::empty({hand, C}, pooled.options());
+  std::vector<char> scratch;
+  const bool stream = y.nbytes() >= kStreamBytes;
   FB_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     acc_t* pp = pooled.mutable_data_ptr<acc_t>();
     const auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<acc_t>() : nullptr; };
+    scratch.resize(sizeof(acc_t) * group * (R + C));
+    acc_t* h = reinterpret_cast<acc_t*>(scratch.data());
+    acc_t* s = h + group * R;
     for (int64_t n0 = 0; n0 < N; n0 += group) {
       const int64_t nn = std::min(group, N - n0), off = n0 * C * HW;
       reduce_planes<scalar_t, false>(xp + off, xp + off, pp + n0 * C, nn, C, HW, channels_last);
       for (int64_t i = n0 * C; i < (n0 + nn) * C; ++i) pp[i] /= acc_t(HW);  // as eager's mean
-      at::Tensor sg = s;
-      if (nn <= kHandMlpRows) {
-        mlp_forward_rows<acc_t>(pp + n0 * C, ptr(w1a), ptr(b1a), ptr(w2a), ptr(b2a),
-                                h.mutable_data_ptr<acc_t>(), s.mutable_data_ptr<acc_t>(), nn, C, R,
-                                static_cast<int>(act), static_cast<int>(gate));
-      } else {
-        sg = se::mlp_forward(pooled.narrow(0, n0, nn), w1a, b1a, w2a, b2a, act, gate).s.contiguous();
-      }
-      scale_planes<scalar_t, false>(xp + off, sg.const_data_ptr<acc_t>(), nullptr, yp + off, nn, C,
-                                    HW, channels_last);
+      se_mlp::forward<acc_t>(pp + n0 * C, ptr(w1a), ptr(b1a), ptr(w2a), ptr(b2a), h, s, nn, C, R,
+                             static_cast<int>(act), static_cast<int>(gate));
+      scale_forward<scalar_t>(xp + off, s, yp + off, nn, C, HW, channels_last, stream);
     }
   });
   return {y, pooled};
@@ -378,6 +437,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_e
       gs.zero_();
     }
   });
+  if (N <= se_mlp::kHandBackwardRows) {
+    const auto acc = se::acc_type(x);
+    const auto as_acc = [&](const std::optional<at::Tensor>& t) {
+      return se::has(t) ? t->to(acc).contiguous() : at::Tensor();
+    };
+    const at::Tensor w1a = w1.to(acc).contiguous(), w2a = w2.to(acc).contiguous();
+    const at::Tensor b1a = as_acc(b1), b2a = as_acc(b2);
+    const int64_t R = w1.size(0);
+    at::Tensor gp = at::empty({N, C}, pooled.options()), gw1 = at::empty({R, C}, pooled.options()),
+               gb1 = at::empty({R}, pooled.options()), gw2 = at::empty({C, R}, pooled.options()),
+               gb2 = at::empty({C}, pooled.options());
+    FB_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<acc_t>() : nullptr; };
+      se_mlp::backward<acc_t>(pooled.const_data_ptr<acc_t>(), gs.const_data_ptr<acc_t>(), ptr(w1a), ptr(b1a),
+                              ptr(w2a), ptr(b2a), N, C, R, static_cast<int>(act), static_cast<int>(gate),
+                              gp.mutable_data_ptr<acc_t>(), gw1.mutable_data_ptr<acc_t>(),
+                              gb1.mutable_data_ptr<acc_t>(), gw2.mutable_data_ptr<acc_t>(),
+                              gb2.mutable_data_ptr<acc_t>());
+      if (x.numel()) {
+        for (int64_t i = 0; i < N * C; ++i) gp.mutable_data_ptr<acc_t>()[i] /= acc_t(HW);
+        // s again for the grad_x pass (the forward's is not kept): the same hand forward
+        std::vector<acc_t> hb(N * R), sb(N * C);
+        se_mlp::forward<acc_t>(pooled.const_data_ptr<acc_t>(), ptr(w1a), ptr(b1a), ptr(w2a), ptr(b2a),
+                               hb.data(), sb.data(), N, C, R, static_cast<int>(act), static_cast<int>(gate));
+        scale_planes<scalar_t, true>(grad.const_data_ptr<scalar_t>(), sb.data(), gp.const_data_ptr<acc_t>(),
+                                     gx.mutable_data_ptr<scalar_t>(), N, C, HW, channels_last);
+      }
+    });
+    const auto wt = w1.scalar_type();
+    return {gx, gw1.to(wt), gb1.to(wt), gw2.to(wt), gb2.to(wt)};
+  }
   const se::Mlp m = se::mlp_forward(pooled, w1, b1, w2, b2, act, gate);
   auto [gp, gw1, gb1, gw2, gb2] = se::mlp_backward(gs, pooled, m, w1, w2, act, gate);
   if (x.numel()) {

@@ -16,14 +16,20 @@ fc1(pool(x)))))`` with pool ``F.adaptive_avg_pool2d(x, 1)``, an AdaptiveAvgPool2
 else), act a module or function computing relu/relu6/silu/hardswish/hardsigmoid (or none), gate
 sigmoid/hardsigmoid (function, method or module) -> one ``inline_squeeze_excite`` call.
 
-CPU policy (as rules/activation.py, decided per call): measured on the 2-core dev VM (AMD
-EPYC, torch 2.13, OMP_NUM_THREADS=1, 30 (train: 15) interleaved calls, median; eager =
-``ops.squeeze_excite.reference_squeeze_excite``), on MobileNetV3-Large's (72x28x28 r24,
-480x14x14 r120, 960x7x7 r240) and EfficientNet-B0's (96x56x56 r4, 240x28x28 r10, 672x14x14
-r28, 1152x7x7 r48) SE shapes: inference ours/eager speed 0.82-1.08x at batch 1 and 0.64-1.33x
-at batch 8 (no consistent gain); training (forward + backward) 0.93-1.22x at batch 1 and
-1.09-3.41x at batch 8. So CPU tensors without an autograd graph run the eager composition,
-everything else the fused op.
+CPU policy (as rules/activation.py, decided per call): the fused op, except fp16/bf16 CPU
+tensors without an autograd graph, which run the eager composition. Measured with
+``fastblocks bench ops --op squeeze_excite --providers eager,compile,cpu --threads 1`` on the
+2-core AMD EPYC dev VM (shared with other builds, load average 3-5; torch 2.13; in-process
+interleaved medians; eager = ``ops.squeeze_excite.reference_squeeze_excite``) over every SE
+shape of MobileNetV3-Large (6), EfficientNet-B0 (10) and SE-ResNet-50 (4) at batch 1 and 32,
+NCHW and channels_last, fp32 (bench/results/cpu-amd-epyc-1t/se-after-*.json; se-before-* is
+the kernel before the hand MLP and streamed stores): inference geomean 1.44x eager (per net
+1.63x / 1.28x / 1.58x; batch 1 1.36x, batch 32 1.51x; lowest EfficientNet-B0 at batch 1 NCHW,
+1.06x, where the ~15 us of Python-side validation and op dispatch weigh on 50-90 us calls),
+no case below 0.98x; training (forward + backward) geomean 1.86x (per net 1.79x / 1.86x /
+1.97x), no case below 1.14x. Before, inference was 1.29x (0.65x at worst) and ran eager here.
+fp16/bf16 inference was not benchmarked through the harness: a dev check at batch 32 had
+bf16 32x672x7x7 at 0.37x eager, so it keeps eager.
 """
 from __future__ import annotations
 
@@ -42,12 +48,17 @@ from .._rule import BlockRule, Keep, ModuleRule, Swap
 from .inline import _Matcher, hand_over, single_graph
 
 
+# CPU inference in these dtypes runs the eager composition (module docstring)
+_CPU_EAGER_INFERENCE_DTYPES = (torch.float16, torch.bfloat16)
+
+
 def inline_squeeze_excite(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor,
                           b2: Tensor | None, activation: str, gate: str) -> Tensor:
-    """``ops.squeeze_excite`` (same arguments), or its eager composition on CPU tensors when no
-    autograd graph is recorded (faster there: module docstring)."""
-    if x.device.type == "cpu" and not (torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, w1, b1, w2, b2))):
+    """``ops.squeeze_excite`` (same arguments), or its eager composition for fp16/bf16 CPU
+    tensors when no autograd graph is recorded (module docstring)."""
+    if x.device.type == "cpu" and x.dtype in _CPU_EAGER_INFERENCE_DTYPES and not (
+            torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for t in (x, w1, b1, w2, b2))):
         return reference_squeeze_excite(x, w1, b1, w2, b2, activation, gate)
     return ops.squeeze_excite(x, w1, b1, w2, b2, activation, gate)
 
