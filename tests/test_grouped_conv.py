@@ -102,7 +102,7 @@ def check_config(cfg, backend, dtype, device="cpu"):
                       reduction=name != "grad_x")
 
 
-@pytest.mark.parametrize("backend", KERNEL_BACKENDS_CPU + ("torch",))
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS_CPU + ("torch", "auto"))  # auto: CPU policy
 def test_fuzz_fp32(backend):
     configs = {"cpu": FUZZ, "triton": FUZZ[::10]}.get(backend, FUZZ[:30])
     for cfg in configs:
