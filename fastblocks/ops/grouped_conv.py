@@ -74,7 +74,7 @@ def permute_output_channels(t: Tensor, shuffle_groups: int) -> Tensor:
 def _gemm_serves(x: Tensor, weight: Tensor, bias: Tensor | None, geo) -> bool:
     """Whether the Triton GEMM kernel (kernels/grouped_conv.py: 1x1, stride 1, no padding,
     inference in plain eager code, fp16/bf16/fp32) runs this call: the triton backend only."""
-    if x.device.type == "cpu" and (torch.compiler.is_compiling() or get_backend() != "triton"):
+    if x.is_cpu and (torch.compiler.is_compiling() or get_backend() != "triton"):
         return False  # the common CPU call, cheaply (dynamo cannot trace get_backend)
     return (weight.shape[-2:] == (1, 1) and geo.stride == (1, 1) and geo.padding == (0, 0)
             and geo.dilation == (1, 1) and tuple(geo.out_size) == tuple(x.shape[-2:])
@@ -151,12 +151,12 @@ def grouped_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride
     # CPU: oneDNN adds the bias inside the convolution, before its one rounding (moving it to
     # the epilogue rounds the bias-free sum first: 2x eager's fp16 error, measured in the
     # fuzz). CUDA: PyTorch adds a conv's bias in a pass of its own, so the epilogue takes it.
-    bias_in_epilogue = bias is not None and x.device.type != "cpu"
+    bias_in_epilogue = bias is not None and not x.is_cpu
     z = F.conv2d(x, weight, None if bias_in_epilogue else bias, stride, padding, dilation, groups)
     if shuffle_groups is None and not bias_in_epilogue:
         if code == 0:
             y = z
-        elif x.device.type == "cpu" and plain_eager(z) and get_backend() == "auto":
+        elif x.is_cpu and plain_eager(z) and get_backend() == "auto":
             # nothing to fuse: ATen's activation, in place on the fresh output in inference,
             # with its C++ autograd node in training (ResNeXt-50's grouped 3x3 + ReLU, 2-core
             # EPYC VM, 1 thread: through our activation op 0.87-1.08x eager at batch 1, below
