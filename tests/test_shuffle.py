@@ -324,13 +324,20 @@ def test_compile_fullgraph(backend):
         torch.testing.assert_close(t.grad, r.grad)
 
 
-def test_autocast_concat_promotes_like_cat():
+def test_autocast_concat_promotes_like_cat_shuffle_keeps_dtype():
     a, b = torch.randn(1, 4, 3, 3), torch.randn(1, 2, 3, 3).bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = concat_shuffle(a, b, 2)
         ref = reference_concat_shuffle(a, b, 2)
     assert out.dtype == ref.dtype == torch.float32
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # channel_shuffle keeps its dtype, as ATen's
+        for x in (a, b):
+            for backend in ("cpu", "auto"):
+                with fastblocks.backend(backend):
+                    out = channel_shuffle(x, 2)
+                assert out.dtype == x.dtype
+                torch.testing.assert_close(out, F.channel_shuffle(x, 2), rtol=0, atol=0)
 
 
 # ---- bad inputs -----------------------------------------------------------------------------
