@@ -26,7 +26,7 @@ def make_configs(count, seed):
     """Random valid grouped convolutions: groups 1-8, 1-3 channels per group in and out,
     1x1 (ShuffleNet), 3x3 (ResNeXt) and odd kernels, strides, paddings ("same" and "valid"
     too), dilation, batch 0, both layouts, bias or not, every activation, and a shuffle over
-    any divisor of C_out (None a quarter of the time)."""
+    any divisor of C_out (None a quarter of the time), a channels_last weight now and then."""
     rng = random.Random(seed)
     configs = []
     while len(configs) < count:
@@ -42,7 +42,7 @@ def make_configs(count, seed):
                    w=rng.choice([1, 2, 5, 8]), k=k, stride=stride, padding=padding,
                    dilation=rng.choice([1, 1, 2]), groups=groups, bias=rng.random() < 0.7,
                    activation=rng.choice(ACTIVATIONS), shuffle_groups=shuffle,
-                   channels_last=rng.random() < 0.5)
+                   channels_last=rng.random() < 0.5, weight_channels_last=rng.random() < 0.2)
         if k == (1, 1) and cfg["dilation"] > 1:
             # eager F.conv2d with a bias segfaults on some of these (torch 2.13.0+cpu, oneDNN):
             # 2x12x3x1 channels_last, 1x1, stride (1, 2), padding 1, dilation 2, groups 4
@@ -64,6 +64,8 @@ def make_inputs(cfg, dtype, device="cpu"):
     if cfg["channels_last"]:
         x = x.contiguous(memory_format=torch.channels_last)
     w = torch.randn(cfg["c_out"], cfg["c_in"] // cfg["groups"], *cfg["k"], device=device).to(dtype)
+    if cfg.get("weight_channels_last"):  # the output is channels_last then, as PyTorch's conv
+        w = w.contiguous(memory_format=torch.channels_last)
     b = torch.randn(cfg["c_out"], device=device).to(dtype) if cfg["bias"] else None
     return x, w, b
 
@@ -102,7 +104,7 @@ def check_config(cfg, backend, dtype, device="cpu"):
                       reduction=name != "grad_x")
 
 
-@pytest.mark.parametrize("backend", KERNEL_BACKENDS_CPU + ("torch",))
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS_CPU + ("torch", "auto"))  # auto: CPU policy
 def test_fuzz_fp32(backend):
     configs = {"cpu": FUZZ, "triton": FUZZ[::10]}.get(backend, FUZZ[:30])
     for cfg in configs:

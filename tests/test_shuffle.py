@@ -97,13 +97,13 @@ def _subset(backend):
     return {"cpu": FUZZ, "triton": FUZZ[::4]}.get(backend, FUZZ[:40])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS + ("auto",))  # auto: the CPU policy's ATen calls
 def test_fuzz_channel_shuffle(backend):
     for cfg in _subset(backend):
         check_shuffle(cfg, backend, torch.float32)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS + ("auto",))
 def test_fuzz_concat_shuffle(backend):
     for cfg in _subset(backend):
         check_concat(cfg, backend, torch.float32)
@@ -117,6 +117,65 @@ def test_fuzz_other_dtypes(backend):
         for cfg in FUZZ[::6] if backend == "cpu" else FUZZ[::16]:
             check_shuffle(cfg, backend, dtype)
             check_concat(cfg, backend, dtype)
+
+
+def test_auto_cpu_policy(monkeypatch):
+    """Under `auto`, plain eager CPU calls run ATen's channel_shuffle where it measured faster
+    (ops/shuffle.py aten_shuffle_on_cpu) and ours elsewhere; both bit-exact with eager's layout,
+    forward and gradient. backend("cpu") always runs ours."""
+    ran = []
+    aten = torch.channel_shuffle
+    monkeypatch.setattr(torch, "channel_shuffle", lambda x, g: ran.append(g) or aten(x, g))
+    cl = torch.channels_last
+    # (shape, groups, layout, training, ATen's expected)
+    cases = [((1, 12, 5, 5), 3, "nchw", False, True),           # small NCHW
+             ((1, 64, 64, 64), 4, "nchw", False, False),        # 2^18 elements: ours
+             ((2, 12, 3, 3), 4, "nchw", True, True),            # NCHW training
+             ((2, 12, 3, 3), 2, "channels_last", False, True),  # g = 2: fbgemm's fast transpose
+             ((2, 64, 3, 3), 8, "channels_last", True, True),   # 8 x 8 blocks
+             ((2, 12, 3, 3), 3, "channels_last", False, False),  # 3 x 4: ours
+             ((2, 24, 3, 3), 8, "channels_last", True, False),   # 8 x 3: ours
+             ((2, 12, 3, 6), 3, "strided", False, True)]         # not channels_last: NCHW rule
+    for shape, g, layout, training, want in cases:
+        for backend in ("auto", "cpu"):
+            cfg = dict(n=shape[0], c=shape[1], g=g, h=shape[2], w=shape[3], layout=layout)
+            x = _layout(torch.randn(shape), layout)
+            ran.clear()
+            with fastblocks.backend(backend):
+                if training:
+                    check_shuffle(cfg, backend, torch.float32)
+                else:
+                    out = channel_shuffle(x, g)
+            aten_ran = bool(ran) and ran[0] == g
+            assert aten_ran == (want and backend == "auto"), (shape, g, layout, training, backend, ran)
+            if not training:
+                ref = F.channel_shuffle(x, g)
+                torch.testing.assert_close(out, ref, rtol=0, atol=0)
+                assert out.stride() == ref.stride() and out.is_contiguous(memory_format=cl) == (layout == "channels_last")
+
+
+def test_auto_cpu_policy_concat(monkeypatch):
+    """concat_shuffle under `auto`: torch.cat + ATen's shuffle in plain eager CPU training below
+    2^18 elements (channels_last: where fbgemm transposes fast), ours otherwise; bit-exact."""
+    ran = []
+    aten = torch.channel_shuffle
+    monkeypatch.setattr(torch, "channel_shuffle", lambda x, g: ran.append(g) or aten(x, g))
+    # (n, c, h, w, groups, layout, training, ATen's expected)
+    for n, c, h, w, g, layout, training, want in (
+            (2, 12, 3, 3, 2, "nchw", True, True), (2, 12, 3, 3, 2, "channels_last", True, True),
+            (2, 12, 3, 3, 3, "channels_last", True, False), (2, 12, 3, 3, 2, "nchw", False, False),
+            (1, 16, 128, 128, 2, "nchw", True, False)):
+        cfg = dict(n=n, c=c, g=g, h=h, w=w, layout=layout, split=c // 2, a_slice=True)
+        for backend in ("auto", "cpu"):
+            ran.clear()
+            if training:
+                check_concat(cfg, backend, torch.float32)
+            else:
+                a, b = (_layout(torch.randn(n, c // 2, h, w), layout) for _ in range(2))
+                with fastblocks.backend(backend):
+                    out = concat_shuffle(a, b, g)
+                torch.testing.assert_close(out, reference_concat_shuffle(a, b, g), rtol=0, atol=0)
+            assert bool(ran) == (want and backend == "auto"), (n, c, g, layout, training, backend)
 
 
 def test_other_ranks():
@@ -265,13 +324,20 @@ def test_compile_fullgraph(backend):
         torch.testing.assert_close(t.grad, r.grad)
 
 
-def test_autocast_concat_promotes_like_cat():
+def test_autocast_concat_promotes_like_cat_shuffle_keeps_dtype():
     a, b = torch.randn(1, 4, 3, 3), torch.randn(1, 2, 3, 3).bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = concat_shuffle(a, b, 2)
         ref = reference_concat_shuffle(a, b, 2)
     assert out.dtype == ref.dtype == torch.float32
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # channel_shuffle keeps its dtype, as ATen's
+        for x in (a, b):
+            for backend in ("cpu", "auto"):
+                with fastblocks.backend(backend):
+                    out = channel_shuffle(x, 2)
+                assert out.dtype == x.dtype
+                torch.testing.assert_close(out, F.channel_shuffle(x, 2), rtol=0, atol=0)
 
 
 # ---- bad inputs -----------------------------------------------------------------------------

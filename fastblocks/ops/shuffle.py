@@ -30,12 +30,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._backend import capture, restored
+from .._backend import _selected, capture, restored
 from ._activation_codes import ACTIVATION_NAMES, activation_code
 from ._dispatch import run_kernel
-from ._fastpath import direct_autograd, direct_call_ok, needs_grad, plain_eager
+from ._fastpath import direct_autograd, needs_grad, plain_eager
 from ._layout import empty, memory_format
-from ._validate import check_same, check_tensor
+from ._validate import FLOATING, check_same, check_tensor
 from .activation import (_activation_backward_op, _backward_impl as _activation_backward_impl,
                          apply_activation, reference_forward as _act_reference)
 
@@ -244,6 +244,87 @@ def shuffle_epilogue(a: Tensor, b: Tensor | None, bias: Tensor | None, groups: i
     return y
 
 
+# ---- CPU policy -------------------------------------------------------------------------------
+
+# ATen's CPU channel_shuffle (F.channel_shuffle) is a native kernel for both layouts with its
+# autograd in C++. Against it, on the 2-core AMD EPYC VM (torch 2.13, 1 thread, fp32, medians
+# of 21-41 interleaved calls in random order, load 7-10; ShuffleNet v1/v2 tensors and g = 4, 16):
+# - NCHW: both copy whole planes. ATen's call costs ~1.3 us less than a torch.ops call, so it
+#   wins on batch-1 maps (ours 0.75-0.84x); at batch 32 ours ran 0.80-1.37x (six of eight
+#   >= 1.0). In training its C++ autograd node saves our Python autograd.Function's ~15-30 us
+#   (bench ops --mode fwd+bwd: ours 0.5-0.8x at batch 1, 0.7-0.9x at batch 32).
+# - channels_last: ATen transposes each pixel's (groups, C / groups) channel block with
+#   fbgemm's SIMD transpose, fast for 2 rows or columns or both sides multiples of 8 (g = 2:
+#   ours 0.66-1.11x; g = 8 with 48 per group 0.64-0.91x; g = 16 with 8 per group 0.43-0.90x)
+#   and slow otherwise (g = 3: ours 2.0-23x; g = 8 with 12 per group 1.1-1.6x; g = 4 with 16
+#   per group 0.90-1.29x). The backward shuffles the gradient with C / groups groups, the same
+#   transpose the other way round.
+# - concat_shuffle (eager: torch.cat, then channel_shuffle: two passes) in inference: ours
+#   0.90-1.48x at batch 1, 1.9-4.6x at batch 32 (ShuffleNet v2 1.0x, both layouts); in
+#   training the Python autograd.Function costs what the saved pass gains on batch-1 maps
+#   (ours 0.79-0.95x NCHW, 0.87-1.28x channels_last), and 1.05-8.5x at batch 32.
+# So in plain eager code on CPU tensors under the `auto` backend ATen runs where it measured
+# faster: the shuffle alone except NCHW inference from _CPU_OWN_MIN_NUMEL elements (batch-1
+# ShuffleNet maps hold 22k-91k, batch-32 ones 0.7-2.9M) and channels_last whose block fbgemm
+# transposes slowly; concat + shuffle in training below _CPU_OWN_MIN_NUMEL. backend("cpu")
+# always runs ours.
+_CPU_OWN_MIN_NUMEL = 1 << 18
+
+
+def _fbgemm_transposes_fast(rows: int, cols: int) -> bool:
+    return rows == 2 or cols == 2 or (rows % 8 == 0 and cols % 8 == 0)
+
+
+def aten_shuffle_on_cpu(x: Tensor, groups: int, training: bool) -> bool:
+    """Whether ATen's channel_shuffle runs this plain-eager call of a 4-d CPU ``x`` under the
+    auto backend (the measurements above)."""
+    if _suggests_channels_last(x):
+        return _fbgemm_transposes_fast(groups, x.shape[1] // groups)
+    return training or x.numel() < _CPU_OWN_MIN_NUMEL
+
+
+def aten_concat_shuffle_on_cpu(a: Tensor, b: Tensor, groups: int) -> bool:
+    """Whether torch.cat, then ATen's channel_shuffle run this plain-eager training call of
+    4-d CPU tensors under the auto backend (the measurements above)."""
+    if a.numel() + b.numel() >= _CPU_OWN_MIN_NUMEL:
+        return False
+    return not _layout(a, b) or _fbgemm_transposes_fast(groups, (a.shape[1] + b.shape[1]) // groups)
+
+
+# The public functions test these first, as cheaply as they can (ATen's calls take 3-10 us on
+# batch-1 maps; every Python call and tensor attribute costs 0.05-0.5 us): valid arguments,
+# so that no error message of ours is lost; CPU tensors outside torch.compile (which keeps our
+# op, and cannot trace the backend's context variable); the auto backend; the policy. Fake
+# tensors, modes and transforms may take ATen's ops: they serve them all, as in eager code.
+
+def _aten_serves(x, groups) -> bool:
+    """channel_shuffle(x, groups) runs ATen's (~1.1 us for NCHW, ~1.4 us for channels_last)."""
+    if not (x.__class__ is torch.Tensor and x.is_cpu and groups.__class__ is int and groups > 0
+            and x.dim() == 4 and x.dtype in FLOATING):
+        return False
+    c = x.shape[1]
+    if c % groups or torch.compiler.is_compiling() or _selected.get() != "auto":
+        return False
+    if x.is_contiguous():
+        return (x.requires_grad and torch.is_grad_enabled()) or x.numel() < _CPU_OWN_MIN_NUMEL
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return _fbgemm_transposes_fast(groups, c // groups)
+    return aten_shuffle_on_cpu(x, groups, x.requires_grad and torch.is_grad_enabled())
+
+
+def _aten_concat_serves(a, b, groups) -> bool:
+    """concat_shuffle(a, b, groups) runs torch.cat, then ATen's channel_shuffle."""
+    if not (a.__class__ is torch.Tensor and b.__class__ is torch.Tensor and a.is_cpu and b.is_cpu
+            and groups.__class__ is int and groups > 0 and (a.requires_grad or b.requires_grad)
+            and a.dim() == 4 and b.dim() == 4 and a.dtype in FLOATING and a.dtype == b.dtype):
+        return False
+    sa, sb = a.shape, b.shape
+    if sa[0] != sb[0] or sa[2:] != sb[2:] or (sa[1] + sb[1]) % groups:
+        return False
+    return (torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and _selected.get() == "auto" and aten_concat_shuffle_on_cpu(a, b, groups))
+
+
 # ---- argument checks ----------------------------------------------------------------------------
 
 def check_groups(groups, channels: int, arg: str = "groups", what: str = "x") -> None:
@@ -271,10 +352,15 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     Returns:
         A new tensor of x's shape and dtype.
 
+    On CPU tensors in plain eager code under the ``auto`` backend this runs ATen's own
+    channel_shuffle where that measured faster (see ``aten_shuffle_on_cpu``).
+
     Raises:
         TypeError: x is not a floating tensor, or groups is not an int.
         ValueError: x has fewer than 3 dims, groups <= 0, or groups does not divide C.
     """
+    if _aten_serves(x, groups):
+        return torch.channel_shuffle(x, groups)
     check_tensor(x, "x")
     if x.dim() < 3:
         raise ValueError(f"x must have at least 3 dims (N, C, *), got shape {tuple(x.shape)}")
@@ -282,12 +368,13 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     shape = x.shape
     if x.dim() != 4:
         x = x.reshape(shape[0], shape[1], -1, 1)
-    elif direct_call_ok(x):
-        # plain eager inference, straight to the kernel: each Python call saved is ~1 us, and
-        # a batch-1 shuffle of a 7x7 map takes ~10 us in all (2-core dev VM)
-        cl = _suggests_channels_last(x)
-        return run_kernel("shuffle", "channel_shuffle_forward", x.device,
-                          (_prepare(x, cl), None, None, groups, 0, cl), _reference_forward)
+    elif plain_eager(x):
+        if not needs_grad(x):
+            # plain eager inference, straight to the kernel: each Python call saved is ~1 us,
+            # and a batch-1 shuffle of a 7x7 map takes ~10 us in all (2-core dev VM)
+            cl = _suggests_channels_last(x)
+            return run_kernel("shuffle", "channel_shuffle_forward", x.device,
+                              (_prepare(x, cl), None, None, groups, 0, cl), _reference_forward)
     y = shuffle_epilogue(x, None, None, groups, 0)
     return y if len(shape) == 4 else y.reshape(shape)
 
@@ -303,7 +390,8 @@ def concat_shuffle(a: Tensor, b: Tensor, groups: int = 2) -> Tensor:
 
     Returns:
         (N, Ca + Cb, H, W), channels_last if both inputs are, else NCHW. Gradients flow back
-        to a and b.
+        to a and b. (CPU training in plain eager code under the ``auto`` backend runs
+        torch.cat and ATen's channel_shuffle on small maps: ``aten_concat_shuffle_on_cpu``.)
 
     Raises:
         TypeError: non-tensor or non-floating inputs, mixed dtypes outside autocast, or a
@@ -311,6 +399,8 @@ def concat_shuffle(a: Tensor, b: Tensor, groups: int = 2) -> Tensor:
         ValueError: a or b not 4-d, shapes that disagree outside dim 1, devices that differ,
             groups <= 0 or not dividing Ca + Cb.
     """
+    if _aten_concat_serves(a, b, groups):
+        return torch.channel_shuffle(torch.cat([a, b], 1), groups)
     check_tensor(a, "a")
     check_tensor(b, "b")
     if a.dtype != b.dtype and torch.is_autocast_enabled(a.device.type):
