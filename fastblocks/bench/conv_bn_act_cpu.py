@@ -1,6 +1,6 @@
 """CPU inference of conv -> BN -> activation: fastblocks vs eager vs torch.compile with freezing.
 
-    python -m fastblocks.bench.conv_bn_act_cpu [--batch 1 8] [--layout channels_last]
+    python -m fastblocks.bench.conv_bn_act_cpu [--batch 1 32] [--layout channels_last]
         [--nets resnet50 mobilenet_v2 efficientnet_b0] [--no-compile] [--out FILE.json]
 
 Per layer of ``shapes.CONV_BN_ACT_NETS`` (the conv-BN-act layers of ResNet-50, MobileNetV2 and
@@ -10,7 +10,13 @@ EfficientNet-B0 at 224x224), fp32, eval mode, under ``torch.no_grad``:
 - ``fastblocks``: ``fastblocks.nn.ConvBNAct.from_modules`` of the same modules (BN folded and
   cached, oneDNN convolution with fused post-op on a weight packed once);
 - ``compile``: ``torch.compile`` of the Sequential with ``torch._inductor.config.freezing``
-  (inductor folds BN, prepacks the oneDNN weight and fuses the post-op).
+  (inductor folds BN, prepacks the oneDNN weight and fuses the post-op);
+- the fusion bound's bare convolutions (``--no-bound`` drops them): ``conv``, eager's own
+  ``conv`` module alone (ATen's convolution: oneDNN on a plain weight for channels_last), and
+  ``conv_packed``, the folded conv with its bias on the weight packed once, without a post-op
+  (oneDNN's primitive as ``ops._mkldnn_conv`` runs it; channels_last only, where it serves).
+  Fusing BN and the activation into a conv removes their passes and nothing else, so no
+  fused chain on these convolutions beats ``bound = eager / min(conv, conv_packed)``.
 
 The providers alternate call by call (about ``--budget`` seconds of calls per layer), so each
 ratio is taken in one process under the same load; the median per call is reported
@@ -22,15 +28,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import time
 
 import torch
 from torch import nn
 
-from fastblocks.bench import shapes as S
+from fastblocks.bench import env, shapes as S
 from fastblocks.nn import ConvBNAct
+from fastblocks.ops import _mkldnn_conv
 
 _ACTS = {"none": nn.Identity, "relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU,
          "hardswish": nn.Hardswish}
@@ -67,14 +73,33 @@ def _stat(values, stat: str) -> float:
     return values[len(values) // 10]
 
 
+def _packed_conv(fused: ConvBNAct, x: torch.Tensor):
+    """The folded conv + bias alone on oneDNN's packed weight (no post-op), or None where the
+    oneDNN primitive does not serve x."""
+    conv = fused.conv
+    with torch.no_grad():
+        fused(x)  # builds the fold cache
+    _, weight, bias = fused.__dict__["_fold_cache"]
+    if not (x.is_contiguous(memory_format=torch.channels_last)
+            and _mkldnn_conv.can_serve(x, weight)):
+        return None
+    args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups, 0)
+    return lambda t: _mkldnn_conv.conv_pointwise(t, weight, bias, *args)
+
+
 def run_layer(layer, batch: int, layout: str, use_compile: bool, budget_s: float,
-              stat: str = "median") -> dict:
+              stat: str = "median", bound: bool = True) -> dict:
     seq = build(layer)
     fused = ConvBNAct.from_modules(seq[0], seq[1], seq[2], names=("0", "1", "2")).eval()
     x = torch.randn(batch, layer.in_channels, layer.size, layer.size)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     providers = {"eager": seq, "fastblocks": fused}
+    if bound:
+        providers["conv"] = seq[0]
+        packed = _packed_conv(fused, x)
+        if packed is not None:
+            providers["conv_packed"] = packed
     if use_compile:
         torch._dynamo.reset()
         torch._inductor.config.freezing = True
@@ -83,7 +108,8 @@ def run_layer(layer, batch: int, layout: str, use_compile: bool, budget_s: float
     with torch.no_grad():
         ref = seq(x)
         for name, fn in providers.items():
-            torch.testing.assert_close(fn(x), ref, msg=lambda m: f"{name} {layer}: {m}")
+            if not name.startswith("conv"):
+                torch.testing.assert_close(fn(x), ref, msg=lambda m: f"{name} {layer}: {m}")
         for fn in providers.values():  # warm-up (packing, first-call allocations)
             fn(x)
         for _ in range(_calls_for(providers.values(), x, budget_s)):
@@ -97,6 +123,10 @@ def run_layer(layer, batch: int, layout: str, use_compile: bool, budget_s: float
     if "compile" in med:
         row["speedup_vs_compile"] = med["compile"] / med["fastblocks"]
         row["compile_vs_eager"] = med["eager"] / med["compile"]
+    if bound:
+        bare = min(v for k, v in med.items() if k.startswith("conv"))
+        row["bound_vs_eager"] = med["eager"] / bare
+        row["fastblocks_vs_bare_conv"] = bare / med["fastblocks"]
     return row
 
 
@@ -107,10 +137,11 @@ def geomean(values) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--layout", choices=("channels_last", "nchw"), default="channels_last")
     ap.add_argument("--nets", nargs="+", default=list(S.CONV_BN_ACT_NETS))
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-bound", action="store_true", help="skip the bare-conv providers")
     ap.add_argument("--budget", type=float, default=2.0, help="seconds of timed calls per layer")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--stat", choices=("median", "p10"), default="median",
@@ -125,10 +156,12 @@ def main(argv=None) -> int:
         for net in args.nets:
             for layer in S.CONV_BN_ACT_NETS[net]:
                 row = run_layer(layer, batch, args.layout, not args.no_compile, args.budget,
-                                args.stat)
+                                args.stat, not args.no_bound)
                 rows.append(row)
                 us = "  ".join(f"{k} {v:9.1f}" for k, v in row["us"].items())
                 extra = f"  vs compile {row['speedup_vs_compile']:.2f}x" if "speedup_vs_compile" in row else ""
+                if "bound_vs_eager" in row:
+                    extra += f"  bound {row['bound_vs_eager']:.2f}x"
                 print(f"{row['shape']:<40} {us}  vs eager {row['speedup_vs_eager']:.2f}x{extra}",
                       flush=True)
     summary = {"geomean_vs_eager": geomean(r["speedup_vs_eager"] for r in rows)}
@@ -137,9 +170,20 @@ def main(argv=None) -> int:
         summary["geomean_compile_vs_eager"] = geomean(r["compile_vs_eager"] for r in rows)
         summary["slower_than_compile"] = sum(r["speedup_vs_compile"] < 1 for r in rows)
     summary["slower_than_eager"] = sum(r["speedup_vs_eager"] < 1 for r in rows)
+    if not args.no_bound:
+        summary["geomean_bound_vs_eager"] = geomean(r["bound_vs_eager"] for r in rows)
+        summary["geomean_fastblocks_vs_bare_conv"] = geomean(r["fastblocks_vs_bare_conv"]
+                                                             for r in rows)
+    worst = sorted(rows, key=lambda r: r["speedup_vs_eager"])[:3]
+    summary["worst_vs_eager"] = [f"{r['shape']}: {r['speedup_vs_eager']:.2f}x" for r in worst]
+    if not args.no_compile:
+        worst = sorted(rows, key=lambda r: r["speedup_vs_compile"])[:3]
+        summary["worst_vs_compile"] = [f"{r['shape']}: {r['speedup_vs_compile']:.2f}x"
+                                       for r in worst]
     print(json.dumps(summary, indent=1))
     if args.out:
-        meta = {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+        meta = {"torch": torch.__version__, "cpu": env.cpu_model(), **env.git_commit(),
+                "load_average_1min": env.load_average(),
                 "threads": args.threads, "layout": args.layout, "dtype": "float32",
                 "stat": args.stat}
         with open(args.out, "w") as f:
