@@ -182,6 +182,32 @@ def test_conv_bn_act_running_stats_after_steps(momentum):
         torch.testing.assert_close(rv, rv2)
 
 
+def test_conv_bn_act_cumulative_average_with_num_batches_tracked():
+    """momentum=None with num_batches_tracked: nn.BatchNorm2d's cumulative average, step by
+    step, and the counter incremented as its forward does (eval calls leave it)."""
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(5, momentum=None, eps=1e-3)
+    w, cb = torch.randn(5, 3, 3, 3), torch.randn(5)
+    rm, rv, nbt = bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()
+    for step in range(3):
+        x = _x(2, 3, 6, 6) * (step + 1) + step
+        y = ops.conv_bn_act(x, w, cb, bn.weight, bn.bias, rm, rv, training=True, momentum=None,
+                            eps=1e-3, padding=1, activation="relu", num_batches_tracked=nbt)
+        ref = F.relu(bn.train()(F.conv2d(x, w, cb, padding=1)))
+        torch.testing.assert_close(y, ref)
+        torch.testing.assert_close(rm, bn.running_mean)
+        torch.testing.assert_close(rv, bn.running_var)
+        assert int(nbt) == int(bn.num_batches_tracked) == step + 1
+    ops.conv_bn_act(x, w, cb, bn.weight, bn.bias, rm, rv, training=False, momentum=None,
+                    num_batches_tracked=nbt)
+    assert int(nbt) == 3
+    with pytest.raises(ValueError, match="momentum=None .* needs num_batches_tracked"):
+        ops.conv_bn_act(x, w, cb, None, None, rm, rv, training=True, momentum=None)
+    with pytest.raises(ValueError, match="num_batches_tracked must be a one-element integer"):
+        ops.conv_bn_act(x, w, cb, None, None, rm, rv, training=True, momentum=None,
+                        num_batches_tracked=torch.zeros(1))
+
+
 def test_conv_bn_act_train_without_running_stats_or_affine():
     x, w = torch.randn(2, 3, 5, 5), torch.randn(4, 3, 3, 3)
     y = ops.conv_bn_act(x, w, None, None, None, None, None, training=True, activation="relu6")
@@ -289,6 +315,9 @@ def test_one_value_per_channel_in_training_raises_like_batchnorm():
      "training must be a bool", TypeError),
     (lambda x, w: ops.conv_bn_act(x, w, None, None, None, None, None, training=True,
                                   momentum="0.1"), "momentum must be a float", TypeError),
+    (lambda x, w: ops.conv_bn_act(x, w, None, None, None, None, None, training=True,
+                                  num_batches_tracked=3), "num_batches_tracked must be a torch",
+     TypeError),
 ])
 def test_bad_inputs_name_the_argument(call, match, exc):
     with pytest.raises(exc, match=match):

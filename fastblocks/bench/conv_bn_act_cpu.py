@@ -18,16 +18,21 @@ EfficientNet-B0 at 224x224), fp32, eval mode, under ``torch.no_grad``:
   Fusing BN and the activation into a conv removes their passes and nothing else, so no
   fused chain on these convolutions beats ``bound = eager / min(conv, conv_packed)``.
 
-The providers alternate call by call (about ``--budget`` seconds of calls per layer), so each
-ratio is taken in one process under the same load; the median per call is reported
-(``--stat p10``: the fastest decile, for a machine shared with other jobs).
-Outputs are checked against eager (assert_close defaults) before timing.
+The providers alternate call by call, in a rotating order (about ``--budget`` seconds of calls
+per layer), so each ratio is taken in one process under the same load; the median per call is
+reported (``--stat p10``: the fastest decile, for a machine shared with other jobs).
+Outputs are checked against eager (assert_close defaults) before timing. The command re-runs
+itself with glibc's malloc keeping freed memory for reuse (as ``fastblocks bench`` does,
+fastblocks.cli._common.reexec_with_reused_memory says why): otherwise a batch-32 output
+page-faults on every call and eager, which allocates three of them, is measured on that.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
+import sys
 import statistics
 import time
 
@@ -112,9 +117,12 @@ def run_layer(layer, batch: int, layout: str, use_compile: bool, budget_s: float
                 torch.testing.assert_close(fn(x), ref, msg=lambda m: f"{name} {layer}: {m}")
         for fn in providers.values():  # warm-up (packing, first-call allocations)
             fn(x)
-        for _ in range(_calls_for(providers.values(), x, budget_s)):
-            for name, fn in providers.items():
-                times[name].append(_call_time(fn, x))
+        names = list(providers)
+        for i in range(_calls_for(providers.values(), x, budget_s)):
+            # the order rotates round by round: the provider called right after another meets
+            # the caches and freed buffers it left (a fixed order put up to 30% on one provider)
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                times[name].append(_call_time(providers[name], x))
     med = {p: _stat(v, stat) * 1e6 for p, v in times.items()}
     row = {"net": layer.net, "source": layer.source, "batch": batch, "layout": layout,
            "shape": f"{batch}x{layer.in_channels}x{layer.size}x{layer.size} "
@@ -149,6 +157,9 @@ def main(argv=None) -> int:
                          "other jobs, where preemption puts whole time slices into a median")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if argv is None and not os.environ.get(env.MALLOC_TUNABLES_ENV):
+        os.execve(sys.executable, [sys.executable, "-m", __spec__.name, *sys.argv[1:]],
+                  {**os.environ, env.MALLOC_TUNABLES_ENV: env.REUSE_MEMORY_TUNABLES})
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = []
@@ -183,7 +194,7 @@ def main(argv=None) -> int:
     print(json.dumps(summary, indent=1))
     if args.out:
         meta = {"torch": torch.__version__, "cpu": env.cpu_model(), **env.git_commit(),
-                "load_average_1min": env.load_average(),
+                "load_average_1min": env.load_average(), "malloc": env.cpu_malloc(),
                 "threads": args.threads, "layout": args.layout, "dtype": "float32",
                 "stat": args.stat}
         with open(args.out, "w") as f:

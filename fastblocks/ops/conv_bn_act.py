@@ -597,16 +597,20 @@ def conv_bias_act_plan_ok(x: Tensor, weight: Tensor, bias: Tensor | None) -> boo
 
 def conv_bn_act(x: Tensor, weight: Tensor, conv_bias: Tensor | None, bn_weight: Tensor | None,
                 bn_bias: Tensor | None, running_mean: Tensor | None,
-                running_var: Tensor | None, *, training: bool, momentum: float = 0.1,
+                running_var: Tensor | None, *, training: bool, momentum: float | None = 0.1,
                 eps: float = 1e-5, stride=1, padding=0, dilation=1, groups: int = 1,
-                activation: str | None = "relu") -> Tensor:
+                activation: str | None = "relu",
+                num_batches_tracked: Tensor | None = None) -> Tensor:
     """``act(batch_norm(conv2d(x, weight, conv_bias, ...)))`` with nn.BatchNorm2d's semantics.
 
     training=True normalises with the batch's statistics (biased variance, accumulated in
     float32, float64 for float64 inputs) and, when running_mean/running_var are given,
     updates them in place with ``momentum`` (the running variance with the unbiased batch
-    variance), as ``F.batch_norm(training=True)`` does; ``momentum`` is the factor itself
-    (nn.BatchNorm2d turns momentum=None into 1/num_batches_tracked before calling). The
+    variance), as ``F.batch_norm(training=True)`` does. ``num_batches_tracked`` (a one-element
+    integer tensor, nn.BatchNorm2d's buffer), when given, is incremented by each training call
+    as nn.BatchNorm2d.forward does, and ``momentum=None`` then means the cumulative average
+    (factor 1 / num_batches_tracked after the increment); momentum=None with running
+    statistics needs it. The
     backward keeps only x and the conv output and recomputes the rest.
     training=False folds the running statistics into the conv and runs ``conv_bias_act``.
 
@@ -620,8 +624,18 @@ def conv_bn_act(x: Tensor, weight: Tensor, conv_bias: Tensor | None, bn_weight: 
     code = activation_code(activation)
     if not isinstance(training, bool):
         raise TypeError(f"training must be a bool, got {type(training).__name__}")
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-        raise TypeError(f"momentum must be a float, got {momentum!r}")
+    if momentum is not None and (isinstance(momentum, bool)
+                                 or not isinstance(momentum, (int, float))):
+        raise TypeError(f"momentum must be a float or None, got {momentum!r}")
+    if num_batches_tracked is not None:
+        if not isinstance(num_batches_tracked, Tensor):
+            raise TypeError("num_batches_tracked must be a torch.Tensor or None, got "
+                            f"{type(num_batches_tracked).__name__}")
+        if num_batches_tracked.numel() != 1 or num_batches_tracked.is_floating_point() \
+                or num_batches_tracked.is_complex() or num_batches_tracked.dtype == torch.bool:
+            raise ValueError("num_batches_tracked must be a one-element integer tensor, got "
+                             f"shape {tuple(num_batches_tracked.shape)} and "
+                             f"{num_batches_tracked.dtype}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
         raise ValueError(f"eps must be a non-negative float, got {eps!r}")
     x4, unbatched, st, pad, dil = _prepare(x, weight, conv_bias, stride, padding, dilation, groups)
@@ -640,6 +654,7 @@ def conv_bn_act(x: Tensor, weight: Tensor, conv_bias: Tensor | None, bn_weight: 
     if count <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size "
                          f"{torch.Size(oh_ow)}")
+    momentum = _momentum_factor(momentum, num_batches_tracked, running_mean, running_var)
     if not torch.compiler.is_compiling() and x4.device.type == "cpu" and get_backend() == "auto":
         # CPU training under auto: eager's own composition. Ours keeps only z for backward and
         # recomputes BN and the activation there (less memory: MobileNetV2 batch 8 418 MB
@@ -663,6 +678,21 @@ def conv_bn_act(x: Tensor, weight: Tensor, conv_bias: Tensor | None, bn_weight: 
     _update_running_stats(running_mean, running_var, mean, invstd, float(eps), z, count,
                           float(momentum))
     return y.squeeze(0) if unbatched else y
+
+
+def _momentum_factor(momentum, num_batches_tracked, running_mean, running_var) -> float:
+    """nn.BatchNorm2d.forward's exponential_average_factor for a training call, incrementing
+    num_batches_tracked (in place, not recorded by autograd) when given."""
+    if num_batches_tracked is not None:
+        with torch.no_grad():
+            num_batches_tracked.add_(1)
+    if momentum is not None:
+        return float(momentum)
+    if num_batches_tracked is None:
+        if running_mean is None and running_var is None:
+            return 0.0  # nothing is averaged
+        raise ValueError("momentum=None (the cumulative average) needs num_batches_tracked")
+    return 1.0 / float(num_batches_tracked)
 
 
 def _fold(weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, eps):
