@@ -479,6 +479,35 @@ def test_cpu_channels_last_path_by_size(monkeypatch, n, c_in, hw, k, onednn):
     assert ok, msg
 
 
+@pytest.mark.parametrize("hw, packed", [(3, True), (24, False)])
+def test_cpu_nchw_large_weight_goes_through_packed_onednn(monkeypatch, hw, packed):
+    """NCHW with a weight of at least twice the elements of x and y: channels_last copy,
+    oneDNN's packed primitive, NCHW output (ops/conv_bn_act.py has the numbers); else ATen.
+    Through the op and through ConvBNAct's eval runner."""
+    calls = []
+    real = _mkldnn_conv.conv_pointwise
+    monkeypatch.setattr(_mkldnn_conv, "conv_pointwise",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    x, w, b = _x(1, 32, hw, hw), torch.randn(32, 32, 3, 3) * 0.1, torch.randn(32)
+    y = ops.conv_bias_act(x, w, b, 1, 1, 1, 1, "relu")
+    assert bool(calls) == (packed and _mkldnn_conv.can_serve(x, w))
+    assert y.is_contiguous()
+    hi = F.relu(F.conv2d(x.double(), w.double(), b.double(), 1, 1))
+    ok, _, msg = compare(y, F.relu(F.conv2d(x, w, b, 1, 1)), hi, reduction=True)
+    assert ok, msg
+    m = ConvBNAct(32, 32, 3).eval()
+    with torch.no_grad():
+        m.conv.weight.copy_(w)
+        ys = [m(x) for _ in range(3)]  # the third call runs the runner
+    ref = nn.Sequential(m.conv, m.bn, nn.ReLU()).eval()
+    with torch.no_grad():
+        eager, hi = ref(x), copy.deepcopy(ref).double()(x.double())
+    for y in ys:
+        assert y.is_contiguous()
+        ok, _, msg = compare(y, eager, hi, reduction=True)
+        assert ok, msg
+
+
 def test_compile_on_cpu_hands_the_conv_to_inductor():
     """Under torch.compile on CPU, conv_bias_act traces to ATen's conv and activation (inductor
     fuses them itself), not to the opaque fastblocks op."""

@@ -29,6 +29,7 @@ page-faults on every call and eager, which allocates three of them, is measured 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -42,6 +43,7 @@ from torch import nn
 from fastblocks.bench import env, shapes as S
 from fastblocks.nn import ConvBNAct
 from fastblocks.ops import _mkldnn_conv
+from fastblocks.testing import compare
 
 _ACTS = {"none": nn.Identity, "relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU,
          "hardswish": nn.Hardswish}
@@ -112,9 +114,11 @@ def run_layer(layer, batch: int, layout: str, use_compile: bool, budget_s: float
     times: dict[str, list[float]] = {p: [] for p in providers}
     with torch.no_grad():
         ref = seq(x)
+        hi = copy.deepcopy(seq).double()(x.double())
         for name, fn in providers.items():
-            if not name.startswith("conv"):
-                torch.testing.assert_close(fn(x), ref, msg=lambda m: f"{name} {layer}: {m}")
+            if not name.startswith("conv"):  # the tests' rule: error at most 2x eager's
+                ok, _, msg = compare(fn(x), ref, hi, reduction=True)
+                assert ok, f"{name} {layer}: {msg}"
         for fn in providers.values():  # warm-up (packing, first-call allocations)
             fn(x)
         names = list(providers)

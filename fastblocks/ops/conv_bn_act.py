@@ -121,6 +121,10 @@ def _conv_bias_act_impl(x, weight, bias, stride, padding, dilation, groups, act)
         x = x.contiguous(memory_format=torch.channels_last)
         return _mkldnn_conv.conv_pointwise(x, weight, bias, stride, padding, dilation, groups,
                                            act)
+    if _nchw_through_packed(x, weight, stride, padding, dilation):
+        x = x.contiguous(memory_format=torch.channels_last)
+        return _mkldnn_conv.conv_pointwise(x, weight, bias, stride, padding, dilation, groups,
+                                           act).contiguous()
     if x.device.type == "cuda" and _cuda_epilogue(x.device):
         # cuDNN's convolution without its bias, then bias + activation in one pass of ours
         # (ATen adds a cuDNN convolution's bias in a pass of its own, then the activation)
@@ -138,6 +142,25 @@ def _conv_bias_act_impl(x, weight, bias, stride, padding, dilation, groups, act)
 # (4.8 M), 0.93x at 40x40 (9.8 M); 576->96: 1.0x at 14x14 (10.8 M), 0.95x at 20x20 (22 M).
 # kxk kernels stay with oneDNN at every size (ATen's im2col path measured 1.08-1.4x slower).
 _POINTWISE_ATEN_MAX_MACS = 8_000_000
+
+
+# NCHW in and out, a weight with at least twice as many elements as x and the output together:
+# x to channels_last, oneDNN's packed primitive, the output back to NCHW. ATen's NCHW
+# convolution re-lays such a weight out on every call. Interleaved p10, fp32, 1 thread, the
+# shared 2-core EPYC VM (/tmp probe of the 30 layers of shapes.CONV_BN_ACT_ALL, A = ATen NCHW
+# conv + in-place act, B = this; A/B): batch 1, ratio >= 2: 512->512 3x3 at 7x7 10.5x,
+# 256->256 3x3 at 14x14 1.14x, 512->2048 1x1 at 7x7 1.15x, 320->1280 1x1 at 7x7 1.17-1.18x,
+# 1152->192 1.10x, 160->960 1.00x; ratio < 1: 0.78-1.01x (112->672 at 14x14 0.82x, 576->96
+# 0.78x); batch 32 (every ratio < 2): 0.53-1.01x, so the rule leaves them with ATen.
+_NCHW_PACKED_MIN_RATIO = 2
+
+
+def _nchw_through_packed(x: Tensor, weight: Tensor, stride, padding, dilation) -> bool:
+    if not _mkldnn_conv.can_serve(x, weight) or get_backend() == "torch" \
+            or not x.is_contiguous():
+        return False
+    out = _out_shape(x, weight, stride, padding, dilation)
+    return weight.numel() >= _NCHW_PACKED_MIN_RATIO * (x.numel() + out[0] * out[1] * out[2] * out[3])
 
 
 def _small_pointwise(x: Tensor, weight: Tensor, stride) -> bool:
@@ -583,6 +606,9 @@ def conv_bias_act_runner(plan: tuple, x: Tensor, weight: Tensor, bias: Tensor | 
         if x.is_contiguous(memory_format=torch.channels_last):
             return run
         return lambda t: run(t.contiguous(memory_format=torch.channels_last))
+    if not _out_channels_last(x, weight) and _nchw_through_packed(x, weight, st, pad, dil):
+        run = _mkldnn_conv.runner(weight, bias, st, pad, dil, groups, code, x.shape)
+        return lambda t: run(t.contiguous(memory_format=torch.channels_last)).contiguous()
     act = _INPLACE.get(code)
     conv = F.conv2d
     if act is None:
