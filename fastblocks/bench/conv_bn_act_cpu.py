@@ -1,7 +1,7 @@
 """CPU inference of conv -> BN -> activation: fastblocks vs eager vs torch.compile with freezing.
 
     python -m fastblocks.bench.conv_bn_act_cpu [--batch 1 32] [--layout channels_last]
-        [--nets resnet50 mobilenet_v2 efficientnet_b0] [--no-compile] [--out FILE.json]
+        [--nets resnet50 mobilenet_v2 efficientnet_b0] [--no-compile] [--train] [--out FILE.json]
 
 Per layer of ``shapes.CONV_BN_ACT_NETS`` (the conv-BN-act layers of ResNet-50, MobileNetV2 and
 EfficientNet-B0 at 224x224), fp32, eval mode, under ``torch.no_grad``:
@@ -21,6 +21,9 @@ EfficientNet-B0 at 224x224), fp32, eval mode, under ``torch.no_grad``:
 The providers alternate call by call, in a rotating order (about ``--budget`` seconds of calls
 per layer), so each ratio is taken in one process under the same load; the median per call is
 reported (``--stat p10``: the fastest decile, for a machine shared with other jobs).
+``--train``: training forward + backward instead (``run_layer_train``): eager, fastblocks under
+``auto`` and under ``backend("cpu")``, time and the bytes autograd saves for backward.
+
 Outputs are checked against eager (assert_close defaults) before timing. The command re-runs
 itself with glibc's malloc keeping freed memory for reuse (as ``fastblocks bench`` does,
 fastblocks.cli._common.reexec_with_reused_memory says why): otherwise a batch-32 output
@@ -142,6 +145,66 @@ def run_layer(layer, batch: int, layout: str, use_compile: bool, budget_s: float
     return row
 
 
+def _saved_bytes(step) -> int:
+    """Bytes of the distinct storages autograd saves for backward during ``step()``: the
+    activation memory a training step holds between forward and backward (the issue's
+    "peak memory" of the block, device-independent; parameters and x included alike)."""
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = st.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step(backward=False)
+    return sum(storages.values())
+
+
+def run_layer_train(layer, batch: int, layout: str, budget_s: float, stat: str = "median") -> dict:
+    """Training forward + backward of one layer (batch statistics, running statistics
+    updated): eager Sequential, fastblocks under ``auto`` (on CPU: eager's composition,
+    ops/conv_bn_act.py says why) and under ``backend("cpu")`` (fastblocks._C's kernels, the
+    memory-saving backward that keeps only x and the conv output)."""
+    import fastblocks
+    seq = build(layer).train()
+    fused = ConvBNAct.from_modules(*copy.deepcopy(seq), names=("0", "1", "2")).train()
+    x = torch.randn(batch, layer.in_channels, layer.size, layer.size, requires_grad=True)
+    if layout == "channels_last":
+        x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    g = torch.randn_like(seq(x))
+
+    def stepper(module, backend):
+        def step(backward=True):
+            with fastblocks.backend(backend):
+                y = module(x)
+                if backward:
+                    y.backward(g)
+            return y
+        return step
+    providers = {"eager": stepper(seq, "auto"), "fastblocks": stepper(fused, "auto"),
+                 "fastblocks_cpu": stepper(fused, "cpu")}
+    saved = {name: _saved_bytes(step) for name, step in providers.items()}
+    times: dict[str, list[float]] = {p: [] for p in providers}
+    names = list(providers)
+    for step in providers.values():
+        step()
+    for i in range(_calls_for([lambda _, s=s: s() for s in providers.values()], x, budget_s)):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            t0 = time.perf_counter()
+            providers[name]()
+            times[name].append(time.perf_counter() - t0)
+    med = {p: _stat(v, stat) * 1e6 for p, v in times.items()}
+    return {"net": layer.net, "source": layer.source, "batch": batch, "layout": layout,
+            "mode": "train fwd+bwd",
+            "shape": f"{batch}x{layer.in_channels}x{layer.size}x{layer.size} "
+                     f"k{layer.kernel} s{layer.stride} ->{layer.out_channels} {layer.activation}",
+            "us": med, "saved_bytes": saved,
+            "speedup_vs_eager": med["eager"] / med["fastblocks"],
+            "cpu_kernels_speedup_vs_eager": med["eager"] / med["fastblocks_cpu"],
+            "saved_vs_eager": saved["fastblocks"] / saved["eager"],
+            "cpu_kernels_saved_vs_eager": saved["fastblocks_cpu"] / saved["eager"]}
+
+
 def geomean(values) -> float:
     values = list(values)
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
@@ -154,6 +217,8 @@ def main(argv=None) -> int:
     ap.add_argument("--nets", nargs="+", default=list(S.CONV_BN_ACT_NETS))
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-bound", action="store_true", help="skip the bare-conv providers")
+    ap.add_argument("--train", action="store_true",
+                    help="training forward+backward time and saved-activation bytes instead")
     ap.add_argument("--budget", type=float, default=2.0, help="seconds of timed calls per layer")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--stat", choices=("median", "p10"), default="median",
@@ -166,6 +231,8 @@ def main(argv=None) -> int:
                   {**os.environ, env.MALLOC_TUNABLES_ENV: env.REUSE_MEMORY_TUNABLES})
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.train:
+        return _main_train(args)
     rows = []
     for batch in args.batch:
         for net in args.nets:
@@ -201,6 +268,32 @@ def main(argv=None) -> int:
                 "load_average_1min": env.load_average(), "malloc": env.cpu_malloc(),
                 "threads": args.threads, "layout": args.layout, "dtype": "float32",
                 "stat": args.stat}
+        with open(args.out, "w") as f:
+            json.dump({"meta": meta, "summary": summary, "rows": rows}, f, indent=1)
+    return 0
+
+
+def _main_train(args) -> int:
+    rows = []
+    for batch in args.batch:
+        for net in args.nets:
+            for layer in S.CONV_BN_ACT_NETS[net]:
+                row = run_layer_train(layer, batch, args.layout, args.budget, args.stat)
+                rows.append(row)
+                us = "  ".join(f"{k} {v:9.1f}" for k, v in row["us"].items())
+                print(f"{row['shape']:<40} {us}  vs eager {row['speedup_vs_eager']:.2f}x "
+                      f"(cpu kernels {row['cpu_kernels_speedup_vs_eager']:.2f}x)  saved "
+                      f"{row['saved_vs_eager']:.2f}x (cpu kernels "
+                      f"{row['cpu_kernels_saved_vs_eager']:.2f}x) of eager", flush=True)
+    summary = {k: geomean(r[k] for r in rows) for k in (
+        "speedup_vs_eager", "cpu_kernels_speedup_vs_eager", "saved_vs_eager",
+        "cpu_kernels_saved_vs_eager")}
+    print(json.dumps(summary, indent=1))
+    if args.out:
+        meta = {"torch": torch.__version__, "cpu": env.cpu_model(), **env.git_commit(),
+                "load_average_1min": env.load_average(), "malloc": env.cpu_malloc(),
+                "threads": args.threads, "layout": args.layout, "dtype": "float32",
+                "stat": args.stat, "mode": "train fwd+bwd"}
         with open(args.out, "w") as f:
             json.dump({"meta": meta, "summary": summary, "rows": rows}, f, indent=1)
     return 0
