@@ -585,3 +585,62 @@ def test_eval_plan_is_used_and_keeps_autograd():
     ref(xr).sum().backward()
     ok, _, msg = compare(xg.grad, xr.grad, None, reduction=False)
     assert xg.grad is not None and ok, msg
+
+
+# ---- conv_bias_add_act (ResNet block tail: conv -> BN folded -> + identity -> act) ----------
+
+from fastblocks.ops.conv_bias_add_act import reference_conv_bias_add_act  # noqa: E402
+
+
+@pytest.mark.parametrize("activation,channels_last", [("relu", True), ("silu", True),
+                                                     ("relu", False), (None, True)])
+def test_conv_bias_add_act_parity_and_onednn_binary_post_op(monkeypatch, activation,
+                                                            channels_last):
+    calls = []
+    real = _mkldnn_conv.conv_add_pointwise
+    monkeypatch.setattr(_mkldnn_conv, "conv_add_pointwise",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    x = _x(2, 4, 7, 6, channels_last=channels_last)
+    w, b = torch.randn(6, 4, 3, 3) * 0.3, torch.randn(6)
+    other = _x(2, 6, 7, 6, channels_last=channels_last)
+    kw = dict(stride=1, padding=1, activation=activation)
+    res = check(lambda x, w, b, o: ops.conv_bias_add_act(x, w, b, o, **kw),
+                lambda x, w, b, o: reference_conv_bias_add_act(x, w, b, o, **kw),
+                [x, w, b, other], grad_idx=(0, 1, 2, 3), names=("x", "weight", "bias", "other"))
+    assert res.ok, res.messages
+    with torch.no_grad():
+        for _ in range(2):  # packed weight from the second use on
+            y = ops.conv_bias_add_act(x, w, b, other, **kw)
+    assert y.is_contiguous(memory_format=CL) == channels_last
+    assert bool(calls) == (channels_last and _mkldnn_conv.can_serve(x, w))
+
+
+def test_conv_bias_add_act_gradcheck_opcheck_compile():
+    d = torch.float64
+    ins = [torch.randn(2, 2, 3, 3, dtype=d), torch.randn(3, 2, 2, 2, dtype=d),
+           torch.randn(3, dtype=d), torch.randn(2, 3, 4, 4, dtype=d)]
+    ins = [t.requires_grad_() for t in ins]
+    assert torch.autograd.gradcheck(  # hardswish: the pre-activation is recomputed
+        lambda *a: ops.conv_bias_add_act(*a, padding=1, activation="hardswish"), ins)
+    x = _x(1, 4, 5, 5, channels_last=True).requires_grad_()
+    w, b = torch.randn(4, 4, 1, 1, requires_grad=True), torch.randn(4, requires_grad=True)
+    o = _x(1, 4, 5, 5, channels_last=True).requires_grad_()
+    torch.library.opcheck(torch.ops.fastblocks.conv_bias_add_act,
+                          (x, w, b, o, [1, 1], [0, 0], [1, 1], 1, 1))
+    f = torch.compile(lambda x, w, b, o: ops.conv_bias_add_act(x, w, b, o), fullgraph=True,
+                      backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(f(x, w, b, o), reference_conv_bias_add_act(x, w, b, o))
+
+
+@pytest.mark.parametrize("call,match,exc", [
+    (lambda x, w, o: ops.conv_bias_add_act(x, w, None, o[:, :2]), "other must have the conv "
+     "output's shape", ValueError),
+    (lambda x, w, o: ops.conv_bias_add_act(x, w, None, o.double()), "other has dtype", TypeError),
+    (lambda x, w, o: ops.conv_bias_add_act(x, w, None, 1.0), "other must be a torch.Tensor",
+     TypeError),
+    (lambda x, w, o: ops.conv_bias_add_act(x[0], w, None, o), "x must be 4-d", ValueError),
+])
+def test_conv_bias_add_act_bad_inputs_name_the_argument(call, match, exc):
+    with pytest.raises(exc, match=match):
+        call(torch.randn(2, 4, 5, 5), torch.randn(4, 4, 3, 3), torch.randn(2, 4, 3, 3))

@@ -98,6 +98,28 @@ def conv_pointwise(x: Tensor, weight: Tensor, bias: Tensor | None, stride, paddi
                       scalars, algorithm)
 
 
+_BINARY = torch.ops.mkldnn._convolution_pointwise.binary if _AVAILABLE else None
+# unary post-ops oneDNN fuses after the binary add (torch 2.13: relu or none; hardtanh,
+# hardswish and swish raise "Unary Fusion behavior undefined")
+_AFTER_ADD = {0: None, 1: "relu"}
+
+
+def conv_add_pointwise(x: Tensor, other: Tensor, weight: Tensor, bias: Tensor | None, stride,
+                       padding, dilation, groups: int, act: int) -> Tensor:
+    """act(conv2d(x, weight, bias) + other) with the add (and relu) as post-ops of the oneDNN
+    primitive, the other activations in place after it; `can_serve` must hold, x and other
+    channels_last-contiguous, other of the output's shape and dtype. Returns a new
+    channels_last tensor (other is read, not written)."""
+    w = packed_weight(weight, padding, stride, dilation, groups, x.shape)
+    unary = _AFTER_ADD.get(act)
+    y = _BINARY(x, other, w, bias, list(padding), list(stride), list(dilation), groups, "add",
+                None, unary, [], None)
+    if act in _AFTER_ADD:
+        return y
+    from ._activation_codes import activate_
+    return activate_(y, act)
+
+
 def runner(weight: Tensor, bias: Tensor | None, stride, padding, dilation, groups: int,
            act: int, input_size):
     """``lambda x: conv_pointwise(x, weight, bias, ...)`` for channels_last-contiguous inputs
