@@ -118,10 +118,15 @@ def run_layer(layer, batch: int, layout: str, use_compile: bool, budget_s: float
     with torch.no_grad():
         ref = seq(x)
         hi = copy.deepcopy(seq).double()(x.double())
+        parity = {}
         for name, fn in providers.items():
             if not name.startswith("conv"):  # the tests' rule: error at most 2x eager's
                 ok, _, msg = compare(fn(x), ref, hi, reduction=True)
-                assert ok, f"{name} {layer}: {msg}"
+                # ours must pass; compile's miss is recorded (inductor's NCHW 512->512 3x3 at
+                # batch 32 ran 10x past eager's float32 error on one element of 802816)
+                assert ok or name != "fastblocks", f"{name} {layer}: {msg}"
+                if not ok:
+                    parity[name] = msg
         for fn in providers.values():  # warm-up (packing, first-call allocations)
             fn(x)
         names = list(providers)
@@ -135,6 +140,8 @@ def run_layer(layer, batch: int, layout: str, use_compile: bool, budget_s: float
            "shape": f"{batch}x{layer.in_channels}x{layer.size}x{layer.size} "
                     f"k{layer.kernel} s{layer.stride} ->{layer.out_channels} {layer.activation}",
            "us": med, "speedup_vs_eager": med["eager"] / med["fastblocks"]}
+    if parity:
+        row["parity_failed"] = parity
     if "compile" in med:
         row["speedup_vs_compile"] = med["compile"] / med["fastblocks"]
         row["compile_vs_eager"] = med["eager"] / med["compile"]

@@ -42,19 +42,20 @@ emulation (tests/test_conv_bn_act_cuda_emu.py, every kernel, both layouts, fp32/
 fp64); they have NOT run on a GPU, and nothing about their speed is measured yet. The
 binding is syntax-checked against PyTorch's headers only.
 
-Measured (the shared 2-core AMD EPYC dev VM, torch 2.13, 1 thread, fp32 channels_last, eval,
-``python -m fastblocks.bench.conv_bn_act_cpu --threads 1 --stat p10``, providers interleaved
-call by call; bench/results/cpu-amd-epyc-2t/conv_bn_act-eval-cl-fp32-1thread.json), over the 30
-conv-BN-act layers of ResNet-50, MobileNetV2 and EfficientNet-B0 at batch 1: the oneDNN path
-is 1.24x eager (geomean; 3 layers below 1.0x, the smallest linear projections, 0.92-0.97x)
-and 1.08x torch.compile with freezing (2 layers below 1.0x: 0.98x), compile itself 1.15x
-eager. At batch 8 the same run gave 1.68x eager and 1.13x compile, but the VM's load (~15 on
-2 cores) moved single rows by 10x, so only the batch-1 ratios are worth quoting. NCHW
-(ATen convolution + bias + in-place activation, no compile provider;
-conv_bn_act-eval-nchw-fp32-1thread.json): 1.17x eager at batch 1, 9 of 30 layers at
-0.94-0.99x, within this VM's run-to-run spread. The 1.5x goal
-over eager is not met per layer at batch 1: most of these layers are convolution-bound, and
-fusing BN and the activation removes only the one or two passes eager adds after the conv.
+Measured (the shared 2-core AMD EPYC dev VM at load 3-12, torch 2.13, fp32, eval,
+``python -m fastblocks.bench.conv_bn_act_cpu --threads 1 --stat p10 --budget 1``: providers
+interleaved call by call in rotating order, glibc malloc reusing freed memory), over the 30
+conv-BN-act layers of ResNet-50, MobileNetV2 and EfficientNet-B0
+(bench/results/cpu-amd-epyc-1t/conv_bn_act-eval-*.json). channels_last, batch 1: 1.42x eager
+and 1.28x torch.compile with freezing (geomean; no layer below 1.0x against either), compile
+itself 1.11x eager; batch 32: 1.21x eager, 1.03x compile (2 layers at 0.87-0.95x eager, 12 at
+0.83-0.99x compile, most within this VM's spread; the SiLU expansions at 0.83-0.93x are
+oneDNN's swish post-op against inductor's own SiLU loop). The fusion bound (eager over the
+faster bare convolution, ATen's or the packed oneDNN one, without BN and activation) is 1.62x
+at batch 1 and 1.35x at batch 32: fusing BN and the activation removes only their passes, and
+SiLU's arithmetic stays, so the issue's 1.5x over eager is out of reach of any fusion on these
+convolutions at batch 32 and within 0.2x of it at batch 1 (fastblocks runs at 0.88-0.90x of
+the bare convolution's speed, the rest being the activation's own work and ~10 us per call).
 """
 from __future__ import annotations
 
