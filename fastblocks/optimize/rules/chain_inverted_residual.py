@@ -50,7 +50,7 @@ class FusedInvertedResidual(nn.Module):
 
     def forward(self, x: Tensor, *args, **kwargs):
         expand, dw, project, residual = self.__dict__["_fb_ir"]
-        if args or kwargs or not _fast(self, x, expand, dw, project):
+        if args or kwargs or dw.in_channels % 16 or not _fast(self, x, expand, dw, project):
             return original_class(self).forward(self, x, *args, **kwargs)
         we = be = None
         if expand is not None:
@@ -64,10 +64,20 @@ class FusedInvertedResidual(nn.Module):
             dw_activation=dw.__dict__["_fb_activation"], residual=residual)
 
 
+# The fused op pays off where the expanded tensor of an image is large: its GEMMs run per image
+# (and band), so at 14x14 and 7x7 they are small (M = 196, 49) where oneDNN's per-layer convs
+# see the whole batch. Per block, batch 8, 1 thread, fp32, thread CPU time, the loaded 2-core
+# EPYC VM (the 12 MobileNetV2 block shapes against the per-chain path): inputs of 112x112
+# 1.24-2.62x, 56x56 1.22-2.38x, 28x28 1.21-1.29x, 14x14 0.98-1.18x, 7x7 0.74-0.80x; zoo
+# mnasnet1_0 (four 7x7 and 14x14 k5 blocks) ran 0.84x the per-chain path with every block
+# fused. So only blocks whose input has at least this many positions run fused.
+_MIN_POSITIONS = 28 * 28
+
+
 def _fast(block, x, *heads) -> bool:
     if block.training or not isinstance(x, Tensor) or x.device.type != "cpu" \
             or x.dtype != torch.float32 or x.dim() != 4 or not is_channels_last(x) \
-            or torch.compiler.is_compiling():
+            or torch.compiler.is_compiling() or x.shape[-1] * x.shape[-2] < _MIN_POSITIONS:
         return False
     for h in heads:
         if h is None:
