@@ -87,3 +87,15 @@ TORCH_LIBRARY_FRAGMENT(fastblocks_C, m) {
   // CPU oneDNN fuses bias and activation into the convolution itself.
   m.def("bias_act_(Tensor(a!) y, Tensor? bias, int act) -> Tensor(a!)");
 }
+
+TORCH_LIBRARY_FRAGMENT(fastblocks_C, m) {
+  // inverted_residual family (MobileNetV2's block, inference, BN folded): x (N, C_in, H, W)
+  // float32, read as channels_last; y = w_project . act_dw(dw(act_e(w_expand . x + b_expand)) +
+  // b_dw) + b_project (+ x when `residual`), returned channels_last. w_expand (C_h, C_in, 1, 1)
+  // or None (expansion ratio 1), w_dw (C_h, 1, kh, kw), w_project (C_out, C_h, 1, 1); the
+  // activations are fastblocks::Act codes. CPU only (csrc/cpu/inverted_residual.cpp).
+  m.def(
+      "inverted_residual_forward(Tensor x, Tensor? w_expand, Tensor? b_expand, Tensor w_dw, "
+      "Tensor? b_dw, Tensor w_project, Tensor? b_project, int[2] stride, int[2] padding, "
+      "int[2] dilation, int expand_act, int dw_act, bool residual) -> Tensor");
+}

@@ -10,3 +10,6 @@ from .squeeze_excite import squeeze_excite
 __all__ = ["apply_activation", "channel_shuffle", "concat_shuffle", "conv_bias_act", "conv_bias_add_act", "conv_bn_act",
            "depthwise_conv2d", "grouped_conv2d", "hardsigmoid", "hardswish", "relu", "relu6", "silu",
            "squeeze_excite"]
+from .inverted_residual import inverted_residual  # noqa: E402
+
+__all__ += ["inverted_residual"]

@@ -16,4 +16,9 @@ BLOCK_RULES = [ConvBNActRule(), InlineSqueezeExciteRule(), InlineShuffleRule(),
 LATE_BLOCK_RULES = [ChainShuffleRule()]
 MODULE_RULES = [SqueezeExciteRule(), ChannelShuffleModuleRule(), DepthwiseRule(), ActivationRule()]
 
+# appended: the inverted-residual fusion spans the chains fused above (after ChainShuffleRule)
+from .chain_inverted_residual import ChainInvertedResidualRule  # noqa: E402
+
+LATE_BLOCK_RULES.append(ChainInvertedResidualRule())
+
 __all__ = ["BLOCK_RULES", "LATE_BLOCK_RULES", "MODULE_RULES", "SwappedActivation"]

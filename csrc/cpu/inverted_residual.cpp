@@ -1,0 +1,279 @@
+// CPU kernel of the inverted-residual block (MobileNetV2's bottleneck, Sandler et al., CVPR
+// 2018, Fig. 3b; MnasNet's MBConv without SE), inference with BN folded into the weights:
+//   y = project(act_dw(depthwise(act_e(expand(x))))) [+ x]
+// in one pass over x and y: the expanded tensor (6x the block's channels) never reaches DRAM.
+//
+// Per image and per band of R output rows, on one thread: the expand 1x1 conv is one GEMM
+// (ATen's at::mm_out, i.e. MKL) over the input rows the band's depthwise window needs, written
+// to a per-thread scratch buffer sized for L2, then bias + activation in place; the depthwise
+// conv + bias + activation writes the band's output rows to a second scratch buffer; the
+// project 1x1 conv is one GEMM from it straight into the output rows, then bias (+ x). Bands of
+// an image run in order, so the depthwise halo (the kh - 1 input rows two bands share) is kept
+// (moved to the buffer's front) instead of recomputed. at::parallel_for runs over (image,
+// segment of rows); an image is split into segments only when there are fewer images than
+// threads (each segment recomputes one halo).
+//
+// Layout: x is read as NHWC (channels_last; any other layout is copied once), y is returned
+// channels_last. float32 only (the Python op runs the eager composition for other dtypes).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+
+#include "fastblocks/cpu_utils.h"
+#include "fastblocks/cpu_vec.h"
+
+// 64-byte vectors stay inside always-inline helpers: the ABI note does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace fastblocks::cpu {
+namespace {
+
+// Bytes of scratch (expanded rows + depthwise output rows) per band. The EPYC dev VM has 1 MB
+// of L2 per core; the band's input rows and the output rows written by the project GEMM also
+// pass through it, and MKL's packed panels of the weights sit there too.
+constexpr int64_t kBandBytes = 384 * 1024;
+constexpr int64_t kL = 16;  // channels per vector step (one AVX-512 register of floats)
+
+// y[p][c] = act(y[p][c] + bias[c]) over `npos` positions of C channels (row stride C).
+template <int ACT>
+FB_CPU_CLONES void bias_act_rows(float* __restrict__ y, int64_t npos, int64_t C,
+                                 const float* __restrict__ bias) {
+  for (int64_t p = 0; p < npos; ++p) {
+    float* r = y + p * C;
+    if (bias != nullptr) {
+      for (int64_t c = 0; c < C; ++c) r[c] = act_forward_ct<ACT, float>(r[c] + bias[c]);
+    } else {
+      for (int64_t c = 0; c < C; ++c) r[c] = act_forward_ct<ACT, float>(r[c]);
+    }
+  }
+}
+
+// y[p][c] += bias[c] (+ res[p][c]) over `npos` positions of C channels; either may be null.
+FB_CPU_CLONES void add_bias_residual(float* __restrict__ y, int64_t npos, int64_t C,
+                                     const float* __restrict__ bias,
+                                     const float* __restrict__ res) {
+  for (int64_t p = 0; p < npos; ++p) {
+    float* r = y + p * C;
+    if (bias != nullptr && res != nullptr) {
+      const float* q = res + p * C;
+      for (int64_t c = 0; c < C; ++c) r[c] += bias[c] + q[c];
+    } else if (bias != nullptr) {
+      for (int64_t c = 0; c < C; ++c) r[c] += bias[c];
+    } else if (res != nullptr) {
+      const float* q = res + p * C;
+      for (int64_t c = 0; c < C; ++c) r[c] += q[c];
+    }
+  }
+}
+
+struct DwGeom {
+  int64_t W, C, OW, kh, kw, sw, pw, dw;
+};
+
+// 16 floats: one AVX-512 register (two AVX2 ones, four SSE ones in the other clones). A GCC
+// vector type, because GCC kept a `float acc[16]` in 16 scalar registers here.
+typedef float V16 __attribute__((vector_size(64)));
+
+inline __attribute__((always_inline)) V16 load16(const float* p) {
+  V16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// One output row of the depthwise conv, NHWC: out[ow][c] = act(bias[c] + sum over taps (i, j)
+// of rows[i][iw][c] * wt[i * kw + j][c]), iw = ow * sw - pw + j * dw; rows[i] is null for a
+// tap row in the zero padding. wt: (kh * kw, C), the taps' weights channel-contiguous. The
+// activation runs as a second pass over the row (in L1): GCC vector types have no scalar
+// conversions for act_forward's constants.
+template <int ACT>
+FB_CPU_CLONES void depthwise_row(const float* const* rows, const DwGeom& g,
+                                 const float* __restrict__ wt, const float* __restrict__ bias,
+                                 float* __restrict__ out) {
+  const int64_t C = g.C;
+  for (int64_t ow = 0; ow < g.OW; ++ow) {
+    float* o = out + ow * C;
+    const int64_t iw0 = ow * g.sw - g.pw;
+    int64_t c = 0;
+    for (; c + kL <= C; c += kL) {
+      V16 acc = bias != nullptr ? load16(bias + c) : V16{};
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const float* r = rows[i];
+        if (r == nullptr) continue;
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const int64_t iw = iw0 + j * g.dw;
+          if (iw < 0 || iw >= g.W) continue;
+          acc += load16(r + iw * C + c) * load16(wt + (i * g.kw + j) * C + c);
+        }
+      }
+      std::memcpy(o + c, &acc, sizeof(acc));
+    }
+    for (; c < C; ++c) {  // the last C % 16 channels
+      float acc = bias != nullptr ? bias[c] : 0.0f;
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const float* r = rows[i];
+        if (r == nullptr) continue;
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const int64_t iw = iw0 + j * g.dw;
+          if (iw >= 0 && iw < g.W) acc += r[iw * C + c] * wt[(i * g.kw + j) * C + c];
+        }
+      }
+      o[c] = acc;
+    }
+  }
+  if constexpr (ACT != 0) {
+    const int64_t n = g.OW * C;
+    for (int64_t k = 0; k < n; ++k) out[k] = act_forward_ct<ACT, float>(out[k]);
+  }
+}
+
+const float* opt_ptr(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->const_data_ptr<float>() : nullptr;
+}
+
+std::optional<at::Tensor> contiguous_vector(const std::optional<at::Tensor>& t, int64_t n,
+                                            const char* name) {
+  if (!t.has_value()) return std::nullopt;
+  TORCH_CHECK(t->scalar_type() == at::kFloat && t->numel() == n, "inverted_residual_forward: ",
+              name, " must be a float32 tensor of ", n, " values");
+  return t->contiguous();
+}
+
+at::Tensor inverted_residual_forward(const at::Tensor& x_in,
+                                     const std::optional<at::Tensor>& w_expand,
+                                     const std::optional<at::Tensor>& b_expand,
+                                     const at::Tensor& w_dw,
+                                     const std::optional<at::Tensor>& b_dw,
+                                     const at::Tensor& w_project,
+                                     const std::optional<at::Tensor>& b_project,
+                                     at::IntArrayRef stride, at::IntArrayRef padding,
+                                     at::IntArrayRef dilation, int64_t expand_act,
+                                     int64_t dw_act, bool residual) {
+  check_act(expand_act);
+  check_act(dw_act);
+  TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat,
+              "inverted_residual_forward: x must be a 4-d float32 tensor");
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+              "inverted_residual_forward: stride, padding, dilation must have 2 values");
+  const int64_t N = x_in.size(0), Cin = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  const bool expand = w_expand.has_value();
+  const int64_t Ch = expand ? w_expand->size(0) : Cin;
+  TORCH_CHECK(!expand || (w_expand->numel() == Ch * Cin && w_expand->scalar_type() == at::kFloat),
+              "inverted_residual_forward: w_expand must be float32 (C_hidden, C_in, 1, 1)");
+  TORCH_CHECK(w_dw.dim() == 4 && w_dw.size(0) == Ch && w_dw.size(1) == 1 &&
+                  w_dw.scalar_type() == at::kFloat,
+              "inverted_residual_forward: w_dw must be float32 (C_hidden, 1, kh, kw)");
+  const int64_t kh = w_dw.size(2), kw = w_dw.size(3);
+  const int64_t Cout = w_project.size(0);
+  TORCH_CHECK(w_project.numel() == Cout * Ch && w_project.scalar_type() == at::kFloat,
+              "inverted_residual_forward: w_project must be float32 (C_out, C_hidden, 1, 1)");
+  const int64_t sh = stride[0], sw = stride[1], ph = padding[0], pw = padding[1];
+  const int64_t dh = dilation[0], dwl = dilation[1];
+  TORCH_CHECK(sh > 0 && sw > 0 && dh > 0 && dwl > 0 && ph >= 0 && pw >= 0,
+              "inverted_residual_forward: bad stride/padding/dilation");
+  const int64_t OH = (H + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
+  const int64_t OW = (W + 2 * pw - dwl * (kw - 1) - 1) / sw + 1;
+  TORCH_CHECK(OH > 0 && OW > 0, "inverted_residual_forward: empty output size");
+  TORCH_CHECK(!residual || (Cout == Cin && OH == H && OW == W),
+              "inverted_residual_forward: residual needs the output shape of x");
+
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor y = at::empty({N, Cout, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (N == 0) return y;
+  const auto be = contiguous_vector(b_expand, Ch, "b_expand");
+  const auto bd = contiguous_vector(b_dw, Ch, "b_dw");
+  const auto bp = contiguous_vector(b_project, Cout, "b_project");
+  TORCH_CHECK(expand || !be.has_value(), "inverted_residual_forward: b_expand without w_expand");
+  // GEMM operands as (K, N) views of the (N, K) weights; the taps channel-contiguous
+  const at::Tensor weT = expand ? w_expand->reshape({Ch, Cin}).t() : at::Tensor();
+  const at::Tensor wpT = w_project.reshape({Cout, Ch}).t();
+  const at::Tensor wt = w_dw.reshape({Ch, kh * kw}).t().contiguous();
+  const at::Tensor x_rows = x.permute({0, 2, 3, 1}).reshape({N, H * W, Cin});   // a view
+  const at::Tensor y_rows = y.permute({0, 2, 3, 1}).reshape({N, OH * OW, Cout});  // a view
+  const float* xp = x.const_data_ptr<float>();
+  float* yp = y.mutable_data_ptr<float>();
+  const float* wtp = wt.const_data_ptr<float>();
+
+  // band height: the expanded rows of R output rows plus R depthwise output rows in kBandBytes
+  const int64_t halo = (kh - 1) * dh;
+  const int64_t row_e = W * Ch, row_d = OW * Ch;  // floats
+  int64_t R = (kBandBytes / 4 - (expand ? (halo + 1) * row_e : 0)) /
+              ((expand ? sh * row_e : 0) + row_d);
+  R = std::clamp<int64_t>(R, 1, OH);
+  const int64_t bands = (OH + R - 1) / R;
+  const int64_t threads = at::get_num_threads();
+  const int64_t segments = N >= threads ? 1 : std::min(bands, (threads + N - 1) / N);
+  const int64_t bands_per_segment = (bands + segments - 1) / segments;
+  const int64_t cap_e = expand ? std::min(H, (R - 1) * sh + halo + 1) : 0;  // rows
+
+  const DwGeom geom{W, Ch, OW, kh, kw, sw, pw, dwl};
+  dispatch_act(static_cast<int>(expand_act), [&](auto ea) {
+    dispatch_act(static_cast<int>(dw_act), [&](auto da) {
+      constexpr int EA = decltype(ea)::value, DA = decltype(da)::value;
+      at::parallel_for(0, N * segments, 1, [&](int64_t begin, int64_t end) {
+        at::Tensor e_buf = expand ? at::empty({cap_e * W, Ch}, x.options()) : at::Tensor();
+        at::Tensor d_buf = at::empty({R * OW, Ch}, x.options());
+        float* ep = expand ? e_buf.mutable_data_ptr<float>() : nullptr;
+        float* dp = d_buf.mutable_data_ptr<float>();
+        std::vector<const float*> rows(kh);
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t n = item / segments, seg = item % segments;
+          const int64_t o_begin = seg * bands_per_segment * R;
+          const int64_t o_end = std::min(OH, o_begin + bands_per_segment * R);
+          const float* xn = xp + n * H * W * Cin;
+          int64_t b0 = 0, b1 = 0;  // input rows held in e_buf: [b0, b1)
+          for (int64_t o0 = o_begin; o0 < o_end; o0 += R) {
+            const int64_t o1 = std::min(o0 + R, o_end);
+            const int64_t need0 = std::max<int64_t>(0, o0 * sh - ph);
+            const int64_t need1 = std::min(H, (o1 - 1) * sh - ph + halo + 1);
+            const float* base = xn;  // row ih of the depthwise input: base + (ih - first) * row
+            int64_t first = 0;
+            if (expand) {
+              int64_t fresh = need0;
+              if (b0 <= need0 && need0 < b1) {  // keep the rows both bands read
+                std::memmove(ep, ep + (need0 - b0) * row_e, (b1 - need0) * row_e * sizeof(float));
+                fresh = b1;
+              }
+              b0 = need0;
+              b1 = std::max(need1, fresh);
+              if (fresh < need1) {
+                at::Tensor out = e_buf.narrow(0, (fresh - b0) * W, (need1 - fresh) * W);
+                at::mm_out(out, x_rows[n].narrow(0, fresh * W, (need1 - fresh) * W), weT);
+                bias_act_rows<EA>(ep + (fresh - b0) * row_e, (need1 - fresh) * W, Ch,
+                                  opt_ptr(be));
+              }
+              base = ep;
+              first = b0;
+            }
+            for (int64_t oh = o0; oh < o1; ++oh) {
+              for (int64_t i = 0; i < kh; ++i) {
+                const int64_t ih = oh * sh - ph + i * dh;
+                rows[i] = (ih >= 0 && ih < H) ? base + (ih - first) * row_e : nullptr;
+              }
+              depthwise_row<DA>(rows.data(), geom, wtp, opt_ptr(bd), dp + (oh - o0) * row_d);
+            }
+            const int64_t npos = (o1 - o0) * OW;
+            at::Tensor out = y_rows[n].narrow(0, o0 * OW, npos);
+            at::mm_out(out, d_buf.narrow(0, 0, npos), wpT);
+            if (bp.has_value() || residual) {
+              add_bias_residual(yp + (n * OH * OW + o0 * OW) * Cout, npos, Cout, opt_ptr(bp),
+                                residual ? xn + o0 * W * Cin : nullptr);
+            }
+          }
+        }
+      });
+    });
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastblocks_C, CPU, m) {
+  m.impl("inverted_residual_forward", &inverted_residual_forward);
+}
+
+}  // namespace fastblocks::cpu

@@ -1,0 +1,200 @@
+"""An inverted-residual block (MobileNetV2's bottleneck, Sandler et al., CVPR 2018) whose
+three conv -> BN (-> act) chains are already fused runs as one ``ops.inverted_residual`` call
+in CPU inference, so its expanded tensor stays in cache (ops/inverted_residual.py).
+
+A LATE_BLOCK_RULE: it runs after rules/conv_bn_act.py fused the chains. The pattern, in every
+torch.fx graph of the block's own forward (children as leaves):
+
+    out = C(x)   or   out = C(x) + x   (or x + C(x))
+
+where x is the block's only input and C a run of child calls, each called once and read only
+by the next, each a fused-chain module or an nn.Sequential (forward unchanged, possibly nested,
+e.g. torchvision's Conv2dNormActivation) of them, used once in the model. Flattened, C must be
+    [expand head, its BN, its act,] depthwise head, its BN[, its act], project head, its BN
+with the expand a 1x1 ungrouped stride-1 unpadded conv, the depthwise a conv with groups ==
+in == out channels (zero padding, no TF "SAME"), the project a 1x1 ungrouped stride-1 conv
+without activation. It matches the zoo's MobileNetV2 (InvertedResidual), MnasNet
+(MNASNetBlock) and MobileNetV3 blocks without SE (InvertedResidualV3); the block itself must
+not be an nn.Sequential (its own children would then be the ones matched).
+
+The block's class becomes ``FusedInvertedResidual`` (parameters, buffers, children and
+state_dict keys unchanged; revert() restores the original class). Its forward runs the fused
+op only for eval mode, no autograd recording, not compiling, a 4-d float32 channels_last CPU
+input (what _cpu_layout.py feeds an optimized model in eval); everything else (training,
+gradients, CUDA, NCHW, other dtypes, torch.compile) runs the original class's forward, i.e.
+the per-chain fused modules.
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import Tensor, nn
+
+from ... import ops
+from ...nn.conv_bn_act import _folded
+from ...ops._layout import is_channels_last
+from .._classswap import original_class, swap_class
+from .._inline_module import InlineFused
+from .._rule import BlockRule
+from .chain_shuffle import _owns
+from .conv_bn_act import ActivationFusedIntoConv, BatchNormFusedIntoConv, ConvBNActHead
+
+_IDENTITIES = (BatchNormFusedIntoConv, ActivationFusedIntoConv)
+
+
+class FusedInvertedResidual(nn.Module):
+    """A block proven to compute [expand ->] depthwise -> project [+ x] from fused chains
+    (module docstring). ``_fb_ir``: (expand head or None, depthwise head, project head,
+    residual)."""
+
+    def forward(self, x: Tensor, *args, **kwargs):
+        expand, dw, project, residual = self.__dict__["_fb_ir"]
+        if args or kwargs or dw.in_channels % 16 or not _fast(self, x, expand, dw, project):
+            return original_class(self).forward(self, x, *args, **kwargs)
+        we = be = None
+        if expand is not None:
+            we, be = _folded(expand, expand, expand.__dict__["_fb_bn"])
+        wd, bd = _folded(dw, dw, dw.__dict__["_fb_bn"])
+        wp, bp = _folded(project, project, project.__dict__["_fb_bn"])
+        return ops.inverted_residual(
+            x, we, be, wd, bd, wp, bp, stride=dw.stride, padding=dw.padding,
+            dilation=dw.dilation,
+            expand_activation=None if expand is None else expand.__dict__["_fb_activation"],
+            dw_activation=dw.__dict__["_fb_activation"], residual=residual)
+
+
+# The fused op pays off where the expanded tensor of an image is large: its GEMMs run per image
+# (and band), so at 14x14 and 7x7 they are small (M = 196, 49) where oneDNN's per-layer convs
+# see the whole batch. Per block, batch 8, 1 thread, fp32, thread CPU time, the loaded 2-core
+# EPYC VM (the 12 MobileNetV2 block shapes against the per-chain path): inputs of 112x112
+# 1.24-2.62x, 56x56 1.22-2.38x, 28x28 1.21-1.29x, 14x14 0.98-1.18x, 7x7 0.74-0.80x; zoo
+# mnasnet1_0 (four 7x7 and 14x14 k5 blocks) ran 0.84x the per-chain path with every block
+# fused. So only blocks whose input has at least this many positions run fused.
+_MIN_POSITIONS = 28 * 28
+
+
+def _fast(block, x, *heads) -> bool:
+    if block.training or not isinstance(x, Tensor) or x.device.type != "cpu" \
+            or x.dtype != torch.float32 or x.dim() != 4 or not is_channels_last(x) \
+            or torch.compiler.is_compiling() or x.shape[-1] * x.shape[-2] < _MIN_POSITIONS:
+        return False
+    for h in heads:
+        if h is None:
+            continue
+        bn = h.__dict__["_fb_bn"]
+        if bn.training or bn.running_mean is None or bn.running_var is None:
+            return False
+        if torch.is_grad_enabled() and any(p is not None and p.requires_grad
+                                           for p in (h.weight, h.bias, bn.weight, bn.bias)):
+            return False
+    return not (torch.is_grad_enabled() and x.requires_grad)
+
+
+def _flatten(module: nn.Module, ctx, out: list) -> bool:
+    if ctx.shared(module):
+        return False
+    if type(module) is ConvBNActHead or isinstance(module, _IDENTITIES):
+        out.append(module)
+        return True
+    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+        return all(_flatten(m, ctx, out) for m in module._modules.values() if m is not None)
+    return False
+
+
+def _heads(leaves: list):
+    """[head, ...] if ``leaves`` are heads each followed by only its own BN (and act)."""
+    heads, i = [], 0
+    while i < len(leaves):
+        h = leaves[i]
+        if type(h) is not ConvBNActHead:
+            return None
+        j = i + 1
+        while j < len(leaves) and isinstance(leaves[j], _IDENTITIES):
+            j += 1
+        if not _owns(h, leaves[i + 1:j]):
+            return None
+        heads.append(h)
+        i = j
+    return heads
+
+
+def _pointwise(h) -> bool:
+    return (h.kernel_size == (1, 1) and h.groups == 1 and h.stride == (1, 1)
+            and h.padding in ((0, 0), 0) and h.dilation == (1, 1))
+
+
+def _plain(h) -> bool:
+    return not h.__dict__["_fb_same_pad"] and h.padding_mode == "zeros"
+
+
+def _match(block, graph, ctx):
+    """(expand, dw, project, residual) if ``graph`` is the pattern, else None."""
+    nodes = list(graph.nodes)
+    inputs = [n for n in nodes if n.op == "placeholder"]
+    outputs = [n for n in nodes if n.op == "output"]
+    if len(inputs) != 1 or len(outputs) != 1 or len(outputs[0].args) != 1:
+        return None
+    x, out = inputs[0], outputs[0].args[0]
+    residual = False
+    if getattr(out, "op", None) == "call_function" and out.target in (operator.add, torch.add) \
+            and len(out.args) == 2 and not out.kwargs:
+        a, b = out.args
+        if a is x:
+            out = b
+        elif b is x:
+            out = a
+        else:
+            return None
+        residual = True
+    calls: dict[str, int] = {}
+    for n in nodes:
+        if n.op == "call_module":
+            calls[n.target] = calls.get(n.target, 0) + 1
+    chain, n = [], out
+    while n is not x:
+        if getattr(n, "op", None) != "call_module" or calls[n.target] != 1 \
+                or len(n.args) != 1 or n.kwargs or len(n.users) != 1:
+            return None
+        chain.append(n.target)
+        n = n.args[0]
+    # every node is accounted for: x, the calls, the add, the output
+    if len(nodes) != len(chain) + 2 + residual:
+        return None
+    leaves: list = []
+    for target in reversed(chain):
+        if not _flatten(block.get_submodule(target), ctx, leaves):
+            return None
+    heads = _heads(leaves)
+    if heads is None or len(heads) not in (2, 3):
+        return None
+    expand = heads[0] if len(heads) == 3 else None
+    dw, project = heads[-2], heads[-1]
+    c = dw.in_channels
+    if not (dw.groups == c == dw.out_channels and c > 1 and _plain(dw)
+            and isinstance(dw.padding, tuple) and _pointwise(project) and _plain(project)
+            and project.__dict__["_fb_activation"] is None and project.in_channels == c):
+        return None
+    if expand is not None and not (_pointwise(expand) and _plain(expand)
+                                   and expand.out_channels == c):
+        return None
+    return expand, dw, project, residual
+
+
+class ChainInvertedResidualRule(BlockRule):
+    pattern = "inverted residual: expand -> depthwise -> project (-> + x)"
+
+    def apply(self, block: nn.Module, graphs, ctx) -> None:
+        if not graphs or isinstance(block, (nn.Sequential, InlineFused)) or ctx.shared(block):
+            return
+        found = [_match(block, g, ctx) for g in graphs]
+        if found[0] is None or any(f is None or [id(m) for m in f[:3]] != [id(m) for m in found[0][:3]]
+                                   or f[3] != found[0][3] for f in found[1:]):
+            return
+        try:
+            swap_class(block, FusedInvertedResidual, _fb_ir=found[0])
+        except (TypeError, ValueError):
+            return
+        what = "inverted residual (" + ("expand -> " if found[0][0] is not None else "") \
+            + "depthwise -> project" + (" -> + x" if found[0][3] else "") + ")"
+        ctx.report.swap(what, ctx.path or "<model>")

@@ -1,0 +1,72 @@
+"""optimize()'s inverted-residual rule on the zoo's MobileNetV2 (rules/chain_inverted_residual.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastblocks
+from fastblocks.models import create_model
+from fastblocks.optimize.rules.chain_inverted_residual import FusedInvertedResidual
+
+pytestmark = pytest.mark.skipif(
+    fastblocks._extension.C_ERROR is not None
+    or not hasattr(torch.ops.fastblocks_C, "inverted_residual_forward"),
+    reason="fastblocks._C without inverted_residual_forward")
+
+
+def _model():
+    torch.manual_seed(0)
+    m = create_model("mobilenet_v2", fused=False, num_classes=10, width_mult=0.35)
+    with torch.no_grad():  # non-trivial BN statistics, so the fold matters
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.5, 0.5)
+    return m.eval()
+
+
+def test_mobilenet_v2_blocks_run_fused_in_eval(monkeypatch):
+    m = _model()
+    opt = fastblocks.optimize(m)
+    blocks = [b for b in opt.modules() if isinstance(b, FusedInvertedResidual)]
+    assert len(blocks) == 17
+    assert any("inverted residual" in k for k in opt.fastblocks_report.counts())
+    calls = []
+    real = fastblocks.ops.inverted_residual
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(fastblocks.ops, "inverted_residual", spy)
+    x = torch.randn(2, 3, 64, 64)  # blocks at 32x32 and above run fused
+    with torch.no_grad():
+        out, want = opt(x), m(x)
+    assert calls, "no block ran the fused op"
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
+    # gradients requested: the per-chain path, same values
+    x.requires_grad_(True)
+    n = len(calls)
+    torch.testing.assert_close(opt(x), want, rtol=1e-4, atol=1e-4)
+    assert len(calls) == n
+
+
+def test_train_mode_revert_and_state_dict():
+    m = _model()
+    keys = list(m.state_dict())
+    opt = fastblocks.optimize(m)
+    assert list(opt.state_dict()) == keys
+    ref = fastblocks.optimize(m)
+    ref.train(), opt.train()
+    x = torch.randn(2, 3, 32, 32)
+    torch.manual_seed(1)
+    a = opt(x)
+    torch.manual_seed(1)
+    b = ref(x)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(opt.state_dict(), ref.state_dict())
+    back = fastblocks.revert(opt)
+    assert not any(isinstance(b, FusedInvertedResidual) for b in back.modules())
+    assert [type(b) for b in back.modules()] == [type(b) for b in m.modules()]
+    assert list(back.state_dict()) == keys
