@@ -124,10 +124,12 @@ def test_cpu_forward_in_image_groups(channels_last):
 @pytest.mark.parametrize("channels_last", (False, True))
 def test_cpu_forward_streams_large_fp32_outputs(channels_last):
     """fp32 outputs of 24 MiB and more are written with non-temporal stores (csrc/cpu/
-    squeeze_excite.cpp, kStreamBytes): 1x7x950x950 (24.1 MiB: 25.3 MB), 7 channels so NHWC rows start
-    unaligned. Inference only (the backward does not stream); ~0.3 s."""
+    squeeze_excite.cpp, kStreamBytes): 1x7x949x951 (24.1 MiB: 25.3 MB). 7 channels, so NHWC rows
+    start unaligned, and an odd H*W, so NCHW planes do too and end in a partial vector (the
+    scalar head and tail of scale_stream; 950x950 planes were all 16-byte aligned and whole
+    vectors). Inference only (the backward does not stream); ~0.3 s."""
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(1, 7, 950, 950, generator=g)
+    x = torch.randn(1, 7, 949, 951, generator=g)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     w1, b1 = torch.randn(3, 7, generator=g), torch.randn(3, generator=g)
@@ -137,6 +139,25 @@ def test_cpu_forward_streams_large_fp32_outputs(channels_last):
     eager = reference_squeeze_excite(x, w1, b1, w2, b2, "relu", "sigmoid")
     assert out.stride() == eager.stride()
     assert_parity(out, eager, None, "forward")
+
+
+@pytest.mark.skipif("cpu" not in KERNEL_BACKENDS_CPU, reason="fastblocks._C CPU kernels not built")
+def test_cpu_kernels_split_over_threads():
+    """The C++ kernels' multi-thread paths, which the suite's one-thread pytest-xdist workers
+    (tests/conftest.py) never take otherwise: 3 threads split a batch-1 NHWC plane's rows into
+    3 partial sums (reduce_planes: 1x32x56x56 is 3 grains of 32768), and the hand MLP's FC rows
+    into several tasks (se_cpu_mlp.h fc_rows: 1152 x 48 weights are 2 grains of multiply-adds),
+    forward and backward, fp32 and fp16."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        for n, c, r, h, cl in ((1, 32, 8, 56, True), (2, 1152, 48, 3, False), (1, 1152, 48, 2, True)):
+            cfg = dict(n=n, c=c, r=r, h=h, w=h, act="hardswish", gate="sigmoid", b1=True,
+                       b2=False, conv=False, channels_last=cl)
+            for dtype in (torch.float32, torch.float16):
+                check_config(cfg, "cpu", dtype)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS_CPU)

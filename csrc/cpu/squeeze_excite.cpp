@@ -18,7 +18,7 @@
 
 #include <algorithm>
 #include <cstdint>
-#if defined(__x86_64__)
+#if defined(__SSE__)
 #include <immintrin.h>
 #endif
 #include <tuple>
@@ -69,24 +69,32 @@ constexpr int64_t kStreamBytes = int64_t(24) << 20;
 // gradients (measured: grad b1 of a 3x24x30x30 channels_last map, 3.7e-5 vs eager's 3.6e-6
 // from float64), and double throughout made the in-cache batch-1 passes slower than eager's.
 using sum_t = double;
-constexpr int64_t kSumBlock = 256;  // elements of a plane: 16 per float lane
+constexpr int64_t kSumBlock = 256;  // elements of a plane: 4 per lane of lanes_sum
 // NHWC rows per float block: each channel is one float chain per block (256 rows lost 2.4x
 // eager's error in grad w2 of a 3x64x96x96 map; 16 keep it within eager's)
 constexpr int64_t kSumRows = 16;
 
-template <typename T, bool PRODUCT>
-FB_CPU_CLONES T lanes_sum(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
-  T part[kWideLanes] = {};
+// sum_i a[i] (* b[i]) over n elements in LANES independent chains, added pairwise at the end.
+// Inlined into the multi-versioned callers below, so each clone vectorizes it for its ISA.
+template <typename T, bool PRODUCT, int LANES>
+inline __attribute__((always_inline)) T chains_sum(const T* __restrict__ a, const T* __restrict__ b,
+                                                   int64_t n) {
+  T part[LANES] = {};
   int64_t i = 0;
-  for (; i + kWideLanes <= n; i += kWideLanes) {
-    for (int k = 0; k < kWideLanes; ++k) part[k] += PRODUCT ? a[i + k] * b[i + k] : a[i + k];
+  for (; i + LANES <= n; i += LANES) {
+    for (int k = 0; k < LANES; ++k) part[k] += PRODUCT ? a[i + k] * b[i + k] : a[i + k];
   }
   T tail = 0;
   for (; i < n; ++i) tail += PRODUCT ? a[i] * b[i] : a[i];
-  for (int w = kWideLanes / 2; w >= 1; w /= 2) {
+  for (int w = LANES / 2; w >= 1; w /= 2) {
     for (int k = 0; k < w; ++k) part[k] += part[k + w];
   }
   return part[0] + tail;
+}
+
+template <typename T, bool PRODUCT>
+FB_CPU_CLONES T lanes_sum(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
+  return chains_sum<T, PRODUCT, kWideLanes>(a, b, n);
 }
 
 // out[p] = sum_i a[p * HW + i] (* b[...]) for `planes` planes of HW <= kSumBlock elements, in one
@@ -95,21 +103,7 @@ FB_CPU_CLONES T lanes_sum(const T* __restrict__ a, const T* __restrict__ b, int6
 template <typename T, bool PRODUCT, int LANES>
 FB_CPU_CLONES void small_plane_sums(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out,
                                     int64_t planes, int64_t HW) {
-  for (int64_t p = 0; p < planes; ++p) {
-    const T* ap = a + p * HW;
-    const T* bp = b + p * HW;
-    T part[LANES] = {};
-    int64_t i = 0;
-    for (; i + LANES <= HW; i += LANES) {
-      for (int k = 0; k < LANES; ++k) part[k] += PRODUCT ? ap[i + k] * bp[i + k] : ap[i + k];
-    }
-    T tail = 0;
-    for (; i < HW; ++i) tail += PRODUCT ? ap[i] * bp[i] : ap[i];
-    for (int w = LANES / 2; w >= 1; w /= 2) {
-      for (int k = 0; k < w; ++k) part[k] += part[k + w];
-    }
-    out[p] = part[0] + tail;
-  }
+  for (int64_t p = 0; p < planes; ++p) out[p] = chains_sum<T, PRODUCT, LANES>(a + p * HW, b + p * HW, HW);
 }
 
 // sum_i a[i] (* b[i]) over one contiguous plane.
@@ -308,6 +302,14 @@ inline void scale_stream(const float* a, const float* s, int64_t s_step, float* 
   for (; i < n; ++i) out[i] = a[i] * s[i * s_step];
 }
 
+// Orders this thread's streamed stores before the ones it makes next (the task's completion,
+// which hands y to the caller).
+inline void stream_fence() {
+#if defined(__SSE__)
+  _mm_sfence();
+#endif
+}
+
 // out = a * s[n, c] (+ q[n, c]) over x's shape, NCHW or NHWC. STREAM: non-temporal stores
 // (fp32 forward only; see kStreamBytes).
 template <typename scalar_t, bool ADD, bool STREAM = false>
@@ -315,18 +317,19 @@ void scale_planes(const scalar_t* a, const at::opmath_type<scalar_t>* s, const a
                   scalar_t* out, int64_t N, int64_t C, int64_t HW, bool channels_last) {
   if constexpr (STREAM) {
     static_assert(std::is_same_v<scalar_t, float> && !ADD, "streaming scale: fp32 forward only");
+    // Each task ends with an sfence on its own thread: streamed stores are weakly ordered, and a
+    // fence on the calling thread orders only that thread's stores, not the pool's.
     if (!channels_last) {
       at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / HW), [&](int64_t p0, int64_t p1) {
         for (int64_t p = p0; p < p1; ++p) scale_stream(a + p * HW, s + p, 0, out + p * HW, HW);
+        stream_fence();
       });
     } else {
       at::parallel_for(0, N * HW, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) scale_stream(a + r * C, s + (r / HW) * C, 1, out + r * C, C);
+        stream_fence();
       });
     }
-#if defined(__SSE__)
-    _mm_sfence();  // order the streamed stores before y is handed out
-#endif
     return;
   }
   if (!channels_last) {
@@ -451,18 +454,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_e
     FB_DISPATCH_FLOATING(x.scalar_type(), op, [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<acc_t>() : nullptr; };
+      std::vector<acc_t> s(N * C);  // the gate's output, for the grad_x pass
       se_mlp::backward<acc_t>(pooled.const_data_ptr<acc_t>(), gs.const_data_ptr<acc_t>(), ptr(w1a), ptr(b1a),
                               ptr(w2a), ptr(b2a), N, C, R, static_cast<int>(act), static_cast<int>(gate),
                               gp.mutable_data_ptr<acc_t>(), gw1.mutable_data_ptr<acc_t>(),
                               gb1.mutable_data_ptr<acc_t>(), gw2.mutable_data_ptr<acc_t>(),
-                              gb2.mutable_data_ptr<acc_t>());
+                              gb2.mutable_data_ptr<acc_t>(), s.data());
       if (x.numel()) {
-        for (int64_t i = 0; i < N * C; ++i) gp.mutable_data_ptr<acc_t>()[i] /= acc_t(HW);
-        // s again for the grad_x pass (the forward's is not kept): the same hand forward
-        std::vector<acc_t> hb(N * R), sb(N * C);
-        se_mlp::forward<acc_t>(pooled.const_data_ptr<acc_t>(), ptr(w1a), ptr(b1a), ptr(w2a), ptr(b2a),
-                               hb.data(), sb.data(), N, C, R, static_cast<int>(act), static_cast<int>(gate));
-        scale_planes<scalar_t, true>(grad.const_data_ptr<scalar_t>(), sb.data(), gp.const_data_ptr<acc_t>(),
+        acc_t* q = gp.mutable_data_ptr<acc_t>();
+        for (int64_t i = 0; i < N * C; ++i) q[i] /= acc_t(HW);  // a division, as eager's pool backward
+        scale_planes<scalar_t, true>(grad.const_data_ptr<scalar_t>(), s.data(), q,
                                      gx.mutable_data_ptr<scalar_t>(), N, C, HW, channels_last);
       }
     });

@@ -407,7 +407,7 @@ def _in_backend(backend: str | None, call: Callable) -> Callable:
         if fastblocks.get_backend() == backend:
             return call()
         with fastblocks.backend(backend):
-            call()
+            return call()
     return run
 
 

@@ -147,9 +147,29 @@ inline T act_backward_aten(T g, T z, int act) {
   return act_backward<T>(g, z, act);
 }
 
+// An FC layer's parameter gradients from its input a (G, K) and output gradient d (G, M):
+// gw (M, K) = d^T @ a and gb (M) = the sum of d over the G rows.
+template <typename T>
+void fc_param_grads(const T* d, const T* a, int64_t G, int64_t M, int64_t K, T* gw, T* gb) {
+  for (int64_t m = 0; m < M; ++m) {
+    T* w = gw + m * K;
+    T sum = 0;
+    std::fill(w, w + K, T(0));
+    for (int64_t g = 0; g < G; ++g) {
+      const T dv = d[g * M + m];
+      sum += dv;
+      for (int64_t k = 0; k < K; ++k) w[k] += dv * a[g * K + k];
+    }
+    gb[m] = sum;
+  }
+}
+
+// s, if not null, receives the gate's output (G, C), as forward() computes it: the grad_x pass
+// needs it, and the forward's is not kept.
 template <typename T>
 void backward(const T* p, const T* gs, const T* w1, const T* b1, const T* w2, const T* b2, int64_t G,
-              int64_t C, int64_t R, int act, int gate, T* gp, T* gw1, T* gb1, T* gw2, T* gb2) {
+              int64_t C, int64_t R, int act, int gate, T* gp, T* gw1, T* gb1, T* gw2, T* gb2,
+              T* s = nullptr) {
   constexpr int64_t kSumBlock = 64;
   std::vector<T> z1(G * R), h(G * R), z2(G * C), gz2(G * C), gz1(G * R), part(R);
   std::vector<double> total(R);
@@ -160,20 +180,13 @@ void backward(const T* p, const T* gs, const T* w1, const T* b1, const T* w2, co
     if (gate == 0) {
       const T sg = T(1) / (T(1) + exp_(-z2[i]));
       gz2[i] = gs[i] * (T(1) - sg) * sg;
+      if (s) s[i] = sg;
     } else {
       gz2[i] = act_backward_aten<T>(gs[i], z2[i], int(Act::kHardsigmoid));
+      if (s) s[i] = act_forward<T>(z2[i], int(Act::kHardsigmoid));
     }
   }
-  for (int64_t c = 0; c < C; ++c) {
-    T gb = 0;
-    for (int64_t r = 0; r < R; ++r) gw2[c * R + r] = 0;
-    for (int64_t g = 0; g < G; ++g) {
-      const T d = gz2[g * C + c];
-      gb += d;
-      for (int64_t r = 0; r < R; ++r) gw2[c * R + r] += d * h[g * R + r];
-    }
-    gb2[c] = gb;
-  }
+  fc_param_grads<T>(gz2.data(), h.data(), G, C, R, gw2, gb2);
   for (int64_t g = 0; g < G; ++g) {  // gh = gz2 @ w2, then gz1 = act'(z1) * gh
     std::fill(total.begin(), total.end(), 0.0);
     for (int64_t c0 = 0; c0 < C; c0 += kSumBlock) {
@@ -186,16 +199,7 @@ void backward(const T* p, const T* gs, const T* w1, const T* b1, const T* w2, co
     }
     for (int64_t r = 0; r < R; ++r) gz1[g * R + r] = act_backward_aten<T>(T(total[r]), z1[g * R + r], act);
   }
-  for (int64_t r = 0; r < R; ++r) {
-    T gb = 0;
-    for (int64_t c = 0; c < C; ++c) gw1[r * C + c] = 0;
-    for (int64_t g = 0; g < G; ++g) {
-      const T d = gz1[g * R + r];
-      gb += d;
-      for (int64_t c = 0; c < C; ++c) gw1[r * C + c] += d * p[g * C + c];
-    }
-    gb1[r] = gb;
-  }
+  fc_param_grads<T>(gz1.data(), p, G, R, C, gw1, gb1);
   for (int64_t g = 0; g < G; ++g) {  // gp = gz1 @ w1
     for (int64_t c = 0; c < C; ++c) gp[g * C + c] = 0;
     for (int64_t r = 0; r < R; ++r) {
