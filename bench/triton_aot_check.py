@@ -294,10 +294,13 @@ def compile_job(job: dict) -> dict:
                                options=options.__dict__)
         res.update(ok=True, shared=int(k.metadata.shared), **_resource_usage(k.asm["cubin"]))
         threads = options.num_warps * 32
-        if res["shared"] > SM90_MAX_SHARED:
+        if "reg" not in res:  # without the count the registers x threads limit is unchecked
+            res.update(ok=False, error="no register count: cuobjdump --dump-resource-usage "
+                                       "failed or is missing (Triton's bin/ or PATH)")
+        elif res["shared"] > SM90_MAX_SHARED:
             res.update(ok=False, error=f"OutOfResources: {res['shared']} bytes of shared "
                                        f"memory, sm_90 allows {SM90_MAX_SHARED} per block")
-        elif res.get("reg", 0) * threads > SM90_REGS_PER_BLOCK:
+        elif res["reg"] * threads > SM90_REGS_PER_BLOCK:
             res.update(ok=False, error=f"OutOfResources: {res['reg']} registers x {threads} "
                                        f"threads > {SM90_REGS_PER_BLOCK}")
     except Exception as e:  # noqa: BLE001 -- every compile error is a result to report
