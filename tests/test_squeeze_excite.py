@@ -142,6 +142,41 @@ def test_cpu_forward_streams_large_fp32_outputs(channels_last):
 
 
 @pytest.mark.skipif("cpu" not in KERNEL_BACKENDS_CPU, reason="fastblocks._C CPU kernels not built")
+def test_cpu_backward_on_both_sides_of_the_hand_mlp():
+    """The CPU backward runs the MLP by hand up to se_mlp::kHandBackwardRows (4) images, ATen's
+    GEMMs past it: batch 4 and 5, every gate, the activations with float constants in their
+    derivatives, both layouts, in fp64 (the fuzz above stays at batch 3 or less)."""
+    for n, act, gate, cl in ((4, "hardsigmoid", "hardsigmoid", False), (5, "hardsigmoid", "hardsigmoid", True),
+                             (4, "hardswish", "sigmoid", True), (5, "relu6", "sigmoid", False)):
+        cfg = dict(n=n, c=20, r=6, h=3, w=5, act=act, gate=gate, b1=True, b2=True, conv=False,
+                   channels_last=cl)
+        check_config(cfg, "cpu", torch.float64)
+
+
+@pytest.mark.skipif("cpu" not in KERNEL_BACKENDS_CPU, reason="fastblocks._C CPU kernels not built")
+@pytest.mark.parametrize("act", ("hardsigmoid", "relu6"))
+def test_cpu_hand_backward_parameter_grads_are_eagers_bit_for_bit(act):
+    """One image, one channel, one hidden unit, a 1x1 map, a hard-sigmoid gate and an activation
+    with a piecewise-constant slope: every parameter gradient is then a product of the same
+    factors in eager and in the hand MLP backward (se_cpu_mlp.h), so they agree exactly in fp64.
+    This pins what the tolerance rule cannot see: hard-sigmoid's slope is ATen's float
+    1.0f / 6.0f in every dtype (act_backward_aten); the exact 1/6 moves these gradients by
+    3e-8 relative and passed every fp64 parity test of this file. grad x, a sum of two
+    products (an FMA or not), is held to the tolerance rule."""
+    tensors = [torch.tensor(v, dtype=torch.float64)
+               for v in ([[[[0.7]]]], [[0.9]], [0.4], [[1.1]], [-0.2])]
+    cfg = dict(act=act, gate="hardsigmoid", channels_last=False)
+    g = torch.tensor([[[[1.3]]]], dtype=torch.float64)
+    with fastblocks.backend("cpu"):
+        out, grads = run(squeeze_excite, tensors, cfg, g)
+    eager, grads_e = run(reference_squeeze_excite, tensors, cfg, g)
+    assert_parity(out, eager, None, "forward")
+    assert_parity(grads[0], grads_e[0], None, "grad x")
+    for name, got, want in zip(NAMES[1:], grads[1:], grads_e[1:]):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=lambda m: f"grad {name}: {m}")
+
+
+@pytest.mark.skipif("cpu" not in KERNEL_BACKENDS_CPU, reason="fastblocks._C CPU kernels not built")
 def test_cpu_kernels_split_over_threads():
     """The C++ kernels' multi-thread paths, which the suite's one-thread pytest-xdist workers
     (tests/conftest.py) never take otherwise: 3 threads split a batch-1 NHWC plane's rows into
