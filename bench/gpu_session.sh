@@ -43,6 +43,7 @@
 #   RESULTS_ROOT  where $OUT's results are copied (default bench/results; in a dry run
 #                 $OUT/copied, so a dry run never writes into the checkout unless asked)
 #   MODELS_ARGS   arguments of `fastblocks bench models` (default below)
+#   GPU_PYTEST_WORKERS  pytest-xdist workers of the test and thirdparty stages (default 4)
 #   FASTBLOCKS_AUTOTUNE  set to "prior" here for every stage but quick and sweeps: the tests,
 #                 the sanitizers and the models run the kernels' prior configs (tuning each
 #                 test's shapes would spend those stages' budgets on compiles); quick and sweeps
@@ -172,13 +173,17 @@ stage_build() {
     --no-deps --disable-pip-version-check -q || return 1
   [ $DRY_RUN -eq 1 ] || "$PY" -m fastblocks.cli info > "$SES/logs/info.log" 2>&1
 }
+# -n 4, not pyproject's -n auto (16 workers here): each worker makes its own CUDA context and
+# compiles the Triton kernels its files launch, so many workers repeat the same compiles; 4 is
+# a guess until a GPU run times it against the stage's budget.
+GPU_PYTEST_WORKERS=${GPU_PYTEST_WORKERS:-4}
 stage_test() {
-  run_stage test "$PY" -m pytest -q -m "cuda and not gpu_models" -p no:cacheprovider \
+  run_stage test "$PY" -m pytest -q -n "$GPU_PYTEST_WORKERS" -m "cuda and not gpu_models" -p no:cacheprovider \
     --junitxml="$SES/cuda-tests.xml"
 }
 # whole third-party models: too long for the test stage's 90 s beside every op's GPU tests
 stage_thirdparty() {
-  run_stage thirdparty "$PY" -m pytest -q -m gpu_models -p no:cacheprovider \
+  run_stage thirdparty "$PY" -m pytest -q -n "$GPU_PYTEST_WORKERS" -m gpu_models -p no:cacheprovider \
     --junitxml="$SES/gpu-models-tests.xml"
 }
 sanitize() {  # TOOL [ARGS of gpu_sanitize_cases.py]
