@@ -359,6 +359,25 @@ def test_module_train_steps_then_eval_match_sequential(momentum):
         torch.testing.assert_close(fused(x), ref(x))
 
 
+
+def test_module_eval_train_eval_sees_new_running_statistics():
+    """Validation under no_grad (the eval runner is made on the second call), a training step
+    (F.batch_norm updates the running statistics without bumping their versions), validation
+    again: the runner made from the first fold must not serve it."""
+    seq = _sequential(nn.ReLU)
+    ref = copy.deepcopy(seq)
+    fused = ConvBNAct.from_modules(seq[0], seq[1], seq[2], names=("0", "1", "2"))
+    x = _x(2, 4, 6, 6, channels_last=True)
+    for step in range(2):
+        for m in (fused, ref):
+            m.eval()
+        with torch.no_grad():
+            for _ in range(2):
+                torch.testing.assert_close(fused(x), ref(x), msg=f"step {step}")
+        for m in (fused, ref):
+            m.train()
+            m(x + 1).sum().backward()
+
 def test_module_state_dict_round_trip_with_sequential():
     seq = _sequential()
     fused = ConvBNAct(4, 6, 3, groups=2, bias=True, activation="relu6")

@@ -75,10 +75,14 @@ def conv_bn_act_forward(owner: nn.Module, x: Tensor, conv: nn.Conv2d,
     (training, gradients of an eval-mode model) the chain runs as without it and
     ``shuffle(y, shuffle_groups)`` (default ``ops.channel_shuffle``) shuffles its output."""
     if padding is None and shuffle_groups is None:
-        plan = owner.__dict__.get("_conv_plan")
+        d = owner.__dict__
+        plan = d.get("_conv_plan")
         if plan is not None and len(plan) > 2:  # eval inference like the last call (_EvalRunner)
             fast = plan[2]
-            if fast.key is not None and fast.key == _eval_key(x, conv, bn, activation):
+            # the runner holds the fold it was made from: it serves only while that fold is
+            # still the cached one (dropped by every batch-statistics step, below)
+            if fast.key is not None and fast.fold is d.get("_fold_cache") \
+                    and fast.key == _eval_key(x, conv, bn, activation):
                 return fast.run(x)
     if shuffle_groups is not None:
         return _chain_then_shuffle(owner, x, conv, bn, activation, padding, shuffle_groups,
@@ -96,7 +100,7 @@ def conv_bn_act_forward(owner: nn.Module, x: Tensor, conv: nn.Conv2d,
         # F.batch_norm updates the running statistics inside its kernel without bumping their
         # version counters, so the eval-mode fold cached before this step would look current:
         # drop it (a validation pass under no_grad, then training, then validation again
-        # evaluated with the first fold)
+        # evaluated with the first fold); the _EvalRunner made from it goes with it
         owner.__dict__.pop("_fold_cache", None)
         return ops.conv_bn_act(
             x, conv.weight, conv.bias, bn.weight, bn.bias,
@@ -124,14 +128,18 @@ def conv_bn_act_forward(owner: nn.Module, x: Tensor, conv: nn.Conv2d,
 class _EvalRunner:
     """The eval-inference call of a conv -> BN -> act chain with everything decided: ``run(x)``
     (``ops.conv_bias_act_runner`` on the cached fold) for as long as ``_eval_key`` of the
-    call equals ``key``. It lives in the owner's ``_conv_plan`` (which optimize's revert
-    drops); pickling and deepcopy give an empty one (the closure holds a packed weight, which
-    the copy re-derives on its first call)."""
+    call equals ``key`` and ``fold`` (the owner's ``_fold_cache`` entry it was made from) is
+    still the owner's ``_fold_cache``. The second condition is what the tensor versions in
+    the key cannot see: F.batch_norm updates the running statistics in place without bumping
+    their versions, and each batch-statistics step drops the fold cache for that reason.
+    It lives in the owner's ``_conv_plan`` (which optimize's revert drops); pickling and
+    deepcopy give an empty one (the closure holds a packed weight, which the copy re-derives
+    on its first call)."""
 
-    __slots__ = ("key", "run")
+    __slots__ = ("key", "run", "fold")
 
-    def __init__(self, key=None, run=None) -> None:
-        self.key, self.run = key, run
+    def __init__(self, key=None, run=None, fold=None) -> None:
+        self.key, self.run, self.fold = key, run, fold
 
     def __reduce__(self):
         return _EvalRunner, ()
@@ -171,11 +179,11 @@ def _planned_conv_bias_act(owner, x, weight, bias, conv, padding, activation, fa
         owner.__dict__["_conv_plan"] = plan = (key, planned, _EvalRunner())
     if plan[1] is not None and conv_bias_act_plan_ok(x, weight, bias):
         if fast_key is not None:
-            fast = plan[2]
-            if fast.key != fast_key:
+            fast, fold = plan[2], owner.__dict__.get("_fold_cache")
+            if fast.key != fast_key or fast.fold is not fold:
                 fast.key = None  # while the runner is being made, no stale one can match
                 fast.run = conv_bias_act_runner(plan[1], x, weight, bias)
-                fast.key = fast_key
+                fast.key, fast.fold = fast_key, fold
             return fast.run(x)
         return run_conv_bias_act_plan(plan[1], x, weight, bias)
     return ops.conv_bias_act(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups,
