@@ -498,26 +498,41 @@ def test_cpu_channels_last_path_by_size(monkeypatch, n, c_in, hw, k, onednn):
     assert ok, msg
 
 
-@pytest.mark.parametrize("hw, packed", [(3, True), (24, False)])
-def test_cpu_nchw_large_weight_goes_through_packed_onednn(monkeypatch, hw, packed):
+@pytest.mark.parametrize("hw, k, packed", [(3, 3, True), (24, 3, False), (1, 1, False)])
+def test_cpu_nchw_large_weight_goes_through_packed_onednn(monkeypatch, hw, k, packed):
     """NCHW with a weight of at least twice the elements of x and y: channels_last copy,
     oneDNN's packed primitive, NCHW output (ops/conv_bn_act.py has the numbers); else ATen.
-    Through the op and through ConvBNAct's eval runner."""
+    Not where ATen itself would not use oneDNN (a 1x1 at one thread: its GEMM convolution
+    accumulates more exactly). Through the op and through ConvBNAct's eval runner."""
     calls = []
     real = _mkldnn_conv.conv_pointwise
     monkeypatch.setattr(_mkldnn_conv, "conv_pointwise",
                         lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    x, w, b = _x(1, 32, hw, hw), torch.randn(32, 32, 3, 3) * 0.1, torch.randn(32)
-    y = ops.conv_bias_act(x, w, b, 1, 1, 1, 1, "relu")
+    runner = _mkldnn_conv.runner  # ConvBNAct's eval runner packs through this
+    monkeypatch.setattr(_mkldnn_conv, "runner",
+                        lambda *a, **kw: calls.append(1) or runner(*a, **kw))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # ATen's choice for the 1x1 depends on it
+    try:
+        _nchw_large_weight_case(calls, hw, k, packed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _nchw_large_weight_case(calls, hw, k, packed):
+    x, w, b = _x(2, 32, hw, hw), torch.randn(32, 32, k, k) * 0.1, torch.randn(32)
+    y = ops.conv_bias_act(x, w, b, 1, k // 2, 1, 1, "relu")
     assert bool(calls) == (packed and _mkldnn_conv.can_serve(x, w))
     assert y.is_contiguous()
-    hi = F.relu(F.conv2d(x.double(), w.double(), b.double(), 1, 1))
-    ok, _, msg = compare(y, F.relu(F.conv2d(x, w, b, 1, 1)), hi, reduction=True)
+    hi = F.relu(F.conv2d(x.double(), w.double(), b.double(), 1, k // 2))
+    ok, _, msg = compare(y, F.relu(F.conv2d(x, w, b, 1, k // 2)), hi, reduction=True)
     assert ok, msg
-    m = ConvBNAct(32, 32, 3).eval()
+    calls.clear()
+    m = ConvBNAct(32, 32, k).eval()
     with torch.no_grad():
         m.conv.weight.copy_(w)
         ys = [m(x) for _ in range(3)]  # the third call runs the runner
+    assert bool(calls) == (packed and _mkldnn_conv.can_serve(x, w))
     ref = nn.Sequential(m.conv, m.bn, nn.ReLU()).eval()
     with torch.no_grad():
         eager, hi = ref(x), copy.deepcopy(ref).double()(x.double())

@@ -149,7 +149,8 @@ def _eval_key(x: Tensor, conv: nn.Conv2d, bn, activation):
     """Everything an _EvalRunner's validity depends on, or None where none may run: eval-mode
     BN, autograd off, plain eager (no compile, transform, subclass, mode or autocast); then
     x's signature, the fold's tensor versions, the conv's geometry, the activation, the
-    backend and torch.backends.mkldnn's switch. ~3 us per call (vs ~50 us of checks on the
+    backend, torch.backends.mkldnn's switch and the thread count (ATen's choice of kernel,
+    which an NCHW runner follows, depends on it). ~3 us per call (vs ~50 us of checks on the
     path it skips; ops.conv_bias_act_runner has the numbers)."""
     if torch.is_grad_enabled() or torch.compiler.is_compiling() or bn.training \
             or type(x) is not Tensor or torch._C._len_torch_dispatch_stack() \
@@ -160,7 +161,7 @@ def _eval_key(x: Tensor, conv: nn.Conv2d, bn, activation):
     c = conv.__dict__
     return (x.shape, x.stride(), x.dtype, x.device, _fold_key(conv, bn), c["stride"],
             c["padding"], c["dilation"], c["groups"], c["padding_mode"], activation,
-            get_backend(), torch._C._get_mkldnn_enabled())
+            get_backend(), torch._C._get_mkldnn_enabled(), torch.get_num_threads())
 
 
 def _planned_conv_bias_act(owner, x, weight, bias, conv, padding, activation, fast_key=None):

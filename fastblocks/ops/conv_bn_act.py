@@ -124,7 +124,7 @@ def _conv_bias_act_impl(x, weight, bias, stride, padding, dilation, groups, act)
         x = x.contiguous(memory_format=torch.channels_last)
         return _mkldnn_conv.conv_pointwise(x, weight, bias, stride, padding, dilation, groups,
                                            act)
-    if _nchw_through_packed(x, weight, stride, padding, dilation):
+    if _nchw_through_packed(x, weight, stride, padding, dilation, groups):
         x = x.contiguous(memory_format=torch.channels_last)
         return _mkldnn_conv.conv_pointwise(x, weight, bias, stride, padding, dilation, groups,
                                            act).contiguous()
@@ -154,17 +154,33 @@ _POINTWISE_ATEN_MAX_MACS = 8_000_000
 # conv + in-place act, B = this; A/B): batch 1, ratio >= 2: 512->512 3x3 at 7x7 10.5x,
 # 256->256 3x3 at 14x14 1.14x, 512->2048 1x1 at 7x7 1.15x, 320->1280 1x1 at 7x7 1.17-1.18x,
 # 1152->192 1.10x, 160->960 1.00x; ratio < 1: 0.78-1.01x (112->672 at 14x14 0.82x, 576->96
-# 0.78x); batch 32 (every ratio < 2): 0.53-1.01x, so the rule leaves them with ATen.
+# 0.78x); batch 32 (every ratio < 2): 0.53-1.01x, so the rule leaves them with ATen. The 1x1
+# gains at 1 thread are given up for exactness (_nchw_through_packed says why).
 _NCHW_PACKED_MIN_RATIO = 2
 
 
-def _nchw_through_packed(x: Tensor, weight: Tensor, stride, padding, dilation) -> bool:
+def _nchw_through_packed(x: Tensor, weight: Tensor, stride, padding, dilation,
+                         groups: int) -> bool:
+    """The rule above, and only where ATen itself would run this NCHW convolution through
+    oneDNN. Where ATen picks its GEMM convolution instead (Slow2d: 1x1 kernels, stride 1, batch
+    under 16, one thread), oneDNN's direct 1x1 accumulates long input-channel sums less exactly:
+    max error vs float64 over random fp32 inputs, 1 thread (inception_v3's 1x1 layers at 75 px,
+    batch 2, the shared 2-core EPYC VM), 1280->320 ATen 2.6e-7 vs packed 8.4e-7 relative,
+    2048->448 3.4e-7 vs 6.6e-7; through inception_v3's 94 chains that put the output 2.0x past
+    eager's own error. Where ATen runs oneDNN too (kxk kernels; 1x1 with 2 threads), its
+    result and the packed primitive's are the same class: 384->384 1x3 2.2e-7 vs 2.6-4.3e-7,
+    1280->320 1x1 (2 threads) 5.9e-7 vs 8.4e-7."""
     if not _mkldnn_conv.can_serve(x, weight) or get_backend() == "torch" \
             or not x.is_contiguous():
         return False
     out = _out_shape(x, weight, stride, padding, dilation)
     y_numel = out[0] * out[1] * out[2] * out[3]
-    return weight.numel() >= _NCHW_PACKED_MIN_RATIO * (x.numel() + y_numel)
+    if weight.numel() < _NCHW_PACKED_MIN_RATIO * (x.numel() + y_numel):
+        return False
+    # ATen's own choice (Convolution.cpp's use_mkldnn), asked after the cheap test: ~5 us
+    backend = torch._C._select_conv_backend(x, weight, None, list(stride), list(padding),
+                                            list(dilation), False, [0, 0], groups)
+    return backend == torch._C._ConvBackend.Mkldnn
 
 
 def _small_pointwise(x: Tensor, weight: Tensor, stride) -> bool:
@@ -610,7 +626,8 @@ def conv_bias_act_runner(plan: tuple, x: Tensor, weight: Tensor, bias: Tensor | 
         if x.is_contiguous(memory_format=torch.channels_last):
             return run
         return lambda t: run(t.contiguous(memory_format=torch.channels_last))
-    if not _out_channels_last(x, weight) and _nchw_through_packed(x, weight, st, pad, dil):
+    if not _out_channels_last(x, weight) \
+            and _nchw_through_packed(x, weight, st, pad, dil, groups):
         run = _mkldnn_conv.runner(weight, bias, st, pad, dil, groups, code, x.shape)
         return lambda t: run(t.contiguous(memory_format=torch.channels_last)).contiguous()
     act = _INPLACE.get(code)
