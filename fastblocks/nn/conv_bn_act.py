@@ -74,15 +74,15 @@ def conv_bn_act_forward(owner: nn.Module, x: Tensor, conv: nn.Conv2d,
     ``ops.conv_bias_act`` with the folded weight's output channels permuted). Otherwise
     (training, gradients of an eval-mode model) the chain runs as without it and
     ``shuffle(y, shuffle_groups)`` (default ``ops.channel_shuffle``) shuffles its output."""
-    if padding is None and shuffle_groups is None:
+    if padding is None and shuffle_groups is None and not torch.compiler.is_compiling():
         d = owner.__dict__
         plan = d.get("_conv_plan")
         if plan is not None and len(plan) > 2:  # eval inference like the last call (_EvalRunner)
             fast = plan[2]
             # the runner holds the fold it was made from: it serves only while that fold is
             # still the cached one (dropped by every batch-statistics step, below)
-            if fast.key is not None and fast.fold is d.get("_fold_cache") \
-                    and fast.key == _eval_key(x, conv, bn, activation):
+            if fast.key is not None and fast.key == _eval_key(x, conv, bn, activation) \
+                    and fast.fold is d.get("_fold_cache"):
                 return fast.run(x)
     if shuffle_groups is not None:
         return _chain_then_shuffle(owner, x, conv, bn, activation, padding, shuffle_groups,

@@ -16,7 +16,8 @@ counter; theirs is taken as fixed (they cannot change outside inference_mode).
 
 Layout: channels_last only (as inductor lays activations out for it). A packed weight makes
 oneDNN write a channels_last output whatever the input's layout; NCHW convolutions stay with
-ATen (fastblocks/ops/conv_bn_act.py says why). Float64 (and float16/bfloat16 where the CPU lacks native support) are not served: the
+ATen except those with a large weight that ATen itself runs through oneDNN, which go through a
+channels_last copy of x (fastblocks/ops/conv_bn_act.py, _nchw_through_packed, says why). Float64 (and float16/bfloat16 where the CPU lacks native support) are not served: the
 caller falls back to ATen's convolution plus an in-place activation.
 """
 from __future__ import annotations
