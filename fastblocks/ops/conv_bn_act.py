@@ -42,22 +42,23 @@ emulation (tests/test_conv_bn_act_cuda_emu.py, every kernel, both layouts, fp32/
 fp64); they have NOT run on a GPU, and nothing about their speed is measured yet. The
 binding is syntax-checked against PyTorch's headers only.
 
-Measured (the shared 2-core AMD EPYC dev VM at load 3-12, torch 2.13, fp32, eval,
+Measured (the shared 2-core AMD EPYC dev VM at load 5-10, torch 2.13, fp32, eval,
 ``python -m fastblocks.bench.conv_bn_act_cpu --threads 1 --stat p10 --budget 1``: providers
 interleaved call by call in rotating order, glibc malloc reusing freed memory), over the 30
 conv-BN-act layers of ResNet-50, MobileNetV2 and EfficientNet-B0
-(bench/results/cpu-amd-epyc-1t/conv_bn_act-eval-*.json). channels_last, batch 1: 1.42x eager
-and 1.28x torch.compile with freezing (geomean; no layer below 1.0x against either), compile
-itself 1.11x eager; batch 32: 1.21x eager, 1.03x compile (2 layers at 0.87-0.95x eager, 12 at
-0.83-0.99x compile, most within this VM's spread; the SiLU expansions at 0.83-0.93x are
-oneDNN's swish post-op against inductor's own SiLU loop). The fusion bound (eager over the
-faster bare convolution, ATen's or the packed oneDNN one, without BN and activation) is 1.62x
-at batch 1 and 1.35x at batch 32: fusing BN and the activation removes only their passes, and
-SiLU's arithmetic stays, so the issue's 1.5x over eager is out of reach of any fusion on these
-convolutions at batch 32 and within 0.2x of it at batch 1 (fastblocks runs at 0.88-0.90x of
-the bare convolution's speed, the rest being the activation's own work and ~10 us per call).
-NCHW, 1 thread: 1.27x eager and 1.26x compile at batch 1 (bound 1.46x), 1.12x and 1.07x at
-batch 32 (bound 1.20x; 3 layers at 0.82-0.98x eager, 7 at 0.69-0.97x compile).
+(bench/results/cpu-amd-epyc-1t/conv_bn_act-eval-*.json). channels_last, batch 1: 1.53x eager
+and 1.36x torch.compile with freezing (geomean; no layer below 1.0x against either), compile
+itself 1.13x eager; batch 32: 1.26x eager, 1.02x compile (3 layers below 1.0x eager, the
+480->80 1x1 projection at 0.71x; 13 below compile, 8 of them at 0.55-0.95x, most within this
+VM's spread). The fusion bound (eager over
+the faster bare convolution, ATen's or the packed oneDNN one, without BN and activation) is
+1.77x at batch 1 and 1.41x at batch 32: fusing BN and the activation removes only their
+passes, and SiLU's arithmetic stays, so the issue's 1.5x over eager is out of reach of any
+fusion on these convolutions at batch 32 (fastblocks runs at 0.87-0.90x of the bare
+convolution's speed, the rest being the activation's own work and ~10 us per call). NCHW, 1
+thread: 1.16x eager and 1.29x compile at batch 1 (bound 1.29x; 3 layers at 0.93-0.97x eager,
+the large 1x1s, which stay on ATen's GEMM convolution for exactness: _nchw_through_packed),
+1.11x and 1.05x at batch 32 (bound 1.21x; 12 layers below compile, 6 at 0.73-0.96x).
 """
 from __future__ import annotations
 
