@@ -182,6 +182,32 @@ def test_conv_bn_act_running_stats_after_steps(momentum):
         torch.testing.assert_close(rv, rv2)
 
 
+def test_conv_bn_act_cumulative_average_with_num_batches_tracked():
+    """momentum=None with num_batches_tracked: nn.BatchNorm2d's cumulative average, step by
+    step, and the counter incremented as its forward does (eval calls leave it)."""
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(5, momentum=None, eps=1e-3)
+    w, cb = torch.randn(5, 3, 3, 3), torch.randn(5)
+    rm, rv, nbt = bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()
+    for step in range(3):
+        x = _x(2, 3, 6, 6) * (step + 1) + step
+        y = ops.conv_bn_act(x, w, cb, bn.weight, bn.bias, rm, rv, training=True, momentum=None,
+                            eps=1e-3, padding=1, activation="relu", num_batches_tracked=nbt)
+        ref = F.relu(bn.train()(F.conv2d(x, w, cb, padding=1)))
+        torch.testing.assert_close(y, ref)
+        torch.testing.assert_close(rm, bn.running_mean)
+        torch.testing.assert_close(rv, bn.running_var)
+        assert int(nbt) == int(bn.num_batches_tracked) == step + 1
+    ops.conv_bn_act(x, w, cb, bn.weight, bn.bias, rm, rv, training=False, momentum=None,
+                    num_batches_tracked=nbt)
+    assert int(nbt) == 3
+    with pytest.raises(ValueError, match="momentum=None .* needs num_batches_tracked"):
+        ops.conv_bn_act(x, w, cb, None, None, rm, rv, training=True, momentum=None)
+    with pytest.raises(ValueError, match="num_batches_tracked must be a one-element integer"):
+        ops.conv_bn_act(x, w, cb, None, None, rm, rv, training=True, momentum=None,
+                        num_batches_tracked=torch.zeros(1))
+
+
 def test_conv_bn_act_train_without_running_stats_or_affine():
     x, w = torch.randn(2, 3, 5, 5), torch.randn(4, 3, 3, 3)
     y = ops.conv_bn_act(x, w, None, None, None, None, None, training=True, activation="relu6")
@@ -289,6 +315,9 @@ def test_one_value_per_channel_in_training_raises_like_batchnorm():
      "training must be a bool", TypeError),
     (lambda x, w: ops.conv_bn_act(x, w, None, None, None, None, None, training=True,
                                   momentum="0.1"), "momentum must be a float", TypeError),
+    (lambda x, w: ops.conv_bn_act(x, w, None, None, None, None, None, training=True,
+                                  num_batches_tracked=3), "num_batches_tracked must be a torch",
+     TypeError),
 ])
 def test_bad_inputs_name_the_argument(call, match, exc):
     with pytest.raises(exc, match=match):
@@ -329,6 +358,25 @@ def test_module_train_steps_then_eval_match_sequential(momentum):
     with torch.inference_mode():
         torch.testing.assert_close(fused(x), ref(x))
 
+
+
+def test_module_eval_train_eval_sees_new_running_statistics():
+    """Validation under no_grad (the eval runner is made on the second call), a training step
+    (F.batch_norm updates the running statistics without bumping their versions), validation
+    again: the runner made from the first fold must not serve it."""
+    seq = _sequential(nn.ReLU)
+    ref = copy.deepcopy(seq)
+    fused = ConvBNAct.from_modules(seq[0], seq[1], seq[2], names=("0", "1", "2"))
+    x = _x(2, 4, 6, 6, channels_last=True)
+    for step in range(2):
+        for m in (fused, ref):
+            m.eval()
+        with torch.no_grad():
+            for _ in range(2):
+                torch.testing.assert_close(fused(x), ref(x), msg=f"step {step}")
+        for m in (fused, ref):
+            m.train()
+            m(x + 1).sum().backward()
 
 def test_module_state_dict_round_trip_with_sequential():
     seq = _sequential()
@@ -450,6 +498,50 @@ def test_cpu_channels_last_path_by_size(monkeypatch, n, c_in, hw, k, onednn):
     assert ok, msg
 
 
+@pytest.mark.parametrize("hw, k, packed", [(3, 3, True), (24, 3, False), (1, 1, False)])
+def test_cpu_nchw_large_weight_goes_through_packed_onednn(monkeypatch, hw, k, packed):
+    """NCHW with a weight of at least twice the elements of x and y: channels_last copy,
+    oneDNN's packed primitive, NCHW output (ops/conv_bn_act.py has the numbers); else ATen.
+    Not where ATen itself would not use oneDNN (a 1x1 at one thread: its GEMM convolution
+    accumulates more exactly). Through the op and through ConvBNAct's eval runner."""
+    calls = []
+    real = _mkldnn_conv.conv_pointwise
+    monkeypatch.setattr(_mkldnn_conv, "conv_pointwise",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    runner = _mkldnn_conv.runner  # ConvBNAct's eval runner packs through this
+    monkeypatch.setattr(_mkldnn_conv, "runner",
+                        lambda *a, **kw: calls.append(1) or runner(*a, **kw))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # ATen's choice for the 1x1 depends on it
+    try:
+        _nchw_large_weight_case(calls, hw, k, packed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _nchw_large_weight_case(calls, hw, k, packed):
+    x, w, b = _x(2, 32, hw, hw), torch.randn(32, 32, k, k) * 0.1, torch.randn(32)
+    y = ops.conv_bias_act(x, w, b, 1, k // 2, 1, 1, "relu")
+    assert bool(calls) == (packed and _mkldnn_conv.can_serve(x, w))
+    assert y.is_contiguous()
+    hi = F.relu(F.conv2d(x.double(), w.double(), b.double(), 1, k // 2))
+    ok, _, msg = compare(y, F.relu(F.conv2d(x, w, b, 1, k // 2)), hi, reduction=True)
+    assert ok, msg
+    calls.clear()
+    m = ConvBNAct(32, 32, k).eval()
+    with torch.no_grad():
+        m.conv.weight.copy_(w)
+        ys = [m(x) for _ in range(3)]  # the third call runs the runner
+    assert bool(calls) == (packed and _mkldnn_conv.can_serve(x, w))
+    ref = nn.Sequential(m.conv, m.bn, nn.ReLU()).eval()
+    with torch.no_grad():
+        eager, hi = ref(x), copy.deepcopy(ref).double()(x.double())
+    for y in ys:
+        assert y.is_contiguous()
+        ok, _, msg = compare(y, eager, hi, reduction=True)
+        assert ok, msg
+
+
 def test_compile_on_cpu_hands_the_conv_to_inductor():
     """Under torch.compile on CPU, conv_bias_act traces to ATen's conv and activation (inductor
     fuses them itself), not to the opaque fastblocks op."""
@@ -527,3 +619,62 @@ def test_eval_plan_is_used_and_keeps_autograd():
     ref(xr).sum().backward()
     ok, _, msg = compare(xg.grad, xr.grad, None, reduction=False)
     assert xg.grad is not None and ok, msg
+
+
+# ---- conv_bias_add_act (ResNet block tail: conv -> BN folded -> + identity -> act) ----------
+
+from fastblocks.ops.conv_bias_add_act import reference_conv_bias_add_act  # noqa: E402
+
+
+@pytest.mark.parametrize("activation,channels_last", [("relu", True), ("silu", True),
+                                                     ("relu", False), (None, True)])
+def test_conv_bias_add_act_parity_and_onednn_binary_post_op(monkeypatch, activation,
+                                                            channels_last):
+    calls = []
+    real = _mkldnn_conv.conv_add_pointwise
+    monkeypatch.setattr(_mkldnn_conv, "conv_add_pointwise",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    x = _x(2, 4, 7, 6, channels_last=channels_last)
+    w, b = torch.randn(6, 4, 3, 3) * 0.3, torch.randn(6)
+    other = _x(2, 6, 7, 6, channels_last=channels_last)
+    kw = dict(stride=1, padding=1, activation=activation)
+    res = check(lambda x, w, b, o: ops.conv_bias_add_act(x, w, b, o, **kw),
+                lambda x, w, b, o: reference_conv_bias_add_act(x, w, b, o, **kw),
+                [x, w, b, other], grad_idx=(0, 1, 2, 3), names=("x", "weight", "bias", "other"))
+    assert res.ok, res.messages
+    with torch.no_grad():
+        for _ in range(2):  # packed weight from the second use on
+            y = ops.conv_bias_add_act(x, w, b, other, **kw)
+    assert y.is_contiguous(memory_format=CL) == channels_last
+    assert bool(calls) == (channels_last and _mkldnn_conv.can_serve(x, w))
+
+
+def test_conv_bias_add_act_gradcheck_opcheck_compile():
+    d = torch.float64
+    ins = [torch.randn(2, 2, 3, 3, dtype=d), torch.randn(3, 2, 2, 2, dtype=d),
+           torch.randn(3, dtype=d), torch.randn(2, 3, 4, 4, dtype=d)]
+    ins = [t.requires_grad_() for t in ins]
+    assert torch.autograd.gradcheck(  # hardswish: the pre-activation is recomputed
+        lambda *a: ops.conv_bias_add_act(*a, padding=1, activation="hardswish"), ins)
+    x = _x(1, 4, 5, 5, channels_last=True).requires_grad_()
+    w, b = torch.randn(4, 4, 1, 1, requires_grad=True), torch.randn(4, requires_grad=True)
+    o = _x(1, 4, 5, 5, channels_last=True).requires_grad_()
+    torch.library.opcheck(torch.ops.fastblocks.conv_bias_add_act,
+                          (x, w, b, o, [1, 1], [0, 0], [1, 1], 1, 1))
+    f = torch.compile(lambda x, w, b, o: ops.conv_bias_add_act(x, w, b, o), fullgraph=True,
+                      backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(f(x, w, b, o), reference_conv_bias_add_act(x, w, b, o))
+
+
+@pytest.mark.parametrize("call,match,exc", [
+    (lambda x, w, o: ops.conv_bias_add_act(x, w, None, o[:, :2]), "other must have the conv "
+     "output's shape", ValueError),
+    (lambda x, w, o: ops.conv_bias_add_act(x, w, None, o.double()), "other has dtype", TypeError),
+    (lambda x, w, o: ops.conv_bias_add_act(x, w, None, 1.0), "other must be a torch.Tensor",
+     TypeError),
+    (lambda x, w, o: ops.conv_bias_add_act(x[0], w, None, o), "x must be 4-d", ValueError),
+])
+def test_conv_bias_add_act_bad_inputs_name_the_argument(call, match, exc):
+    with pytest.raises(exc, match=match):
+        call(torch.randn(2, 4, 5, 5), torch.randn(4, 4, 3, 3), torch.randn(2, 4, 3, 3))

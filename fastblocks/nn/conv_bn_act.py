@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops.conv_bn_act import conv_bias_act_plan, conv_bias_act_plan_ok, run_conv_bias_act_plan
+from .._backend import get_backend
+from ..ops.conv_bn_act import (conv_bias_act_plan, conv_bias_act_plan_ok, conv_bias_act_runner,
+                               run_conv_bias_act_plan)
 from ._activation_names import UNKNOWN, activation_name
 from ..ops.grouped_conv import permute_output_channels
 from ._fold import fold_batchnorm
@@ -72,9 +74,20 @@ def conv_bn_act_forward(owner: nn.Module, x: Tensor, conv: nn.Conv2d,
     ``ops.conv_bias_act`` with the folded weight's output channels permuted). Otherwise
     (training, gradients of an eval-mode model) the chain runs as without it and
     ``shuffle(y, shuffle_groups)`` (default ``ops.channel_shuffle``) shuffles its output."""
+    if padding is None and shuffle_groups is None and not torch.compiler.is_compiling():
+        d = owner.__dict__
+        plan = d.get("_conv_plan")
+        if plan is not None and len(plan) > 2:  # eval inference like the last call (_EvalRunner)
+            fast = plan[2]
+            # the runner holds the fold it was made from: it serves only while that fold is
+            # still the cached one (dropped by every batch-statistics step, below)
+            if fast.key is not None and fast.key == _eval_key(x, conv, bn, activation) \
+                    and fast.fold is d.get("_fold_cache"):
+                return fast.run(x)
     if shuffle_groups is not None:
         return _chain_then_shuffle(owner, x, conv, bn, activation, padding, shuffle_groups,
                                    shuffle or ops.channel_shuffle)
+    own_padding = padding is None and conv.padding_mode == "zeros"
     if padding is None:
         x, padding = padded_input(conv, x)
     if _uses_batch_stats(bn):
@@ -87,7 +100,7 @@ def conv_bn_act_forward(owner: nn.Module, x: Tensor, conv: nn.Conv2d,
         # F.batch_norm updates the running statistics inside its kernel without bumping their
         # version counters, so the eval-mode fold cached before this step would look current:
         # drop it (a validation pass under no_grad, then training, then validation again
-        # evaluated with the first fold)
+        # evaluated with the first fold); the _EvalRunner made from it goes with it
         owner.__dict__.pop("_fold_cache", None)
         return ops.conv_bn_act(
             x, conv.weight, conv.bias, bn.weight, bn.bias,
@@ -106,24 +119,73 @@ def conv_bn_act_forward(owner: nn.Module, x: Tensor, conv: nn.Conv2d,
                               conv.groups, None)
         y = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
         return y if activation is None else _EAGER_ACT[activation](y)
+    # the key before the fold: the versions it records are those the fold below is made of
+    fast_key = _eval_key(x, conv, bn, activation) if own_padding else None
     weight, bias = _folded(owner, conv, bn)
-    return _planned_conv_bias_act(owner, x, weight, bias, conv, padding, activation)
+    return _planned_conv_bias_act(owner, x, weight, bias, conv, padding, activation, fast_key)
 
 
-def _planned_conv_bias_act(owner, x, weight, bias, conv, padding, activation):
+class _EvalRunner:
+    """The eval-inference call of a conv -> BN -> act chain with everything decided: ``run(x)``
+    (``ops.conv_bias_act_runner`` on the cached fold) for as long as ``_eval_key`` of the
+    call equals ``key`` and ``fold`` (the owner's ``_fold_cache`` entry it was made from) is
+    still the owner's ``_fold_cache``. The second condition is what the tensor versions in
+    the key cannot see: F.batch_norm updates the running statistics in place without bumping
+    their versions, and each batch-statistics step drops the fold cache for that reason.
+    It lives in the owner's ``_conv_plan`` (which optimize's revert drops); pickling and
+    deepcopy give an empty one (the closure holds a packed weight, which the copy re-derives
+    on its first call)."""
+
+    __slots__ = ("key", "run", "fold")
+
+    def __init__(self, key=None, run=None, fold=None) -> None:
+        self.key, self.run, self.fold = key, run, fold
+
+    def __reduce__(self):
+        return _EvalRunner, ()
+
+
+def _eval_key(x: Tensor, conv: nn.Conv2d, bn, activation):
+    """Everything an _EvalRunner's validity depends on, or None where none may run: eval-mode
+    BN, autograd off, plain eager (no compile, transform, subclass, mode or autocast); then
+    x's signature, the fold's tensor versions, the conv's geometry, the activation, the
+    backend, torch.backends.mkldnn's switch and the thread count (ATen's choice of kernel,
+    which an NCHW runner follows, depends on it). ~3 us per call (vs ~50 us of checks on the
+    path it skips; ops.conv_bias_act_runner has the numbers)."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or bn.training \
+            or type(x) is not Tensor or torch._C._len_torch_dispatch_stack() \
+            or torch._C._is_torch_function_mode_enabled() \
+            or torch._C._are_functorch_transforms_active() \
+            or torch.is_autocast_enabled(x.device.type):
+        return None
+    c = conv.__dict__
+    return (x.shape, x.stride(), x.dtype, x.device, _fold_key(conv, bn), c["stride"],
+            c["padding"], c["dilation"], c["groups"], c["padding_mode"], activation,
+            get_backend(), torch._C._get_mkldnn_enabled(), torch.get_num_threads())
+
+
+def _planned_conv_bias_act(owner, x, weight, bias, conv, padding, activation, fast_key=None):
     """ops.conv_bias_act through a plan validated once per input signature (cached on owner;
-    ops.conv_bias_act_plan says why), or the op itself."""
+    ops.conv_bias_act_plan says why), or the op itself. With ``fast_key`` (an ``_eval_key``
+    of this call) the plan also gets the call's _EvalRunner."""
     if torch.compiler.is_compiling():
         return ops.conv_bias_act(x, weight, bias, conv.stride, padding, conv.dilation,
                                  conv.groups, activation)
     key = (x.shape, x.stride(), x.dtype, x.device, weight.shape, conv.stride, padding,
            conv.dilation, conv.groups, activation)
     plan = owner.__dict__.get("_conv_plan")
-    if plan is None or plan[0] != key:
+    if plan is None or plan[0] != key or len(plan) < 3:  # (2-tuples: pickled before runners)
         planned = conv_bias_act_plan(x, weight, bias, conv.stride, padding, conv.dilation,
                                      conv.groups, activation)
-        owner.__dict__["_conv_plan"] = plan = (key, planned)
+        owner.__dict__["_conv_plan"] = plan = (key, planned, _EvalRunner())
     if plan[1] is not None and conv_bias_act_plan_ok(x, weight, bias):
+        if fast_key is not None:
+            fast, fold = plan[2], owner.__dict__.get("_fold_cache")
+            if fast.key != fast_key or fast.fold is not fold:
+                fast.key = None  # while the runner is being made, no stale one can match
+                fast.run = conv_bias_act_runner(plan[1], x, weight, bias)
+                fast.key, fast.fold = fast_key, fold
+            return fast.run(x)
         return run_conv_bias_act_plan(plan[1], x, weight, bias)
     return ops.conv_bias_act(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups,
                              activation)

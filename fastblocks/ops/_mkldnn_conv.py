@@ -16,7 +16,8 @@ counter; theirs is taken as fixed (they cannot change outside inference_mode).
 
 Layout: channels_last only (as inductor lays activations out for it). A packed weight makes
 oneDNN write a channels_last output whatever the input's layout; NCHW convolutions stay with
-ATen (fastblocks/ops/conv_bn_act.py says why). Float64 (and float16/bfloat16 where the CPU lacks native support) are not served: the
+ATen except those with a large weight that ATen itself runs through oneDNN, which go through a
+channels_last copy of x (fastblocks/ops/conv_bn_act.py, _nchw_through_packed, says why). Float64 (and float16/bfloat16 where the CPU lacks native support) are not served: the
 caller falls back to ATen's convolution plus an in-place activation.
 """
 from __future__ import annotations
@@ -51,6 +52,11 @@ _DTYPES: tuple[torch.dtype, ...] | None = None
 _AVAILABLE = (torch.backends.mkldnn.is_available()
               and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
               and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight"))
+# the overload itself, not the packet: a packet call resolves the overload from the arguments
+# on every call, 12-20 us more per call than .default (interleaved p10 of ~100 calls each, 1
+# thread, the shared 2-core EPYC VM at load ~8: 64->384 1x1 at 14x14 132 vs 120 us, 160->960
+# 1x1 at 7x7 190 vs 169 us, 256->256 3x3 at 14x14 2691 vs 2053 us)
+_POINTWISE = torch.ops.mkldnn._convolution_pointwise.default if _AVAILABLE else None
 
 
 def can_serve(x: Tensor, weight: Tensor) -> bool:
@@ -89,8 +95,52 @@ def conv_pointwise(x: Tensor, weight: Tensor, bias: Tensor | None, stride, paddi
     channels_last-contiguous; the output is channels_last."""
     attr, scalars, algorithm = POST_OPS[act]
     w = packed_weight(weight, padding, stride, dilation, groups, x.shape)
-    return torch.ops.mkldnn._convolution_pointwise(
-        x, w, bias, list(padding), list(stride), list(dilation), groups, attr, scalars, algorithm)
+    return _POINTWISE(x, w, bias, list(padding), list(stride), list(dilation), groups, attr,
+                      scalars, algorithm)
+
+
+_BINARY = torch.ops.mkldnn._convolution_pointwise.binary if _AVAILABLE else None
+# unary post-ops oneDNN fuses after the binary add (torch 2.13: relu or none; hardtanh,
+# hardswish and swish raise "Unary Fusion behavior undefined")
+_AFTER_ADD = {0: None, 1: "relu"}
+
+
+def conv_add_pointwise(x: Tensor, other: Tensor, weight: Tensor, bias: Tensor | None, stride,
+                       padding, dilation, groups: int, act: int) -> Tensor:
+    """act(conv2d(x, weight, bias) + other) with the add (and relu) as post-ops of the oneDNN
+    primitive, the other activations in place after it; `can_serve` must hold, x and other
+    channels_last-contiguous, other of the output's shape and dtype. Returns a new
+    channels_last tensor (other is read, not written)."""
+    w = packed_weight(weight, padding, stride, dilation, groups, x.shape)
+    unary = _AFTER_ADD.get(act)
+    y = _BINARY(x, other, w, bias, list(padding), list(stride), list(dilation), groups, "add",
+                None, unary, [], None)
+    if act in _AFTER_ADD:
+        return y
+    from ._activation_codes import activate_
+    return activate_(y, act)
+
+
+def runner(weight: Tensor, bias: Tensor | None, stride, padding, dilation, groups: int,
+           act: int, input_size):
+    """``lambda x: conv_pointwise(x, weight, bias, ...)`` for channels_last-contiguous inputs
+    of ``input_size``, with the weight packed now and held by the closure (no cache lookup,
+    no argument conversion per call): for a caller that owns `weight` and knows it unchanged
+    (fastblocks.nn.ConvBNAct's eval plan). `can_serve` must hold. Why: the per-call Python
+    around the primitive (the packed-weight cache lookup, argument lists) cost ~20 us, which
+    made ATen's convolution + an in-place activation the faster choice for 1x1 convolutions
+    under ~8 M multiply-adds; with the closure the primitive is as fast or faster (see
+    ops/conv_bn_act.py)."""
+    attr, scalars, algorithm = POST_OPS[act]
+    padding, stride, dilation = list(padding), list(stride), list(dilation)
+    with torch.no_grad():
+        packed = torch.ops.mkldnn._reorder_convolution_weight(
+            weight.detach().contiguous(), padding, stride, dilation, groups, list(input_size))
+    op = _POINTWISE
+
+    def run(x: Tensor) -> Tensor:
+        return op(x, packed, bias, padding, stride, dilation, groups, attr, scalars, algorithm)
+    return run
 
 
 def clear_cache() -> None:

@@ -42,19 +42,23 @@ emulation (tests/test_conv_bn_act_cuda_emu.py, every kernel, both layouts, fp32/
 fp64); they have NOT run on a GPU, and nothing about their speed is measured yet. The
 binding is syntax-checked against PyTorch's headers only.
 
-Measured (the shared 2-core AMD EPYC dev VM, torch 2.13, 1 thread, fp32 channels_last, eval,
-``python -m fastblocks.bench.conv_bn_act_cpu --threads 1 --stat p10``, providers interleaved
-call by call; bench/results/cpu-amd-epyc-2t/conv_bn_act-eval-cl-fp32-1thread.json), over the 30
-conv-BN-act layers of ResNet-50, MobileNetV2 and EfficientNet-B0 at batch 1: the oneDNN path
-is 1.24x eager (geomean; 3 layers below 1.0x, the smallest linear projections, 0.92-0.97x)
-and 1.08x torch.compile with freezing (2 layers below 1.0x: 0.98x), compile itself 1.15x
-eager. At batch 8 the same run gave 1.68x eager and 1.13x compile, but the VM's load (~15 on
-2 cores) moved single rows by 10x, so only the batch-1 ratios are worth quoting. NCHW
-(ATen convolution + bias + in-place activation, no compile provider;
-conv_bn_act-eval-nchw-fp32-1thread.json): 1.17x eager at batch 1, 9 of 30 layers at
-0.94-0.99x, within this VM's run-to-run spread. The 1.5x goal
-over eager is not met per layer at batch 1: most of these layers are convolution-bound, and
-fusing BN and the activation removes only the one or two passes eager adds after the conv.
+Measured (the shared 2-core AMD EPYC dev VM at load 5-10, torch 2.13, fp32, eval,
+``python -m fastblocks.bench.conv_bn_act_cpu --threads 1 --stat p10 --budget 1``: providers
+interleaved call by call in rotating order, glibc malloc reusing freed memory), over the 30
+conv-BN-act layers of ResNet-50, MobileNetV2 and EfficientNet-B0
+(bench/results/cpu-amd-epyc-1t/conv_bn_act-eval-*.json). channels_last, batch 1: 1.53x eager
+and 1.36x torch.compile with freezing (geomean; no layer below 1.0x against either), compile
+itself 1.13x eager; batch 32: 1.26x eager, 1.02x compile (3 layers below 1.0x eager, the
+480->80 1x1 projection at 0.71x; 13 below compile, 8 of them at 0.55-0.95x, most within this
+VM's spread). The fusion bound (eager over
+the faster bare convolution, ATen's or the packed oneDNN one, without BN and activation) is
+1.77x at batch 1 and 1.41x at batch 32: fusing BN and the activation removes only their
+passes, and SiLU's arithmetic stays, so the issue's 1.5x over eager is out of reach of any
+fusion on these convolutions at batch 32 (fastblocks runs at 0.87-0.90x of the bare
+convolution's speed, the rest being the activation's own work and ~10 us per call). NCHW, 1
+thread: 1.16x eager and 1.29x compile at batch 1 (bound 1.29x; 3 layers at 0.93-0.97x eager,
+the large 1x1s, which stay on ATen's GEMM convolution for exactness: _nchw_through_packed),
+1.11x and 1.05x at batch 32 (bound 1.21x; 12 layers below compile, 6 at 0.73-0.96x).
 """
 from __future__ import annotations
 
@@ -67,7 +71,7 @@ from torch import Tensor
 
 from .._backend import capture, get_backend, resolve, restored
 from . import _mkldnn_conv
-from ._activation_codes import activate_, activation_code
+from ._activation_codes import _INPLACE, activate_, activation_code
 from ._conv_args import conv_geometry, conv_geometry_cached
 from ._fastpath import direct_autograd, needs_grad, plain_eager
 from ._layout import empty, is_channels_last, memory_format
@@ -121,6 +125,10 @@ def _conv_bias_act_impl(x, weight, bias, stride, padding, dilation, groups, act)
         x = x.contiguous(memory_format=torch.channels_last)
         return _mkldnn_conv.conv_pointwise(x, weight, bias, stride, padding, dilation, groups,
                                            act)
+    if _nchw_through_packed(x, weight, stride, padding, dilation, groups):
+        x = x.contiguous(memory_format=torch.channels_last)
+        return _mkldnn_conv.conv_pointwise(x, weight, bias, stride, padding, dilation, groups,
+                                           act).contiguous()
     if x.device.type == "cuda" and _cuda_epilogue(x.device):
         # cuDNN's convolution without its bias, then bias + activation in one pass of ours
         # (ATen adds a cuDNN convolution's bias in a pass of its own, then the activation)
@@ -138,6 +146,42 @@ def _conv_bias_act_impl(x, weight, bias, stride, padding, dilation, groups, act)
 # (4.8 M), 0.93x at 40x40 (9.8 M); 576->96: 1.0x at 14x14 (10.8 M), 0.95x at 20x20 (22 M).
 # kxk kernels stay with oneDNN at every size (ATen's im2col path measured 1.08-1.4x slower).
 _POINTWISE_ATEN_MAX_MACS = 8_000_000
+
+
+# NCHW in and out, a weight with at least twice as many elements as x and the output together:
+# x to channels_last, oneDNN's packed primitive, the output back to NCHW. ATen's NCHW
+# convolution re-lays such a weight out on every call. Interleaved p10, fp32, 1 thread, the
+# shared 2-core EPYC VM (/tmp probe of the 30 layers of shapes.CONV_BN_ACT_ALL, A = ATen NCHW
+# conv + in-place act, B = this; A/B): batch 1, ratio >= 2: 512->512 3x3 at 7x7 10.5x,
+# 256->256 3x3 at 14x14 1.14x, 512->2048 1x1 at 7x7 1.15x, 320->1280 1x1 at 7x7 1.17-1.18x,
+# 1152->192 1.10x, 160->960 1.00x; ratio < 1: 0.78-1.01x (112->672 at 14x14 0.82x, 576->96
+# 0.78x); batch 32 (every ratio < 2): 0.53-1.01x, so the rule leaves them with ATen. The 1x1
+# gains at 1 thread are given up for exactness (_nchw_through_packed says why).
+_NCHW_PACKED_MIN_RATIO = 2
+
+
+def _nchw_through_packed(x: Tensor, weight: Tensor, stride, padding, dilation,
+                         groups: int) -> bool:
+    """The rule above, and only where ATen itself would run this NCHW convolution through
+    oneDNN. Where ATen picks its GEMM convolution instead (Slow2d: 1x1 kernels, stride 1, batch
+    under 16, one thread), oneDNN's direct 1x1 accumulates long input-channel sums less exactly:
+    max error vs float64 over random fp32 inputs, 1 thread (inception_v3's 1x1 layers at 75 px,
+    batch 2, the shared 2-core EPYC VM), 1280->320 ATen 2.6e-7 vs packed 8.4e-7 relative,
+    2048->448 3.4e-7 vs 6.6e-7; through inception_v3's 94 chains that put the output 2.0x past
+    eager's own error. Where ATen runs oneDNN too (kxk kernels; 1x1 with 2 threads), its
+    result and the packed primitive's are the same class: 384->384 1x3 2.2e-7 vs 2.6-4.3e-7,
+    1280->320 1x1 (2 threads) 5.9e-7 vs 8.4e-7."""
+    if not _mkldnn_conv.can_serve(x, weight) or get_backend() == "torch" \
+            or not x.is_contiguous():
+        return False
+    out = _out_shape(x, weight, stride, padding, dilation)
+    y_numel = out[0] * out[1] * out[2] * out[3]
+    if weight.numel() < _NCHW_PACKED_MIN_RATIO * (x.numel() + y_numel):
+        return False
+    # ATen's own choice (Convolution.cpp's use_mkldnn), asked after the cheap test: ~5 us
+    backend = torch._C._select_conv_backend(x, weight, None, list(stride), list(padding),
+                                            list(dilation), False, [0, 0], groups)
+    return backend == torch._C._ConvBackend.Mkldnn
 
 
 def _small_pointwise(x: Tensor, weight: Tensor, stride) -> bool:
@@ -560,6 +604,40 @@ def run_conv_bias_act_plan(plan: tuple, x: Tensor, weight: Tensor, bias: Tensor 
     return _conv_bias_act_impl(x, weight, bias, list(st), list(pad), list(dil), groups, code)
 
 
+def conv_bias_act_runner(plan: tuple, x: Tensor, weight: Tensor, bias: Tensor | None):
+    """``lambda t: run_conv_bias_act_plan(plan, t, weight, bias)`` for inputs ``t`` like ``x``
+    (same shape, strides, dtype, device) with every choice ``_conv_bias_act_impl`` makes per
+    call made once, here: the kernel (oneDNN's fused primitive or ATen's convolution), the
+    layout conversion, the in-place activation and, for oneDNN, the weight packed now and held
+    by the closure (``_mkldnn_conv.runner``). For a caller that holds ``weight``/``bias``
+    unchanged and calls it only while ``conv_bias_act_plan_ok`` holds, the backend is the one
+    selected now and ``torch.backends.mkldnn`` is as enabled as now (key the runner on them).
+    Why: the per-call Python of the planned path (backend resolution, the size rule, the
+    packed-weight cache lookup, argument lists) cost 14 us over the kernels it ends in, and
+    ConvBNAct's own checks 36 us more (64->384 1x1 at 14x14, batch 1, 1 thread, interleaved
+    p10, the shared 2-core EPYC VM at load ~8: kernels 110 us, planned path 124 us, module
+    160 us, eager conv + BN + ReLU6 172 us)."""
+    st, pad, dil, groups, code = plan
+    st, pad, dil = list(st), list(pad), list(dil)
+    if x.device.type != "cpu" or _triton_conv_selected(x, weight, groups):
+        return lambda t: _conv_bias_act_impl(t, weight, bias, st, pad, dil, groups, code)
+    if _out_channels_last(x, weight) and _mkldnn_conv.can_serve(x, weight) \
+            and get_backend() != "torch" and not _small_pointwise(x, weight, st):
+        run = _mkldnn_conv.runner(weight, bias, st, pad, dil, groups, code, x.shape)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            return run
+        return lambda t: run(t.contiguous(memory_format=torch.channels_last))
+    if not _out_channels_last(x, weight) \
+            and _nchw_through_packed(x, weight, st, pad, dil, groups):
+        run = _mkldnn_conv.runner(weight, bias, st, pad, dil, groups, code, x.shape)
+        return lambda t: run(t.contiguous(memory_format=torch.channels_last)).contiguous()
+    act = _INPLACE.get(code)
+    conv = F.conv2d
+    if act is None:
+        return lambda t: conv(t, weight, bias, st, pad, dil, groups)
+    return lambda t: act(conv(t, weight, bias, st, pad, dil, groups))
+
+
 def conv_bias_act_plan_ok(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     """Whether a plan of ``conv_bias_act_plan`` may run now: plain eager inference."""
     return _direct_ok(x, weight, bias) and not needs_grad(x, weight, bias)
@@ -567,16 +645,20 @@ def conv_bias_act_plan_ok(x: Tensor, weight: Tensor, bias: Tensor | None) -> boo
 
 def conv_bn_act(x: Tensor, weight: Tensor, conv_bias: Tensor | None, bn_weight: Tensor | None,
                 bn_bias: Tensor | None, running_mean: Tensor | None,
-                running_var: Tensor | None, *, training: bool, momentum: float = 0.1,
+                running_var: Tensor | None, *, training: bool, momentum: float | None = 0.1,
                 eps: float = 1e-5, stride=1, padding=0, dilation=1, groups: int = 1,
-                activation: str | None = "relu") -> Tensor:
+                activation: str | None = "relu",
+                num_batches_tracked: Tensor | None = None) -> Tensor:
     """``act(batch_norm(conv2d(x, weight, conv_bias, ...)))`` with nn.BatchNorm2d's semantics.
 
     training=True normalises with the batch's statistics (biased variance, accumulated in
     float32, float64 for float64 inputs) and, when running_mean/running_var are given,
     updates them in place with ``momentum`` (the running variance with the unbiased batch
-    variance), as ``F.batch_norm(training=True)`` does; ``momentum`` is the factor itself
-    (nn.BatchNorm2d turns momentum=None into 1/num_batches_tracked before calling). The
+    variance), as ``F.batch_norm(training=True)`` does. ``num_batches_tracked`` (a one-element
+    integer tensor, nn.BatchNorm2d's buffer), when given, is incremented by each training call
+    as nn.BatchNorm2d.forward does, and ``momentum=None`` then means the cumulative average
+    (factor 1 / num_batches_tracked after the increment); momentum=None with running
+    statistics needs it. The
     backward keeps only x and the conv output and recomputes the rest.
     training=False folds the running statistics into the conv and runs ``conv_bias_act``.
 
@@ -590,8 +672,18 @@ def conv_bn_act(x: Tensor, weight: Tensor, conv_bias: Tensor | None, bn_weight: 
     code = activation_code(activation)
     if not isinstance(training, bool):
         raise TypeError(f"training must be a bool, got {type(training).__name__}")
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-        raise TypeError(f"momentum must be a float, got {momentum!r}")
+    if momentum is not None and (isinstance(momentum, bool)
+                                 or not isinstance(momentum, (int, float))):
+        raise TypeError(f"momentum must be a float or None, got {momentum!r}")
+    if num_batches_tracked is not None:
+        if not isinstance(num_batches_tracked, Tensor):
+            raise TypeError("num_batches_tracked must be a torch.Tensor or None, got "
+                            f"{type(num_batches_tracked).__name__}")
+        if num_batches_tracked.numel() != 1 or num_batches_tracked.is_floating_point() \
+                or num_batches_tracked.is_complex() or num_batches_tracked.dtype == torch.bool:
+            raise ValueError("num_batches_tracked must be a one-element integer tensor, got "
+                             f"shape {tuple(num_batches_tracked.shape)} and "
+                             f"{num_batches_tracked.dtype}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
         raise ValueError(f"eps must be a non-negative float, got {eps!r}")
     x4, unbatched, st, pad, dil = _prepare(x, weight, conv_bias, stride, padding, dilation, groups)
@@ -610,6 +702,7 @@ def conv_bn_act(x: Tensor, weight: Tensor, conv_bias: Tensor | None, bn_weight: 
     if count <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size "
                          f"{torch.Size(oh_ow)}")
+    momentum = _momentum_factor(momentum, num_batches_tracked, running_mean, running_var)
     if not torch.compiler.is_compiling() and x4.device.type == "cpu" and get_backend() == "auto":
         # CPU training under auto: eager's own composition. Ours keeps only z for backward and
         # recomputes BN and the activation there (less memory: MobileNetV2 batch 8 418 MB
@@ -633,6 +726,21 @@ def conv_bn_act(x: Tensor, weight: Tensor, conv_bias: Tensor | None, bn_weight: 
     _update_running_stats(running_mean, running_var, mean, invstd, float(eps), z, count,
                           float(momentum))
     return y.squeeze(0) if unbatched else y
+
+
+def _momentum_factor(momentum, num_batches_tracked, running_mean, running_var) -> float:
+    """nn.BatchNorm2d.forward's exponential_average_factor for a training call, incrementing
+    num_batches_tracked (in place, not recorded by autograd) when given."""
+    if num_batches_tracked is not None:
+        with torch.no_grad():
+            num_batches_tracked.add_(1)
+    if momentum is not None:
+        return float(momentum)
+    if num_batches_tracked is None:
+        if running_mean is None and running_var is None:
+            return 0.0  # nothing is averaged
+        raise ValueError("momentum=None (the cumulative average) needs num_batches_tracked")
+    return 1.0 / float(num_batches_tracked)
 
 
 def _fold(weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, eps):
