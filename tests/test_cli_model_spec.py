@@ -53,3 +53,9 @@ def test_missing_factory_names_the_module(user_dir):
 def test_empty_factory_name_is_a_usage_error(user_dir):
     with pytest.raises(UsageError, match=r"package\.module:factory"):
         load_model("fb_user_model:")
+
+
+def test_verify_model_takes_one_dtype(capsys):
+    from fastblocks.cli import main
+    assert main(["verify", "mobilenet_v2", "--dtype", "fp32", "--dtype", "fp16"]) == 2
+    assert "one --dtype" in capsys.readouterr().err

@@ -16,6 +16,12 @@ from torch import nn
 from ._common import UsageError
 
 
+# The MODEL argument's help, one text for verify, bench models and profile.
+MODEL_HELP = ("zoo name (fastblocks list), hf:<transformers config> (e.g. hf:MobileNetV2) or "
+              "package.module:factory for your own (imported from the current directory or "
+              "PYTHONPATH; the model's input_size attribute (C, H, W) sets the input, else 3x224x224)")
+
+
 @dataclass
 class ModelSpec:
     label: str

@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 
 from ._common import UsageError, device_arg, dtype_arg, positive_int, print_table, swap_summary
-from ._model_spec import load_model
+from ._model_spec import MODEL_HELP, load_model
 from .verify_ops import verify_ops
 
 
@@ -71,6 +71,9 @@ def cmd_verify(args) -> int:
     if args.model:
         if args.op or args.backend:
             raise UsageError("--op/--backend fuzz the ops; give either MODEL or --op, not both")
+        if args.dtype and len(args.dtype) > 1:  # repeatable for the op fuzz; a model runs one
+            raise UsageError("verify MODEL checks one --dtype at a time (repeat --dtype only for "
+                             "the op fuzz)")
         return verify_model(args)
     return verify_ops(args)
 
@@ -79,10 +82,10 @@ def add_parser(sub) -> None:
     s = sub.add_parser("verify", help="parity with eager: of a model (MODEL), or a fuzz of every op; "
                                       "exit code 1 on any mismatch")
     s.add_argument("model", nargs="?", metavar="MODEL",
-                   help="zoo name (fastblocks list), hf:<transformers config> (e.g. hf:MobileNetV2) "
-                        "or package.module:factory; omit to fuzz the ops")
+                   help=MODEL_HELP + "; omit to fuzz the ops")
     s.add_argument("--op", action="append", metavar="NAME", help="op name (repeatable, or 'all'; default all)")
-    s.add_argument("--device", choices=["cpu", "cuda"], help="default: cpu, and cuda if a GPU is here")
+    s.add_argument("--device", choices=["cpu", "cuda"], help="MODEL default: cuda if a GPU is here, else cpu; ops default: cpu, and cuda too "
+                                                        "if a GPU is here")
     s.add_argument("--backend", action="append", choices=["triton", "cuda", "cpu", "torch"],
                    help="ops: backend(s) to check (default: the kernel backends triton, cuda, cpu)")
     s.add_argument("--dtype", action="append", type=dtype_arg,
