@@ -59,3 +59,21 @@ def test_verify_model_takes_one_dtype(capsys):
     from fastblocks.cli import main
     assert main(["verify", "mobilenet_v2", "--dtype", "fp32", "--dtype", "fp16"]) == 2
     assert "one --dtype" in capsys.readouterr().err
+
+
+def make_zero_output():
+    """A model whose output is all zeros (as zoo mobilenet_v2's is at random init in float16 at
+    32x32: its activations shrink to ~1e-8 by the last block and underflow)."""
+    from torch import nn
+    head = nn.Conv2d(4, 2, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU6(), head)
+
+
+def test_verify_model_with_all_zero_output_is_inconclusive(capsys):
+    """Comparing zeros with zeros proves nothing: no PASS, exit 1."""
+    from fastblocks.cli import main
+    rc = main(["verify", f"{__name__}:make_zero_output", "--size", "8", "--mode", "eval"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "INCONCLUSIVE" in out and "PASS" not in out
