@@ -77,3 +77,14 @@ def test_verify_model_with_all_zero_output_is_inconclusive(capsys):
     rc = main(["verify", f"{__name__}:make_zero_output", "--size", "8", "--mode", "eval"])
     out = capsys.readouterr().out
     assert rc == 1 and "INCONCLUSIVE" in out and "PASS" not in out
+
+
+def test_bench_models_names_a_bf16_file_bf16(tmp_path, capsys):
+    """The results file says bf16 (it said 'bfp16': 'float' was replaced before 'bfloat16')."""
+    from fastblocks.cli import main
+    rc = main(["bench", "models", "--model", f"{__name__}:make_zero_output", "--size", "8",
+               "--batch", "1", "--dtype", "bf16", "--quick", "--providers", "eager,fastblocks",
+               "--out", str(tmp_path), "--no-progress", "--no-plot", "--threads", "1"])
+    assert rc == 0
+    names = [p.name for p in tmp_path.rglob("*.json")]
+    assert len(names) == 1 and "-b1-bf16-eval" in names[0], names

@@ -46,7 +46,7 @@ def cmd_bench_models(args) -> int:
         results["command"] = "fastblocks " + " ".join(args.argv)
         print(mb.format_table(results))
         mode = "train" if args.train else "eval"
-        dt = results["settings"]["dtype"].replace("float", "fp").replace("bfloat16", "bf16")
+        dt = results["settings"]["dtype"].replace("bfloat16", "bf16").replace("float", "fp")
         fname = (f"models-{spec.label.replace(':', '-')}-b{args.batch}-{dt}-{mode}"
                  + ("-cl" if args.channels_last else ""))
         if args.name:  # one file per model: the name is a prefix when several are timed
