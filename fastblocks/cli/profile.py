@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from ._common import device_arg, dtype_arg, positive_int, print_table, timing_threads
-from ._model_spec import load_model
+from ._model_spec import MODEL_HELP, load_model
 
 
 def _si(v: float, unit: str) -> str:
@@ -33,8 +33,9 @@ def cmd_profile(args) -> int:
     note = timing_threads(device, args.threads)
     blocks, totals = profile_model(model, x, depth=args.depth, reps=args.reps)
     info = env.device_info(device)
+    threads = torch.get_num_threads()
     print(f"fastblocks profile {spec.label}: input {args.batch}x{c}x{h}x{w} "
-          f"{str(dtype).replace('torch.', '')}, eval, on {info['name']} ({torch.get_num_threads()} threads){note}")
+          f"{str(dtype).replace('torch.', '')}, eval, on {info['name']} ({threads} thread{'s' if threads != 1 else ''}){note}")
     print("  time: median of forward hooks around each block (host clock; device synchronized); "
           "bytes: inputs + outputs + weights of each leaf module")
     rows = [["block", "type", "params", "FLOPs", "bytes", "eager ms", "share", "fastblocks ms", "x", "served by"]]
@@ -63,7 +64,7 @@ def cmd_profile(args) -> int:
 
 def add_parser(sub) -> None:
     s = sub.add_parser("profile", help="per-block parameters, FLOPs, bytes and time of a model")
-    s.add_argument("model", metavar="MODEL", help="zoo name, hf:<transformers config> or package.module:factory")
+    s.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     s.add_argument("--batch", type=positive_int, default=1)
     s.add_argument("--size", type=positive_int, help="input height = width (default: native)")
     s.add_argument("--dtype", type=dtype_arg, help="default float32")
