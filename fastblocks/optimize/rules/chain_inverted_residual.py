@@ -19,9 +19,8 @@ not be an nn.Sequential (its own children would then be the ones matched).
 
 The block's class becomes ``FusedInvertedResidual`` (parameters, buffers, children and
 state_dict keys unchanged; revert() restores the original class). Its forward runs the fused
-op only for eval mode, no autograd recording, a 4-d float32 CPU input of at least
-_MIN_POSITIONS positions that is channels_last (what _cpu_layout.py feeds an optimized model in
-eval) or under torch.compile (the block converts its input to channels_last, so the blocks
+op only for eval mode, no autograd recording, a 4-d float32 CPU input that is channels_last
+(what _cpu_layout.py feeds an optimized model in eval) or under torch.compile (the block converts its input to channels_last, so the blocks
 after it get channels_last; inductor folds the BN arithmetic into constants with freezing);
 everything else (training, gradients, CUDA, NCHW in eager, other dtypes, torch.export) runs
 the original class's forward, i.e. the per-chain fused modules.
@@ -92,23 +91,19 @@ def _call(x, folded, dw, expand, residual) -> Tensor:
         dw_activation=dw.__dict__["_fb_activation"], residual=residual)
 
 
-# The fused op pays off where the expanded tensor of an image is large: its GEMMs run per image
-# (and band), so at 14x14 and 7x7 they are small (M = 196, 49) where oneDNN's per-layer convs
-# see the whole batch. Per block, batch 8, 1 thread, fp32, thread CPU time, the loaded 2-core
-# EPYC VM (the 12 MobileNetV2 block shapes against the per-chain path): inputs of 112x112
-# 1.24-2.62x, 56x56 1.22-2.38x, 28x28 1.21-1.29x, 14x14 0.98-1.18x, 7x7 0.74-0.80x; zoo
-# mnasnet1_0 (four 7x7 and 14x14 k5 blocks) ran 0.84x the per-chain path with every block
-# fused. So only blocks whose input has at least this many positions run fused. Since the kernel
-# runs 14x14 and 7x7 maps as whole images, several per GEMM, the whole zoo MobileNetV2 (b8, 1
-# thread, thread CPU time) measured the same with every block fused as with this threshold
-# (78.2 and 80.2 ms against 79.0 and 79.6), so the threshold stays.
-_MIN_POSITIONS = 28 * 28
+# Every matched block runs fused, whatever its map size. The first kernel ran its GEMMs per
+# image, small at 14x14 and 7x7 (M = 196, 49), and lost to the per-chain path there (7x7 blocks
+# 0.74-0.80x, zoo mnasnet1_0 0.84x), so blocks under 28x28 kept the per-chain path. With small
+# maps run as groups of whole images (csrc/cpu/inverted_residual.cpp, kSmallMap), fusing every
+# block against fusing only those from 28x28, whole zoo models, thread CPU time, 1 thread,
+# interleaved medians, the loaded 2-core EPYC VM: mobilenet_v2 b8 77.9 vs 80.2 ms, b1 13.5 vs
+# 15.3; mnasnet1_0 b8 80.4 vs 82.8, b1 14.4 vs 15.3; mobilenet_v3_large b8 73.4 vs 72.9, b1
+# 13.6 vs 15.0.
 
 
 def _fast(block, x, *heads) -> bool:
     if block.training or not isinstance(x, Tensor) or x.device.type != "cpu" \
             or x.dtype != torch.float32 or x.dim() != 4 or torch.compiler.is_exporting() \
-            or x.shape[-1] * x.shape[-2] < _MIN_POSITIONS \
             or not (is_channels_last(x) or torch.compiler.is_compiling()):
         return False
     for h in heads:
