@@ -87,7 +87,7 @@ def test_compiled_block_runs_the_fused_op(monkeypatch):
         seen.append(x.is_contiguous(memory_format=torch.channels_last))
         return real(x, *args)
     monkeypatch.setattr(rule, "_ir_op", spy)
-    x = torch.randn(2, 8, 16, 16)
+    x = torch.randn(2, 8, 20, 20)  # a batch of 2 and N * H * W >= 28 * 28: fused under compile
     with torch.no_grad():
         out = torch.compile(opt, fullgraph=True, backend="aot_eager")(x)
         want = block(x)

@@ -41,4 +41,5 @@ with torch.no_grad():
             times[k].append(time.thread_time() - t0)
 med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
 for k, v in med.items():
-    print(f"{k:20s} {v:8.1f} ms  {med['eager'] / v:5.2f}x eager  {med['compile'] / v:5.2f}x compile")
+    print(f"{k:20s} {v:8.1f} ms  {med['eager'] / v:5.2f}x eager  "
+          f"{med['compile'] / v:5.2f}x compile")

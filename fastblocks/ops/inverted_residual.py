@@ -18,9 +18,9 @@ per image and per band of output rows with the band's expanded rows in a per-thr
 sized for L2 (maps of 14x14 and below: groups of whole images, so the GEMMs stay large): the
 expand GEMM (ATen/MKL) over the band's input rows, bias + activation in place, the depthwise
 conv + bias + activation (the depthwise family's channels_last row kernel), the project GEMM
-into the output rows, bias and the residual. It reads x as channels_last (an NCHW x is copied once) and writes a
-channels_last output, returned NCHW-contiguous when neither x nor any weight is
-channels_last (PyTorch's convolution layout rule).
+into the output rows, bias and the residual. It reads x as channels_last (an NCHW x is copied
+once) and writes a channels_last output, returned NCHW-contiguous when neither x nor any
+weight is channels_last (PyTorch's convolution layout rule).
 
 Everything else runs the eager composition ``reference_inverted_residual`` (F.conv2d and the
 activations): other dtypes (float16/bfloat16/float64), CUDA tensors, the ``torch`` backend,

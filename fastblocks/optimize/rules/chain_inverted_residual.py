@@ -20,8 +20,9 @@ not be an nn.Sequential (its own children would then be the ones matched).
 The block's class becomes ``FusedInvertedResidual`` (parameters, buffers, children and
 state_dict keys unchanged; revert() restores the original class). Its forward runs the fused
 op only for eval mode, no autograd recording, a 4-d float32 CPU input that is channels_last
-(what _cpu_layout.py feeds an optimized model in eval) or under torch.compile (the block converts its input to channels_last, so the blocks
-after it get channels_last; inductor folds the BN arithmetic into constants with freezing);
+(what _cpu_layout.py feeds an optimized model in eval) or under torch.compile from a batch of
+2 (the block converts its input to channels_last, so the blocks after it get channels_last;
+inductor folds the BN arithmetic into constants with freezing; see _MIN_COMPILED_POSITIONS);
 everything else (training, gradients, CUDA, NCHW in eager, other dtypes, torch.export) runs
 the original class's forward, i.e. the per-chain fused modules.
 """
@@ -101,10 +102,24 @@ def _call(x, folded, dw, expand, residual) -> Tensor:
 # 13.6 vs 15.0.
 
 
+# Under torch.compile (freezing) inductor's convolutions run on prepacked weights, while the
+# fused kernel's MKL GEMMs pack them on every call, and at batch 1 inductor's per-layer tensors
+# stay in L3 (the fused kernel saves little memory traffic there). Zoo mobilenet_v2, thread CPU
+# time, 1 thread, the EPYC VM, compile of the optimized model against compile of the plain
+# one: every block fused, b8 1.07x, b1 0.89x; blocks of N * H * W >= 28 * 28 fused, b8 1.10-1.14x,
+# b1 0.93x; none fused (the per-chain path traced), b8 1.00x, b1 0.97-0.99x. So under compile
+# a block runs fused from a batch of 2 and N * H * W >= 28 * 28 (the 7x7 blocks at batch 8
+# take the per-chain path).
+_MIN_COMPILED_POSITIONS = 28 * 28
+
+
 def _fast(block, x, *heads) -> bool:
     if block.training or not isinstance(x, Tensor) or x.device.type != "cpu" \
             or x.dtype != torch.float32 or x.dim() != 4 or torch.compiler.is_exporting() \
             or not (is_channels_last(x) or torch.compiler.is_compiling()):
+        return False
+    if torch.compiler.is_compiling() and (
+            x.shape[0] < 2 or x.shape[0] * x.shape[-2] * x.shape[-1] < _MIN_COMPILED_POSITIONS):
         return False
     for h in heads:
         if h is None:
