@@ -42,7 +42,8 @@ namespace {
 // core of the EPYC dev VM (MKL's packed weight panels sit there too). Per phase, thread CPU
 // time, MobileNetV2 b8, 1 thread: 768 KB against 384 KB took blocks 2-4 from 22.4 to 20.5 ms
 // (fewer, taller bands: the project GEMM of block 2 (N = 24) ran M = 112 rows a call before,
-// 22 GF/s); 1 MB 20.0 ms, within the noise of the loaded VM, and it leaves no L2 to the weights.
+// 44 GF/s, 53 GF/s at M = 336); 1 MB 20.0 ms, within the noise of the loaded VM, and it leaves
+// no L2 to the weights.
 constexpr int64_t kBandBytes = 768 * 1024;
 // Maps of at most this many output positions (14x14 and below) run whole images, G of them per
 // GEMM (an expanded 14x14x576 image is 450 KB: a band of it would be 4 rows, M = 56), so the
