@@ -61,6 +61,28 @@ def test_parity_with_eager(case):
     assert_parity(out, eager, hi)
 
 
+# How the kernel splits the work: maps of at most 14x14 as groups of whole images per GEMM (3
+# images: one group of 3 on one thread; groups of 2 and 1 on two), larger ones as bands of rows
+# whose depthwise halo moves to the next band (40x40 with 96 hidden channels: bands of 24 rows),
+# an image split into segments when there are fewer images than threads; stride 1 and 2.
+@pytest.mark.skipif(not _HAS_KERNEL, reason="fastblocks._C without inverted_residual_forward")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(3, 8, 32, 8, 12, 10, 1), (1, 8, 96, 8, 40, 40, 1),
+                                   (2, 8, 96, 16, 41, 41, 2)], ids=["groups", "bands", "bands-s2"])
+def test_groups_and_bands(shape, threads):
+    n, cin, ch, cout, h, w, s = shape
+    t = _block(n, cin, ch, cout, h, w, 3, True)
+    res = s == 1 and cin == cout
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = inverted_residual(**t, stride=s, padding=1, residual=res)
+    finally:
+        torch.set_num_threads(old)
+    assert_parity(out, _reference(t, s, 1, 1, "relu6", "relu6", res),
+                  _reference(t, s, 1, 1, "relu6", "relu6", res, torch.float64))
+
+
 @pytest.mark.skipif(not _HAS_KERNEL, reason="fastblocks._C without inverted_residual_forward")
 def test_kernel_serves_float32_cpu(monkeypatch):
     """The parity above is the kernel's, not the eager fallback's."""

@@ -1,6 +1,8 @@
 """optimize()'s inverted-residual rule on the zoo's MobileNetV2 (rules/chain_inverted_residual.py)."""
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -40,7 +42,7 @@ def test_mobilenet_v2_blocks_run_fused_in_eval(monkeypatch):
         calls.append(1)
         return real(*args, **kwargs)
     monkeypatch.setattr(fastblocks.ops, "inverted_residual", spy)
-    x = torch.randn(2, 3, 64, 64)  # blocks at 32x32 and above run fused
+    x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         out, want = opt(x), m(x)
     assert calls, "no block ran the fused op"
@@ -70,3 +72,24 @@ def test_train_mode_revert_and_state_dict():
     assert not any(isinstance(b, FusedInvertedResidual) for b in back.modules())
     assert [type(b) for b in back.modules()] == [type(b) for b in m.modules()]
     assert list(back.state_dict()) == keys
+
+
+def test_compiled_block_runs_the_fused_op(monkeypatch):
+    """Under torch.compile an eval block calls the fused op, on channels_last, in one graph."""
+    rule = importlib.import_module("fastblocks.optimize.rules.chain_inverted_residual")
+    block = _model().features[2]  # expand -> depthwise (stride 2) -> project
+    opt = fastblocks.optimize(block)
+    assert isinstance(opt, FusedInvertedResidual)
+    seen = []
+    real = rule._ir_op
+
+    def spy(x, *args):
+        seen.append(x.is_contiguous(memory_format=torch.channels_last))
+        return real(x, *args)
+    monkeypatch.setattr(rule, "_ir_op", spy)
+    x = torch.randn(2, 8, 20, 20)  # a batch of 2 and N * H * W >= 28 * 28: fused under compile
+    with torch.no_grad():
+        out = torch.compile(opt, fullgraph=True, backend="aot_eager")(x)
+        want = block(x)
+    assert seen == [True]
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)

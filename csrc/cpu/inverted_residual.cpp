@@ -11,7 +11,11 @@
 // an image run in order, so the depthwise halo (the kh - 1 input rows two bands share) is kept
 // (moved to the buffer's front) instead of recomputed. at::parallel_for runs over (image,
 // segment of rows); an image is split into segments only when there are fewer images than
-// threads (each segment recomputes one halo).
+// threads (each segment recomputes one halo). Where a whole image fits one band, or the map is
+// small (kSmallMap), a task is a group of whole images instead, one GEMM each for all of them.
+// The depthwise rows run the depthwise family's channels_last row kernel (sliding register
+// blocks, the input read in place: depthwise_cpu_row_kernels.h), 2-2.5x this file's first
+// per-pixel loop (blocks 2-7 of MobileNetV2, thread CPU time), and its vectorized activation.
 //
 // Layout: x is read as NHWC (channels_last; any other layout is copied once), y is returned
 // channels_last. float32 only (the Python op runs the eager composition for other dtypes).
@@ -22,9 +26,11 @@
 #include <algorithm>
 #include <cstring>
 #include <optional>
+#include <vector>
 
 #include "fastblocks/cpu_utils.h"
 #include "fastblocks/cpu_vec.h"
+#include "fastblocks/depthwise_cpu_kernels.h"
 
 // 64-byte vectors stay inside always-inline helpers: the ABI note does not apply.
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -32,10 +38,19 @@
 namespace fastblocks::cpu {
 namespace {
 
-// Bytes of scratch (expanded rows + depthwise output rows) per band. The EPYC dev VM has 1 MB
-// of L2 per core; the band's input rows and the output rows written by the project GEMM also
-// pass through it, and MKL's packed panels of the weights sit there too.
-constexpr int64_t kBandBytes = 384 * 1024;
+// Bytes of scratch (expanded rows + depthwise output rows) per band: most of the 1 MB L2 of a
+// core of the EPYC dev VM (MKL's packed weight panels sit there too). Per phase, thread CPU
+// time, MobileNetV2 b8, 1 thread: 768 KB against 384 KB took blocks 2-4 from 22.4 to 20.5 ms
+// (fewer, taller bands: the project GEMM of block 2 (N = 24) ran M = 112 rows a call before,
+// 44 GF/s, 53 GF/s at M = 336); 1 MB 20.0 ms, within the noise of the loaded VM, and it leaves
+// no L2 to the weights.
+constexpr int64_t kBandBytes = 768 * 1024;
+// Maps of at most this many output positions (14x14 and below) run whole images, G of them per
+// GEMM (an expanded 14x14x576 image is 450 KB: a band of it would be 4 rows, M = 56), so the
+// GEMMs see M = G * H * W rows as the per-layer convolutions do; G images' scratch within
+// kGroupBytes (L2 + L3), and at least as many groups as threads.
+constexpr int64_t kSmallMap = 14 * 14;
+constexpr int64_t kGroupBytes = 2048 * 1024;
 constexpr int64_t kL = 16;  // channels per vector step (one AVX-512 register of floats)
 
 // y[p][c] = act(y[p][c] + bias[c]) over `npos` positions of C channels (row stride C).
@@ -84,12 +99,11 @@ inline __attribute__((always_inline)) V16 load16(const float* p) {
   return v;
 }
 
-// One output row of the depthwise conv, NHWC: out[ow][c] = act(bias[c] + sum over taps (i, j)
-// of rows[i][iw][c] * wt[i * kw + j][c]), iw = ow * sw - pw + j * dw; rows[i] is null for a
-// tap row in the zero padding. wt: (kh * kw, C), the taps' weights channel-contiguous. The
-// activation runs as a second pass over the row (in L1): GCC vector types have no scalar
-// conversions for act_forward's constants.
-template <int ACT>
+// One output row of the depthwise conv, NHWC, for the shapes the depthwise family's row kernel
+// does not slide over (dilation > 1, fewer than one vector of channels): out[ow][c] = bias[c] +
+// sum over taps (i, j) of rows[i][iw][c] * wt[i * kw + j][c], iw = ow * sw - pw + j * dw;
+// rows[i] is null for a tap row in the zero padding. wt: (kh * kw, C), the taps'
+// weights channel-contiguous. The caller applies the activation.
 FB_CPU_CLONES void depthwise_row(const float* const* rows, const DwGeom& g,
                                  const float* __restrict__ wt, const float* __restrict__ bias,
                                  float* __restrict__ out) {
@@ -123,10 +137,6 @@ FB_CPU_CLONES void depthwise_row(const float* const* rows, const DwGeom& g,
       }
       o[c] = acc;
     }
-  }
-  if constexpr (ACT != 0) {
-    const int64_t n = g.OW * C;
-    for (int64_t k = 0; k < n; ++k) out[k] = act_forward_ct<ACT, float>(out[k]);
   }
 }
 
@@ -191,11 +201,12 @@ at::Tensor inverted_residual_forward(const at::Tensor& x_in,
   const at::Tensor weT = expand ? w_expand->reshape({Ch, Cin}).t() : at::Tensor();
   const at::Tensor wpT = w_project.reshape({Cout, Ch}).t();
   const at::Tensor wt = w_dw.reshape({Ch, kh * kw}).t().contiguous();
-  const at::Tensor x_rows = x.permute({0, 2, 3, 1}).reshape({N, H * W, Cin});   // a view
-  const at::Tensor y_rows = y.permute({0, 2, 3, 1}).reshape({N, OH * OW, Cout});  // a view
+  const at::Tensor x_rows = x.permute({0, 2, 3, 1}).reshape({N * H * W, Cin});      // a view
+  const at::Tensor y_rows = y.permute({0, 2, 3, 1}).reshape({N * OH * OW, Cout});   // a view
   const float* xp = x.const_data_ptr<float>();
   float* yp = y.mutable_data_ptr<float>();
   const float* wtp = wt.const_data_ptr<float>();
+  const float* bdp = opt_ptr(bd);
 
   // band height: the expanded rows of R output rows plus R depthwise output rows in kBandBytes
   const int64_t halo = (kh - 1) * dh;
@@ -203,68 +214,125 @@ at::Tensor inverted_residual_forward(const at::Tensor& x_in,
   int64_t R = (kBandBytes / 4 - (expand ? (halo + 1) * row_e : 0)) /
               ((expand ? sh * row_e : 0) + row_d);
   R = std::clamp<int64_t>(R, 1, OH);
-  const int64_t bands = (OH + R - 1) / R;
   const int64_t threads = at::get_num_threads();
-  const int64_t segments = N >= threads ? 1 : std::min(bands, (threads + N - 1) / N);
+  // whole images, G of them per GEMM, where one image fits a band or the map is small
+  const int64_t per_image = (expand ? H * row_e : 0) + OH * row_d;  // floats
+  int64_t G = 1;
+  if (R == OH || OH * OW <= kSmallMap) {
+    R = OH;
+    G = std::clamp<int64_t>(kGroupBytes / 4 / per_image, 1, (N + threads - 1) / threads);
+  }
+  const int64_t bands = (OH + R - 1) / R;
+  const int64_t segments = (G > 1 || N >= threads) ? 1 : std::min(bands, (threads + N - 1) / N);
   const int64_t bands_per_segment = (bands + segments - 1) / segments;
-  const int64_t cap_e = expand ? std::min(H, (R - 1) * sh + halo + 1) : 0;  // rows
+  const int64_t groups = (N + G - 1) / G;
+  const int64_t cap_e = expand ? G * std::min(H, (R - 1) * sh + halo + 1) : 0;  // rows
 
+  // The depthwise rows run through the depthwise family's channels_last row kernel
+  // (depthwise_cpu_row_kernels.h: sliding register blocks, the input read in place and its
+  // border through a row of zeros) wherever it slides; other shapes (dilation) run
+  // depthwise_row below.
+  const dw::Kernels<float>& isa = dw::kernels<float>();
+  const bool slide = dwl == 1 && dw::slides(sw, kw) && Ch >= isa.lanes;
+  const std::vector<float> zeros(slide ? Ch : 0, 0.0f);
+  std::vector<int64_t> q(kw), wcol(kw);
+  for (int64_t j = 0; j < kw; ++j) {
+    q[j] = j;
+    wcol[j] = j * Ch;
+  }
   const DwGeom geom{W, Ch, OW, kh, kw, sw, pw, dwl};
   dispatch_act(static_cast<int>(expand_act), [&](auto ea) {
-    dispatch_act(static_cast<int>(dw_act), [&](auto da) {
-      constexpr int EA = decltype(ea)::value, DA = decltype(da)::value;
-      at::parallel_for(0, N * segments, 1, [&](int64_t begin, int64_t end) {
-        at::Tensor e_buf = expand ? at::empty({cap_e * W, Ch}, x.options()) : at::Tensor();
-        at::Tensor d_buf = at::empty({R * OW, Ch}, x.options());
-        float* ep = expand ? e_buf.mutable_data_ptr<float>() : nullptr;
-        float* dp = d_buf.mutable_data_ptr<float>();
-        std::vector<const float*> rows(kh);
-        for (int64_t item = begin; item < end; ++item) {
-          const int64_t n = item / segments, seg = item % segments;
-          const int64_t o_begin = seg * bands_per_segment * R;
-          const int64_t o_end = std::min(OH, o_begin + bands_per_segment * R);
-          const float* xn = xp + n * H * W * Cin;
-          int64_t b0 = 0, b1 = 0;  // input rows held in e_buf: [b0, b1)
-          for (int64_t o0 = o_begin; o0 < o_end; o0 += R) {
-            const int64_t o1 = std::min(o0 + R, o_end);
-            const int64_t need0 = std::max<int64_t>(0, o0 * sh - ph);
-            const int64_t need1 = std::min(H, (o1 - 1) * sh - ph + halo + 1);
-            const float* base = xn;  // row ih of the depthwise input: base + (ih - first) * row
-            int64_t first = 0;
-            if (expand) {
-              int64_t fresh = need0;
-              if (b0 <= need0 && need0 < b1) {  // keep the rows both bands read
-                std::memmove(ep, ep + (need0 - b0) * row_e, (b1 - need0) * row_e * sizeof(float));
-                fresh = b1;
-              }
-              b0 = need0;
-              b1 = std::max(need1, fresh);
-              if (fresh < need1) {
-                at::Tensor out = e_buf.narrow(0, (fresh - b0) * W, (need1 - fresh) * W);
-                at::mm_out(out, x_rows[n].narrow(0, fresh * W, (need1 - fresh) * W), weT);
-                bias_act_rows<EA>(ep + (fresh - b0) * row_e, (need1 - fresh) * W, Ch,
-                                  opt_ptr(be));
-              }
-              base = ep;
-              first = b0;
+    constexpr int EA = decltype(ea)::value;
+    at::parallel_for(0, groups * segments, 1, [&](int64_t begin, int64_t end) {
+      at::Tensor e_buf = expand ? at::empty({cap_e * W, Ch}, x.options()) : at::Tensor();
+      at::Tensor d_buf = at::empty({G * R * OW, Ch}, x.options());
+      float* ep = expand ? e_buf.mutable_data_ptr<float>() : nullptr;
+      float* dp = d_buf.mutable_data_ptr<float>();
+      std::vector<const float*> rows(kh), wr(kh), scratch(2 * kh * kw);
+      // depthwise output rows [o0, o1) of one image whose input row ih is at
+      // base + (ih - first) * row, into dst (activation not yet applied)
+      const auto dw_rows = [&](const float* base, int64_t first, int64_t o0, int64_t o1, float* dst) {
+        for (int64_t oh = o0; oh < o1; ++oh) {
+          float* out = dst + (oh - o0) * row_d;
+          if (slide) {
+            int nrows = 0;
+            for (int64_t i = 0; i < kh; ++i) {
+              const int64_t ih = oh * sh - ph + i * dh;
+              if (ih < 0 || ih >= H) continue;
+              rows[nrows] = base + (ih - first) * row_e;
+              wr[nrows++] = wtp + i * kw * Ch;
             }
-            for (int64_t oh = o0; oh < o1; ++oh) {
-              for (int64_t i = 0; i < kh; ++i) {
-                const int64_t ih = oh * sh - ph + i * dh;
-                rows[i] = (ih >= 0 && ih < H) ? base + (ih - first) * row_e : nullptr;
-              }
-              depthwise_row<DA>(rows.data(), geom, wtp, opt_ptr(bd), dp + (oh - o0) * row_d);
+            dw::NhwcRow<float> a{rows.data(), wr.data(), nrows, q.data(), wcol.data(), int(kw),
+                                 sw, OW, out, Ch, Ch, Ch, bdp, scratch.data(), nullptr};
+            a.src_off = pw;
+            a.src_pixels = W;
+            a.zeros = zeros.data();
+            isa.nhwc_row(a);
+          } else {
+            for (int64_t i = 0; i < kh; ++i) {
+              const int64_t ih = oh * sh - ph + i * dh;
+              rows[i] = (ih >= 0 && ih < H) ? base + (ih - first) * row_e : nullptr;
             }
-            const int64_t npos = (o1 - o0) * OW;
-            at::Tensor out = y_rows[n].narrow(0, o0 * OW, npos);
-            at::mm_out(out, d_buf.narrow(0, 0, npos), wpT);
-            if (bp.has_value() || residual) {
-              add_bias_residual(yp + (n * OH * OW + o0 * OW) * Cout, npos, Cout, opt_ptr(bp),
-                                residual ? xn + o0 * W * Cin : nullptr);
-            }
+            depthwise_row(rows.data(), geom, wtp, bdp, out);
           }
         }
-      });
+        if (dw_act != 0) isa.apply_act(dst, (o1 - o0) * row_d, static_cast<int>(dw_act));
+      };
+      // project GEMM of npos depthwise positions into y's rows from position p0, + bias (+ x)
+      const auto project = [&](int64_t p0, int64_t npos) {
+        at::Tensor out = y_rows.narrow(0, p0, npos);
+        at::mm_out(out, d_buf.narrow(0, 0, npos), wpT);
+        if (bp.has_value() || residual) {
+          add_bias_residual(yp + p0 * Cout, npos, Cout, opt_ptr(bp),
+                            residual ? xp + p0 * Cin : nullptr);
+        }
+      };
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t grp = item / segments, seg = item % segments;
+        if (G > 1) {  // whole images n0 .. n0 + ng: one expand and one project GEMM
+          const int64_t n0 = grp * G, ng = std::min(G, N - n0);
+          const float* base = xp + n0 * H * W * Cin;
+          if (expand) {
+            at::Tensor out = e_buf.narrow(0, 0, ng * H * W);
+            at::mm_out(out, x_rows.narrow(0, n0 * H * W, ng * H * W), weT);
+            bias_act_rows<EA>(ep, ng * H * W, Ch, opt_ptr(be));
+            base = ep;
+          }
+          for (int64_t g = 0; g < ng; ++g) dw_rows(base + g * H * row_e, 0, 0, OH, dp + g * OH * row_d);
+          project(n0 * OH * OW, ng * OH * OW);
+          continue;
+        }
+        const int64_t n = grp;
+        const int64_t o_begin = seg * bands_per_segment * R;
+        const int64_t o_end = std::min(OH, o_begin + bands_per_segment * R);
+        const float* xn = xp + n * H * W * Cin;
+        int64_t b0 = 0, b1 = 0;  // input rows held in e_buf: [b0, b1)
+        for (int64_t o0 = o_begin; o0 < o_end; o0 += R) {
+          const int64_t o1 = std::min(o0 + R, o_end);
+          const int64_t need0 = std::max<int64_t>(0, o0 * sh - ph);
+          const int64_t need1 = std::min(H, (o1 - 1) * sh - ph + halo + 1);
+          const float* base = xn;  // row ih of the depthwise input: base + (ih - first) * row
+          int64_t first = 0;
+          if (expand) {
+            int64_t fresh = need0;
+            if (b0 <= need0 && need0 < b1) {  // keep the rows both bands read
+              std::memmove(ep, ep + (need0 - b0) * row_e, (b1 - need0) * row_e * sizeof(float));
+              fresh = b1;
+            }
+            b0 = need0;
+            b1 = std::max(need1, fresh);
+            if (fresh < need1) {
+              at::Tensor out = e_buf.narrow(0, (fresh - b0) * W, (need1 - fresh) * W);
+              at::mm_out(out, x_rows.narrow(0, (n * H + fresh) * W, (need1 - fresh) * W), weT);
+              bias_act_rows<EA>(ep + (fresh - b0) * row_e, (need1 - fresh) * W, Ch, opt_ptr(be));
+            }
+            base = ep;
+            first = b0;
+          }
+          dw_rows(base, first, o0, o1, dp);
+          project((n * OH + o0) * OW, (o1 - o0) * OW);
+        }
+      }
     });
   });
   return y;

@@ -15,11 +15,12 @@ block) goes to DRAM after the expand conv and comes back for the depthwise conv,
 depthwise output once more for the project conv. On CPU (float32, the cpu/auto backend)
 ``fastblocks._C.inverted_residual_forward`` (csrc/cpu/inverted_residual.cpp) runs the block
 per image and per band of output rows with the band's expanded rows in a per-thread buffer
-sized for L2: the expand GEMM (ATen/MKL) over the band's input rows, bias + activation in
-place, the depthwise conv + bias + activation, the project GEMM into the output rows, bias
-and the residual. It reads x as channels_last (an NCHW x is copied once) and writes a
-channels_last output, returned NCHW-contiguous when neither x nor any weight is
-channels_last (PyTorch's convolution layout rule).
+sized for L2 (maps of 14x14 and below: groups of whole images, so the GEMMs stay large): the
+expand GEMM (ATen/MKL) over the band's input rows, bias + activation in place, the depthwise
+conv + bias + activation (the depthwise family's channels_last row kernel), the project GEMM
+into the output rows, bias and the residual. It reads x as channels_last (an NCHW x is copied
+once) and writes a channels_last output, returned NCHW-contiguous when neither x nor any
+weight is channels_last (PyTorch's convolution layout rule).
 
 Everything else runs the eager composition ``reference_inverted_residual`` (F.conv2d and the
 activations): other dtypes (float16/bfloat16/float64), CUDA tensors, the ``torch`` backend,

@@ -19,10 +19,12 @@ not be an nn.Sequential (its own children would then be the ones matched).
 
 The block's class becomes ``FusedInvertedResidual`` (parameters, buffers, children and
 state_dict keys unchanged; revert() restores the original class). Its forward runs the fused
-op only for eval mode, no autograd recording, not compiling, a 4-d float32 channels_last CPU
-input (what _cpu_layout.py feeds an optimized model in eval); everything else (training,
-gradients, CUDA, NCHW, other dtypes, torch.compile) runs the original class's forward, i.e.
-the per-chain fused modules.
+op only for eval mode, no autograd recording, a 4-d float32 CPU input that is channels_last
+(what _cpu_layout.py feeds an optimized model in eval) or under torch.compile from a batch of
+2 (the block converts its input to channels_last, so the blocks after it get channels_last;
+inductor folds the BN arithmetic into constants with freezing; see _MIN_COMPILED_POSITIONS);
+everything else (training, gradients, CUDA, NCHW in eager, other dtypes, torch.export) runs
+the original class's forward, i.e. the per-chain fused modules.
 """
 from __future__ import annotations
 
@@ -33,7 +35,10 @@ from torch import Tensor, nn
 
 from ... import ops
 from ...nn.conv_bn_act import _folded
+from ...ops._activation_codes import activation_code
 from ...ops._layout import is_channels_last
+from ...ops.inverted_residual import _impl as _ir_impl
+from ...ops.inverted_residual import _ir_op
 from .._classswap import original_class, swap_class
 from .._inline_module import InlineFused
 from .._rule import BlockRule
@@ -50,34 +55,71 @@ class FusedInvertedResidual(nn.Module):
 
     def forward(self, x: Tensor, *args, **kwargs):
         expand, dw, project, residual = self.__dict__["_fb_ir"]
-        if args or kwargs or dw.in_channels % 16 or not _fast(self, x, expand, dw, project):
+        if args or kwargs or not _fast(self, x, expand, dw, project):
             return original_class(self).forward(self, x, *args, **kwargs)
-        we = be = None
-        if expand is not None:
-            we, be = _folded(expand, expand, expand.__dict__["_fb_bn"])
-        wd, bd = _folded(dw, dw, dw.__dict__["_fb_bn"])
-        wp, bp = _folded(project, project, project.__dict__["_fb_bn"])
-        return ops.inverted_residual(
-            x, we, be, wd, bd, wp, bp, stride=dw.stride, padding=dw.padding,
-            dilation=dw.dilation,
-            expand_activation=None if expand is None else expand.__dict__["_fb_activation"],
-            dw_activation=dw.__dict__["_fb_activation"], residual=residual)
+        folded = [(None, None) if h is None else _folded(h, h, h.__dict__["_fb_bn"])
+                  for h in (expand, dw, project)]
+        if torch.compiler.is_compiling():
+            # inductor folds the BN arithmetic into constants (freezing) and runs the fused op
+            # on channels_last, the layout it hands on to the next block (see _fast); the
+            # registered op straight away (the block's shapes were checked when it was matched)
+            return _ir_op(x.contiguous(memory_format=torch.channels_last),
+                          *_kernel_args(folded, dw, expand, residual))
+        # eager: the op's argument checks once per set of folded weights (a fold is cached on
+        # its head until a parameter or buffer changes), then the kernel directly; the checked
+        # call cost ~80 us a block (batch 1, 1 thread, the EPYC VM)
+        key = tuple(id(w) for w, _ in folded)
+        cached = self.__dict__.get("_fb_ir_args")
+        if cached is None or cached[0] != key:
+            _call(x, folded, dw, expand, residual)  # validates, raises on a bad block
+            self.__dict__["_fb_ir_args"] = cached = (key, _kernel_args(folded, dw, expand,
+                                                                       residual))
+        return _ir_impl(x, *cached[1])
 
 
-# The fused op pays off where the expanded tensor of an image is large: its GEMMs run per image
-# (and band), so at 14x14 and 7x7 they are small (M = 196, 49) where oneDNN's per-layer convs
-# see the whole batch. Per block, batch 8, 1 thread, fp32, thread CPU time, the loaded 2-core
-# EPYC VM (the 12 MobileNetV2 block shapes against the per-chain path): inputs of 112x112
-# 1.24-2.62x, 56x56 1.22-2.38x, 28x28 1.21-1.29x, 14x14 0.98-1.18x, 7x7 0.74-0.80x; zoo
-# mnasnet1_0 (four 7x7 and 14x14 k5 blocks) ran 0.84x the per-chain path with every block
-# fused. So only blocks whose input has at least this many positions run fused.
-_MIN_POSITIONS = 28 * 28
+def _kernel_args(folded, dw, expand, residual) -> tuple:
+    (we, be), (wd, bd), (wp, bp) = folded
+    return (we, be, wd, bd, wp, bp, list(dw.stride), list(dw.padding), list(dw.dilation),
+            0 if expand is None else activation_code(expand.__dict__["_fb_activation"]),
+            activation_code(dw.__dict__["_fb_activation"]), residual)
+
+
+def _call(x, folded, dw, expand, residual) -> Tensor:
+    (we, be), (wd, bd), (wp, bp) = folded
+    return ops.inverted_residual(
+        x, we, be, wd, bd, wp, bp, stride=dw.stride, padding=dw.padding, dilation=dw.dilation,
+        expand_activation=None if expand is None else expand.__dict__["_fb_activation"],
+        dw_activation=dw.__dict__["_fb_activation"], residual=residual)
+
+
+# Every matched block runs fused, whatever its map size. The first kernel ran its GEMMs per
+# image, small at 14x14 and 7x7 (M = 196, 49), and lost to the per-chain path there (7x7 blocks
+# 0.74-0.80x, zoo mnasnet1_0 0.84x), so blocks under 28x28 kept the per-chain path. With small
+# maps run as groups of whole images (csrc/cpu/inverted_residual.cpp, kSmallMap), fusing every
+# block against fusing only those from 28x28, whole zoo models, thread CPU time, 1 thread,
+# interleaved medians, the loaded 2-core EPYC VM: mobilenet_v2 b8 77.9 vs 80.2 ms, b1 13.5 vs
+# 15.3; mnasnet1_0 b8 80.4 vs 82.8, b1 14.4 vs 15.3; mobilenet_v3_large b8 73.4 vs 72.9, b1
+# 13.6 vs 15.0.
+
+
+# Under torch.compile (freezing) inductor's convolutions run on prepacked weights, while the
+# fused kernel's MKL GEMMs pack them on every call, and at batch 1 inductor's per-layer tensors
+# stay in L3 (the fused kernel saves little memory traffic there). Zoo mobilenet_v2, thread CPU
+# time, 1 thread, the EPYC VM, compile of the optimized model against compile of the plain
+# one: every block fused, b8 1.07x, b1 0.89x; blocks of N * H * W >= 28 * 28 fused, b8 1.10-1.14x,
+# b1 0.93x; none fused (the per-chain path traced), b8 1.00x, b1 0.97-0.99x. So under compile
+# a block runs fused from a batch of 2 and N * H * W >= 28 * 28 (the 7x7 blocks at batch 8
+# take the per-chain path).
+_MIN_COMPILED_POSITIONS = 28 * 28
 
 
 def _fast(block, x, *heads) -> bool:
     if block.training or not isinstance(x, Tensor) or x.device.type != "cpu" \
-            or x.dtype != torch.float32 or x.dim() != 4 or not is_channels_last(x) \
-            or torch.compiler.is_compiling() or x.shape[-1] * x.shape[-2] < _MIN_POSITIONS:
+            or x.dtype != torch.float32 or x.dim() != 4 or torch.compiler.is_exporting() \
+            or not (is_channels_last(x) or torch.compiler.is_compiling()):
+        return False
+    if torch.compiler.is_compiling() and (
+            x.shape[0] < 2 or x.shape[0] * x.shape[-2] * x.shape[-1] < _MIN_COMPILED_POSITIONS):
         return False
     for h in heads:
         if h is None:
