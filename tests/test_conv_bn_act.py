@@ -500,16 +500,16 @@ def test_cpu_channels_last_path_by_size(monkeypatch, n, c_in, hw, k, onednn):
 
 @pytest.mark.parametrize("hw, k, packed", [(3, 3, True), (24, 3, False), (1, 1, False)])
 def test_cpu_nchw_large_weight_goes_through_packed_onednn(monkeypatch, hw, k, packed):
-    """NCHW with a weight of at least twice the elements of x and y: channels_last copy,
-    oneDNN's packed primitive, NCHW output (ops/conv_bn_act.py has the numbers); else ATen.
+    """NCHW with a weight of at least twice the elements of x and y: ATen's NCHW oneDNN
+    convolution on a weight packed once (ops/conv_bn_act.py has the numbers); else ATen.
     Not where ATen itself would not use oneDNN (a 1x1 at one thread: its GEMM convolution
     accumulates more exactly). Through the op and through ConvBNAct's eval runner."""
     calls = []
-    real = _mkldnn_conv.conv_pointwise
-    monkeypatch.setattr(_mkldnn_conv, "conv_pointwise",
+    real = _mkldnn_conv.conv_nchw
+    monkeypatch.setattr(_mkldnn_conv, "conv_nchw",
                         lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    runner = _mkldnn_conv.runner  # ConvBNAct's eval runner packs through this
-    monkeypatch.setattr(_mkldnn_conv, "runner",
+    runner = _mkldnn_conv.runner_nchw  # ConvBNAct's eval runner packs through this
+    monkeypatch.setattr(_mkldnn_conv, "runner_nchw",
                         lambda *a, **kw: calls.append(1) or runner(*a, **kw))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # ATen's choice for the 1x1 depends on it
