@@ -542,6 +542,26 @@ def _nchw_large_weight_case(calls, hw, k, packed):
         assert ok, msg
 
 
+def test_cpu_nchw_large_weight_is_as_exact_as_eager_at_two_threads():
+    """The NCHW large-weight route runs ATen's own NCHW oneDNN primitive (packed weight), not
+    the channels_last one through a layout copy: at 2 threads that one missed the rule by 5x on
+    this layer (max error vs float64 3.1e-05, eager's 6.3e-06; the shared 2-core EPYC VM)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.rand(2, 256, 5, 5, generator=gen) * 10
+        w, b = torch.randn(256, 256, 3, 3, generator=gen) / 48, torch.randn(256, generator=gen)
+        for _ in range(2):  # the second call runs on the packed weight
+            y = ops.conv_bias_act(x, w, b, 1, 1, 1, 1, "relu")
+        hi = F.relu(F.conv2d(x.double(), w.double(), b.double(), 1, 1))
+        ok, _, msg = compare(y, F.relu(F.conv2d(x, w, b, 1, 1)), hi, reduction=True)
+        assert ok, msg
+        assert y.is_contiguous()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_compile_on_cpu_hands_the_conv_to_inductor():
     """Under torch.compile on CPU, conv_bias_act traces to ATen's conv and activation (inductor
     fuses them itself), not to the opaque fastblocks op."""
