@@ -16,8 +16,10 @@ counter; theirs is taken as fixed (they cannot change outside inference_mode).
 
 Layout: channels_last only (as inductor lays activations out for it). A packed weight makes
 oneDNN write a channels_last output whatever the input's layout; NCHW convolutions stay with
-ATen except those with a large weight that ATen itself runs through oneDNN, which go through a
-channels_last copy of x (fastblocks/ops/conv_bn_act.py, _nchw_through_packed, says why). Float64 (and float16/bfloat16 where the CPU lacks native support) are not served: the
+ATen except those with a large weight that ATen itself runs through oneDNN, which run ATen's own
+NCHW oneDNN primitive on a weight packed for it (``conv_nchw``: channels_last primitives, oneDNN's
+brgconv kernels, accumulate less exactly than its NCHW jit kernels; fastblocks/ops/conv_bn_act.py,
+_nchw_through_packed, has the numbers). Float64 (and float16/bfloat16 where the CPU lacks native support) are not served: the
 caller falls back to ATen's convolution plus an in-place activation.
 """
 from __future__ import annotations

@@ -147,9 +147,13 @@ _POINTWISE_ATEN_MAX_MACS = 8_000_000
 
 
 # NCHW in and out, a weight with at least twice as many elements as x and the output together:
-# ATen's NCHW oneDNN convolution on a weight packed once (the numbers below were measured for
-# the earlier route, x to channels_last, the channels_last packed primitive, back to NCHW).
-# ATen's NCHW convolution re-lays such a weight out on every call. Interleaved p10, fp32, 1 thread, the
+# ATen's NCHW oneDNN convolution on a weight packed once (_mkldnn_conv.conv_nchw; ATen's NCHW
+# convolution re-lays such a weight out on every call). The numbers below were measured for the
+# earlier route (x to channels_last, the channels_last packed primitive, back to NCHW), given up
+# for exactness (_nchw_through_packed). The route now, interleaved p10 of 30 calls, fp32, relu,
+# 1 thread, the shared 2-core EPYC VM at load ~2-4, us (ATen conv + relu_ / this / the earlier
+# route): 512->512 3x3 at 7x7 b1 3187 / 3446 / 2135; 256->256 3x3 at 14x14 2260 / 2315 / 2107;
+# 512->2048 1x1 at 7x7 1848 / 1589 / 1403; 320->1280 1x1 at 7x7 681 / 588 / 540. Interleaved p10, fp32, 1 thread, the
 # shared 2-core EPYC VM (/tmp probe of the 30 layers of shapes.CONV_BN_ACT_ALL, A = ATen NCHW
 # conv + in-place act, B = this; A/B): batch 1, ratio >= 2: 512->512 3x3 at 7x7 10.5x,
 # 256->256 3x3 at 14x14 1.14x, 512->2048 1x1 at 7x7 1.15x, 320->1280 1x1 at 7x7 1.17-1.18x,
