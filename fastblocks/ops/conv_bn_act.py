@@ -153,7 +153,7 @@ _POINTWISE_ATEN_MAX_MACS = 8_000_000
 # for exactness (_nchw_through_packed). The route now, interleaved p10 of 30 calls, fp32, relu,
 # 1 thread, the shared 2-core EPYC VM at load ~2-4, us (ATen conv + relu_ / this / the earlier
 # route): 512->512 3x3 at 7x7 b1 3187 / 3446 / 2135; 256->256 3x3 at 14x14 2260 / 2315 / 2107;
-# 512->2048 1x1 at 7x7 1848 / 1589 / 1403; 320->1280 1x1 at 7x7 681 / 588 / 540. Interleaved p10, fp32, 1 thread, the
+# 512->2048 1x1 at 7x7 1848 / 1589 / 1403; 320->1280 1x1 at 7x7 681 / 588 / 540. So 1x1 only. Interleaved p10, fp32, 1 thread, the
 # shared 2-core EPYC VM (/tmp probe of the 30 layers of shapes.CONV_BN_ACT_ALL, A = ATen NCHW
 # conv + in-place act, B = this; A/B): batch 1, ratio >= 2: 512->512 3x3 at 7x7 10.5x,
 # 256->256 3x3 at 14x14 1.14x, 512->2048 1x1 at 7x7 1.15x, 320->1280 1x1 at 7x7 1.17-1.18x,
@@ -182,8 +182,8 @@ def _nchw_through_packed(x: Tensor, weight: Tensor, stride, padding, dilation,
     layout hook removed), 2 threads: output error 29.4 through the channels_last copy, 17.4
     through conv_nchw, eager 13.3 (the limit 26.5)."""
     if not _mkldnn_conv.can_serve(x, weight) or get_backend() == "torch" \
-            or not x.is_contiguous():
-        return False
+            or not x.is_contiguous() or weight.shape[-1] != 1 or weight.shape[-2] != 1:
+        return False  # kxk: ATen's own call was as fast (numbers above)
     out = _out_shape(x, weight, stride, padding, dilation)
     y_numel = out[0] * out[1] * out[2] * out[3]
     if weight.numel() < _NCHW_PACKED_MIN_RATIO * (x.numel() + y_numel):
