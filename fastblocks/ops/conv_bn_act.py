@@ -59,6 +59,10 @@ convolution's speed, the rest being the activation's own work and ~10 us per cal
 thread: 1.16x eager and 1.29x compile at batch 1 (bound 1.29x; 3 layers at 0.93-0.97x eager,
 the large 1x1s, which stay on ATen's GEMM convolution for exactness: _nchw_through_packed),
 1.11x and 1.05x at batch 32 (bound 1.21x; 12 layers below compile, 6 at 0.73-0.96x).
+Those NCHW figures predate the exact NCHW route (_nchw_through_packed): re-run after it at
+batch 1, 1 thread (``--layout nchw --batch 1 --no-compile --no-bound --budget 0.3``, same VM
+at load ~2-4, not committed to results/): 1.12x eager, 2 layers below 1.0x (256->256 3x3 at
+14x14 0.96x, 512->512 3x3 at 7x7 0.99x).
 """
 from __future__ import annotations
 
