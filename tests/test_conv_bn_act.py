@@ -498,25 +498,26 @@ def test_cpu_channels_last_path_by_size(monkeypatch, n, c_in, hw, k, onednn):
     assert ok, msg
 
 
-@pytest.mark.parametrize("hw, k, packed", [(3, 3, True), (24, 3, False), (1, 1, False)])
-def test_cpu_nchw_large_weight_goes_through_packed_onednn(monkeypatch, hw, k, packed):
-    """NCHW with a weight of at least twice the elements of x and y: channels_last copy,
-    oneDNN's packed primitive, NCHW output (ops/conv_bn_act.py has the numbers); else ATen.
-    Not where ATen itself would not use oneDNN (a 1x1 at one thread: its GEMM convolution
-    accumulates more exactly). Through the op and through ConvBNAct's eval runner."""
+@pytest.mark.parametrize("hw, k, threads, packed",
+                         [(3, 3, 1, False), (24, 3, 1, False), (1, 1, 1, False), (1, 1, 2, True)])
+def test_cpu_nchw_large_weight_goes_through_packed_onednn(monkeypatch, hw, k, threads, packed):
+    """NCHW 1x1 with a weight of at least twice the elements of x and y: ATen's NCHW oneDNN
+    convolution on a weight packed once (ops/conv_bn_act.py has the numbers); else ATen (kxk:
+    as fast). Not where ATen itself would not use oneDNN (a 1x1 at one thread: its GEMM
+    convolution accumulates more exactly). Through the op and through ConvBNAct's runner."""
     calls = []
-    real = _mkldnn_conv.conv_pointwise
-    monkeypatch.setattr(_mkldnn_conv, "conv_pointwise",
+    real = _mkldnn_conv.conv_nchw
+    monkeypatch.setattr(_mkldnn_conv, "conv_nchw",
                         lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    runner = _mkldnn_conv.runner  # ConvBNAct's eval runner packs through this
-    monkeypatch.setattr(_mkldnn_conv, "runner",
+    runner = _mkldnn_conv.runner_nchw  # ConvBNAct's eval runner packs through this
+    monkeypatch.setattr(_mkldnn_conv, "runner_nchw",
                         lambda *a, **kw: calls.append(1) or runner(*a, **kw))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # ATen's choice for the 1x1 depends on it
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # ATen's choice for the 1x1 depends on it
     try:
         _nchw_large_weight_case(calls, hw, k, packed)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def _nchw_large_weight_case(calls, hw, k, packed):
@@ -540,6 +541,27 @@ def _nchw_large_weight_case(calls, hw, k, packed):
         assert y.is_contiguous()
         ok, _, msg = compare(y, eager, hi, reduction=True)
         assert ok, msg
+
+
+def test_cpu_nchw_large_weight_is_as_exact_as_eager_at_two_threads():
+    """The NCHW large-weight 1x1 route runs ATen's own NCHW oneDNN primitive (packed weight),
+    not the channels_last one through a layout copy: at 2 threads that one missed the rule on
+    this layer (max error vs float64 1.7e-05, eager's 7.6e-06; the shared 2-core EPYC VM)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.rand(2, 2048, 1, 1, generator=gen) * 10
+        w = torch.randn(448, 2048, 1, 1, generator=gen) / 2048 ** 0.5
+        b = torch.randn(448, generator=gen)
+        for _ in range(2):  # the second call runs on the packed weight
+            y = ops.conv_bias_act(x, w, b, 1, 0, 1, 1, "relu")
+        hi = F.relu(F.conv2d(x.double(), w.double(), b.double()))
+        ok, _, msg = compare(y, F.relu(F.conv2d(x, w, b)), hi, reduction=True)
+        assert ok, msg
+        assert y.is_contiguous()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_compile_on_cpu_hands_the_conv_to_inductor():

@@ -16,8 +16,10 @@ counter; theirs is taken as fixed (they cannot change outside inference_mode).
 
 Layout: channels_last only (as inductor lays activations out for it). A packed weight makes
 oneDNN write a channels_last output whatever the input's layout; NCHW convolutions stay with
-ATen except those with a large weight that ATen itself runs through oneDNN, which go through a
-channels_last copy of x (fastblocks/ops/conv_bn_act.py, _nchw_through_packed, says why). Float64 (and float16/bfloat16 where the CPU lacks native support) are not served: the
+ATen except those with a large weight that ATen itself runs through oneDNN, which run ATen's own
+NCHW oneDNN primitive on a weight packed for it (``conv_nchw``: channels_last primitives, oneDNN's
+brgconv kernels, accumulate less exactly than its NCHW jit kernels; fastblocks/ops/conv_bn_act.py,
+_nchw_through_packed, has the numbers). Float64 (and float16/bfloat16 where the CPU lacks native support) are not served: the
 caller falls back to ATen's convolution plus an in-place activation.
 """
 from __future__ import annotations
@@ -67,10 +69,26 @@ def can_serve(x: Tensor, weight: Tensor) -> bool:
             and x.shape[0] > 0)
 
 
-def packed_weight(weight: Tensor, padding, stride, dilation, groups: int, input_size) -> Tensor:
+def _pack_blocked(weight: Tensor, padding, stride, dilation, groups: int, input_size) -> Tensor:
+    """For channels_last activations: the packed weight _convolution_pointwise runs (inductor's)."""
+    return torch.ops.mkldnn._reorder_convolution_weight(
+        weight.detach().contiguous(), list(padding), list(stride), list(dilation), groups,
+        list(input_size))
+
+
+def _pack_for_nchw(weight: Tensor, padding, stride, dilation, groups: int, input_size) -> Tensor:
+    """For NCHW activations: a oneDNN tensor in the layout ATen's own NCHW oneDNN convolution
+    reorders the weight into on every call (mkldnn_convolution's)."""
+    return torch._C._nn.mkldnn_reorder_conv2d_weight(
+        weight.detach().contiguous().to_mkldnn(), list(padding), list(stride), list(dilation),
+        groups, list(input_size))
+
+
+def packed_weight(weight: Tensor, padding, stride, dilation, groups: int, input_size,
+                  nchw: bool = False) -> Tensor:
     """The oneDNN-packed copy of `weight` for this geometry and input size, cached (from the
-    weight's second use on; the plain weight before)."""
-    key = (tuple(padding), tuple(stride), tuple(dilation), groups, tuple(input_size))
+    weight's second use on; the plain weight before). ``nchw``: packed for ``conv_nchw``."""
+    key = (nchw, tuple(padding), tuple(stride), tuple(dilation), groups, tuple(input_size))
     version = -1 if weight.is_inference() else weight._version
     entry = _packed.get(weight)
     if entry is None or entry[0] != version:
@@ -82,11 +100,31 @@ def packed_weight(weight: Tensor, padding, stride, dilation, groups: int, input_
         if len(shapes) >= _MAX_SHAPES_PER_WEIGHT:
             shapes.pop(next(iter(shapes)))
         with torch.no_grad():
-            packed = torch.ops.mkldnn._reorder_convolution_weight(
-                weight.detach().contiguous(), list(padding), list(stride), list(dilation),
-                groups, list(input_size))
+            pack = _pack_for_nchw if nchw else _pack_blocked
+            packed = pack(weight, padding, stride, dilation, groups, input_size)
         shapes[key] = packed
     return packed
+
+
+def conv_nchw(x: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation,
+              groups: int, act: int) -> Tensor:
+    """act(conv2d(x, weight, bias)) for a contiguous NCHW float32 x through ATen's own NCHW
+    oneDNN convolution on a weight packed once (``packed_weight(..., nchw=True)``), the
+    activation in place after it. Same primitive as eager's, so the same sums: the
+    channels_last primitive of ``conv_pointwise`` accumulates less exactly (ops/conv_bn_act.py,
+    _nchw_through_packed, has the numbers). Returns a new NCHW-contiguous tensor."""
+    w = packed_weight(weight, padding, stride, dilation, groups, x.shape, nchw=True)
+    return _run_nchw(x, w, bias, list(padding), list(stride), list(dilation), groups, act)
+
+
+def _run_nchw(x, w, bias, padding, stride, dilation, groups, act):
+    from ._activation_codes import activate_
+    if not w.is_mkldnn:  # first use of the weight: ATen's convolution (the same primitive)
+        y = torch.nn.functional.conv2d(x, w, bias, stride, padding, dilation, groups)
+    else:
+        y = torch.mkldnn_convolution(x.to_mkldnn(), w, bias, padding, stride, dilation,
+                                     groups).to_dense()
+    return activate_(y, act)
 
 
 def conv_pointwise(x: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation,
@@ -134,13 +172,22 @@ def runner(weight: Tensor, bias: Tensor | None, stride, padding, dilation, group
     attr, scalars, algorithm = POST_OPS[act]
     padding, stride, dilation = list(padding), list(stride), list(dilation)
     with torch.no_grad():
-        packed = torch.ops.mkldnn._reorder_convolution_weight(
-            weight.detach().contiguous(), padding, stride, dilation, groups, list(input_size))
+        packed = _pack_blocked(weight, padding, stride, dilation, groups, input_size)
     op = _POINTWISE
 
     def run(x: Tensor) -> Tensor:
         return op(x, packed, bias, padding, stride, dilation, groups, attr, scalars, algorithm)
     return run
+
+
+def runner_nchw(weight: Tensor, bias: Tensor | None, stride, padding, dilation, groups: int,
+                act: int, input_size):
+    """``lambda x: conv_nchw(x, weight, bias, ...)`` for NCHW-contiguous inputs of
+    ``input_size`` with the weight packed now and held by the closure (as ``runner``)."""
+    padding, stride, dilation = list(padding), list(stride), list(dilation)
+    with torch.no_grad():
+        packed = _pack_for_nchw(weight, padding, stride, dilation, groups, input_size)
+    return lambda x: _run_nchw(x, packed, bias, padding, stride, dilation, groups, act)
 
 
 def clear_cache() -> None:

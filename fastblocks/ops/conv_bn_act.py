@@ -59,6 +59,10 @@ convolution's speed, the rest being the activation's own work and ~10 us per cal
 thread: 1.16x eager and 1.29x compile at batch 1 (bound 1.29x; 3 layers at 0.93-0.97x eager,
 the large 1x1s, which stay on ATen's GEMM convolution for exactness: _nchw_through_packed),
 1.11x and 1.05x at batch 32 (bound 1.21x; 12 layers below compile, 6 at 0.73-0.96x).
+Those NCHW figures predate the exact NCHW route (_nchw_through_packed): re-run after it at
+batch 1, 1 thread (``--layout nchw --batch 1 --no-compile --no-bound --budget 0.3``, same VM
+at load ~2-4, not committed to results/): 1.12x eager, 2 layers below 1.0x (256->256 3x3 at
+14x14 0.96x, 512->512 3x3 at 7x7 0.99x).
 """
 from __future__ import annotations
 
@@ -126,9 +130,7 @@ def _conv_bias_act_impl(x, weight, bias, stride, padding, dilation, groups, act)
         return _mkldnn_conv.conv_pointwise(x, weight, bias, stride, padding, dilation, groups,
                                            act)
     if _nchw_through_packed(x, weight, stride, padding, dilation, groups):
-        x = x.contiguous(memory_format=torch.channels_last)
-        return _mkldnn_conv.conv_pointwise(x, weight, bias, stride, padding, dilation, groups,
-                                           act).contiguous()
+        return _mkldnn_conv.conv_nchw(x, weight, bias, stride, padding, dilation, groups, act)
     if x.device.type == "cuda" and _cuda_epilogue(x.device):
         # cuDNN's convolution without its bias, then bias + activation in one pass of ours
         # (ATen adds a cuDNN convolution's bias in a pass of its own, then the activation)
@@ -149,8 +151,13 @@ _POINTWISE_ATEN_MAX_MACS = 8_000_000
 
 
 # NCHW in and out, a weight with at least twice as many elements as x and the output together:
-# x to channels_last, oneDNN's packed primitive, the output back to NCHW. ATen's NCHW
-# convolution re-lays such a weight out on every call. Interleaved p10, fp32, 1 thread, the
+# ATen's NCHW oneDNN convolution on a weight packed once (_mkldnn_conv.conv_nchw; ATen's NCHW
+# convolution re-lays such a weight out on every call). The numbers below were measured for the
+# earlier route (x to channels_last, the channels_last packed primitive, back to NCHW), given up
+# for exactness (_nchw_through_packed). The route now, interleaved p10 of 30 calls, fp32, relu,
+# 1 thread, the shared 2-core EPYC VM at load ~2-4, us (ATen conv + relu_ / this / the earlier
+# route): 512->512 3x3 at 7x7 b1 3187 / 3446 / 2135; 256->256 3x3 at 14x14 2260 / 2315 / 2107;
+# 512->2048 1x1 at 7x7 1848 / 1589 / 1403; 320->1280 1x1 at 7x7 681 / 588 / 540. So 1x1 only. Interleaved p10, fp32, 1 thread, the
 # shared 2-core EPYC VM (/tmp probe of the 30 layers of shapes.CONV_BN_ACT_ALL, A = ATen NCHW
 # conv + in-place act, B = this; A/B): batch 1, ratio >= 2: 512->512 3x3 at 7x7 10.5x,
 # 256->256 3x3 at 14x14 1.14x, 512->2048 1x1 at 7x7 1.15x, 320->1280 1x1 at 7x7 1.17-1.18x,
@@ -168,12 +175,19 @@ def _nchw_through_packed(x: Tensor, weight: Tensor, stride, padding, dilation,
     max error vs float64 over random fp32 inputs, 1 thread (inception_v3's 1x1 layers at 75 px,
     batch 2, the shared 2-core EPYC VM), 1280->320 ATen 2.6e-7 vs packed 8.4e-7 relative,
     2048->448 3.4e-7 vs 6.6e-7; through inception_v3's 94 chains that put the output 2.0x past
-    eager's own error. Where ATen runs oneDNN too (kxk kernels; 1x1 with 2 threads), its
-    result and the packed primitive's are the same class: 384->384 1x3 2.2e-7 vs 2.6-4.3e-7,
-    1280->320 1x1 (2 threads) 5.9e-7 vs 8.4e-7."""
+    eager's own error. Where ATen runs oneDNN too (kxk kernels; 1x1 with 2 threads), these run
+    ATen's own NCHW oneDNN primitive on a weight packed once for it (``_mkldnn_conv.conv_nchw``),
+    not the channels_last packed one through a layout copy: oneDNN's channels_last convolutions
+    accumulate less exactly than its NCHW ones. Per-layer max error vs float64 over
+    inception_v3's 94 conv-BN chains on the float64 model's own activations (75 px, batch 2,
+    the shared 2-core EPYC VM), as a ratio to eager's NCHW conv + BN, geomean (max): 2 threads,
+    channels_last packed 2.19x (6.0x), ATen's own channels_last 1.98x, NCHW with the folded
+    weight 0.92x (1.42x); 1 thread 1.94x, 1.52x, 0.92x. The optimized inception_v3 run NCHW (its
+    layout hook removed), 2 threads: output error 29.4 through the channels_last copy, 17.4
+    through conv_nchw, eager 13.3 (the limit 26.5)."""
     if not _mkldnn_conv.can_serve(x, weight) or get_backend() == "torch" \
-            or not x.is_contiguous():
-        return False
+            or not x.is_contiguous() or weight.shape[-1] != 1 or weight.shape[-2] != 1:
+        return False  # kxk: ATen's own call was as fast (numbers above)
     out = _out_shape(x, weight, stride, padding, dilation)
     y_numel = out[0] * out[1] * out[2] * out[3]
     if weight.numel() < _NCHW_PACKED_MIN_RATIO * (x.numel() + y_numel):
@@ -629,8 +643,7 @@ def conv_bias_act_runner(plan: tuple, x: Tensor, weight: Tensor, bias: Tensor | 
         return lambda t: run(t.contiguous(memory_format=torch.channels_last))
     if not _out_channels_last(x, weight) \
             and _nchw_through_packed(x, weight, st, pad, dil, groups):
-        run = _mkldnn_conv.runner(weight, bias, st, pad, dil, groups, code, x.shape)
-        return lambda t: run(t.contiguous(memory_format=torch.channels_last)).contiguous()
+        return _mkldnn_conv.runner_nchw(weight, bias, st, pad, dil, groups, code, x.shape)
     act = _INPLACE.get(code)
     conv = F.conv2d
     if act is None:
