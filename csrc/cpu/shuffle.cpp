@@ -177,6 +177,9 @@ std::vector<int64_t> permutation(int64_t c, int64_t g, bool inverse) {
   return table;
 }
 
+}  // namespace
+
+// Also called directly by shuffle_python.cpp (plain eager inference without torch.ops).
 at::Tensor channel_shuffle_forward(const at::Tensor& a, const std::optional<at::Tensor>& b,
                                    const std::optional<at::Tensor>& bias, int64_t groups,
                                    int64_t act, bool channels_last) {
@@ -255,6 +258,7 @@ at::Tensor channel_shuffle_forward(const at::Tensor& a, const std::optional<at::
   return y;
 }
 
+// Also called directly by shuffle_python.cpp (its C++ autograd node).
 std::tuple<at::Tensor, at::Tensor> channel_shuffle_backward(const at::Tensor& grad,
                                                             const std::optional<at::Tensor>& y,
                                                             int64_t split, int64_t groups,
@@ -320,8 +324,6 @@ std::tuple<at::Tensor, at::Tensor> channel_shuffle_backward(const at::Tensor& gr
   });
   return {ga, gb};
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(fastblocks_C, CPU, m) {
   m.impl("channel_shuffle_forward", &channel_shuffle_forward);
