@@ -125,6 +125,17 @@ bool fbgemm_transposes_fast(int64_t rows, int64_t cols) {
   return rows == 2 || cols == 2 || (rows % 8 == 0 && cols % 8 == 0);
 }
 
+// The auto backend's choice for a plain shuffle (no b, no activation), as measured in
+// fastblocks/ops/shuffle.py (CPU policy): ATen's channel_shuffle for channels_last blocks
+// fbgemm transposes fast, and for NCHW training from 2^18 elements (batch-32 ShuffleNet
+// maps: both copy whole planes there, and ours ran 0.92-1.08x ATen's with its autograd);
+// our kernels otherwise (NCHW inference, where both are a memcpy of H*W runs and this entry
+// costs less than ATen's call; batch-1 NCHW training, where ATen's autograd costs more).
+bool aten_serves(const at::Tensor& a, int64_t groups, bool cl, bool train) {
+  if (cl) return fbgemm_transposes_fast(groups, a.size(1) / groups);
+  return train && a.numel() >= (int64_t(1) << 18);
+}
+
 PyObject* shuffle_eager(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 5) {
     PyErr_SetString(PyExc_TypeError, "shuffle_eager(a, b, groups, act, own) takes 5 arguments");
@@ -163,7 +174,7 @@ PyObject* shuffle_eager(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       // a batch-32 shuffle takes 0.1-1 ms: let other Python threads run meanwhile
       PyThreadState* state = PyEval_SaveThread();
       try {
-        if (!own && b == nullptr && act == 0 && cl && fbgemm_transposes_fast(groups, c / groups)) {
+        if (!own && b == nullptr && act == 0 && aten_serves(*a, groups, cl, train)) {
           y = at::channel_shuffle(*a, groups);  // with ATen's autograd when training
         } else if (train) {
           y = ShuffleFunction::apply(*a, b ? std::optional<at::Tensor>(*b) : std::nullopt, groups,

@@ -251,6 +251,17 @@ def shuffle_epilogue(a: Tensor, b: Tensor | None, bias: Tensor | None, groups: i
 
 # ---- CPU policy -------------------------------------------------------------------------------
 
+# Plain eager CPU calls under the auto and cpu backends first go to fastblocks._C.shuffle_eager
+# (_fast_eager below; csrc/cpu/shuffle_python.cpp), which checks and calls in C++ and records
+# training with a C++ autograd node, and applies the auto policy there: ATen for channels_last
+# blocks fbgemm transposes fast (below) and for NCHW training from 2^18 elements, ours
+# elsewhere. Measured against eager (bench ops, 2-core AMD EPYC VM, torch 2.13, 1 thread, fp32,
+# load 8-9, eager and ours alternating call by call): channel_shuffle 1.01-2.3x at batch 1 in
+# NCHW inference (0.81-0.94x before, though ATen ran then too), 1.0-1.9x channels_last;
+# concat_shuffle 1.6-2.5x at batch 1; batch-1 training 1.0-2.5x. What the entry declines
+# (other ranks, strides the kernels cannot read in place, tensor subclasses, modes, activations
+# other than relu/relu6) takes the Python path, whose own measured policy follows.
+#
 # ATen's CPU channel_shuffle (F.channel_shuffle) is a native kernel for both layouts with its
 # autograd in C++. Against it, on the 2-core AMD EPYC VM (torch 2.13, 1 thread, fp32, medians
 # of 21-41 interleaved calls in random order, load 7-10; ShuffleNet v1/v2 tensors and g = 4, 16):
@@ -268,8 +279,8 @@ def shuffle_epilogue(a: Tensor, b: Tensor | None, bias: Tensor | None, groups: i
 #   0.90-1.48x at batch 1, 1.9-4.6x at batch 32 (ShuffleNet v2 1.0x, both layouts); in
 #   training the Python autograd.Function costs what the saved pass gains on batch-1 maps
 #   (ours 0.79-0.95x NCHW, 0.87-1.28x channels_last), and 1.05-8.5x at batch 32.
-# So in plain eager code on CPU tensors under the `auto` backend ATen runs where it measured
-# faster: the shuffle alone except NCHW inference from _CPU_OWN_MIN_NUMEL elements (batch-1
+# So on that Python path, in plain eager code on CPU tensors under the `auto` backend, ATen runs
+# where it measured faster: the shuffle alone except NCHW inference from _CPU_OWN_MIN_NUMEL elements (batch-1
 # ShuffleNet maps hold 22k-91k, batch-32 ones 0.7-2.9M) and channels_last whose block fbgemm
 # transposes slowly; concat + shuffle in training below _CPU_OWN_MIN_NUMEL. backend("cpu")
 # always runs ours.
@@ -296,13 +307,8 @@ def aten_concat_shuffle_on_cpu(a: Tensor, b: Tensor, groups: int) -> bool:
     return not _layout(a, b) or _fbgemm_transposes_fast(groups, (a.shape[1] + b.shape[1]) // groups)
 
 
-# Plain eager CPU inference first tries fastblocks._C.shuffle_inference (csrc/cpu/shuffle_python.cpp):
-# the checks above and the kernel call in C++, for what ATen's own call costs. Through
-# torch.ops and the Python checks below, fastblocks.ops.channel_shuffle ran at 0.81-0.94x eager
-# on every batch-1 NCHW ShuffleNet tensor (it called ATen there), and concat_shuffle at
-# 0.62-0.96x on batch-1 maps (2-core AMD EPYC VM, torch 2.13, 1 thread, load 4.5-5). It returns
-# None when anything else applies (training, modes, subclasses, other devices or strides, bad
-# arguments), and Dynamo, which cannot trace a C function, never reaches it.
+# fastblocks._C.shuffle_eager(a, b, groups, act, own) (csrc/cpu/shuffle_python.cpp): None where
+# it does not apply; Dynamo, which cannot trace a C function, never reaches it.
 _shuffle_eager = getattr(_C, "shuffle_eager", None)
 _dynamo_compiling = torch.compiler.is_dynamo_compiling
 
@@ -379,7 +385,7 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
         A new tensor of x's shape and dtype.
 
     On CPU tensors in plain eager code under the ``auto`` backend this runs ATen's own
-    channel_shuffle where that measured faster (see ``aten_shuffle_on_cpu``).
+    channel_shuffle where that measured faster (see the CPU policy in this module).
 
     Raises:
         TypeError: x is not a floating tensor, or groups is not an int.
@@ -419,8 +425,9 @@ def concat_shuffle(a: Tensor, b: Tensor, groups: int = 2) -> Tensor:
 
     Returns:
         (N, Ca + Cb, H, W), channels_last if both inputs are, else NCHW. Gradients flow back
-        to a and b. (CPU training in plain eager code under the ``auto`` backend runs
-        torch.cat and ATen's channel_shuffle on small maps: ``aten_concat_shuffle_on_cpu``.)
+        to a and b. (Where the C++ entry of plain eager CPU code declines, training under
+        the ``auto`` backend runs torch.cat and ATen's channel_shuffle on small maps:
+        ``aten_concat_shuffle_on_cpu``.)
 
     Raises:
         TypeError: non-tensor or non-floating inputs, mixed dtypes outside autocast, or a
