@@ -169,6 +169,31 @@ void interleave_rows(const B* const* rows, B* __restrict__ out, int64_t g, int64
   }
 }
 
+// out[j * k + i] = in[i * G + j] for i < k, j < G: one NHWC pixel's inverse shuffle (the
+// backward of a shuffle in G groups of k), the mirror of interleave_fixed. The table gather
+// it replaces ran channel_shuffle's training step at 0.81x eager on a batch-1 ShuffleNet v1
+// g=8 tensor (1x96x28x28 channels_last, 2-core AMD EPYC VM, 1 thread, paired medians).
+template <typename B, int G>
+FB_CPU_CLONES void deinterleave_fixed(const B* __restrict__ in, B* __restrict__ out, int64_t k) {
+  for (int64_t i = 0; i < k; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < G; ++j) out[j * k + i] = in[i * G + j];
+  }
+}
+
+// The inverse shuffle of one pixel's c = g * k channels; table: permutation(c, g, true).
+template <typename B>
+void deinterleave_row(const B* __restrict__ in, B* __restrict__ out, int64_t g, int64_t k,
+                      const int64_t* table) {
+  switch (g) {
+    case 2: return deinterleave_fixed<B, 2>(in, out, k);
+    case 3: return deinterleave_fixed<B, 3>(in, out, k);
+    case 4: return deinterleave_fixed<B, 4>(in, out, k);
+    case 8: return deinterleave_fixed<B, 8>(in, out, k);
+    default: gather_row<B>(in, nullptr, g * k, table, out, g * k);
+  }
+}
+
 // out[o] = src(o) (forward), or dst(o) (inverse = true) for the shuffle of c channels in g groups.
 std::vector<int64_t> permutation(int64_t c, int64_t g, bool inverse) {
   const int64_t k = c / g;
@@ -306,10 +331,10 @@ std::tuple<at::Tensor, at::Tensor> channel_shuffle_backward(const at::Tensor& gr
             if (ACT != 0) ybuf.resize(c);
             for (int64_t q = begin; q < end; ++q) {
               B* g_row = direct ? out.row0(q) : gbuf.data();
-              gather_row<B>(gp + q * c, nullptr, c, table.data(), g_row, c);
+              deinterleave_row<B>(gp + q * c, g_row, groups, c / groups, table.data());
               if (direct) continue;
               if constexpr (ACT != 0) {
-                gather_row<B>(yp + q * c, nullptr, c, table.data(), ybuf.data(), c);
+                deinterleave_row<B>(yp + q * c, ybuf.data(), groups, c / groups, table.data());
                 grad_epilogue<scalar_t, ACT>(reinterpret_cast<const scalar_t*>(g_row),
                                              reinterpret_cast<const scalar_t*>(ybuf.data()),
                                              reinterpret_cast<scalar_t*>(g_row), c);
