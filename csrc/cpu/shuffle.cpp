@@ -122,6 +122,21 @@ FB_CPU_CLONES void grad_epilogue(const scalar_t* g, const scalar_t* __restrict__
   }
 }
 
+// Runs i in [begin, end) of hw elements: dst_of(i)[j] = src_of(i)[j], copied by an inlined
+// loop. A batch-32/256 NCHW shuffle of 7x7-14x14 maps copies 50-60k runs of 196-784 bytes, and
+// a memcpy call per run cost ~20 ns each: 0.79-0.92x ATen's inlined vector loop (256x232x14x14
+// fp32, 2-core AMD EPYC VM, 1 thread). The optimize attribute keeps GCC from turning the inner
+// loop back into a memcpy call.
+template <typename B, typename SrcOf, typename DstOf>
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) void copy_runs(
+    SrcOf src_of, DstOf dst_of, int64_t hw, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    const B* __restrict__ src = src_of(i);
+    B* __restrict__ dst = dst_of(i);
+    for (int64_t j = 0; j < hw; ++j) dst[j] = src[j];
+  }
+}
+
 // Storage-width integer of an element: the permutations move bits, no conversion.
 template <typename T>
 using Bits = std::conditional_t<sizeof(T) == 2, uint16_t,
@@ -239,13 +254,16 @@ at::Tensor channel_shuffle_forward(const at::Tensor& a, const std::optional<at::
         if (!channels_last) {
           const int64_t grain = std::max<int64_t>(1, kGrain / hw);
           at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
+            if constexpr (!EPILOGUE) {
+              copy_runs<B>([&](int64_t i) { return in.plane(i / c, table[i % c]); },
+                           [&](int64_t i) { return out + i * hw; }, hw, begin, end);
+              return;
+            }
             for (int64_t i = begin; i < end; ++i) {
-              const int64_t nn = i / c, o = i % c;
-              const B* src = in.plane(nn, table[o]);
+              const int64_t o = i % c;
+              const B* src = in.plane(i / c, table[o]);
               B* dst = out + i * hw;
-              if constexpr (!EPILOGUE) {
-                std::memcpy(dst, src, hw * sizeof(B));
-              } else {
+              {
                 plane_epilogue<scalar_t, ACT, BIAS>(reinterpret_cast<const scalar_t*>(src),
                                                     reinterpret_cast<scalar_t*>(dst), hw,
                                                     BIAS ? pbias[o] : acc_t(0));
@@ -308,13 +326,16 @@ std::tuple<at::Tensor, at::Tensor> channel_shuffle_backward(const at::Tensor& gr
         if (!channels_last) {
           const int64_t grain = std::max<int64_t>(1, kGrain / hw);
           at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
+            if constexpr (ACT == 0) {
+              copy_runs<B>([&](int64_t i) { return gp + (i - i % c + table[i % c]) * hw; },
+                           [&](int64_t i) { return out.plane(i / c, i % c); }, hw, begin, end);
+              return;
+            }
             for (int64_t i = begin; i < end; ++i) {
               const int64_t nn = i / c, cc = i % c;
               const int64_t from = (nn * c + table[cc]) * hw;
               B* dst = out.plane(nn, cc);
-              if constexpr (ACT == 0) {
-                std::memcpy(dst, gp + from, hw * sizeof(B));
-              } else {
+              {
                 grad_epilogue<scalar_t, ACT>(reinterpret_cast<const scalar_t*>(gp + from),
                                              reinterpret_cast<const scalar_t*>(yp + from),
                                              reinterpret_cast<scalar_t*>(dst), hw);
