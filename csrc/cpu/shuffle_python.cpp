@@ -128,7 +128,8 @@ bool fbgemm_transposes_fast(int64_t rows, int64_t cols) {
 // The auto backend's choice for a plain shuffle (no b, no activation), as measured in
 // fastblocks/ops/shuffle.py (CPU policy): ATen's channel_shuffle for channels_last blocks
 // fbgemm transposes fast, and for NCHW training from 2^18 elements (batch-32 ShuffleNet
-// maps: both copy whole planes there, and ours ran 0.92-1.08x ATen's with its autograd);
+// maps: both copy whole planes there, and ours ran 0.74-1.32x ATen's with its autograd,
+// paired medians at load 7-8, no consistent winner);
 // our kernels otherwise (NCHW inference, where both are a memcpy of H*W runs and this entry
 // costs less than ATen's call; batch-1 NCHW training, where ATen's autograd costs more).
 bool aten_serves(const at::Tensor& a, int64_t groups, bool cl, bool train) {

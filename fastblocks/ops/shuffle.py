@@ -255,12 +255,16 @@ def shuffle_epilogue(a: Tensor, b: Tensor | None, bias: Tensor | None, groups: i
 # (_fast_eager below; csrc/cpu/shuffle_python.cpp), which checks and calls in C++ and records
 # training with a C++ autograd node, and applies the auto policy there: ATen for channels_last
 # blocks fbgemm transposes fast (below) and for NCHW training from 2^18 elements, ours
-# elsewhere. Measured against eager (bench ops, 2-core AMD EPYC VM, torch 2.13, 1 thread, fp32,
-# load 8-9, eager and ours alternating call by call): channel_shuffle 1.01-2.3x at batch 1 in
-# NCHW inference (0.81-0.94x before, though ATen ran then too), 1.0-1.9x channels_last;
-# concat_shuffle 1.6-2.5x at batch 1; batch-1 training 1.0-2.5x. What the entry declines
-# (other ranks, strides the kernels cannot read in place, tensor subclasses, modes, activations
-# other than relu/relu6) takes the Python path, whose own measured policy follows.
+# elsewhere. bench ops against eager (bench/results/cpu-amd-epyc-1t/shuffle-*, 2-core AMD EPYC
+# VM, torch 2.13, 1 thread, fp32, load 4.4-6.0, providers alternating call by call): batch 1,
+# where ours runs: channel_shuffle 1.33-2.12x NCHW inference (0.81-0.94x before, ATen running
+# under a Python policy), 1.88-3.99x channels_last, 1.08-2.78x training; concat_shuffle
+# 1.74-2.81x (0.57-1.21x before). Where ATen's kernel runs inside the entry the ratio is ATen's
+# against itself plus our Python frame (~0.2 us): 0.89-1.12x at batch 1; paired medians of
+# the entry alone, 1.01-1.03x. Batch-32 training ratios of identical code swing 0.4-2.6x
+# between runs at this load. What the entry declines (other ranks, strides the kernels cannot
+# read in place, tensor subclasses, modes, activations other than relu/relu6) takes the Python
+# path, whose own measured policy follows.
 #
 # ATen's CPU channel_shuffle (F.channel_shuffle) is a native kernel for both layouts with its
 # autograd in C++. Against it, on the 2-core AMD EPYC VM (torch 2.13, 1 thread, fp32, medians
