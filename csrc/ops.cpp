@@ -11,12 +11,22 @@
 #include <Python.h>
 #include <torch/library.h>
 
+namespace fastblocks::cpu {
+int add_shuffle_methods(PyObject* module);  // csrc/cpu/shuffle_python.cpp
+}
+
 extern "C" {
 // A plain extension module so `import fastblocks._C` loads this library and runs the
-// registrations below; Python reaches the ops through torch.ops.fastblocks_C.
+// registrations below; Python reaches the ops through torch.ops.fastblocks_C (and a few
+// plain-eager fast entries through the module's own functions).
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module != nullptr && fastblocks::cpu::add_shuffle_methods(module) != 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 }
 

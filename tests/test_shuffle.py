@@ -119,52 +119,58 @@ def test_fuzz_other_dtypes(backend):
             check_concat(cfg, backend, dtype)
 
 
-def test_auto_cpu_policy(monkeypatch):
+def _aten_ran(fn):
+    """fn()'s result and whether ATen's channel_shuffle ran in it (the profiler sees ATen ops
+    called from C++, where fastblocks._C.shuffle_eager makes its choice)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = fn()
+    return out, any(e.name in ("aten::channel_shuffle", "aten::native_channel_shuffle")
+                    for e in prof.events())
+
+
+def test_auto_cpu_policy():
     """Under `auto`, plain eager CPU calls run ATen's channel_shuffle where it measured faster
-    (ops/shuffle.py aten_shuffle_on_cpu) and ours elsewhere; both bit-exact with eager's layout,
-    forward and gradient. backend("cpu") always runs ours."""
-    ran = []
-    aten = torch.channel_shuffle
-    monkeypatch.setattr(torch, "channel_shuffle", lambda x, g: ran.append(g) or aten(x, g))
+    (ops/shuffle.py, CPU policy) and ours elsewhere; both bit-exact with eager's layout, forward
+    and gradient. backend("cpu") always runs ours."""
     cl = torch.channels_last
     # (shape, groups, layout, training, ATen's expected)
-    cases = [((1, 12, 5, 5), 3, "nchw", False, True),           # small NCHW
-             ((1, 64, 64, 64), 4, "nchw", False, False),        # 2^18 elements: ours
-             ((2, 12, 3, 3), 4, "nchw", True, True),            # NCHW training
+    cases = [((1, 12, 5, 5), 3, "nchw", False, False),          # NCHW inference: ours
+             ((2, 12, 3, 3), 4, "nchw", True, False),           # small NCHW training: ours
+             ((1, 64, 64, 64), 4, "nchw", True, True),          # 2^18 elements training: ATen
              ((2, 12, 3, 3), 2, "channels_last", False, True),  # g = 2: fbgemm's fast transpose
              ((2, 64, 3, 3), 8, "channels_last", True, True),   # 8 x 8 blocks
              ((2, 12, 3, 3), 3, "channels_last", False, False),  # 3 x 4: ours
              ((2, 24, 3, 3), 8, "channels_last", True, False),   # 8 x 3: ours
-             ((2, 12, 3, 6), 3, "strided", False, True)]         # not channels_last: NCHW rule
+             ((2, 12, 3, 6), 3, "strided", False, True)]         # not read in place: Python rule
     for shape, g, layout, training, want in cases:
         for backend in ("auto", "cpu"):
-            cfg = dict(n=shape[0], c=shape[1], g=g, h=shape[2], w=shape[3], layout=layout)
-            x = _layout(torch.randn(shape), layout)
-            ran.clear()
-            with fastblocks.backend(backend):
-                if training:
-                    check_shuffle(cfg, backend, torch.float32)
-                else:
-                    out = channel_shuffle(x, g)
-            aten_ran = bool(ran) and ran[0] == g
-            assert aten_ran == (want and backend == "auto"), (shape, g, layout, training, backend, ran)
-            if not training:
-                ref = F.channel_shuffle(x, g)
-                torch.testing.assert_close(out, ref, rtol=0, atol=0)
-                assert out.stride() == ref.stride() and out.is_contiguous(memory_format=cl) == (layout == "channels_last")
+            x = _layout(torch.randn(shape), layout).requires_grad_(training)
+            gy = torch.randn(shape)
+
+            def run():
+                with fastblocks.backend(backend):
+                    y = channel_shuffle(x, g)
+                    return (y, torch.autograd.grad(y, x, gy)[0]) if training else (y, None)
+            (out, gx), aten_ran = _aten_ran(run)
+            assert aten_ran == (want and backend == "auto"), (shape, g, layout, training, backend)
+            ref = F.channel_shuffle(x, g)
+            torch.testing.assert_close(out, ref, rtol=0, atol=0)
+            assert out.stride() == ref.stride() and out.is_contiguous(memory_format=cl) == (layout == "channels_last")
+            if training:
+                torch.testing.assert_close(gx, F.channel_shuffle(gy, shape[1] // g), rtol=0, atol=0)
 
 
 def test_auto_cpu_policy_concat(monkeypatch):
-    """concat_shuffle under `auto`: torch.cat + ATen's shuffle in plain eager CPU training below
-    2^18 elements (channels_last: where fbgemm transposes fast), ours otherwise; bit-exact."""
+    """concat_shuffle in plain eager CPU code runs ours (fastblocks._C.shuffle_eager) under
+    `auto`, training included; where that entry declines (here: b is not read in place),
+    training below 2^18 elements runs torch.cat + ATen's shuffle; bit-exact."""
     ran = []
     aten = torch.channel_shuffle
     monkeypatch.setattr(torch, "channel_shuffle", lambda x, g: ran.append(g) or aten(x, g))
-    # (n, c, h, w, groups, layout, training, ATen's expected)
     for n, c, h, w, g, layout, training, want in (
-            (2, 12, 3, 3, 2, "nchw", True, True), (2, 12, 3, 3, 2, "channels_last", True, True),
-            (2, 12, 3, 3, 3, "channels_last", True, False), (2, 12, 3, 3, 2, "nchw", False, False),
-            (1, 16, 128, 128, 2, "nchw", True, False)):
+            (2, 12, 3, 3, 2, "nchw", True, False), (2, 12, 3, 3, 2, "channels_last", True, False),
+            (2, 12, 3, 3, 2, "nchw", False, False), (2, 12, 3, 3, 2, "strided", True, True),
+            (1, 16, 128, 128, 2, "strided", True, False)):
         cfg = dict(n=n, c=c, g=g, h=h, w=w, layout=layout, split=c // 2, a_slice=True)
         for backend in ("auto", "cpu"):
             ran.clear()
@@ -176,6 +182,26 @@ def test_auto_cpu_policy_concat(monkeypatch):
                     out = concat_shuffle(a, b, g)
                 torch.testing.assert_close(out, reference_concat_shuffle(a, b, g), rtol=0, atol=0)
             assert bool(ran) == (want and backend == "auto"), (n, c, g, layout, training, backend)
+
+
+def test_plain_eager_cpu_double_backward():
+    """Plain eager CPU training runs a C++ autograd node (fastblocks._C.shuffle_eager) whose
+    backward, under create_graph, goes through ATen's differentiable ops: second derivatives
+    of the shuffle, concat + shuffle and the fused relu epilogue are exact (the Python node
+    used before raised)."""
+    x = torch.randn(1, 6, 2, 3, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    b = torch.randn(1, 4, 2, 3, dtype=torch.float64)
+    x, b = x.requires_grad_(), b.requires_grad_()
+    w = torch.randn(9, 2, 1, 1, dtype=torch.float64, requires_grad=True)
+    from fastblocks.ops import grouped_conv2d
+    for backend in ("auto", "cpu"):  # auto: ours on these shapes too
+        with fastblocks.backend(backend):
+            assert torch.autograd.gradgradcheck(lambda t: channel_shuffle(t, 3), (x,), fast_mode=True)
+            assert torch.autograd.gradgradcheck(lambda p, q: concat_shuffle(p, q, 5),
+                                                (x.detach().contiguous().requires_grad_(), b), fast_mode=True)
+            assert torch.autograd.gradgradcheck(
+                lambda t, k: grouped_conv2d(t, k, groups=3, activation="relu", shuffle_groups=3),
+                (x[:, :, :1].detach().requires_grad_(), w), fast_mode=True)
 
 
 def test_other_ranks():

@@ -122,6 +122,21 @@ FB_CPU_CLONES void grad_epilogue(const scalar_t* g, const scalar_t* __restrict__
   }
 }
 
+// Runs i in [begin, end) of hw elements: dst_of(i)[j] = src_of(i)[j], copied by an inlined
+// loop. A batch-32/256 NCHW shuffle of 7x7-14x14 maps copies 50-60k runs of 196-784 bytes, and
+// a memcpy call per run cost ~20 ns each: 0.79-0.92x ATen's inlined vector loop (256x232x14x14
+// fp32, 2-core AMD EPYC VM, 1 thread). The optimize attribute keeps GCC from turning the inner
+// loop back into a memcpy call.
+template <typename B, typename SrcOf, typename DstOf>
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) void copy_runs(
+    SrcOf src_of, DstOf dst_of, int64_t hw, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    const B* __restrict__ src = src_of(i);
+    B* __restrict__ dst = dst_of(i);
+    for (int64_t j = 0; j < hw; ++j) dst[j] = src[j];
+  }
+}
+
 // Storage-width integer of an element: the permutations move bits, no conversion.
 template <typename T>
 using Bits = std::conditional_t<sizeof(T) == 2, uint16_t,
@@ -169,6 +184,31 @@ void interleave_rows(const B* const* rows, B* __restrict__ out, int64_t g, int64
   }
 }
 
+// out[j * k + i] = in[i * G + j] for i < k, j < G: one NHWC pixel's inverse shuffle (the
+// backward of a shuffle in G groups of k), the mirror of interleave_fixed. The table gather
+// it replaces ran channel_shuffle's training step at 0.81x eager on a batch-1 ShuffleNet v1
+// g=8 tensor (1x96x28x28 channels_last, 2-core AMD EPYC VM, 1 thread, paired medians).
+template <typename B, int G>
+FB_CPU_CLONES void deinterleave_fixed(const B* __restrict__ in, B* __restrict__ out, int64_t k) {
+  for (int64_t i = 0; i < k; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < G; ++j) out[j * k + i] = in[i * G + j];
+  }
+}
+
+// The inverse shuffle of one pixel's c = g * k channels; table: permutation(c, g, true).
+template <typename B>
+void deinterleave_row(const B* __restrict__ in, B* __restrict__ out, int64_t g, int64_t k,
+                      const int64_t* table) {
+  switch (g) {
+    case 2: return deinterleave_fixed<B, 2>(in, out, k);
+    case 3: return deinterleave_fixed<B, 3>(in, out, k);
+    case 4: return deinterleave_fixed<B, 4>(in, out, k);
+    case 8: return deinterleave_fixed<B, 8>(in, out, k);
+    default: gather_row<B>(in, nullptr, g * k, table, out, g * k);
+  }
+}
+
 // out[o] = src(o) (forward), or dst(o) (inverse = true) for the shuffle of c channels in g groups.
 std::vector<int64_t> permutation(int64_t c, int64_t g, bool inverse) {
   const int64_t k = c / g;
@@ -177,6 +217,9 @@ std::vector<int64_t> permutation(int64_t c, int64_t g, bool inverse) {
   return table;
 }
 
+}  // namespace
+
+// Also called directly by shuffle_python.cpp (plain eager inference without torch.ops).
 at::Tensor channel_shuffle_forward(const at::Tensor& a, const std::optional<at::Tensor>& b,
                                    const std::optional<at::Tensor>& bias, int64_t groups,
                                    int64_t act, bool channels_last) {
@@ -211,13 +254,16 @@ at::Tensor channel_shuffle_forward(const at::Tensor& a, const std::optional<at::
         if (!channels_last) {
           const int64_t grain = std::max<int64_t>(1, kGrain / hw);
           at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
+            if constexpr (!EPILOGUE) {
+              copy_runs<B>([&](int64_t i) { return in.plane(i / c, table[i % c]); },
+                           [&](int64_t i) { return out + i * hw; }, hw, begin, end);
+              return;
+            }
             for (int64_t i = begin; i < end; ++i) {
-              const int64_t nn = i / c, o = i % c;
-              const B* src = in.plane(nn, table[o]);
+              const int64_t o = i % c;
+              const B* src = in.plane(i / c, table[o]);
               B* dst = out + i * hw;
-              if constexpr (!EPILOGUE) {
-                std::memcpy(dst, src, hw * sizeof(B));
-              } else {
+              {
                 plane_epilogue<scalar_t, ACT, BIAS>(reinterpret_cast<const scalar_t*>(src),
                                                     reinterpret_cast<scalar_t*>(dst), hw,
                                                     BIAS ? pbias[o] : acc_t(0));
@@ -255,6 +301,7 @@ at::Tensor channel_shuffle_forward(const at::Tensor& a, const std::optional<at::
   return y;
 }
 
+// Also called directly by shuffle_python.cpp (its C++ autograd node).
 std::tuple<at::Tensor, at::Tensor> channel_shuffle_backward(const at::Tensor& grad,
                                                             const std::optional<at::Tensor>& y,
                                                             int64_t split, int64_t groups,
@@ -279,13 +326,16 @@ std::tuple<at::Tensor, at::Tensor> channel_shuffle_backward(const at::Tensor& gr
         if (!channels_last) {
           const int64_t grain = std::max<int64_t>(1, kGrain / hw);
           at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
+            if constexpr (ACT == 0) {
+              copy_runs<B>([&](int64_t i) { return gp + (i - i % c + table[i % c]) * hw; },
+                           [&](int64_t i) { return out.plane(i / c, i % c); }, hw, begin, end);
+              return;
+            }
             for (int64_t i = begin; i < end; ++i) {
               const int64_t nn = i / c, cc = i % c;
               const int64_t from = (nn * c + table[cc]) * hw;
               B* dst = out.plane(nn, cc);
-              if constexpr (ACT == 0) {
-                std::memcpy(dst, gp + from, hw * sizeof(B));
-              } else {
+              {
                 grad_epilogue<scalar_t, ACT>(reinterpret_cast<const scalar_t*>(gp + from),
                                              reinterpret_cast<const scalar_t*>(yp + from),
                                              reinterpret_cast<scalar_t*>(dst), hw);
@@ -302,10 +352,10 @@ std::tuple<at::Tensor, at::Tensor> channel_shuffle_backward(const at::Tensor& gr
             if (ACT != 0) ybuf.resize(c);
             for (int64_t q = begin; q < end; ++q) {
               B* g_row = direct ? out.row0(q) : gbuf.data();
-              gather_row<B>(gp + q * c, nullptr, c, table.data(), g_row, c);
+              deinterleave_row<B>(gp + q * c, g_row, groups, c / groups, table.data());
               if (direct) continue;
               if constexpr (ACT != 0) {
-                gather_row<B>(yp + q * c, nullptr, c, table.data(), ybuf.data(), c);
+                deinterleave_row<B>(yp + q * c, ybuf.data(), groups, c / groups, table.data());
                 grad_epilogue<scalar_t, ACT>(reinterpret_cast<const scalar_t*>(g_row),
                                              reinterpret_cast<const scalar_t*>(ybuf.data()),
                                              reinterpret_cast<scalar_t*>(g_row), c);
@@ -320,8 +370,6 @@ std::tuple<at::Tensor, at::Tensor> channel_shuffle_backward(const at::Tensor& gr
   });
   return {ga, gb};
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(fastblocks_C, CPU, m) {
   m.impl("channel_shuffle_forward", &channel_shuffle_forward);

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from .._backend import _selected, capture, restored
+from .._extension import _C
 from ._activation_codes import ACTIVATION_NAMES, activation_code
 from ._dispatch import run_kernel
 from ._fastpath import direct_autograd, needs_grad, plain_eager
@@ -234,6 +235,10 @@ def shuffle_epilogue(a: Tensor, b: Tensor | None, bias: Tensor | None, groups: i
     """act(cat(a, b) + bias[:, None, None]), channels shuffled in `groups` groups, through the
     path plain eager code or the compiler needs. Arguments are assumed checked. In training,
     an activation whose derivative the output does not give runs as a second op."""
+    if bias is None and act in _FROM_OUTPUT:
+        y = _fast_eager(a, b, groups, act)
+        if y is not None:
+            return y
     tensors = (a, b, bias)
     if not needs_grad(*tensors):
         return (_forward_impl if plain_eager(*tensors) else _shuffle_op)(a, b, bias, groups, act)
@@ -246,6 +251,21 @@ def shuffle_epilogue(a: Tensor, b: Tensor | None, bias: Tensor | None, groups: i
 
 # ---- CPU policy -------------------------------------------------------------------------------
 
+# Plain eager CPU calls under the auto and cpu backends first go to fastblocks._C.shuffle_eager
+# (_fast_eager below; csrc/cpu/shuffle_python.cpp), which checks and calls in C++ and records
+# training with a C++ autograd node, and applies the auto policy there: ATen for channels_last
+# blocks fbgemm transposes fast (below) and for NCHW training from 2^18 elements, ours
+# elsewhere. bench ops against eager (bench/results/cpu-amd-epyc-1t/shuffle-*, 2-core AMD EPYC
+# VM, torch 2.13, 1 thread, fp32, load 4.4-6.0, providers alternating call by call): batch 1,
+# where ours runs: channel_shuffle 1.33-2.12x NCHW inference (0.81-0.94x before, ATen running
+# under a Python policy), 1.88-3.99x channels_last, 1.08-2.78x training; concat_shuffle
+# 1.74-2.81x (0.57-1.21x before). Where ATen's kernel runs inside the entry the ratio is ATen's
+# against itself plus our Python frame (~0.2 us): 0.89-1.12x at batch 1; paired medians of
+# the entry alone, 1.01-1.03x. Batch-32 training ratios of identical code swing 0.4-2.6x
+# between runs at this load. What the entry declines (other ranks, strides the kernels cannot
+# read in place, tensor subclasses, modes, activations other than relu/relu6) takes the Python
+# path, whose own measured policy follows.
+#
 # ATen's CPU channel_shuffle (F.channel_shuffle) is a native kernel for both layouts with its
 # autograd in C++. Against it, on the 2-core AMD EPYC VM (torch 2.13, 1 thread, fp32, medians
 # of 21-41 interleaved calls in random order, load 7-10; ShuffleNet v1/v2 tensors and g = 4, 16):
@@ -263,8 +283,8 @@ def shuffle_epilogue(a: Tensor, b: Tensor | None, bias: Tensor | None, groups: i
 #   0.90-1.48x at batch 1, 1.9-4.6x at batch 32 (ShuffleNet v2 1.0x, both layouts); in
 #   training the Python autograd.Function costs what the saved pass gains on batch-1 maps
 #   (ours 0.79-0.95x NCHW, 0.87-1.28x channels_last), and 1.05-8.5x at batch 32.
-# So in plain eager code on CPU tensors under the `auto` backend ATen runs where it measured
-# faster: the shuffle alone except NCHW inference from _CPU_OWN_MIN_NUMEL elements (batch-1
+# So on that Python path, in plain eager code on CPU tensors under the `auto` backend, ATen runs
+# where it measured faster: the shuffle alone except NCHW inference from _CPU_OWN_MIN_NUMEL elements (batch-1
 # ShuffleNet maps hold 22k-91k, batch-32 ones 0.7-2.9M) and channels_last whose block fbgemm
 # transposes slowly; concat + shuffle in training below _CPU_OWN_MIN_NUMEL. backend("cpu")
 # always runs ours.
@@ -289,6 +309,22 @@ def aten_concat_shuffle_on_cpu(a: Tensor, b: Tensor, groups: int) -> bool:
     if a.numel() + b.numel() >= _CPU_OWN_MIN_NUMEL:
         return False
     return not _layout(a, b) or _fbgemm_transposes_fast(groups, (a.shape[1] + b.shape[1]) // groups)
+
+
+# fastblocks._C.shuffle_eager(a, b, groups, act, own) (csrc/cpu/shuffle_python.cpp): None where
+# it does not apply; Dynamo, which cannot trace a C function, never reaches it.
+_shuffle_eager = getattr(_C, "shuffle_eager", None)
+_dynamo_compiling = torch.compiler.is_dynamo_compiling
+
+
+def _fast_eager(a, b, groups, act=0):
+    """fastblocks._C.shuffle_eager under the auto and cpu backends, else None."""
+    if _shuffle_eager is None or _dynamo_compiling():
+        return None
+    selected = _selected.get()
+    if selected != "auto" and selected != "cpu":
+        return None
+    return _shuffle_eager(a, b, groups, act, selected == "cpu")
 
 
 # The public functions test these first, as cheaply as they can (ATen's calls take 3-10 us on
@@ -353,12 +389,19 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
         A new tensor of x's shape and dtype.
 
     On CPU tensors in plain eager code under the ``auto`` backend this runs ATen's own
-    channel_shuffle where that measured faster (see ``aten_shuffle_on_cpu``).
+    channel_shuffle where that measured faster (see the CPU policy in this module).
 
     Raises:
         TypeError: x is not a floating tensor, or groups is not an int.
         ValueError: x has fewer than 3 dims, groups <= 0, or groups does not divide C.
     """
+    # _fast_eager inlined: where ATen's kernel runs, every Python call shows (~0.1 us of 3-30)
+    if _shuffle_eager is not None and not _dynamo_compiling():
+        selected = _selected.get()
+        if selected == "auto" or selected == "cpu":
+            y = _shuffle_eager(x, None, groups, 0, selected == "cpu")
+            if y is not None:
+                return y
     if _aten_serves(x, groups):
         return torch.channel_shuffle(x, groups)
     check_tensor(x, "x")
@@ -390,8 +433,9 @@ def concat_shuffle(a: Tensor, b: Tensor, groups: int = 2) -> Tensor:
 
     Returns:
         (N, Ca + Cb, H, W), channels_last if both inputs are, else NCHW. Gradients flow back
-        to a and b. (CPU training in plain eager code under the ``auto`` backend runs
-        torch.cat and ATen's channel_shuffle on small maps: ``aten_concat_shuffle_on_cpu``.)
+        to a and b. (Where the C++ entry of plain eager CPU code declines, training under
+        the ``auto`` backend runs torch.cat and ATen's channel_shuffle on small maps:
+        ``aten_concat_shuffle_on_cpu``.)
 
     Raises:
         TypeError: non-tensor or non-floating inputs, mixed dtypes outside autocast, or a
@@ -399,6 +443,9 @@ def concat_shuffle(a: Tensor, b: Tensor, groups: int = 2) -> Tensor:
         ValueError: a or b not 4-d, shapes that disagree outside dim 1, devices that differ,
             groups <= 0 or not dividing Ca + Cb.
     """
+    y = _fast_eager(a, b, groups)
+    if y is not None:
+        return y
     if _aten_concat_serves(a, b, groups):
         return torch.channel_shuffle(torch.cat([a, b], 1), groups)
     check_tensor(a, "a")

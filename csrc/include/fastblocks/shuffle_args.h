@@ -18,13 +18,14 @@ inline at::MemoryFormat mem_format(bool channels_last) {
 // The batch stride (NCHW) or pixel stride (NHWC) of an input the kernels read in place: a
 // tensor contiguous in the format, or a channel slice of one (strides of size-1 dims are
 // free, as in PyTorch's contiguity rules).
-inline int64_t outer_stride(const at::Tensor& t, bool channels_last, const char* what) {
-  TORCH_CHECK(t.dim() == 4, "channel_shuffle: ", what, " must be 4-d");
+// Whether the kernels read 4-d `t` in place; its outer stride in `outer` if so.
+inline bool reads_in_place(const at::Tensor& t, bool channels_last, int64_t* outer_out = nullptr) {
   const int64_t n = t.size(0), c = t.size(1), h = t.size(2), w = t.size(3);
-  if (t.numel() == 0) return channels_last ? c : c * h * w;  // never read; any strides do
   bool ok;
   int64_t outer;
-  if (!channels_last) {
+  if (t.numel() == 0) {  // never read; any strides do
+    ok = true, outer = channels_last ? c : c * h * w;
+  } else if (!channels_last) {
     outer = n > 1 ? t.stride(0) : c * h * w;
     ok = (w <= 1 || t.stride(3) == 1) && (h <= 1 || t.stride(2) == w) &&
          (c <= 1 || t.stride(1) == h * w) && outer >= c * h * w;
@@ -34,6 +35,14 @@ inline int64_t outer_stride(const at::Tensor& t, bool channels_last, const char*
          (h <= 1 || t.stride(2) == w * outer) && (n <= 1 || t.stride(0) == h * w * outer) &&
          outer >= c;
   }
+  if (outer_out != nullptr) *outer_out = outer;
+  return ok;
+}
+
+inline int64_t outer_stride(const at::Tensor& t, bool channels_last, const char* what) {
+  TORCH_CHECK(t.dim() == 4, "channel_shuffle: ", what, " must be 4-d");
+  int64_t outer;
+  const bool ok = reads_in_place(t, channels_last, &outer);
   TORCH_CHECK(ok, "channel_shuffle: ", what, " must be ", channels_last ? "channels_last" : "NCHW",
               "-contiguous or a channel slice of such a tensor");
   return outer;
