@@ -100,3 +100,23 @@ def test_bench_models_takes_comma_separated_names(tmp_path, capsys):
                                                     f"sweep-{TINY.replace(':', '-')}.json"]
     assert main(["bench", "models", "--model", "lenet5,mobilenet_v9", "--providers", "eager"]) == 2
     assert "unknown model 'mobilenet_v9'" in capsys.readouterr().err
+
+
+def make_tiny_quiet() -> nn.Module:
+    """make_tiny with outputs near 1e-9, as a random-init deep net's in eval mode."""
+    model = make_tiny()
+    with torch.no_grad():
+        model[-1].weight.mul_(1e-8)
+        model[-1].bias.mul_(1e-8)
+    return model
+
+
+def test_verify_model_sees_a_fault_in_tiny_eval_outputs(capsys, monkeypatch):
+    """x1.5 in one swapped kernel: the eval output row says MISMATCH although the outputs'
+    error (~1e-9) is far under assert_close's atol (1e-5)."""
+    real = fastblocks.ops.conv_bias_act
+    monkeypatch.setattr(fastblocks.ops, "conv_bias_act", lambda x, *a, **k: real(x, *a, **k) * 1.5)
+    rc = main(["verify", f"{__name__}:make_tiny_quiet", "--size", "16", "--mode", "eval"])
+    out = capsys.readouterr().out
+    row = next(ln for ln in out.splitlines() if ln.startswith("eval  output 0"))
+    assert rc == 1 and row.endswith("MISMATCH"), out
