@@ -120,3 +120,10 @@ def test_verify_model_sees_a_fault_in_tiny_eval_outputs(capsys, monkeypatch):
     out = capsys.readouterr().out
     row = next(ln for ln in out.splitlines() if ln.startswith("eval  output 0"))
     assert rc == 1 and row.endswith("MISMATCH"), out
+
+
+def test_unknown_op_suggests_close_names(capsys):
+    """A typo gets the model-name error's "did you mean" (one helper), not the whole list."""
+    assert main(["bench", "ops", "--op", "hardswsh"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown op 'hardswsh'; did you mean hardswish" in err and "registered ops" not in err
