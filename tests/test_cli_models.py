@@ -127,3 +127,25 @@ def test_unknown_op_suggests_close_names(capsys):
     assert main(["bench", "ops", "--op", "hardswsh"]) == 2
     err = capsys.readouterr().err
     assert "unknown op 'hardswsh'; did you mean hardswish" in err and "registered ops" not in err
+
+
+def test_report_summary_shows_nesting_and_one_note_per_block():
+    """mobilenet_v2's inverted residuals hold the conv -> BN runs also counted: the summary
+    lists those apart; an untraceable block fused by a probe gets one note, not two."""
+    import sys
+    from pathlib import Path
+
+    from fastblocks.optimize._report import Report
+    r = Report()
+    for path in ("features.1", "features.2"):
+        r.swap("inverted residual (expand -> depthwise -> project)", path)
+        r.swap("conv -> BN -> relu6", f"{path}.conv.0")
+    r.swap("conv -> BN -> relu6", "features.0")
+    assert r.summary() == ("2 inverted residual (expand -> depthwise -> project), 1 conv -> BN -> "
+                           "relu6; inside those: 2 conv -> BN -> relu6")
+    assert "(2 of them inside other swapped blocks)" in str(r)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_optimize import user_model  # holds Untraceable, fused after a probe
+    notes = fastblocks.optimize(user_model()).fastblocks_report.notes
+    about = [n for n in notes if "Untraceable" in n]
+    assert len(about) == 1 and "module by module" in about[0] and "probe" in about[0], notes
