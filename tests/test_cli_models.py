@@ -57,6 +57,8 @@ def test_bench_models_writes_json_and_png(tmp_path, capsys):
                "--threads", "1"])
     assert rc == 0
     out = capsys.readouterr().out
+    assert "(1 thread)" in out  # not "(1 threads)"
+    assert "fastblocks swapped: 1 conv -> BN -> relu6, 1 depthwise conv -> BN -> hardswish" in out
     path = re.search(r"^results: (.+\.json)$", out, re.M).group(1)
     data = json.loads(open(path).read())
     rows = {r["provider"]: r for r in data["rows"]}
@@ -149,3 +151,19 @@ def test_report_summary_shows_nesting_and_one_note_per_block():
     notes = fastblocks.optimize(user_model()).fastblocks_report.notes
     about = [n for n in notes if "Untraceable" in n]
     assert len(about) == 1 and "module by module" in about[0] and "probe" in about[0], notes
+
+
+def make_nothing_to_swap() -> nn.Module:
+    """No pattern fastblocks swaps (like a model in a dtype its kernels lack)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+
+
+def test_bench_models_warns_when_nothing_was_swapped(tmp_path, capsys):
+    """optimize() swapped nothing, so the fastblocks row times eager: say so."""
+    rc = main(["bench", "models", "--model", f"{__name__}:make_nothing_to_swap", "--size", "8",
+               "--batch", "2", "--quick", "--providers", "eager,fastblocks", "--out", str(tmp_path),
+               "--no-progress", "--threads", "1", "--no-plot"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "fastblocks swapped: nothing" in out
+    assert "warning: optimize() swapped nothing" in out
