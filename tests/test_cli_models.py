@@ -81,6 +81,21 @@ def test_profile_table(tmp_path, capsys):
     assert [ln.split()[0] for ln in lines] == [str(i) for i in range(10)]
     assert "kFLOP" in lines[0] and "whole forward" in out
     assert list(tmp_path.rglob("profile-*.png"))
+    # served by: the report's pattern names, not internal classes
+    assert lines[0].endswith("conv -> BN -> relu6") and lines[3].endswith("depthwise conv -> BN -> hardswish")
+    assert lines[1].endswith("fused into an earlier block's swap")
+    assert not re.search(r"FusedInto|ConvBNActHead", out)
+
+
+def test_profile_warns_on_noisy_blocks(capsys, monkeypatch):
+    """A block whose reps spread over 25% (IQR / median) gets a warning: its ratio is noise."""
+    from fastblocks.bench import profile
+    assert profile.spread([1.0, 1.0, 1.0, 1.0]) == 0 and profile.spread([1.0, 2.0]) == 0
+    assert profile.spread([1.0, 1.0, 2.0, 3.0, 3.0]) > 0.25
+    monkeypatch.setattr(profile, "spread", lambda samples: 0.5)
+    assert main(["profile", TINY, "--size", "8", "--depth", "1", "--reps", "2", "--no-plot",
+                 "--threads", "1"]) == 0
+    assert "warning: noisy timing: 10 of 10 blocks" in capsys.readouterr().out
 
 
 def test_list_models_with_params_flops_and_fused_ops(capsys):
