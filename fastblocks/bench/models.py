@@ -167,7 +167,7 @@ def run(cfg: ModelBenchConfig) -> dict:
         c, h, w = cfg.input_size
         x = torch.randn(cfg.batch, c, h, w, device=dev, dtype=param_dtype).contiguous(memory_format=fmt)
         target = torch.randint(0, 10, (cfg.batch,), device=dev)
-        rows, steps = [], {}
+        rows, steps, swapped = [], {}, {}
         bar = tqdm(cfg.providers, desc=f"{cfg.name}: build + warm up", unit="provider",
                    file=sys.stderr, disable=(not cfg.progress) if cfg.progress is not None else None,
                    dynamic_ncols=True)
@@ -177,6 +177,10 @@ def run(cfg: ModelBenchConfig) -> dict:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     model = _prepare(p, cfg, base)
+                    report = getattr(getattr(model, "_orig_mod", model), "fastblocks_report", None)
+                    if report is not None:  # what the fastblocks rows time, as verify prints it
+                        swapped.setdefault("summary", report.summary())
+                        swapped.setdefault("kept", sorted(report.kept, key=lambda k: -len(report.kept[k]))[:1])
                     step = _step_fn(model, cfg, x, target)
                     with _freezing(p, cfg):
                         step()  # compiles here
@@ -223,6 +227,7 @@ def run(cfg: ModelBenchConfig) -> dict:
                          "providers": list(cfg.providers), "timing": method,
                          "compile": "torch.compile default mode; eval with inductor freezing"},
             "rows": rows,
+            "fastblocks_swapped": swapped or None,
         }
     finally:
         torch.set_num_threads(old_threads)
@@ -232,7 +237,14 @@ def format_table(results: dict) -> str:
     s = results["settings"]
     lines = [f"{s['model']} batch {s['batch']} {s['dtype']} {'train (fwd+bwd+SGD)' if s['train'] else 'eval'}"
              f"{' channels_last' if s['channels_last'] else ''} on {results['device']['name']} "
-             f"({s['threads']} threads)"]
+             f"({s['threads']} thread{'' if s['threads'] == 1 else 's'})"]
+    sw = results.get("fastblocks_swapped")
+    if sw:
+        lines.append(f"fastblocks swapped: {sw['summary']}")
+        if sw["summary"] == "nothing":
+            why = f" (e.g. {sw['kept'][0]})" if sw.get("kept") else ""
+            lines.append("warning: optimize() swapped nothing in this model, so the fastblocks rows "
+                         f"time eager PyTorch{why}")
     head = ["provider", "images/s", "median ms", "p90 ms", "peak MB", "vs eager", "vs compile"]
     table = [head]
     for r in results["rows"]:

@@ -110,9 +110,9 @@ def timing_threads(device, threads: int | None) -> str:
 
 
 def swap_summary(report) -> str:
-    """One line of an optimize() report: "17 conv-bn-act, 2 activation" (or "nothing")."""
-    counts = report.counts()
-    return ", ".join(f"{n} {p}" for p, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "nothing"
+    """One line of an optimize() report: "17 conv-bn-act, 2 activation" (or "nothing"), with
+    the swaps nested inside other swapped blocks listed apart (Report.summary)."""
+    return report.summary()
 
 
 def fused_ops(report) -> str:

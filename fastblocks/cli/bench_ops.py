@@ -24,7 +24,11 @@ def resolve_ops(names: Sequence[str] | None, required: bool) -> tuple[list[str],
             elif part in REGISTRY:
                 out.append(part)
             else:
-                raise UsageError(f"unknown op {part!r}; registered ops: {', '.join(REGISTRY)}, or 'all'")
+                from ..models._registry import did_you_mean
+                hint = did_you_mean(part, REGISTRY)
+                raise UsageError(f"unknown op {part!r}" + (
+                    f"{hint} (`fastblocks bench list` lists all)" if hint
+                    else f"; registered ops: {', '.join(REGISTRY)}, or 'all'"))
     return list(dict.fromkeys(out)), all_ops
 
 

@@ -16,6 +16,11 @@ def _si(v: float, unit: str) -> str:
     return f"{v:.0f} {unit}"
 
 
+# A block whose middle half of reps spans more than this fraction of its median is too noisy
+# to compare: 25% is well above the 2-10% of an idle CPU, below the swings of a loaded one.
+NOISY_SPREAD = 0.25
+
+
 def cmd_profile(args) -> int:
     import torch
 
@@ -36,7 +41,8 @@ def cmd_profile(args) -> int:
     threads = torch.get_num_threads()
     print(f"fastblocks profile {spec.label}: input {args.batch}x{c}x{h}x{w} "
           f"{str(dtype).replace('torch.', '')}, eval, on {info['name']} ({threads} thread{'s' if threads != 1 else ''}){note}")
-    print("  time: median of forward hooks around each block (host clock; device synchronized); "
+    print(f"  time: median of {args.reps} forwards, eager and fastblocks in turn, of forward hooks "
+          "around each block (host clock; device synchronized); served by: optimize()'s patterns; "
           "bytes: inputs + outputs + weights of each leaf module")
     rows = [["block", "type", "params", "FLOPs", "bytes", "eager ms", "share", "fastblocks ms", "x", "served by"]]
     total_block_ms = sum(b.eager_ms for b in blocks if b.eager_ms == b.eager_ms) or 1.0
@@ -48,6 +54,13 @@ def cmd_profile(args) -> int:
                      "-" if not fb else f"{b.eager_ms / fb:.2f}",
                      ", ".join(b.kernels) or "eager (no fastblocks kernel)"])
     print_table(rows, right={2, 3, 4, 5, 6, 7, 8})
+    noisy = [b for b in blocks if b.spread > NOISY_SPREAD]
+    if noisy:
+        worst = max(noisy, key=lambda b: b.spread)
+        print(f"warning: noisy timing: {len(noisy)} of {len(blocks)} blocks have a run-to-run spread "
+              f"over {NOISY_SPREAD:.0%} (worst {worst.name}: {worst.spread:.0%}; spread = "
+              "interquartile range / median of a block's reps), so their ms and x columns are "
+              "unreliable; trust the whole-forward line, or rerun with more --reps on a quieter machine")
     fb_total = totals["fastblocks_ms"]
     print(f"whole forward: eager {totals['eager_ms']:.2f} ms"
           + (f", fastblocks {fb_total:.2f} ms ({totals['eager_ms'] / fb_total:.2f}x)" if fb_total else "")
@@ -69,7 +82,10 @@ def add_parser(sub) -> None:
     s.add_argument("--size", type=positive_int, help="input height = width (default: native)")
     s.add_argument("--dtype", type=dtype_arg, help="default float32")
     s.add_argument("--depth", type=positive_int, default=2, help="block depth below the root (default 2)")
-    s.add_argument("--reps", type=positive_int, default=5, help="timed forwards (default 5)")
+    s.add_argument("--reps", type=positive_int, default=15,
+                   help="timed forwards of each model, eager and fastblocks run in turn (default 15); "
+                        "a warning names blocks whose spread (interquartile range / median of their "
+                        f"reps) exceeds {NOISY_SPREAD * 100:.0f}%%, whose ratios are then noise")
     s.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if a GPU is here, else cpu")
     s.add_argument("--threads", type=positive_int, help="CPU threads")
     s.add_argument("--out", default=os.path.join("bench", "results"), metavar="DIR",

@@ -61,14 +61,19 @@ def register_model(name: str, *, family: str, input_size=(3, 224, 224), paper: s
     return wrap
 
 
+def did_you_mean(name: str, choices) -> str:
+    """"; did you mean a, b?" with up to 5 of ``choices`` close to ``name`` (difflib), or ""
+    when none is: the hint of every unknown-name error (models here, ops in `bench ops`)."""
+    close = difflib.get_close_matches(name, list(choices), n=5, cutoff=0.5)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
 def model_info(name: str) -> ModelInfo:
     """The ModelInfo of ``name``; an unknown name raises ValueError listing close matches."""
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint} (fastblocks.list_models() lists all "
+        raise ValueError(f"unknown model {name!r}{did_you_mean(name, _REGISTRY)} (fastblocks.list_models() lists all "
                          f"{len(_REGISTRY)})")
     return _REGISTRY[name]
 

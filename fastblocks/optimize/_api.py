@@ -79,7 +79,8 @@ def _visit(module: nn.Module, path: str, ctx: Context, state) -> nn.Module:
             graphs, why = trace_block(module)
             if graphs is None:
                 ctx.report.note(f"torch.fx could not trace {type(module).__name__} ({why}); "
-                                "its children were swapped module by module")
+                                "its children were swapped module by module",
+                                about=type(module).__name__)
         if not isinstance(module, _NO_FORWARD):
             for rule in BLOCK_RULES:
                 ctx.path = path

@@ -287,7 +287,10 @@ class ConvBNActRule(BlockRule):
                     if self._swap(conv, block._modules[bn_name], act, name, kind, ctx, conv_name):
                         ctx.report.note(f"{type(block).__name__} could not be traced by torch.fx; "
                                         "its conv -> BN -> act runs were fused after a probe "
-                                        "showed equal outputs and running statistics")
+                                        "showed equal outputs and running statistics",
+                                        about=type(block).__name__,
+                                        more="its conv -> BN -> act runs were fused after a "
+                                             "probe showed equal outputs and running statistics")
                         self._pad_in_head(block, conv_name, (conv_name, bn_name, act_attr), ctx)
                     break
             else:
