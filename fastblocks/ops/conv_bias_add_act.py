@@ -36,8 +36,8 @@ from . import _mkldnn_conv
 from ._activation_codes import activate_, activation_code
 from ._fastpath import direct_autograd, needs_grad, plain_eager
 from ._layout import empty, is_channels_last
-from .activation import reference_backward as _act_backward, reference_forward as _act_forward
-from .conv_bn_act import _FROM_OUTPUT, _check_same, _out_shape, _prepare
+from .activation import reference_forward as _act_forward
+from .conv_bn_act import _FROM_OUTPUT, _check_same, _out_shape, _prepare, conv_act_backward
 
 __all__ = ["conv_bias_add_act", "reference_conv_bias_add_act"]
 
@@ -86,17 +86,9 @@ def _setup_context(ctx, inputs, output):
 def _make_backward(forward):
     def backward(ctx, grad):
         x, weight, bias, other, y = ctx.saved_tensors
-        stride, padding, dilation, groups, act = ctx.args
-        if act:
-            if y is None:  # recompute the pre-activation (hardswish, hardsigmoid, silu)
-                y = forward(x, weight, bias, other, stride, padding, dilation, groups, 0)
-            grad = _act_backward(grad, y, act)
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-                ctx.has_bias and ctx.needs_input_grad[2]]
-        gx, gw, gb = torch.ops.aten.convolution_backward(
-            grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, list(stride),
-            list(padding), list(dilation), False, [0, 0], groups, mask)
-        return gx, gw, gb, grad if ctx.needs_input_grad[3] else None, None, None, None, None, None
+        gx, gw, gb, grad_pre = conv_act_backward(
+            ctx, grad, x, weight, y, lambda: forward(x, weight, bias, other, *ctx.args[:4], 0))
+        return gx, gw, gb, grad_pre if ctx.needs_input_grad[3] else None, None, None, None, None, None
     return backward
 
 

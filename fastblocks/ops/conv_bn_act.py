@@ -255,19 +255,31 @@ def _cba_setup_context(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
+def conv_act_backward(ctx, grad, x, weight, y, recompute_pre_activation):
+    """Gradients of act(conv(x, weight) + bias [+ other]) from the output's gradient, for the
+    autograd of conv_bias_act and conv_bias_add_act (ctx.args = stride, padding, dilation,
+    groups, act). y is the saved output (relu, relu6) or None, in which case
+    recompute_pre_activation() gives the pre-activation. Returns (grad_x, grad_weight,
+    grad_bias, grad of the pre-activation), the last being also the gradient of an added
+    tensor."""
+    stride, padding, dilation, groups, act = ctx.args
+    if act:
+        if y is None:  # recompute the pre-activation (hardswish, hardsigmoid, silu)
+            y = recompute_pre_activation()
+        grad = _act_backward(grad, y, act)
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+            ctx.has_bias and ctx.needs_input_grad[2]]
+    gx, gw, gb = torch.ops.aten.convolution_backward(
+        grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, list(stride),
+        list(padding), list(dilation), False, [0, 0], groups, mask)
+    return gx, gw, gb, grad
+
+
 def _make_cba_backward(forward):
     def backward(ctx, grad):
         x, weight, bias, y = ctx.saved_tensors
-        stride, padding, dilation, groups, act = ctx.args
-        if act:
-            if y is None:  # recompute the pre-activation (hardswish, hardsigmoid, silu)
-                y = forward(x, weight, bias, stride, padding, dilation, groups, 0)
-            grad = _act_backward(grad, y, act)
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-                ctx.has_bias and ctx.needs_input_grad[2]]
-        gx, gw, gb = torch.ops.aten.convolution_backward(
-            grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, list(stride),
-            list(padding), list(dilation), False, [0, 0], groups, mask)
+        gx, gw, gb, _ = conv_act_backward(
+            ctx, grad, x, weight, y, lambda: forward(x, weight, bias, *ctx.args[:4], 0))
         return gx, gw, gb, None, None, None, None, None
     return backward
 
