@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
+import torch
+
 
 def pair(value, arg: str, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints, each >= minimum, as a pair."""
@@ -94,7 +96,9 @@ def conv_geometry_cached(in_size, kernel_size, stride, padding, dilation) -> Con
     """conv_geometry, memoized: a layer calls it with the same arguments on every step, and
     checking and resolving them in Python cost ~10 us, a fifth of a small batch-1 layer's time.
     Arguments of any other kind (and every error) go through conv_geometry itself."""
-    if _plain(stride) and _plain(padding) and _plain(dilation):
+    # under torch.compile the cache is of no use (Dynamo traces the function it wraps, and
+    # warns that it ignored the cache)
+    if not torch.compiler.is_compiling() and _plain(stride) and _plain(padding) and _plain(dilation):
         as_key = lambda v: tuple(v) if type(v) is list else v  # noqa: E731
         return _cached_geometry(in_size, kernel_size, as_key(stride), as_key(padding), as_key(dilation))
     return conv_geometry(in_size, kernel_size, stride, padding, dilation)

@@ -63,6 +63,8 @@ def is_channels_last(t: torch.Tensor) -> bool:
     elif t.is_contiguous(memory_format=torch.channels_last) and 1 not in t.shape:
         return True
     shape, strides = tuple(t.shape), t.stride()
+    if torch.compiler.is_compiling():  # Dynamo traces through caches anyway, and warns of them
+        return _strides_like_channels_last.__wrapped__(shape, strides)
     try:
         return _strides_like_channels_last(shape, strides)
     except TypeError:  # symbolic sizes (torch.compile) do not hash: no cache
