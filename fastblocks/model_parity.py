@@ -73,7 +73,9 @@ def _unit_scaled(c: Tensor, r: Tensor, h: Tensor | None):
     peak = r.detach().abs().max().item() if r.numel() else 0.0
     if not (0.0 < peak < 1.0):
         return c, r, h
-    k = 2.0 ** -math.floor(math.log2(peak))
+    # at most 2^126: a float32 scalar beyond 2^127 is inf, and subnormal outputs (peak under
+    # 2^-126) would turn into inf * 0 = NaN instead of being compared
+    k = 2.0 ** min(-math.floor(math.log2(peak)), 126)
     return c * k, r * k, (None if h is None else h * k)
 
 

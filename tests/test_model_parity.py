@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -21,17 +22,18 @@ class _Scaled(nn.Module):
         return self.inner(x) * self.k
 
 
-def _tiny_output_model() -> nn.Module:
+def _tiny_output_model(scale: float = 1e-8) -> nn.Module:
     torch.manual_seed(0)
     lin = nn.Linear(8, 4)
     with torch.no_grad():  # outputs of order 1e-9, like mobilenet_v2's in eval mode
-        lin.weight.mul_(1e-8)
-        lin.bias.mul_(1e-8)
+        lin.weight.mul_(scale)
+        lin.bias.mul_(scale)
     return nn.Sequential(lin)
 
 
-def test_a_x1_5_fault_in_tiny_outputs_is_a_mismatch():
-    ref = _tiny_output_model()
+@pytest.mark.parametrize("scale", [1e-8, 1e-40])  # 1e-40: subnormal float32 outputs
+def test_a_x1_5_fault_in_tiny_outputs_is_a_mismatch(scale):
+    ref = _tiny_output_model(scale)
     bad = copy.deepcopy(ref)
     bad[0] = _Scaled(bad[0], 1.5)
     x = torch.randn(2, 8)
