@@ -31,6 +31,7 @@
 #include "fastblocks/cpu_utils.h"
 #include "fastblocks/cpu_vec.h"
 #include "fastblocks/depthwise_cpu_kernels.h"
+#include "fastblocks/pointwise_cpu_gemm.h"
 
 // 64-byte vectors stay inside always-inline helpers: the ABI note does not apply.
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -52,38 +53,6 @@ constexpr int64_t kBandBytes = 768 * 1024;
 constexpr int64_t kSmallMap = 14 * 14;
 constexpr int64_t kGroupBytes = 2048 * 1024;
 constexpr int64_t kL = 16;  // channels per vector step (one AVX-512 register of floats)
-
-// y[p][c] = act(y[p][c] + bias[c]) over `npos` positions of C channels (row stride C).
-template <int ACT>
-FB_CPU_CLONES void bias_act_rows(float* __restrict__ y, int64_t npos, int64_t C,
-                                 const float* __restrict__ bias) {
-  for (int64_t p = 0; p < npos; ++p) {
-    float* r = y + p * C;
-    if (bias != nullptr) {
-      for (int64_t c = 0; c < C; ++c) r[c] = act_forward_ct<ACT, float>(r[c] + bias[c]);
-    } else {
-      for (int64_t c = 0; c < C; ++c) r[c] = act_forward_ct<ACT, float>(r[c]);
-    }
-  }
-}
-
-// y[p][c] += bias[c] (+ res[p][c]) over `npos` positions of C channels; either may be null.
-FB_CPU_CLONES void add_bias_residual(float* __restrict__ y, int64_t npos, int64_t C,
-                                     const float* __restrict__ bias,
-                                     const float* __restrict__ res) {
-  for (int64_t p = 0; p < npos; ++p) {
-    float* r = y + p * C;
-    if (bias != nullptr && res != nullptr) {
-      const float* q = res + p * C;
-      for (int64_t c = 0; c < C; ++c) r[c] += bias[c] + q[c];
-    } else if (bias != nullptr) {
-      for (int64_t c = 0; c < C; ++c) r[c] += bias[c];
-    } else if (res != nullptr) {
-      const float* q = res + p * C;
-      for (int64_t c = 0; c < C; ++c) r[c] += q[c];
-    }
-  }
-}
 
 struct DwGeom {
   int64_t W, C, OW, kh, kw, sw, pw, dw;
@@ -197,12 +166,8 @@ at::Tensor inverted_residual_forward(const at::Tensor& x_in,
   const auto bd = contiguous_vector(b_dw, Ch, "b_dw");
   const auto bp = contiguous_vector(b_project, Cout, "b_project");
   TORCH_CHECK(expand || !be.has_value(), "inverted_residual_forward: b_expand without w_expand");
-  // GEMM operands as (K, N) views of the (N, K) weights; the taps channel-contiguous
-  const at::Tensor weT = expand ? w_expand->reshape({Ch, Cin}).t() : at::Tensor();
-  const at::Tensor wpT = w_project.reshape({Cout, Ch}).t();
+  // the taps channel-contiguous
   const at::Tensor wt = w_dw.reshape({Ch, kh * kw}).t().contiguous();
-  const at::Tensor x_rows = x.permute({0, 2, 3, 1}).reshape({N * H * W, Cin});      // a view
-  const at::Tensor y_rows = y.permute({0, 2, 3, 1}).reshape({N * OH * OW, Cout});   // a view
   const float* xp = x.const_data_ptr<float>();
   float* yp = y.mutable_data_ptr<float>();
   const float* wtp = wt.const_data_ptr<float>();
@@ -233,6 +198,21 @@ at::Tensor inverted_residual_forward(const at::Tensor& x_in,
   // border through a row of zeros) wherever it slides; other shapes (dilation) run
   // depthwise_row below.
   const dw::Kernels<float>& isa = dw::kernels<float>();
+  // The 1x1 convs: pointwise_cpu_gemm.h's micro-kernel, bias and activation (expand) or bias and
+  // residual (project) applied in registers, the weights packed once per call for this ISA.
+  const pw::GemmFn gemm = pw::gemm_kernel(isa.lanes);
+  const at::Tensor we = expand ? w_expand->contiguous() : at::Tensor();
+  const at::Tensor wp = w_project.contiguous();
+  const pw::PackedWeights pe = expand ? pw::pack_weights(we.const_data_ptr<float>(), opt_ptr(be),
+                                                         Ch, Cin, isa.lanes)
+                                      : pw::PackedWeights{};
+  const pw::PackedWeights pp =
+      pw::pack_weights(wp.const_data_ptr<float>(), opt_ptr(bp), Cout, Ch, isa.lanes);
+  // expand GEMM of the npos input positions from x_pos into dst (Ch channels a position)
+  const auto expand_rows = [&](int64_t x_pos, int64_t npos, float* dst) {
+    gemm(pw::GemmCall{xp + x_pos * Cin, Cin, &pe, dst, Ch, nullptr, 0, npos,
+                      static_cast<int>(expand_act)});
+  };
   const bool slide = dwl == 1 && dw::slides(sw, kw) && Ch >= isa.lanes;
   const std::vector<float> zeros(slide ? Ch : 0, 0.0f);
   std::vector<int64_t> q(kw), wcol(kw);
@@ -241,8 +221,7 @@ at::Tensor inverted_residual_forward(const at::Tensor& x_in,
     wcol[j] = j * Ch;
   }
   const DwGeom geom{W, Ch, OW, kh, kw, sw, pw, dwl};
-  dispatch_act(static_cast<int>(expand_act), [&](auto ea) {
-    constexpr int EA = decltype(ea)::value;
+  {  // (a scope the width of the former per-activation dispatch: the GEMM applies it now)
     at::parallel_for(0, groups * segments, 1, [&](int64_t begin, int64_t end) {
       at::Tensor e_buf = expand ? at::empty({cap_e * W, Ch}, x.options()) : at::Tensor();
       at::Tensor d_buf = at::empty({G * R * OW, Ch}, x.options());
@@ -280,12 +259,8 @@ at::Tensor inverted_residual_forward(const at::Tensor& x_in,
       };
       // project GEMM of npos depthwise positions into y's rows from position p0, + bias (+ x)
       const auto project = [&](int64_t p0, int64_t npos) {
-        at::Tensor out = y_rows.narrow(0, p0, npos);
-        at::mm_out(out, d_buf.narrow(0, 0, npos), wpT);
-        if (bp.has_value() || residual) {
-          add_bias_residual(yp + p0 * Cout, npos, Cout, opt_ptr(bp),
-                            residual ? xp + p0 * Cin : nullptr);
-        }
+        gemm(pw::GemmCall{dp, Ch, &pp, yp + p0 * Cout, Cout, residual ? xp + p0 * Cin : nullptr,
+                          Cin, npos, 0});
       };
       for (int64_t item = begin; item < end; ++item) {
         const int64_t grp = item / segments, seg = item % segments;
@@ -293,9 +268,7 @@ at::Tensor inverted_residual_forward(const at::Tensor& x_in,
           const int64_t n0 = grp * G, ng = std::min(G, N - n0);
           const float* base = xp + n0 * H * W * Cin;
           if (expand) {
-            at::Tensor out = e_buf.narrow(0, 0, ng * H * W);
-            at::mm_out(out, x_rows.narrow(0, n0 * H * W, ng * H * W), weT);
-            bias_act_rows<EA>(ep, ng * H * W, Ch, opt_ptr(be));
+            expand_rows(n0 * H * W, ng * H * W, ep);
             base = ep;
           }
           for (int64_t g = 0; g < ng; ++g) dw_rows(base + g * H * row_e, 0, 0, OH, dp + g * OH * row_d);
@@ -322,9 +295,7 @@ at::Tensor inverted_residual_forward(const at::Tensor& x_in,
             b0 = need0;
             b1 = std::max(need1, fresh);
             if (fresh < need1) {
-              at::Tensor out = e_buf.narrow(0, (fresh - b0) * W, (need1 - fresh) * W);
-              at::mm_out(out, x_rows.narrow(0, (n * H + fresh) * W, (need1 - fresh) * W), weT);
-              bias_act_rows<EA>(ep + (fresh - b0) * row_e, (need1 - fresh) * W, Ch, opt_ptr(be));
+              expand_rows((n * H + fresh) * W, (need1 - fresh) * W, ep + (fresh - b0) * row_e);
             }
             base = ep;
             first = b0;
@@ -334,7 +305,7 @@ at::Tensor inverted_residual_forward(const at::Tensor& x_in,
         }
       }
     });
-  });
+  }
   return y;
 }
 

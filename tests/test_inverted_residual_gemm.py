@@ -1,0 +1,70 @@
+"""The fused inverted residual's 1x1 convs (csrc/include/fastblocks/pointwise_cpu_gemm.h: the
+register-blocked GEMM with bias + activation or bias + residual in registers) against eager, on
+the shapes that reach its edges: channel counts that leave a partial vector (N tails) or an odd
+number of vectors (the 3-vector panel), position counts that leave a partial tile (M tails), every
+expand activation, biases absent, K from 3 to 200; in-process (this CPU's ISA) and with the
+narrower ISAs forced in a fresh interpreter."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastblocks.ops import inverted_residual
+from test_inverted_residual import _HAS_KERNEL, _block, _reference
+from tolerances import assert_parity
+
+# (N, C_in, C_h, C_out, H, W, stride, residual, expand act, biases), kernel 3, padding 1.
+# Vectors of 8 (AVX2) / 16 (AVX-512) / 4 (SSE2) floats; tiles of 4-12 positions.
+GEMM_CASES = [
+    # C_h 40: panels of 2 + 3 vectors (AVX2); C_out 20: a 3-vector panel with 4 columns unused;
+    # 63 positions: a partial tile
+    (1, 8, 40, 20, 9, 7, 1, False, "hardswish", True),
+    # no biases; C_out = C_in 12: 1.5 vectors (AVX2), residual added through the column tail
+    (1, 12, 72, 12, 7, 9, 1, True, None, False),
+    # project K = 200 (25 vectors of C_h: panels of 2 and a last of 3), whole-image groups
+    (2, 8, 200, 8, 5, 5, 1, True, "relu", True),
+    # expand K = 3; C_out 5: less than one vector (1-vector panel, partial)
+    (1, 3, 16, 5, 6, 6, 2, False, "silu", True),
+    # C_out 24 = one 3-vector panel (AVX2) with no tail; bands of a 20x20 map
+    (1, 24, 48, 24, 20, 20, 1, True, "hardsigmoid", True),
+    # C_h 8 = one vector (AVX2), relu6 with a residual and no project bias
+    (2, 8, 8, 8, 6, 7, 1, True, "relu6", False),
+]
+
+
+def check_gemm_case(case):
+    n, cin, ch, cout, h, w, s, res, ea, biases = case
+    t = _block(n, cin, ch, cout, h, w, 3, True, seed=cin + ch)
+    if not biases:
+        t["b_expand"] = t["b_project"] = None
+    out = inverted_residual(**t, stride=s, padding=1, expand_activation=ea,
+                            dw_activation="relu6", residual=res)
+    assert_parity(out, _reference(t, s, 1, 1, ea, "relu6", res),
+                  _reference(t, s, 1, 1, ea, "relu6", res, torch.float64))
+
+
+@pytest.mark.skipif(not _HAS_KERNEL, reason="fastblocks._C without inverted_residual_forward")
+@pytest.mark.parametrize("case", GEMM_CASES, ids=lambda c: f"ci{c[1]}ch{c[2]}co{c[3]}-{c[8]}")
+def test_pointwise_gemm_edges(case):
+    check_gemm_case(case)
+
+
+@pytest.mark.skipif(not _HAS_KERNEL, reason="fastblocks._C without inverted_residual_forward")
+@pytest.mark.parametrize("isa", ("avx2", "sse2"))
+def test_pointwise_gemm_narrower_isas(isa):
+    """The GEMM is compiled for AVX-512, AVX2 and SSE2; FASTBLOCKS_CPU_ISA forces a narrower one
+    (the depthwise family's switch), in a fresh interpreter (12 s each on the 2-core dev VM, so
+    AVX2 only where the in-process test ran AVX-512)."""
+    if isa == "avx2" and torch.backends.cpu.get_cpu_capability() != "AVX512":
+        pytest.skip("this CPU's own ISA is AVX2 at most: test_pointwise_gemm_edges ran it")
+    script = ("import test_inverted_residual_gemm as t\n"
+              "for case in t.GEMM_CASES:\n"
+              "    t.check_gemm_case(case)\n")
+    env = dict(os.environ, FASTBLOCKS_CPU_ISA=isa)
+    done = subprocess.run([sys.executable, "-c", script], cwd=os.path.dirname(__file__), env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
