@@ -1,6 +1,7 @@
-// The pointwise GEMM micro-kernels (pointwise_cpu_gemm_kernels.h) compiled for AVX2 with FMA (256-bit vectors):
-// gemm_avx2(), which gemm_kernel() (pointwise_cpu_gemm.h) hands out where the depthwise family's
-// ISA detection chose this width. One translation unit per ISA, as depthwise_isa_*.cpp.
+// The pointwise GEMM micro-kernels (pointwise_cpu_gemm_kernels.h) compiled for
+// AVX2 with FMA (256-bit vectors): gemm_avx2(), which gemm_kernel() (pointwise_cpu_gemm.h)
+// hands out where the depthwise family's ISA detection chose this width. One translation unit
+// per ISA, as depthwise_isa_*.cpp.
 //
 // fp-contract=fast: the build's -std=c++20 is ISO mode, where GCC does not fuse a * b + c into
 // an FMA; the kernel's accumulations are the whole point of the unit.

@@ -78,6 +78,17 @@ GemmFn gemm_avx512();
 GemmFn gemm_avx2();
 GemmFn gemm_sse2();
 
+// Vectors to use for a GEMM of N columns where the CPU's widest are `isa_lanes` floats: on an
+// AVX-512 CPU, its AVX2 kernel unless N is a multiple of 16 of at least 32. A 16-lane panel
+// wastes a third of its lanes at N = 24 and is one vector wide at N = 16 (12 broadcasts a 12
+// FMAs); on the dev VM's AMD EPYC (Zen 4: AVX-512 runs as two 256-bit halves), standalone, 1
+// thread, with ReLU6 + residual fused, GF/s AVX-512 / AVX2 by (M, K, N): (6048, 32, 16) 76 / 90,
+// (3000, 96, 24) 78 / 106, (3000, 144, 24) 80 / 105, (3000, 16, 96) 75 / 63, (3000, 24, 144)
+// 85 / 76, (1500, 32, 192) 91 / 84, (392, 960, 160) 114 / 112.
+inline int64_t gemm_lanes(int64_t isa_lanes, int64_t N) {
+  return isa_lanes == 16 && !(N % 16 == 0 && N >= 32) ? 8 : isa_lanes;
+}
+
 // The kernel for vectors of `lanes` floats (16: AVX-512, 8: AVX2 + FMA, 4: SSE2).
 inline GemmFn gemm_kernel(int64_t lanes) {
   return lanes == 16 ? gemm_avx512() : lanes == 8 ? gemm_avx2() : gemm_sse2();
