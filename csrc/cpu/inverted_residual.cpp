@@ -4,10 +4,10 @@
 // in one pass over x and y: the expanded tensor (6x the block's channels) never reaches DRAM.
 //
 // Per image and per band of R output rows, on one thread: the expand 1x1 conv is one GEMM
-// (ATen's at::mm_out, i.e. MKL) over the input rows the band's depthwise window needs, written
-// to a per-thread scratch buffer sized for L2, then bias + activation in place; the depthwise
-// conv + bias + activation writes the band's output rows to a second scratch buffer; the
-// project 1x1 conv is one GEMM from it straight into the output rows, then bias (+ x). Bands of
+// (pointwise_cpu_gemm.h, bias + activation in its registers; PointwiseConv) over the input rows
+// the band's depthwise window needs, written to a per-thread scratch buffer sized for L2; the
+// depthwise conv + bias + activation writes the band's output rows to a second scratch buffer;
+// the project 1x1 conv is one GEMM from it straight into the output rows, + bias (+ x). Bands of
 // an image run in order, so the depthwise halo (the kh - 1 input rows two bands share) is kept
 // (moved to the buffer's front) instead of recomputed. at::parallel_for runs over (image,
 // segment of rows); an image is split into segments only when there are fewer images than
