@@ -2,10 +2,6 @@
 // AVX2 with FMA (256-bit vectors): gemm_avx2(), which gemm_kernel() (pointwise_cpu_gemm.h)
 // hands out where the depthwise family's ISA detection chose this width. One translation unit
 // per ISA, as depthwise_isa_*.cpp.
-//
-// fp-contract=fast: the build's -std=c++20 is ISO mode, where GCC does not fuse a * b + c into
-// an FMA; the kernel's accumulations are the whole point of the unit.
-#pragma GCC optimize("fp-contract=fast")
 // 64-byte vectors stay inside always-inline helpers: the ABI note does not apply.
 #pragma GCC diagnostic ignored "-Wpsabi"
 #include "fastblocks/pointwise_cpu_gemm_kernels.h"
