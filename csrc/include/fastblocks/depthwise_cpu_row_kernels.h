@@ -129,7 +129,6 @@ FB_AI void act_pixels(T* dst, int64_t step, int64_t npix, int64_t c_begin, int64
 template <typename T, int VB, int KW, int SW, int UP>
 FB_AI void nhwc_row_slide_up(const NhwcRow<T>& a, int64_t q0, const int64_t* wcol) {
   constexpr int64_t L = VB / sizeof(T);
-  int64_t done = 0;  // pixels [0, done) have their activation (the last block overlaps)
   FB_DW_FOR_BLOCKS(t, a.count, UP) {
     const int64_t p0 = q0 + t * SW - a.src_off;
     const bool inside = p0 >= 0 && p0 + (UP - 1) * SW + KW <= a.src_pixels;
@@ -142,10 +141,11 @@ FB_AI void nhwc_row_slide_up(const NhwcRow<T>& a, int64_t q0, const int64_t* wco
       }
       if (a.pf) a.pf->step();
     }
+    // The whole block: where it overlaps the one before, it stored its own sums over that
+    // block's activated pixels.
     if (a.act && !act_in_registers(a.act)) {
-      act_pixels<T, VB>(a.dst + done * a.dst_step, a.dst_step, t + UP - done, 0, a.width, a.act);
+      act_pixels<T, VB>(a.dst + t * a.dst_step, a.dst_step, UP, 0, a.width, a.act);
     }
-    done = t + UP;
   }
 }
 
