@@ -118,14 +118,14 @@ FB_AI void act_pixels(T* dst, int64_t step, int64_t npix, int64_t c_begin, int64
 
 // A pixel block's channel vectors one after another, so the block's source pixels (all their
 // cache lines) are fetched from L2 once; the activation in registers, or for SiLU over the
-// block while it is in L1. Thread CPU time, AVX2 (EPYC dev VM, loaded), MobileNetV2's rows as
-// the inverted residual runs them (input read in place from an L2-resident band, relu6), per
-// batch of 8: channel vectors outer, separate activation pass -> pixel blocks outer, activation
-// fused: C=32 112x112 1.53 -> 1.22 ms, C=96 112->56 1.71 -> 1.51, C=144 56x56 1.63 -> 1.30,
-// C=144 56->28 0.54 -> 0.48, C=192 28x28 0.57 -> 0.48 (the vector outer loop fetched each
-// pixel's lines from L2 once per vector). Walking a channel tile down several output rows, so
-// rows the outputs share came from L1, measured no faster and slower where the input streams
-// from memory.
+// block while it is in L1. Thread CPU time per batch of 8, AVX2 (EPYC dev VM, 2.6 GHz: 83 GF/s
+// of FMA), MobileNetV2's 3x3 rows as the inverted residual runs them (input read in place from
+// an L2-resident band, relu6), channel vectors outer + a separate activation pass -> this:
+// C=32 112x112 1.73 -> 1.19 ms (33 -> 49 GF/s), C=96 112->56 2.01 -> 1.47 (22 -> 30),
+// C=144 56x56 1.47 -> 1.24 (44 -> 52), C=144 56->28 0.54 -> 0.46, C=192 28x28 0.53 -> 0.48,
+// C=576 14x14 0.42 -> 0.38. Walking a channel tile down several output rows (rows they share
+// read from L1) measured no faster, and slower where the input streams from memory; blocks of
+// 10 or 12 pixels slower than 8.
 template <typename T, int VB, int KW, int SW, int UP>
 FB_AI void nhwc_row_slide_up(const NhwcRow<T>& a, int64_t q0, const int64_t* wcol) {
   constexpr int64_t L = VB / sizeof(T);
