@@ -44,6 +44,9 @@ _CASES = [
     (1, 6, 36, 6, 7, 8, 5, 1, True, True, "hardsigmoid", None, 1),
     (1, 8, 24, 8, 9, 9, 3, 1, True, True, "silu", "relu", 2),
     (0, 8, 16, 8, 5, 5, 3, 1, True, True, "relu6", "relu6", 1),
+    # 19 output columns: register blocks of 7 at 0, 7, 12, the last two overlapping (the last
+    # stores its sums over activated pixels), and SiLU applied over each block after its sums
+    (1, 8, 24, 8, 4, 19, 3, 1, True, False, "relu6", "silu", 1),
 ]
 
 

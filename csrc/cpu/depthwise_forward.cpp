@@ -152,13 +152,9 @@ void forward_nhwc(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
         a.src_pixels = g.W;
         a.zeros = zeros.ptr;
       }
+      a.act = act;  // in registers, or over each block while it is in L1
       isa.nhwc_row(a);
       pf.finish();
-      if (act && dst_step == c1 - c0) {  // whole pixels: one call per row
-        isa.apply_act(dst, g.OW * dst_step, act);
-      } else if (act) {
-        for (int64_t ow = 0; ow < g.OW; ++ow) isa.apply_act(dst + ow * dst_step, c1 - c0, act);
-      }
       store_row<S, T>(isa, dst, dst_step, out, C, g.OW, c1 - c0, stream);
     });
     if (stream) _mm_sfence();
@@ -212,9 +208,9 @@ void forward_nchw_blocked(const at::Tensor& x, const at::Tensor& weight, const a
         }
         NhwcRow<T> a{rows.data(), wr.data(), nrows, q.data(), wcol.data(), int(g.KW), g.sw, g.OW,
                      out_block.ptr + oh * g.OW * L, L, L, L, bp ? bb.ptr : nullptr, scratch.data()};
+        a.act = act;
         isa.nhwc_row(a);
       }
-      if (act) isa.apply_act(out_block.ptr, OHW * L, act);
       scatter_planes(isa, out_block.ptr, OHW, yp + (n * g.C + c0) * OHW, OHW);
     }
   });

@@ -70,9 +70,9 @@ struct RowPrefetch {
   }
 };
 
-// One output row of one channel chunk: dst[t] (t < count, pixel stride dst_step) = bias +
+// One output row of one channel chunk: dst[t] (t < count, pixel stride dst_step) = act(bias +
 // sum over source rows r and column taps ci of wrows[r][wcol[ci] + c] * rows[r][(q[ci] +
-// t*step)*C + c]. The source rows are zero-padded copies, so every read is inside them. Serves
+// t*step)*C + c]). The source rows are zero-padded copies, so every read is inside them. Serves
 // the forward (source = input rows) and the input gradient (source = gradient rows, one residue
 // class of output columns).
 template <typename T>
@@ -96,6 +96,7 @@ struct NhwcRow {
   // Ring rows: src_off 0, src_pixels kNoBorder.
   int64_t src_off = 0, src_pixels = kNoBorder;
   const T* zeros = nullptr;
+  int act = 0;  // Act: in registers before the store, or (SiLU) over each block while in L1
 };
 
 // ---- channels_last weight gradient (depthwise_cpu_wgrad_kernels.h) -----------------------------

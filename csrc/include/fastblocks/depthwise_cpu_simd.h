@@ -133,6 +133,31 @@ FB_AI Vec<float, VB> vexp(Vec<float, VB> x) {
   return exp_cephes<Vec<float, VB>, Vec<int32_t, VB>>(x);
 }
 
+// Whether act_in_registers applies `act` (the piecewise-linear ones; SiLU's exp would multiply
+// the code of every register block that inlines it, so it stays a pass over the block).
+constexpr bool act_in_registers(int act) { return act >= int(Act::kReLU) && act <= int(Act::kHardsigmoid); }
+
+// act_forward (common.h) of a vector, the same operations in the same order, so bit for bit
+// equal to it, NaN included (a comparison with NaN is false). For act_in_registers(act).
+template <typename T, int VB>
+FB_AI Vec<T, VB> act_vec(Vec<T, VB> x, int act) {
+  using V = Vec<T, VB>;
+  const V zero{}, three = vsplat<T, VB>(T(3)), six = vsplat<T, VB>(T(6));
+  const auto clamp06 = [&](V v) FB_AI_LAMBDA { return v < zero ? zero : (v > six ? six : v); };
+  switch (act) {
+    case int(Act::kReLU):
+      return x < zero ? zero : x;
+    case int(Act::kReLU6):
+      return clamp06(x);
+    case int(Act::kHardswish):
+      return x * clamp06(x + three) / six;
+    case int(Act::kHardsigmoid):
+      return clamp06(x + three) / six;
+    default:
+      return x;
+  }
+}
+
 // In-place activation; the switch sits outside the loop so each case vectorizes.
 template <typename T, int VB>
 FB_AI void apply_act_impl(T* p, int64_t n, int act) {
