@@ -5,7 +5,9 @@ fastblocks then fastblocks then eager (ABBA, so neither side always runs second)
 time of a call is its thread CPU time (time.thread_time): on a VM shared with other jobs this
 moves far less than wall time, since time the thread is not running is not counted. Prints and
 appends one JSON line per model: medians in ms, the ratio eager / fastblocks of the medians,
-and the median of the per-round ratios (robust to slow drift).
+and the median of the per-round ratios (robust to slow drift). ``--control REPS``: a third
+model, an identical copy of the eager one, joins the rotation (eager, fastblocks, copy), so
+each model's own noise floor (eager / copy) is measured in the same process.
 
 Run it as `fastblocks bench models` does, with its allocator settings (fastblocks/bench/env.py):
     GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184 \\
@@ -36,6 +38,34 @@ def thread_ms(model, x):
     t0 = time.thread_time()
     model(x)
     return (time.thread_time() - t0) * 1e3
+
+
+def measure_with_control(name, batch, reps):
+    """eager, fastblocks and a second copy of the eager model (the control: two identical
+    models whose ratio shows this process's noise floor), called in rotating order."""
+    c, h, w = model_info(name).input_size
+    if name in LARGE:
+        h = w = 160
+    torch.manual_seed(0)
+    eager = create_model(name, fused=False).eval()
+    models = {"eager": eager, "fastblocks": fastblocks.optimize(copy.deepcopy(eager)),
+              "control": copy.deepcopy(eager)}
+    x = torch.randn(batch, c, h, w)
+    times = {k: [] for k in models}
+    order = list(models)
+    with torch.no_grad():
+        for m in list(models.values()) * 2:
+            m(x)
+        for i in range(reps):
+            for k in order[i % 3:] + order[:i % 3]:
+                times[k].append(thread_ms(models[k], x))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"model": name, "batch": batch, "input": [c, h, w], "reps": reps,
+            "eager_ms": round(med["eager"], 3), "fastblocks_ms": round(med["fastblocks"], 3),
+            "control_ms": round(med["control"], 3),
+            "ratio": round(med["eager"] / med["fastblocks"], 4),
+            "control_ratio": round(med["control"] / med["fastblocks"], 4),
+            "eager_over_control": round(med["eager"] / med["control"], 4)}
 
 
 def measure(name, batch, budget_s, min_reps, max_reps):
@@ -78,10 +108,22 @@ def main():
     p.add_argument("--min-reps", type=int, default=4)
     p.add_argument("--max-reps", type=int, default=25)
     p.add_argument("--out", help="append JSON lines here")
+    p.add_argument("--control", type=int, metavar="REPS",
+                   help="instead: eager, fastblocks and an identical eager copy, REPS rounds")
     args = p.parse_args()
     torch.set_num_threads(1)
     names = args.models.split(",") if args.models else list_models()
     for name in names:
+        if args.control:
+            r = measure_with_control(name, args.batch, args.control)
+            print(f"{name:28s} b{args.batch} eager {r['eager_ms']:9.2f} fastblocks "
+                  f"{r['fastblocks_ms']:9.2f} control {r['control_ms']:9.2f}  {r['ratio']:6.3f}x "
+                  f"(control/fastblocks {r['control_ratio']:.3f}x, eager/control "
+                  f"{r['eager_over_control']:.3f})", flush=True)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+            continue
         r = measure(name, args.batch, args.budget, args.min_reps, args.max_reps)
         print(f"{name:28s} b{args.batch} {r['eager_ms']:9.2f} {r['fastblocks_ms']:9.2f} "
               f"{r['ratio']:6.3f}x pair {r['pair_ratio']:6.3f}x  reps {r['reps']}", flush=True)
