@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from .._backend import get_backend
+from .._backend import _selected as _selected_backend, get_backend
 from ..ops.conv_bn_act import (conv_bias_act_plan, conv_bias_act_plan_ok, conv_bias_act_runner,
                                run_conv_bias_act_plan)
 from ._activation_names import UNKNOWN, activation_name
@@ -189,7 +189,9 @@ def _guarded(run, owner: nn.Module, x: Tensor, conv: nn.Conv2d, bn, activation, 
     ts = [_NO_TENSOR if t is None else t for t in (w, cb, bw, bbias, rm, rv)]
     t0, t1, t2, t3, t4, t5 = ts
     v0, v1, v2, v3, v4, v5 = (t._version for t in ts)
-    d0, d1, d2, d3, d4, d5 = (t.dtype for t in ts)
+    # .to()/.double() keep a parameter's object and version and swap its data, so parameters
+    # are checked by dtype too; it replaces buffers by new tensors, which identity catches
+    d0, d1, d2, d3 = (t.dtype for t in ts[:4])
     wdevice, eps = w.device, bn.eps
     # held objects, compared by identity: an equal value assigned anew only costs a rebuild
     g0, g1, g2, g3, g4 = (cd["stride"], cd["padding"], cd["dilation"], cd["groups"],
@@ -199,6 +201,7 @@ def _guarded(run, owner: nn.Module, x: Tensor, conv: nn.Conv2d, bn, activation, 
     function_modes = torch._C._is_torch_function_mode_enabled
     transforms, autocast = torch._C._are_functorch_transforms_active, torch._C._is_any_autocast_enabled
     mkldnn_enabled, num_threads = torch._C._get_mkldnn_enabled, torch.get_num_threads
+    selected_backend = _selected_backend.get  # get_backend() without its Python frame
     conv_ref, bn_ref = conv, bn
 
     def call(t, conv, bn, act):
@@ -213,11 +216,11 @@ def _guarded(run, owner: nn.Module, x: Tensor, conv: nn.Conv2d, bn, activation, 
                 or t0._version != v0 or t1._version != v1 or t2._version != v2 \
                 or t3._version != v3 or t4._version != v4 or t5._version != v5 \
                 or t0.dtype is not d0 or t1.dtype is not d1 or t2.dtype is not d2 \
-                or t3.dtype is not d3 or t4.dtype is not d4 or t5.dtype is not d5 \
+                or t3.dtype is not d3 \
                 or t0.device != wdevice or bd["eps"] != eps or cd["stride"] is not g0 \
                 or cd["padding"] is not g1 or cd["dilation"] is not g2 or cd["groups"] is not g3 \
                 or cd["padding_mode"] is not g4 \
-                or get_backend() != backend or mkldnn_enabled() != mkldnn \
+                or selected_backend() != backend or mkldnn_enabled() != mkldnn \
                 or num_threads() != threads:
             return None
         return run(t)
