@@ -196,10 +196,13 @@ def _guarded(run, owner: nn.Module, x: Tensor, conv: nn.Conv2d, bn, activation, 
     # held objects, compared by identity: an equal value assigned anew only costs a rebuild
     g0, g1, g2, g3, g4 = (cd["stride"], cd["padding"], cd["dilation"], cd["groups"],
                           cd["padding_mode"])
-    backend, mkldnn, threads = get_backend(), torch._C._get_mkldnn_enabled(), torch.get_num_threads()
+    backend, mkldnn = get_backend(), torch._C._get_mkldnn_enabled()
+    threads = torch.get_num_threads()
     grad_enabled, dispatch_modes = torch.is_grad_enabled, torch._C._len_torch_dispatch_stack
     function_modes = torch._C._is_torch_function_mode_enabled
-    transforms, autocast = torch._C._are_functorch_transforms_active, torch._C._is_any_autocast_enabled
+    transforms = torch._C._are_functorch_transforms_active
+    # any device's autocast (no device string to parse): stricter than _eval_key, never wrong
+    autocast = torch._C._is_any_autocast_enabled
     mkldnn_enabled, num_threads = torch._C._get_mkldnn_enabled, torch.get_num_threads
     selected_backend = _selected_backend.get  # get_backend() without its Python frame
     conv_ref, bn_ref = conv, bn
