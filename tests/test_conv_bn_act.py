@@ -700,3 +700,46 @@ def test_conv_bias_add_act_gradcheck_opcheck_compile():
 def test_conv_bias_add_act_bad_inputs_name_the_argument(call, match, exc):
     with pytest.raises(exc, match=match):
         call(torch.randn(2, 4, 5, 5), torch.randn(4, 4, 3, 3), torch.randn(2, 4, 3, 3))
+
+
+# ---- the eval fast path's guard (nn/conv_bn_act.py _guarded) ------------------------------------
+
+def _guard_mutations():
+    """(name, fn(seq)) pairs: each changes what the eval runner was made from."""
+    def replace_weight(s):
+        s[0].weight = nn.Parameter(s[0].weight.detach() * 0.5)
+
+    def stride(s):
+        s[0].stride = (2, 2)
+
+    def eps(s):
+        s[1].eps = 0.5
+    return [("weight in place", lambda s: s[0].weight.detach().mul_(0.5)),
+            ("running_mean in place", lambda s: s[1].running_mean.add_(1.0)),
+            ("weight replaced", replace_weight), ("stride", stride), ("eps", eps)]
+
+
+@pytest.mark.parametrize("name,mutate", _guard_mutations(), ids=[n for n, _ in _guard_mutations()])
+def test_eval_guard_sees_every_change_to_the_fold(name, mutate):
+    """After the eval runner is made, each change to the conv, the BN or their tensors makes
+    the next call recompute (equal to the eager chain), and a repeated call with nothing
+    changed takes the guarded runner without building _eval_key."""
+    import fastblocks.nn.conv_bn_act as impl
+    torch.manual_seed(0)
+    seq = _sequential(nn.ReLU).eval()
+    seq[1].running_mean.uniform_(-0.5, 0.5)
+    fused = ConvBNAct.from_modules(seq[0], seq[1], seq[2], names=("0", "1", "2"))
+    x = _x(1, 4, 6, 6)
+    with torch.no_grad():
+        fused(x), fused(x)  # the second call makes the runner
+        keys = []
+        real = impl._eval_key
+        impl._eval_key = lambda *a: keys.append(1) or real(*a)
+        try:
+            torch.testing.assert_close(fused(x), seq(x))
+            assert not keys, "an unchanged call should not build _eval_key"
+            mutate(seq)
+            torch.testing.assert_close(fused(x), seq(x), msg=name)
+            torch.testing.assert_close(fused(x), seq(x), msg=name)  # the remade runner
+        finally:
+            impl._eval_key = real

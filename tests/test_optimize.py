@@ -323,3 +323,27 @@ def test_block_with_random_or_mode_dependent_branches():
     x = torch.randn(2, 8, 6, 6)
     for train in (True, False, True):
         assert_same_model(plain, fused, x, train=train, steps=3)
+
+
+def test_standalone_depthwise_runs_aten_on_nchw_cpu_and_ours_on_channels_last(monkeypatch):
+    """A depthwise conv with nothing fused into it is swapped (report, revert) but runs ATen's
+    convolution on NCHW CPU input (rules/depthwise.py StandaloneDepthwiseConv2d says why) and
+    fastblocks' kernel on channels_last; both equal the plain conv."""
+    from fastblocks import ops
+    from fastblocks.optimize.rules.depthwise import StandaloneDepthwiseConv2d
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Flatten()).eval()
+    fused = fastblocks.optimize(plain)
+    assert fused.fastblocks_report.counts()["depthwise conv"] == 1
+    assert isinstance(fused[0], StandaloneDepthwiseConv2d)
+    calls = []
+    real = ops.depthwise_conv2d
+    monkeypatch.setattr(ops, "depthwise_conv2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), plain(x))
+        assert not calls
+        xc = x.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(fused(xc), plain(xc))
+        assert calls
+    assert type(fastblocks.revert(fused)[0]) is nn.Conv2d

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ...nn._activation_names import UNKNOWN
-from ...nn.conv_bn_act import _EAGER_ACT, conv_bn_act_forward
+from ...nn.conv_bn_act import _EAGER_ACT, _is_compiling, conv_bn_act_forward
 from .._classswap import restore_class, swap_class
 from .._padding import conv_kind, tf_same_padding
 from .._rule import BlockRule
@@ -43,6 +43,12 @@ class ConvBNActHead(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         d = self.__dict__
+        if not _is_compiling():  # conv_bn_act_forward's eval fast path, one call frame less
+            plan = d.get("_conv_plan")
+            if plan is not None and len(plan) > 2 and plan[2].call is not None:
+                y = plan[2].call(x, self, d["_fb_bn"], d["_fb_activation"])
+                if y is not None:
+                    return y
         if d["_fb_same_pad"]:  # TF "SAME": symmetric part as the conv's padding, no copy
             x, padding = tf_same_padding(x, self)
             return conv_bn_act_forward(self, x, self, d["_fb_bn"], d["_fb_activation"], padding)
