@@ -92,9 +92,12 @@ _ATEN_NATIVE_MAX_NUMEL = 20480
 # 0.45-0.51 (resnet50, resnet101, resnet152, se_resnet50, inception_resnet_v2) 1.05-1.32; share
 # 0.65-1.0 (resnet18, resnet34, wide_resnet50_2, vgg16_bn, vgg19_bn, googlenet, inception_v3,
 # inception_v4, inception_resnet_v1) 1.04-2.70, with inception_v3 2.70, vgg16_bn 2.05,
-# resnet34 1.76, wide_resnet50_2 1.60. The exact route costs 9% on ResNet-50 (share 0.45) at
-# batch 8, 1 thread, which this threshold leaves on oneDNN (its error 1.32x); on inception_v3
-# it cost 14% (1011 vs 870 ms) and brought the error to 0.85x (1 thread) / 1.48x (2 threads).
+# resnet34 1.76, wide_resnet50_2 1.60. With the exact route every one of them is at most
+# 1.36x (inception_v3 1.32x; 0.92x at 1 thread). Its cost, 1 thread, thread CPU time medians,
+# 224 px unless said: inception_v3 299 px b8 1003 vs 881 ms (1.14x; eager 1245), b1 137 vs
+# 117 ms; resnet34 b8 587 vs 524 ms (eager 594); resnet18 b1 45.4 vs 36.5 (eager 48.8);
+# googlenet b8 272 vs 254; ResNet-50 b8 (share 0.45, which this threshold leaves on oneDNN at
+# 1.32x eager's error) ~9% (a probe patching the route in: 699 vs 639 ms).
 _EXACT_MIN_SHARE = 0.6
 
 
