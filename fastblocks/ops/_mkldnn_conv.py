@@ -78,7 +78,9 @@ _POINTWISE = torch.ops.mkldnn._convolution_pointwise.default if _AVAILABLE else 
 
 
 _EXACT = threading.local()  # .roots: ids of the models running with exact long reductions
-_NCHW_BLOCK = 16            # input channels the NCHW kernel sums per block (docstring)
+# input channels the NCHW kernel sums per block (docstring): nChw16c, AVX-512 (the EPYC VM);
+# an AVX2 CPU's nChw8c kernel would sum 8, which this rule does not separate out
+_NCHW_BLOCK = 16
 
 
 def exact_reductions_on(root: int) -> None:
