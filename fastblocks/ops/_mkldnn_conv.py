@@ -26,11 +26,12 @@ Exact long reductions (``exact_reductions_on``): oneDNN's channels_last kxk conv
 (brg_conv_fwd) sums all Cin*kh*kw products of an output in one accumulator, while its NCHW one
 (jit:avx512_core on nChw16c, what eager NCHW runs) sums each 16-input-channel block's products
 apart and then adds the blocks: identical results up to 16 input channels, less exact beyond
-(``long_reduction``). Measured, max error vs float64 as a ratio to eager NCHW's, random fp32
-ReLU inputs, 2x28x28, 64 outputs, geomean of 4 seeds, the 2-core EPYC VM (1 / 2 threads): 3x3
-with Cin 3, 8, 16: 1.00 / 1.00 (bit-identical); Cin 32: 1.64 / 1.52; Cin 64: 3.10 / 2.71; 5x5 Cin
-48: 2.41 / 2.30; 1x7 Cin 16: 1.00. An emulation of the two orders on a 192->64 3x3 reproduces
-both (one running sum 2.8e-6, per-16-channel-block sums 9.8e-7; brgconv 3.1e-6, NCHW 6.9e-7).
+(``long_reduction``). Measured (bench/cpu_probes/kxk_summation_order.py, the 2-core EPYC VM,
+AVX-512), max error vs float64 as a ratio to eager NCHW's, random fp32 ReLU inputs, 2x28x28, 64
+outputs, geomean of 4 seeds, 1 / 2 threads: 3x3 with Cin 3, 8, 16: 1.00 / 1.00 (bit-identical);
+Cin 32: 1.64 / 1.63; Cin 64: 3.10 / 2.38; 5x5 Cin 48: 2.41 / 2.56; 1x7 Cin 16: 1.00. A float32
+emulation of the two orders on a 192->64 3x3 reproduces both: one running sum 3.2e-6, a sum per
+16-channel block 5.8e-7; brgconv 3.5e-6, NCHW 5.7e-7.
 While a model that asked for it runs (optimize/_cpu_layout.py decides per model), such a
 convolution takes eager's NCHW convolution on a channels_last input instead (converted in and
 out), so its sums are eager's.
