@@ -21,10 +21,27 @@ NCHW oneDNN primitive on a weight packed for it (``conv_nchw``: channels_last pr
 brgconv kernels, accumulate less exactly than its NCHW jit kernels; fastblocks/ops/conv_bn_act.py,
 _nchw_through_packed, has the numbers). Float64 (and float16/bfloat16 where the CPU lacks native support) are not served: the
 caller falls back to ATen's convolution plus an in-place activation.
+
+Exact long reductions (``exact_reductions_on``): oneDNN's channels_last kxk convolution
+(brg_conv_fwd) sums all Cin*kh*kw products of an output in one accumulator, while its NCHW one
+(jit:avx512_core on nChw16c, what eager NCHW runs) sums each 16-input-channel block's products
+apart and then adds the blocks: identical results up to 16 input channels, less exact beyond
+(``long_reduction``). Measured (bench/cpu_probes/kxk_summation_order.py, the 2-core EPYC VM,
+AVX-512), max error vs float64 as a ratio to eager NCHW's, random fp32 ReLU inputs, 2x28x28, 64
+outputs, geomean of 4 seeds, 1 / 2 threads: 3x3 with Cin 3, 8, 16: 1.00 / 1.00 (bit-identical);
+Cin 32: 1.64 / 1.63; Cin 64: 3.10 / 2.38; 5x5 Cin 48: 2.41 / 2.56; 1x7 Cin 16: 1.00. A float32
+emulation of the two orders on a 192->64 3x3 reproduces both: one running sum 3.2e-6, a sum per
+16-channel block 5.8e-7; brgconv 3.5e-6, NCHW 5.7e-7.
+While a model that asked for it runs (optimize/_cpu_layout.py decides per model), such a
+convolution takes eager's NCHW convolution on a channels_last input instead (converted in and
+out), so its sums are eager's.
 """
 from __future__ import annotations
 
+import threading
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
@@ -59,6 +76,51 @@ _AVAILABLE = (torch.backends.mkldnn.is_available()
 # thread, the shared 2-core EPYC VM at load ~8: 64->384 1x1 at 14x14 132 vs 120 us, 160->960
 # 1x1 at 7x7 190 vs 169 us, 256->256 3x3 at 14x14 2691 vs 2053 us)
 _POINTWISE = torch.ops.mkldnn._convolution_pointwise.default if _AVAILABLE else None
+
+
+_EXACT = threading.local()  # .roots: ids of the models running with exact long reductions
+# input channels the NCHW kernel sums per block (docstring): nChw16c, AVX-512 (the EPYC VM);
+# an AVX2 CPU's nChw8c kernel would sum 8, which this rule does not separate out
+_NCHW_BLOCK = 16
+
+
+def exact_reductions_on(root: int) -> None:
+    """From now on in this thread (until ``exact_reductions_off(root)``), channels_last
+    convolutions with a long reduction run eager's NCHW convolution (module docstring)."""
+    roots = getattr(_EXACT, "roots", None)
+    if roots is None:
+        roots = _EXACT.roots = set()
+    roots.add(root)
+
+
+def exact_reductions_off(root: int) -> None:
+    roots = getattr(_EXACT, "roots", None)
+    if roots:
+        roots.discard(root)
+
+
+def exact_reductions() -> bool:
+    """Whether this thread runs a model that asked for exact long reductions."""
+    return bool(getattr(_EXACT, "roots", None))
+
+
+def long_reduction(weight: Tensor) -> bool:
+    """Whether a convolution with this weight (C_out, C_in/groups, kh, kw) sums more than one
+    NCHW block of input channels over a kxk window: where channels_last oneDNN errs more than
+    eager NCHW (module docstring). 1x1 kernels are left to oneDNN: over inception_v3's 40 1x1
+    layers its channels_last kernel errs 0.72x eager's at 1 thread (eager runs ATen's GEMM
+    there) and 1.31x at 2 threads (geomean), against 2.2-3.0x for its kxk layers
+    (bench/cpu_probes/inception_v3_layer_errors.py)."""
+    return weight.shape[-1] * weight.shape[-2] > 1 and weight.shape[1] > _NCHW_BLOCK
+
+
+def _exact_nchw(x: Tensor, weight: Tensor, bias, stride, padding, dilation, groups: int,
+                act: int) -> Tensor:
+    """act(conv2d(x, weight, bias)) by eager's NCHW convolution for a channels_last x; the
+    output channels_last, as ``conv_pointwise``'s."""
+    from ._activation_codes import activate_
+    y = F.conv2d(x.contiguous(), weight, bias, stride, padding, dilation, groups)
+    return activate_(y, act).contiguous(memory_format=torch.channels_last)
 
 
 def can_serve(x: Tensor, weight: Tensor) -> bool:
@@ -130,7 +192,10 @@ def _run_nchw(x, w, bias, padding, stride, dilation, groups, act):
 def conv_pointwise(x: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation,
                    groups: int, act: int) -> Tensor:
     """act(conv2d(x, weight, bias)) in one oneDNN primitive; `can_serve` must hold. x
-    channels_last-contiguous; the output is channels_last."""
+    channels_last-contiguous; the output is channels_last. Under ``exact_reductions`` a
+    ``long_reduction`` runs eager's NCHW convolution instead (module docstring)."""
+    if long_reduction(weight) and exact_reductions():
+        return _exact_nchw(x, weight, bias, stride, padding, dilation, groups, act)
     attr, scalars, algorithm = POST_OPS[act]
     w = packed_weight(weight, padding, stride, dilation, groups, x.shape)
     return _POINTWISE(x, w, bias, list(padding), list(stride), list(dilation), groups, attr,
@@ -148,7 +213,12 @@ def conv_add_pointwise(x: Tensor, other: Tensor, weight: Tensor, bias: Tensor | 
     """act(conv2d(x, weight, bias) + other) with the add (and relu) as post-ops of the oneDNN
     primitive, the other activations in place after it; `can_serve` must hold, x and other
     channels_last-contiguous, other of the output's shape and dtype. Returns a new
-    channels_last tensor (other is read, not written)."""
+    channels_last tensor (other is read, not written). Under ``exact_reductions`` a
+    ``long_reduction`` runs eager's NCHW convolution, then the add (module docstring)."""
+    if long_reduction(weight) and exact_reductions():
+        from ._activation_codes import activate_
+        y = _exact_nchw(x, weight, bias, stride, padding, dilation, groups, 0)
+        return activate_(y.add_(other), act)
     w = packed_weight(weight, padding, stride, dilation, groups, x.shape)
     unary = _AFTER_ADD.get(act)
     y = _BINARY(x, other, w, bias, list(padding), list(stride), list(dilation), groups, "add",
@@ -168,7 +238,8 @@ def runner(weight: Tensor, bias: Tensor | None, stride, padding, dilation, group
     around the primitive (the packed-weight cache lookup, argument lists) cost ~20 us, which
     made ATen's convolution + an in-place activation the faster choice for 1x1 convolutions
     under ~8 M multiply-adds; with the closure the primitive is as fast or faster (see
-    ops/conv_bn_act.py)."""
+    ops/conv_bn_act.py). A ``long_reduction`` asks ``exact_reductions`` on every call (~0.1
+    us) and runs eager's NCHW convolution while it holds."""
     attr, scalars, algorithm = POST_OPS[act]
     padding, stride, dilation = list(padding), list(stride), list(dilation)
     with torch.no_grad():
@@ -177,7 +248,14 @@ def runner(weight: Tensor, bias: Tensor | None, stride, padding, dilation, group
 
     def run(x: Tensor) -> Tensor:
         return op(x, packed, bias, padding, stride, dilation, groups, attr, scalars, algorithm)
-    return run
+    if not long_reduction(weight):
+        return run
+
+    def run_long(x: Tensor) -> Tensor:
+        if getattr(_EXACT, "roots", None):
+            return _exact_nchw(x, weight, bias, stride, padding, dilation, groups, act)
+        return op(x, packed, bias, padding, stride, dilation, groups, attr, scalars, algorithm)
+    return run_long
 
 
 def runner_nchw(weight: Tensor, bias: Tensor | None, stride, padding, dilation, groups: int,

@@ -23,6 +23,16 @@ costs more than it saves (ATen itself runs such convolutions with its native im2
 not oneDNN, for batch 1). The sizes are recorded from the convolutions' inputs in the trial
 run below and scaled by the input's size on each call, so every call decides by its tensors.
 
+Numerics: oneDNN's channels_last kxk convolutions sum a long reduction (more than 16 input
+channels) in one accumulator where its NCHW ones, eager's, sum 16-channel blocks apart
+(ops/_mkldnn_conv.py, ``long_reduction``, has the per-layer numbers): 2.2x eager's error per
+layer (geomean over inception_v3's 53 such layers, 1 and 2 threads). Where such convolutions
+carry most of a model's multiply-adds, that error reaches the output: zoo inception_v3 (long
+kxk share 0.81) erred 2.5-2.7x eager's at 2 threads, past the parity rule's 2x. So the trial run
+also counts each convolution's multiply-adds, and a model whose long kxk convolutions carry more
+than ``_EXACT_MIN_SHARE`` of them runs those convolutions through eager's NCHW convolution
+(``_mkldnn_conv.exact_reductions_on`` while its forward runs; the rest stays channels_last).
+
 Only in eval mode: user code in a forward can depend on strides (``x.view(n, -1)`` on a 4-d
 activation fails on channels_last), so the first converted call runs the model once on the
 channels_last input under ``torch.no_grad()`` and keeps the conversion only if that succeeds
@@ -73,6 +83,22 @@ _MIN_FUSED_CONVS = 8
 # fused conv's per-call Python cost, ~15 us on a ~100 us layer). fractalnet at 32x32 (inputs up to
 # 64x32x32 = 65536 values) measured 1.01x with channels_last and keeps it.
 _ATEN_NATIVE_MAX_NUMEL = 20480
+
+# The share of a model's convolution multiply-adds in long kxk reductions (_mkldnn_conv.
+# long_reduction) above which those run exactly (module docstring). Measured, zoo models at the
+# test suite's sizes, batch 2, eval, 2 threads, the 2-core EPYC VM (bench/cpu_probes/
+# zoo_eval_error_ratios.py --no-exact, which prints the share too): optimized
+# output error vs float64 as a ratio to eager's (limit 2.0) without the exact route: share
+# 0.45-0.51 (resnet50, resnet101, resnet152, se_resnet50, inception_resnet_v2) 1.05-1.32; share
+# 0.65-1.0 (resnet18, resnet34, wide_resnet50_2, vgg16_bn, vgg19_bn, googlenet, inception_v3,
+# inception_v4, inception_resnet_v1) 1.04-2.70, with inception_v3 2.70, vgg16_bn 2.05,
+# resnet34 1.76, wide_resnet50_2 1.60. With the exact route every one of them is at most
+# 1.36x (inception_v3 1.32x; 0.92x at 1 thread). Its cost, 1 thread, thread CPU time medians,
+# 224 px unless said: inception_v3 299 px b8 1003 vs 881 ms (1.14x; eager 1245), b1 137 vs
+# 117 ms; resnet34 b8 587 vs 524 ms (eager 594); resnet18 b1 45.4 vs 36.5 (eager 48.8);
+# googlenet b8 272 vs 254; ResNet-50 b8 (share 0.45, which this threshold leaves on oneDNN at
+# 1.32x eager's error) ~9% (a probe patching the route in: 699 vs 639 ms).
+_EXACT_MIN_SHARE = 0.6
 
 
 def pays_off(model: nn.Module, report) -> bool:
@@ -133,6 +159,7 @@ def channels_last_input(module: nn.Module, args: tuple, kwargs: dict):
     if ids is None:
         ids = _active.ids = set()
     ids.discard(id(module))  # left over from a call that raised
+    _mkldnn_conv.exact_reductions_off(id(module))
     state = module.__dict__.get(_STATE)
     if state is None or state["ok"] is False or not args or not _wants_conversion(module, args[0]):
         return None
@@ -142,7 +169,7 @@ def channels_last_input(module: nn.Module, args: tuple, kwargs: dict):
     args = (x,) + tuple(args[1:])
     if state["ok"] is None:
         try:
-            with torch.no_grad(), _recording_conv_inputs(module) as per_image:
+            with torch.no_grad(), _recording_conv_inputs(module) as seen:
                 module.forward(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any failure means: keep the caller's layout
             state["ok"] = False
@@ -154,10 +181,14 @@ def channels_last_input(module: nn.Module, args: tuple, kwargs: dict):
             return None
         state["ok"] = True
         # the largest convolution input per image, relative to the model input's size
-        state["conv_numel_ratio"] = max(per_image) / x[0].numel() if per_image else None
+        state["conv_numel_ratio"] = max(seen.sizes) / x[0].numel() if seen.sizes else None
+        state["long_share"] = seen.long_macs / seen.macs if seen.macs else 0.0
+        state["exact"] = state["long_share"] > _EXACT_MIN_SHARE
     if small_convs_only(state, x):
         return None
     ids.add(id(module))
+    if state.get("exact"):
+        _mkldnn_conv.exact_reductions_on(id(module))
     return args, kwargs
 
 
@@ -169,21 +200,36 @@ def small_convs_only(state: dict, x: Tensor) -> bool:
     return bool(ratio) and x.shape[0] == 1 and ratio * x[0].numel() <= _ATEN_NATIVE_MAX_NUMEL
 
 
+def exact_long_reductions(model: nn.Module) -> bool | None:
+    """Whether the converted model runs its long kxk reductions exactly (module docstring);
+    None before the first converted call."""
+    state = model.__dict__.get(_STATE)
+    return None if state is None else state.get("exact")
+
+
 class _recording_conv_inputs:
     """Within: every nn.Conv2d under ``root`` (fused heads included) appends the number of
-    values per image of its 4-d input to the list that ``with ... as`` gives."""
+    values per image of its 4-d input to ``sizes`` and adds its multiply-adds per image to
+    ``macs`` (those of a ``_mkldnn_conv.long_reduction`` to ``long_macs`` too); ``with ... as``
+    gives the recorder."""
 
     def __init__(self, root: nn.Module) -> None:
         self.root, self.sizes, self.handles = root, [], []
+        self.macs = self.long_macs = 0
 
-    def _record(self, conv, args):
+    def _record(self, conv, args, out):
         if args and isinstance(args[0], Tensor) and args[0].dim() == 4:
             self.sizes.append(args[0][0].numel())
+            if isinstance(out, Tensor) and out.dim() == 4:
+                w = conv.weight
+                macs = out[0].numel() * w[0].numel()
+                self.macs += macs
+                self.long_macs += macs if _mkldnn_conv.long_reduction(w) else 0
 
-    def __enter__(self) -> list:
-        self.handles = [m.register_forward_pre_hook(self._record)
+    def __enter__(self) -> "_recording_conv_inputs":
+        self.handles = [m.register_forward_hook(self._record)
                         for m in self.root.modules() if isinstance(m, nn.Conv2d)]
-        return self.sizes
+        return self
 
     def __exit__(self, *exc) -> None:
         for h in self.handles:
@@ -203,4 +249,5 @@ def input_layout_output(module: nn.Module, args: tuple, output):
     if not ids or id(module) not in ids:
         return None
     ids.discard(id(module))
+    _mkldnn_conv.exact_reductions_off(id(module))
     return pytree.tree_map_only(Tensor, _to_nchw, output)
