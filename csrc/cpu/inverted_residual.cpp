@@ -306,92 +306,90 @@ at::Tensor inverted_residual_forward(const at::Tensor& x_in,
     wcol[j] = j * Ch;
   }
   const DwGeom geom{W, Ch, OW, kh, kw, sw, pw, dwl};
-  {  // (a scope the width of the former per-activation dispatch: the GEMM applies it now)
-    at::parallel_for(0, groups * segments, 1, [&](int64_t begin, int64_t end) {
-      at::Tensor e_buf = expand ? at::empty({cap_e * W, Ch}, x.options()) : at::Tensor();
-      at::Tensor d_buf = at::empty({G * R * OW, Ch}, x.options());
-      float* ep = expand ? e_buf.mutable_data_ptr<float>() : nullptr;
-      float* dp = d_buf.mutable_data_ptr<float>();
-      std::vector<const float*> rows(kh), wr(kh), scratch(2 * kh * kw);
-      // depthwise output rows [o0, o1) of one image whose input row ih is at
-      // base + (ih - first) * row, into dst, activation applied (by the row kernel in its
-      // registers where it slides: a separate pass over the rows took 15-20% of their time)
-      const auto dw_rows = [&](const float* base, int64_t first, int64_t o0, int64_t o1, float* dst) {
-        for (int64_t oh = o0; oh < o1; ++oh) {
-          float* out = dst + (oh - o0) * row_d;
-          if (slide) {
-            int nrows = 0;
-            for (int64_t i = 0; i < kh; ++i) {
-              const int64_t ih = oh * sh - ph + i * dh;
-              if (ih < 0 || ih >= H) continue;
-              rows[nrows] = base + (ih - first) * row_e;
-              wr[nrows++] = wtp + i * kw * Ch;
-            }
-            dw::NhwcRow<float> a{rows.data(), wr.data(), nrows, q.data(), wcol.data(), int(kw),
-                                 sw, OW, out, Ch, Ch, Ch, bdp, scratch.data(), nullptr};
-            a.src_off = pw;
-            a.src_pixels = W;
-            a.zeros = zeros.data();
-            a.act = static_cast<int>(dw_act);
-            isa.nhwc_row(a);
-          } else {
-            for (int64_t i = 0; i < kh; ++i) {
-              const int64_t ih = oh * sh - ph + i * dh;
-              rows[i] = (ih >= 0 && ih < H) ? base + (ih - first) * row_e : nullptr;
-            }
-            depthwise_row(rows.data(), geom, wtp, bdp, out);
+  at::parallel_for(0, groups * segments, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor e_buf = expand ? at::empty({cap_e * W, Ch}, x.options()) : at::Tensor();
+    at::Tensor d_buf = at::empty({G * R * OW, Ch}, x.options());
+    float* ep = expand ? e_buf.mutable_data_ptr<float>() : nullptr;
+    float* dp = d_buf.mutable_data_ptr<float>();
+    std::vector<const float*> rows(kh), wr(kh), scratch(2 * kh * kw);
+    // depthwise output rows [o0, o1) of one image whose input row ih is at
+    // base + (ih - first) * row, into dst, activation applied (by the row kernel in its
+    // registers where it slides: a separate pass over the rows took 15-20% of their time)
+    const auto dw_rows = [&](const float* base, int64_t first, int64_t o0, int64_t o1, float* dst) {
+      for (int64_t oh = o0; oh < o1; ++oh) {
+        float* out = dst + (oh - o0) * row_d;
+        if (slide) {
+          int nrows = 0;
+          for (int64_t i = 0; i < kh; ++i) {
+            const int64_t ih = oh * sh - ph + i * dh;
+            if (ih < 0 || ih >= H) continue;
+            rows[nrows] = base + (ih - first) * row_e;
+            wr[nrows++] = wtp + i * kw * Ch;
           }
-        }
-        if (!slide && dw_act != 0) isa.apply_act(dst, (o1 - o0) * row_d, static_cast<int>(dw_act));
-      };
-      // project GEMM of npos depthwise positions into y's rows from position p0, + bias (+ x)
-      const auto project = [&](int64_t p0, int64_t npos) {
-        conv_p.run(dp, npos, yp + p0 * Cout, residual ? xp + p0 * Cin : nullptr, Cin);
-      };
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t grp = item / segments, seg = item % segments;
-        if (G > 1) {  // whole images n0 .. n0 + ng: one expand and one project GEMM
-          const int64_t n0 = grp * G, ng = std::min(G, N - n0);
-          const float* base = xp + n0 * H * W * Cin;
-          if (expand) {
-            expand_rows(n0 * H * W, ng * H * W, ep);
-            base = ep;
+          dw::NhwcRow<float> a{rows.data(), wr.data(), nrows, q.data(), wcol.data(), int(kw),
+                               sw, OW, out, Ch, Ch, Ch, bdp, scratch.data(), nullptr};
+          a.src_off = pw;
+          a.src_pixels = W;
+          a.zeros = zeros.data();
+          a.act = static_cast<int>(dw_act);
+          isa.nhwc_row(a);
+        } else {
+          for (int64_t i = 0; i < kh; ++i) {
+            const int64_t ih = oh * sh - ph + i * dh;
+            rows[i] = (ih >= 0 && ih < H) ? base + (ih - first) * row_e : nullptr;
           }
-          for (int64_t g = 0; g < ng; ++g) dw_rows(base + g * H * row_e, 0, 0, OH, dp + g * OH * row_d);
-          project(n0 * OH * OW, ng * OH * OW);
-          continue;
-        }
-        const int64_t n = grp;
-        const int64_t o_begin = seg * bands_per_segment * R;
-        const int64_t o_end = std::min(OH, o_begin + bands_per_segment * R);
-        const float* xn = xp + n * H * W * Cin;
-        int64_t b0 = 0, b1 = 0;  // input rows held in e_buf: [b0, b1)
-        for (int64_t o0 = o_begin; o0 < o_end; o0 += R) {
-          const int64_t o1 = std::min(o0 + R, o_end);
-          const int64_t need0 = std::max<int64_t>(0, o0 * sh - ph);
-          const int64_t need1 = std::min(H, (o1 - 1) * sh - ph + halo + 1);
-          const float* base = xn;  // row ih of the depthwise input: base + (ih - first) * row
-          int64_t first = 0;
-          if (expand) {
-            int64_t fresh = need0;
-            if (b0 <= need0 && need0 < b1) {  // keep the rows both bands read
-              std::memmove(ep, ep + (need0 - b0) * row_e, (b1 - need0) * row_e * sizeof(float));
-              fresh = b1;
-            }
-            b0 = need0;
-            b1 = std::max(need1, fresh);
-            if (fresh < need1) {
-              expand_rows((n * H + fresh) * W, (need1 - fresh) * W, ep + (fresh - b0) * row_e);
-            }
-            base = ep;
-            first = b0;
-          }
-          dw_rows(base, first, o0, o1, dp);
-          project((n * OH + o0) * OW, (o1 - o0) * OW);
+          depthwise_row(rows.data(), geom, wtp, bdp, out);
         }
       }
-    });
-  }
+      if (!slide && dw_act != 0) isa.apply_act(dst, (o1 - o0) * row_d, static_cast<int>(dw_act));
+    };
+    // project GEMM of npos depthwise positions into y's rows from position p0, + bias (+ x)
+    const auto project = [&](int64_t p0, int64_t npos) {
+      conv_p.run(dp, npos, yp + p0 * Cout, residual ? xp + p0 * Cin : nullptr, Cin);
+    };
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t grp = item / segments, seg = item % segments;
+      if (G > 1) {  // whole images n0 .. n0 + ng: one expand and one project GEMM
+        const int64_t n0 = grp * G, ng = std::min(G, N - n0);
+        const float* base = xp + n0 * H * W * Cin;
+        if (expand) {
+          expand_rows(n0 * H * W, ng * H * W, ep);
+          base = ep;
+        }
+        for (int64_t g = 0; g < ng; ++g) dw_rows(base + g * H * row_e, 0, 0, OH, dp + g * OH * row_d);
+        project(n0 * OH * OW, ng * OH * OW);
+        continue;
+      }
+      const int64_t n = grp;
+      const int64_t o_begin = seg * bands_per_segment * R;
+      const int64_t o_end = std::min(OH, o_begin + bands_per_segment * R);
+      const float* xn = xp + n * H * W * Cin;
+      int64_t b0 = 0, b1 = 0;  // input rows held in e_buf: [b0, b1)
+      for (int64_t o0 = o_begin; o0 < o_end; o0 += R) {
+        const int64_t o1 = std::min(o0 + R, o_end);
+        const int64_t need0 = std::max<int64_t>(0, o0 * sh - ph);
+        const int64_t need1 = std::min(H, (o1 - 1) * sh - ph + halo + 1);
+        const float* base = xn;  // row ih of the depthwise input: base + (ih - first) * row
+        int64_t first = 0;
+        if (expand) {
+          int64_t fresh = need0;
+          if (b0 <= need0 && need0 < b1) {  // keep the rows both bands read
+            std::memmove(ep, ep + (need0 - b0) * row_e, (b1 - need0) * row_e * sizeof(float));
+            fresh = b1;
+          }
+          b0 = need0;
+          b1 = std::max(need1, fresh);
+          if (fresh < need1) {
+            expand_rows((n * H + fresh) * W, (need1 - fresh) * W, ep + (fresh - b0) * row_e);
+          }
+          base = ep;
+          first = b0;
+        }
+        dw_rows(base, first, o0, o1, dp);
+        project((n * OH + o0) * OW, (o1 - o0) * OW);
+      }
+    }
+  });
   return y;
 }
 
