@@ -103,7 +103,9 @@ def _call(x, folded, dw, expand, residual) -> Tensor:
 
 
 # Under torch.compile (freezing) inductor's convolutions run on prepacked weights, while the
-# fused kernel's MKL GEMMs pack them on every call, and at batch 1 inductor's per-layer tensors
+# fused kernel's GEMMs pack them on every call (MKL's when this was measured; its own
+# pointwise GEMM since, also packing per call: the rule was not re-measured with it; compile
+# of the optimized model b8 is now 1.26-1.28x), and at batch 1 inductor's per-layer tensors
 # stay in L3 (the fused kernel saves little memory traffic there). Zoo mobilenet_v2, thread CPU
 # time, 1 thread, the EPYC VM, compile of the optimized model against compile of the plain
 # one: every block fused, b8 1.07x, b1 0.89x; blocks of N * H * W >= 28 * 28 fused, b8 1.10-1.14x,
