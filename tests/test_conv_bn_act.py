@@ -716,7 +716,11 @@ def _guard_mutations():
         s[1].eps = 0.5
     return [("weight in place", lambda s: s[0].weight.detach().mul_(0.5)),
             ("running_mean in place", lambda s: s[1].running_mean.add_(1.0)),
-            ("weight replaced", replace_weight), ("stride", stride), ("eps", eps)]
+            ("weight replaced", replace_weight), ("stride", stride), ("eps", eps),
+            # `p.data = t` (weight loading in user code) keeps the object, version and dtype
+            ("weight .data assigned", lambda s: setattr(s[0].weight, "data", s[0].weight * 0.5)),
+            ("running_var .data assigned",
+             lambda s: setattr(s[1].running_var, "data", s[1].running_var * 4.0))]
 
 
 @pytest.mark.parametrize("name,mutate", _guard_mutations(), ids=[n for n, _ in _guard_mutations()])
@@ -743,3 +747,34 @@ def test_eval_guard_sees_every_change_to_the_fold(name, mutate):
             torch.testing.assert_close(fused(x), seq(x), msg=name)  # the remade runner
         finally:
             impl._eval_key = real
+
+
+def test_optimized_model_sees_parameter_data_assigned():
+    """`conv.weight.data = t` after the optimized model has run (and cached its fold) changes
+    its next output as it changes eager's."""
+    import fastblocks
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()).eval()
+    opt = fastblocks.optimize(copy.deepcopy(plain)).eval()
+    x = torch.randn(2, 8, 16, 16)
+    with torch.no_grad():
+        for _ in range(3):  # past the first calls: the fold and the eval runner exist
+            opt(x)
+        new = torch.randn_like(plain[0].weight)
+        plain[0].weight.data = new.clone()
+        opt[0].weight.data = new.clone()
+        torch.testing.assert_close(opt(x), plain(x))
+
+
+def test_packed_weight_sees_weight_data_assigned():
+    """ops.conv_bias_act on a parameter: its cached oneDNN-packed copy is dropped when
+    `weight.data = t` swaps the storage (same object, same version)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    x = torch.randn(2, 8, 16, 16).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for _ in range(3):  # the second use packs, the third uses the packed copy
+            ops.conv_bias_act(x, conv.weight, conv.bias, (1, 1), (1, 1), (1, 1), 1, "relu")
+        conv.weight.data = torch.randn_like(conv.weight)
+        got = ops.conv_bias_act(x, conv.weight, conv.bias, (1, 1), (1, 1), (1, 1), 1, "relu")
+        torch.testing.assert_close(got, F.relu(conv(x)))

@@ -42,15 +42,17 @@ _ACT_MODULES = {None: nn.Identity, "relu": nn.ReLU, "relu6": nn.ReLU6, "hardswis
 def _fold_key(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> tuple:
     # the module dicts directly: nn.Module.__getattr__ and per-tensor tuples cost ~25 us here
     # against a 17 us 1x1 conv (timeit, 2-core dev box under load); dtype and device of the
-    # weight catch `.to()`, which swaps a parameter's data under the same object
+    # weight catch `.to()`, which swaps a parameter's data under the same object; data_ptr
+    # catches `p.data = t` (weight loading in user code), which keeps object, version and dtype
     p, q, r = conv._parameters, bn._parameters, bn._buffers
     w = p["weight"]
-    return (id(w), w._version, w.dtype, w.device, _ver(p.get("bias")), _ver(q.get("weight")),
-            _ver(q.get("bias")), _ver(r.get("running_mean")), _ver(r.get("running_var")), bn.eps)
+    return (id(w), w._version, w.dtype, w.device, w.data_ptr(), _ver(p.get("bias")),
+            _ver(q.get("weight")), _ver(q.get("bias")), _ver(r.get("running_mean")),
+            _ver(r.get("running_var")), bn.eps)
 
 
 def _ver(t):
-    return None if t is None else (id(t), t._version, t.dtype)
+    return None if t is None else (id(t), t._version, t.dtype, t.data_ptr())
 
 
 def _uses_batch_stats(bn: nn.modules.batchnorm._BatchNorm) -> bool:
@@ -192,6 +194,8 @@ def _guarded(run, owner: nn.Module, x: Tensor, conv: nn.Conv2d, bn, activation, 
     # .to()/.double() keep a parameter's object and version and swap its data, so parameters
     # are checked by dtype too; it replaces buffers by new tensors, which identity catches
     d0, d1, d2, d3 = (t.dtype for t in ts[:4])
+    # `p.data = t` keeps a tensor's object, version and dtype and swaps its storage
+    p0, p1, p2, p3, p4, p5 = (t.data_ptr() for t in ts)
     wdevice, eps = w.device, bn.eps
     # held objects, compared by identity: an equal value assigned anew only costs a rebuild
     g0, g1, g2, g3, g4 = (cd["stride"], cd["padding"], cd["dilation"], cd["groups"],
@@ -220,6 +224,8 @@ def _guarded(run, owner: nn.Module, x: Tensor, conv: nn.Conv2d, bn, activation, 
                 or t3._version != v3 or t4._version != v4 or t5._version != v5 \
                 or t0.dtype is not d0 or t1.dtype is not d1 or t2.dtype is not d2 \
                 or t3.dtype is not d3 \
+                or t0.data_ptr() != p0 or t1.data_ptr() != p1 or t2.data_ptr() != p2 \
+                or t3.data_ptr() != p3 or t4.data_ptr() != p4 or t5.data_ptr() != p5 \
                 or t0.device != wdevice or bd["eps"] != eps or cd["stride"] is not g0 \
                 or cd["padding"] is not g1 or cd["dilation"] is not g2 or cd["groups"] is not g3 \
                 or cd["padding_mode"] is not g4 \

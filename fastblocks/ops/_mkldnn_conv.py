@@ -151,7 +151,8 @@ def packed_weight(weight: Tensor, padding, stride, dilation, groups: int, input_
     """The oneDNN-packed copy of `weight` for this geometry and input size, cached (from the
     weight's second use on; the plain weight before). ``nchw``: packed for ``conv_nchw``."""
     key = (nchw, tuple(padding), tuple(stride), tuple(dilation), groups, tuple(input_size))
-    version = -1 if weight.is_inference() else weight._version
+    # data_ptr: `weight.data = t` swaps the storage under the same object and version
+    version = (-1 if weight.is_inference() else weight._version, weight.data_ptr())
     entry = _packed.get(weight)
     if entry is None or entry[0] != version:
         _packed[weight] = (version, {})
