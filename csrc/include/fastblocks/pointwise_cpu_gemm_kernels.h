@@ -42,28 +42,14 @@ FB_AI VF<VB> splat(const float* p) {
   return splat_impl<VB>(p, std::make_index_sequence<VB / 4>{});
 }
 
-// The activation of fastblocks::act_forward on a vector, the same expressions (NaN passes the
-// clamps, as in eager).
+// The activation of fastblocks::act_forward on a vector: the depthwise family's act_vec (the
+// same operations in the same order; ACT is a constant, so its switch folds away) and SiLU.
 template <int ACT, int VB>
 FB_AI VF<VB> vact(VF<VB> x) {
-  using V = VF<VB>;
-  const V zero{};
-  const auto clamp06 = [&](V v) FB_AI_LAMBDA {
-    v = v < zero ? zero : v;
-    return v > zero + 6.0f ? zero + 6.0f : v;
-  };
-  if constexpr (ACT == int(Act::kReLU)) {
-    return x < zero ? zero : x;
-  } else if constexpr (ACT == int(Act::kReLU6)) {
-    return clamp06(x);
-  } else if constexpr (ACT == int(Act::kHardswish)) {
-    return x * clamp06(x + 3.0f) / 6.0f;
-  } else if constexpr (ACT == int(Act::kHardsigmoid)) {
-    return clamp06(x + 3.0f) / 6.0f;
-  } else if constexpr (ACT == int(Act::kSiLU)) {
+  if constexpr (ACT == int(Act::kSiLU)) {
     return x / (1.0f + dw::vexp<VB>(-x));
   } else {
-    return x;
+    return dw::act_vec<float, VB>(x, ACT);
   }
 }
 
