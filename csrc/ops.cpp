@@ -103,9 +103,16 @@ TORCH_LIBRARY_FRAGMENT(fastblocks_C, m) {
   // float32, read as channels_last; y = w_project . act_dw(dw(act_e(w_expand . x + b_expand)) +
   // b_dw) + b_project (+ x when `residual`), returned channels_last. w_expand (C_h, C_in, 1, 1)
   // or None (expansion ratio 1), w_dw (C_h, 1, kh, kw), w_project (C_out, C_h, 1, 1); the
-  // activations are fastblocks::Act codes. CPU only (csrc/cpu/inverted_residual.cpp).
+  // activations are fastblocks::Act codes. packed_expand / packed_project: pointwise_pack of
+  // (w_expand, b_expand) / (w_project, b_project), or None to pack them in the call. CPU only
+  // (csrc/cpu/inverted_residual.cpp).
   m.def(
       "inverted_residual_forward(Tensor x, Tensor? w_expand, Tensor? b_expand, Tensor w_dw, "
       "Tensor? b_dw, Tensor w_project, Tensor? b_project, int[2] stride, int[2] padding, "
-      "int[2] dilation, int expand_act, int dw_act, bool residual) -> Tensor");
+      "int[2] dilation, int expand_act, int dw_act, bool residual, Tensor? packed_expand=None, "
+      "Tensor? packed_project=None) -> Tensor");
+  // A 1x1 conv weight (N, K[, 1, 1]) float32 and its bias (N,) or None, packed for the fused
+  // inverted residual's pointwise GEMM on this CPU: a 1-d tensor of roundup(N, 16) * (K + 1)
+  // floats (csrc/include/fastblocks/pointwise_cpu_gemm.h).
+  m.def("pointwise_pack(Tensor w, Tensor? b) -> Tensor");
 }

@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from fastblocks.ops import inverted_residual
+from fastblocks.ops._activation_codes import activation_code
+from fastblocks.ops.inverted_residual import _impl, pack_pointwise
 from test_inverted_residual import _HAS_KERNEL, _block, _reference
 from tolerances import assert_parity
 
@@ -52,6 +54,13 @@ def check_gemm_case(case):
     # fp32 output, no reduction argument: the rule compares with eager alone (a float64 reference
     # would go unused, and eager's float64 depthwise conv of 1040 channels takes 12 s)
     assert_parity(out, _reference(t, s, 1, 1, ea, "relu6", res))
+    # on weights packed beforehand (pack_pointwise, what optimize() caches): the same kernel on
+    # the same panels, so the same bits
+    packed = (pack_pointwise(t["w_expand"], t["b_expand"]),
+              pack_pointwise(t["w_project"], t["b_project"]))
+    args = (t["x"], t["w_expand"], t["b_expand"], t["w_dw"], t["b_dw"], t["w_project"],
+            t["b_project"], [s, s], [1, 1], [1, 1], activation_code(ea), 2, res)
+    assert torch.equal(_impl(*args, *packed), out)
 
 
 @pytest.mark.skipif(not _HAS_KERNEL, reason="fastblocks._C without inverted_residual_forward")
@@ -77,3 +86,14 @@ def test_pointwise_gemm_narrower_isas():
     for isa, run in runs.items():
         _, err = run.communicate(timeout=600)
         assert run.returncode == 0, f"{isa}: {err[-4000:]}"
+
+
+@pytest.mark.skipif(not _HAS_KERNEL, reason="fastblocks._C without inverted_residual_forward")
+def test_packed_weight_of_another_shape_raises():
+    """A packed copy is checked against the weight it stands for: one packed for the project
+    weight passed as the expand one raises rather than reading past its end."""
+    t = _block(1, 8, 32, 16, 6, 6, 3, True)
+    wrong = pack_pointwise(t["w_project"], t["b_project"])
+    with pytest.raises(RuntimeError, match="pointwise_pack's output for a \\(32, 8\\) weight"):
+        _impl(t["x"], t["w_expand"], t["b_expand"], t["w_dw"], t["b_dw"], t["w_project"],
+              t["b_project"], [1, 1], [1, 1], [1, 1], 2, 2, False, wrong, None)

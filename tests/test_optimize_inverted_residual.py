@@ -105,3 +105,50 @@ def test_compiled_block_runs_the_fused_op(monkeypatch):
         out = torch.compile(opt, fullgraph=True, backend="aot_eager")(x)
     assert seen == [True]
     _assert_parity(out, block, x)
+
+
+def _pack_calls(fn) -> int:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.name == "fastblocks_C::pointwise_pack" for e in prof.events())
+
+
+def test_eval_packs_the_1x1_weights_once_and_again_after_a_change():
+    """The blocks' 1x1 weights are packed for the kernel's GEMM with the fold and reused (no
+    pointwise_pack in later calls); `weight.data = t` on an expand conv refolds and repacks
+    that block, and the output follows eager's."""
+    m = _model()
+    opt = fastblocks.optimize(copy.deepcopy(m))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert _pack_calls(lambda: opt(x)) == 2 * 16 + 1  # 16 blocks expand, the first not
+        assert _pack_calls(lambda: opt(x)) == 0
+        new = torch.randn_like(m.features[3].conv[0][0].weight)
+        m.features[3].conv[0][0].weight.data = new.clone()
+        opt.features[3].conv[0][0].weight.data = new.clone()
+        assert _pack_calls(lambda: _assert_parity(opt(x), m, x)) == 2
+
+
+def test_compile_with_freezing_folds_the_packing(monkeypatch):
+    """Under torch.compile with inductor's freezing the packed weights are constants: a
+    compiled call runs the fused op on packed weights and no pointwise_pack."""
+    import torch._inductor.config as inductor_config
+    ir = importlib.import_module("fastblocks.ops.inverted_residual")
+    block = _model().features[3]
+    opt = torch.compile(fastblocks.optimize(copy.deepcopy(block)))
+    x = torch.randn(2, 8, 20, 20)  # N * H * W >= 28 * 28: fused under compile
+    got = []
+    real = ir._impl
+
+    def spy(*args):
+        got.append(args[13:])  # packed_expand, packed_project
+        return real(*args)
+    monkeypatch.setattr(ir, "_impl", spy)
+    with torch.no_grad(), inductor_config.patch(freezing=True):
+        opt(x)
+        got.clear()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            out = opt(x)
+    assert len(got) == 1 and len(got[0]) == 2 and all(p is not None for p in got[0])
+    assert "fastblocks_C::pointwise_pack" not in [e.name for e in prof.events()]
+    _assert_parity(out, block, x)

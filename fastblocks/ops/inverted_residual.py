@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import _extension
 from .._backend import get_backend, resolve
 from ._activation_codes import activation_code
 from ._conv_args import conv_geometry
@@ -78,14 +79,16 @@ def _out_channels_last(x: Tensor, *weights) -> bool:
 
 
 def _impl(x, w_expand, b_expand, w_dw, b_dw, w_project, b_project, stride, padding, dilation,
-          expand_act, dw_act, residual):
+          expand_act, dw_act, residual, packed_expand=None, packed_project=None):
+    """packed_expand / packed_project: ``pack_pointwise`` of (w_expand, b_expand) / (w_project,
+    b_project), or None (the kernel packs them itself, on every call)."""
     if not _use_kernel(x):
         return reference_inverted_residual(x, w_expand, b_expand, w_dw, b_dw, w_project,
                                            b_project, stride, padding, dilation, expand_act,
                                            dw_act, residual)
     y = torch.ops.fastblocks_C.inverted_residual_forward(
         x, w_expand, b_expand, w_dw, b_dw, w_project, b_project, stride, padding, dilation,
-        expand_act, dw_act, residual)
+        expand_act, dw_act, residual, packed_expand, packed_project)
     return y if _out_channels_last(x, w_expand, w_dw, w_project) else y.contiguous()
 
 
@@ -93,9 +96,40 @@ def _impl(x, w_expand, b_expand, w_dw, b_dw, w_project, b_project, stride, paddi
 def _ir_op(x: Tensor, w_expand: Tensor | None, b_expand: Tensor | None, w_dw: Tensor,
            b_dw: Tensor | None, w_project: Tensor, b_project: Tensor | None, stride: list[int],
            padding: list[int], dilation: list[int], expand_act: int, dw_act: int,
-           residual: bool) -> Tensor:
+           residual: bool, packed_expand: Tensor | None = None,
+           packed_project: Tensor | None = None) -> Tensor:
     return _impl(x, w_expand, b_expand, w_dw, b_dw, w_project, b_project, stride, padding,
-                 dilation, expand_act, dw_act, residual)
+                 dilation, expand_act, dw_act, residual, packed_expand, packed_project)
+
+
+# ---- packed 1x1 weights ----------------------------------------------------------------------
+# The kernel's 1x1 convs are a GEMM that reads the weight as panels (pointwise_cpu_gemm.h).
+# Packing a block's two weights in every call cost 1.7 ms of MobileNetV2's 57 (b8, 1 thread,
+# thread CPU time, the EPYC VM; 0.3-0.44 ms a call for the 7x7 blocks' 960-channel weights)
+# and runs before the kernel's threads start. A caller that holds folded weights across calls
+# (optimize/rules/chain_inverted_residual.py) packs them once with pack_pointwise; under
+# torch.compile with freezing, inductor folds the packing of frozen weights into a constant.
+
+PACK_AVAILABLE = _extension.c_has_kernel("pointwise_pack", "cpu")
+
+
+def can_pack(x: Tensor) -> bool:
+    """Whether calls on inputs like x run the kernel, which takes packed weights."""
+    return PACK_AVAILABLE and _use_kernel(x)
+
+
+@torch.library.custom_op("fastblocks::pack_pointwise", mutates_args=())
+def pack_pointwise(w: Tensor, b: Tensor | None) -> Tensor:
+    """A float32 CPU 1x1 conv weight (N, K, 1, 1) and its bias (N,) or None packed for the
+    kernel's GEMM on this CPU: a 1-d float32 tensor of ceil(N / 16) * 16 * (K + 1) values.
+    Only for the kernel's packed_expand / packed_project arguments, with the same w and b."""
+    return torch.ops.fastblocks_C.pointwise_pack(w, b)
+
+
+@pack_pointwise.register_fake
+def _(w, b):
+    n16 = -(-w.shape[0] // 16) * 16
+    return w.new_empty((n16 * (w.shape[1] + 1),))
 
 
 def _out_shape(x, w_dw, w_project, stride, padding, dilation):
@@ -106,7 +140,7 @@ def _out_shape(x, w_dw, w_project, stride, padding, dilation):
 
 @_ir_op.register_fake
 def _(x, w_expand, b_expand, w_dw, b_dw, w_project, b_project, stride, padding, dilation,
-      expand_act, dw_act, residual):
+      expand_act, dw_act, residual, packed_expand=None, packed_project=None):
     return empty(_out_shape(x, w_dw, w_project, stride, padding, dilation), x,
                  _out_channels_last(x, w_expand, w_dw, w_project))
 

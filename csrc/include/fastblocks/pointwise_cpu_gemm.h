@@ -6,7 +6,8 @@
 // residual, so neither needs a second pass over its output (MKL's at::mm_out + a separate
 // bias/activation pass read and wrote the expanded band twice).
 //
-// The weights are packed once per call (pack_weights) into panels of 1-3 vectors of columns,
+// The weights are packed (pack_weights; once per folded weight by the Python layer, else once
+// per call) into panels of 1-3 vectors of columns,
 // K rows each, zero-padded to whole vectors, so the micro-kernel loads B with aligned-width
 // vector loads and N needs no tail code in the K loop. The micro-kernels are compiled once per
 // instruction set (csrc/cpu/pointwise_gemm_isa_{avx512,avx2,sse2}.cpp, the depthwise family's
@@ -21,8 +22,8 @@
 // (3000, 24, 144) 85 / 87, (1500, 32, 192) 91 / 92, where the fused epilogue (no second pass
 // over the M x N output) still wins in place (inverted_residual.cpp, kMaxGemmK).
 #pragma once
+#include <algorithm>
 #include <cstdint>
-#include <vector>
 
 namespace fastblocks::cpu::pw {
 
@@ -34,37 +35,54 @@ inline int64_t panel_vectors(int64_t nvec, int64_t v0) {
   return left == 1 ? 1 : left == 3 ? 3 : 2;
 }
 
-// Weights packed for one vector width: panels of panel_vectors() vectors, each K rows of
-// nv * lanes floats (B[k][n] = w[n][k], zeros past N), one after the other; bias zero-padded to
-// nvec * lanes (or empty).
+// Weights packed for one vector width, in caller-owned memory (packed_floats(N, K) floats):
+// panels of panel_vectors() vectors, each K rows of nv * lanes floats (B[k][n] = w[n][k], zeros
+// past N), one after the other; then the bias zero-padded to nvec * lanes. The size does not
+// depend on `lanes` (it is padded for 16), so a caller can hold a packed copy whose size it
+// knows without asking which ISA the CPU has (ops/inverted_residual.py caches one per folded
+// weight, and inductor's freezing folds it into a constant).
 struct PackedWeights {
-  std::vector<float> b, bias;
+  const float* b = nullptr;     // the panels
+  const float* bias = nullptr;  // nvec * lanes values, or null: no bias
   int64_t K = 0, N = 0, nvec = 0, lanes = 0;
 };
 
-// w: (N, K) row-major; bias: N values or null.
-inline PackedWeights pack_weights(const float* w, const float* bias, int64_t N, int64_t K,
-                                  int64_t lanes) {
+inline int64_t packed_floats(int64_t N, int64_t K) {
+  const int64_t n16 = (N + 15) / 16 * 16;
+  return n16 * K + n16;
+}
+
+// The kernels' view of memory packed by pack_weights for `lanes` (with_bias: whether it was
+// packed with a bias).
+inline PackedWeights view_packed(const float* packed, bool with_bias, int64_t N, int64_t K,
+                                 int64_t lanes) {
   PackedWeights p;
+  p.b = packed;
+  p.bias = with_bias ? packed + (N + 15) / 16 * 16 * K : nullptr;
   p.K = K;
   p.N = N;
   p.lanes = lanes;
   p.nvec = (N + lanes - 1) / lanes;
-  p.b.assign(p.nvec * lanes * K, 0.0f);
-  for (int64_t v0 = 0; v0 < p.nvec;) {
-    const int64_t nv = panel_vectors(p.nvec, v0), width = nv * lanes;
-    float* panel = p.b.data() + v0 * lanes * K;
+  return p;
+}
+
+// Packs w: (N, K) row-major and bias (N values or null) into dst (packed_floats(N, K) floats);
+// returns the view of dst the kernels read (bias null when `bias` is).
+inline PackedWeights pack_weights(const float* w, const float* bias, int64_t N, int64_t K,
+                                  int64_t lanes, float* dst) {
+  const int64_t nvec = (N + lanes - 1) / lanes, n16 = (N + 15) / 16 * 16;
+  std::fill(dst, dst + packed_floats(N, K), 0.0f);
+  for (int64_t v0 = 0; v0 < nvec;) {
+    const int64_t nv = panel_vectors(nvec, v0), width = nv * lanes;
+    float* panel = dst + v0 * lanes * K;
     for (int64_t j = 0; j < width && v0 * lanes + j < N; ++j) {
       const float* wr = w + (v0 * lanes + j) * K;
       for (int64_t k = 0; k < K; ++k) panel[k * width + j] = wr[k];
     }
     v0 += nv;
   }
-  if (bias != nullptr) {
-    p.bias.assign(p.nvec * lanes, 0.0f);
-    for (int64_t n = 0; n < N; ++n) p.bias[n] = bias[n];
-  }
-  return p;
+  if (bias != nullptr) std::copy(bias, bias + N, dst + n16 * K);
+  return view_packed(dst, bias != nullptr, N, K, lanes);
 }
 
 // One GEMM call: rows [0, M) of a into rows of c.

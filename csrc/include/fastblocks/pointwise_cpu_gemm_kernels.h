@@ -125,8 +125,8 @@ FB_AI void panel_rows(const GemmCall& g, int64_t m0, int64_t m1, int64_t v0) {
   constexpr int L = VB / 4;
   constexpr int MR = tile_rows<VB, NV>();
   const PackedWeights& w = *g.w;
-  const float* b = w.b.data() + v0 * L * w.K;
-  const float* bias = w.bias.empty() ? nullptr : w.bias.data() + v0 * L;
+  const float* b = w.b + v0 * L * w.K;
+  const float* bias = w.bias == nullptr ? nullptr : w.bias + v0 * L;
   const int64_t n0 = v0 * L, cols = std::min<int64_t>(w.N - n0, NV * L);
   for (int64_t m = m0; m < m1; m += MR) {
     tile<VB, MR, NV, ACT>(g.a + m * g.lda, g.lda, std::min<int64_t>(MR, m1 - m), b, w.K, bias,

@@ -38,7 +38,7 @@ from ...nn.conv_bn_act import _folded
 from ...ops._activation_codes import activation_code
 from ...ops._layout import is_channels_last
 from ...ops.inverted_residual import _impl as _ir_impl
-from ...ops.inverted_residual import _ir_op
+from ...ops.inverted_residual import PACK_AVAILABLE, _ir_op, can_pack, pack_pointwise
 from .._classswap import original_class, swap_class
 from .._inline_module import InlineFused
 from .._rule import BlockRule
@@ -63,25 +63,31 @@ class FusedInvertedResidual(nn.Module):
             # inductor folds the BN arithmetic into constants (freezing) and runs the fused op
             # on channels_last, the layout it hands on to the next block (see _fast); the
             # registered op straight away (the block's shapes were checked when it was matched)
+            # (the 1x1 weights packed in the graph: freezing folds that into constants)
             return _ir_op(x.contiguous(memory_format=torch.channels_last),
-                          *_kernel_args(folded, dw, expand, residual))
+                          *_kernel_args(folded, dw, expand, residual, packed=PACK_AVAILABLE))
         # eager: the op's argument checks once per set of folded weights (a fold is cached on
-        # its head until a parameter or buffer changes), then the kernel directly; the checked
-        # call cost ~80 us a block (batch 1, 1 thread, the EPYC VM)
+        # its head until a parameter or buffer changes), then the kernel directly on 1x1
+        # weights packed once with them; the checked call cost ~80 us a block (batch 1, 1
+        # thread, the EPYC VM)
         key = tuple(id(w) for w, _ in folded)
         cached = self.__dict__.get("_fb_ir_args")
         if cached is None or cached[0] != key:
             _call(x, folded, dw, expand, residual)  # validates, raises on a bad block
-            self.__dict__["_fb_ir_args"] = cached = (key, _kernel_args(folded, dw, expand,
-                                                                       residual))
+            args = _kernel_args(folded, dw, expand, residual, packed=can_pack(x))
+            self.__dict__["_fb_ir_args"] = cached = (key, args)
         return _ir_impl(x, *cached[1])
 
 
-def _kernel_args(folded, dw, expand, residual) -> tuple:
+def _kernel_args(folded, dw, expand, residual, packed: bool) -> tuple:
+    """The op's arguments; ``packed``: with the 1x1 weights packed for its GEMM."""
     (we, be), (wd, bd), (wp, bp) = folded
-    return (we, be, wd, bd, wp, bp, list(dw.stride), list(dw.padding), list(dw.dilation),
+    args = (we, be, wd, bd, wp, bp, list(dw.stride), list(dw.padding), list(dw.dilation),
             0 if expand is None else activation_code(expand.__dict__["_fb_activation"]),
             activation_code(dw.__dict__["_fb_activation"]), residual)
+    if not packed:
+        return args
+    return args + (None if we is None else pack_pointwise(we, be), pack_pointwise(wp, bp))
 
 
 def _call(x, folded, dw, expand, residual) -> Tensor:
@@ -102,16 +108,16 @@ def _call(x, folded, dw, expand, residual) -> Tensor:
 # 13.6 vs 15.0.
 
 
-# Under torch.compile (freezing) inductor's convolutions run on prepacked weights, while the
-# fused kernel's GEMMs pack them on every call (MKL's when this was measured; its own
-# pointwise GEMM since, also packing per call: the rule was not re-measured with it; compile
-# of the optimized model b8 is now 1.26-1.28x), and at batch 1 inductor's per-layer tensors
-# stay in L3 (the fused kernel saves little memory traffic there). Zoo mobilenet_v2, thread CPU
-# time, 1 thread, the EPYC VM, compile of the optimized model against compile of the plain
-# one: every block fused, b8 1.07x, b1 0.89x; blocks of N * H * W >= 28 * 28 fused, b8 1.10-1.14x,
-# b1 0.93x; none fused (the per-chain path traced), b8 1.00x, b1 0.97-0.99x. So under compile
-# a block runs fused from a batch of 2 and N * H * W >= 28 * 28 (the 7x7 blocks at batch 8
-# take the per-chain path).
+# Under torch.compile (freezing) inductor's convolutions run on prepacked weights; the fused
+# kernel's GEMMs packed theirs on every call when this rule was set (freezing now folds
+# pack_pointwise into constants), and at batch 1 inductor's per-layer tensors stay in L3 (the
+# fused kernel saves little memory traffic there). Zoo mobilenet_v2, thread CPU time, 1 thread,
+# the EPYC VM, compile of the optimized model against compile of the plain one: every block
+# fused, b8 1.07x, b1 0.89x; blocks of N * H * W >= 28 * 28 fused, b8 1.10-1.14x, b1 0.93x; none
+# fused (the per-chain path traced), b8 1.00x, b1 0.97-0.99x. So under compile a block runs
+# fused from a batch of 2 and N * H * W >= 28 * 28 (the 7x7 blocks at batch 8 take the
+# per-chain path). With the packing folded, b8: every block 59.9 ms, this rule 60.0 (same run,
+# 15 interleaved reps): kept.
 _MIN_COMPILED_POSITIONS = 28 * 28
 
 
