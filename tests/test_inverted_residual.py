@@ -66,15 +66,18 @@ def test_parity_with_eager(case):
 
 # How the kernel splits the work: maps of at most 14x14 as groups of whole images per GEMM (3
 # images: one group of 3 on one thread; groups of 2 and 1 on two; 8 images of 14x14x384, whose
-# group scratch caps a group at 3 images: groups of 3, 3, 2 on one thread, four of 2 on two),
+# group scratch caps a group at 3 images: groups of 3, 3, 2 on one thread, four of 2 on two; one
+# image of 14x14 or 13x13 on two threads: split into two bands of rows, one a thread),
 # larger ones as bands of rows
 # whose depthwise halo moves to the next band (40x40 with 96 hidden channels: bands of 24 rows),
 # an image split into segments when there are fewer images than threads; stride 1 and 2.
 @pytest.mark.skipif(not _HAS_KERNEL, reason="fastblocks._C without inverted_residual_forward")
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape", [(3, 8, 32, 8, 12, 10, 1), (8, 64, 384, 64, 14, 14, 1),
+                                   (1, 8, 48, 8, 14, 14, 1), (1, 8, 48, 16, 13, 13, 2),
                                    (1, 8, 96, 8, 40, 40, 1), (2, 8, 96, 16, 41, 41, 2)],
-                         ids=["groups", "groups-capped", "bands", "bands-s2"])
+                         ids=["groups", "groups-capped", "small-split", "small-split-s2", "bands",
+                              "bands-s2"])
 def test_groups_and_bands(shape, threads):
     n, cin, ch, cout, h, w, s = shape
     t = _block(n, cin, ch, cout, h, w, 3, True)

@@ -298,6 +298,12 @@ at::Tensor inverted_residual_forward(const at::Tensor& x_in,
     const int64_t fit = std::max<int64_t>(1, kGroupBytes / 4 / per_image);
     const int64_t groups_per_thread = (per_thread + fit - 1) / fit;
     G = (per_thread + groups_per_thread - 1) / groups_per_thread;
+    if (N < threads) {
+      // fewer images than threads: each image's rows in one band per thread it gets (a band
+      // recomputes the expand rows of its depthwise halo). Whole images left a thread idle:
+      // batch 1, 2 threads, the 14x14 and 7x7 blocks ran on one.
+      R = (OH + threads / N - 1) / std::min(OH, threads / N);
+    }
   }
   const int64_t bands = (OH + R - 1) / R;
   const int64_t segments = (G > 1 || N >= threads) ? 1 : std::min(bands, (threads + N - 1) / N);
