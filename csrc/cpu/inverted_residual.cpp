@@ -9,15 +9,16 @@
 // depthwise conv + bias + activation writes the band's output rows to a second scratch buffer;
 // the project 1x1 conv is one GEMM from it straight into the output rows, + bias (+ x). Bands of
 // an image run in order, so the depthwise halo (the kh - 1 input rows two bands share) is kept
-// (moved to the buffer's front) instead of recomputed. at::parallel_for runs over (image,
-// segment of rows); an image is split into segments only when there are fewer images than
-// threads (each segment recomputes one halo). Where a whole image fits one band, or the map is
-// small (kSmallMap), a task is a group of whole images instead, one GEMM each for all of them
-// (with fewer images than threads: one band of each image per thread). The 1x1 weights come
-// packed for the GEMM by the caller (pointwise_pack, cached with the folded weights) or are
-// packed here, once per call. The depthwise rows run the depthwise family's channels_last row kernel (sliding register
-// blocks, the input read in place: depthwise_cpu_row_kernels.h), 2-2.5x this file's first
-// per-pixel loop (blocks 2-7 of MobileNetV2, thread CPU time), and its vectorized activation.
+// (moved to the buffer's front) instead of recomputed. at::parallel_for runs over (image, segment
+// of rows); an image is split into segments only when there are fewer images than threads (each
+// segment recomputes one halo). Where a whole image fits one band, or the map is small
+// (kSmallMap), a task is a group of whole images instead, one GEMM each for all of them (with
+// fewer images than threads: one band of each image per thread). The 1x1 weights come packed for
+// the GEMM by the caller (pointwise_pack, cached with the folded weights) or are packed here,
+// once per call. The depthwise rows run the depthwise family's channels_last row kernel (sliding
+// register blocks, the input read in place: depthwise_cpu_row_kernels.h), 2-2.5x this file's
+// first per-pixel loop (blocks 2-7 of MobileNetV2, thread CPU time), and its vectorized
+// activation.
 //
 // Layout: x is read as NHWC (channels_last; any other layout is copied once), y is returned
 // channels_last. float32 only (the Python op runs the eager composition for other dtypes).

@@ -13,17 +13,18 @@ Why one op: eager PyTorch and inductor run the three convolutions as three kerne
 expanded tensor (6x the block's channels: 8x96x112x112 fp32 = 38 MB in MobileNetV2's second
 block) goes to DRAM after the expand conv and comes back for the depthwise conv, and the
 depthwise output once more for the project conv. On CPU (float32, the cpu/auto backend)
-``fastblocks._C.inverted_residual_forward`` (csrc/cpu/inverted_residual.cpp) runs the block
-per image and per band of output rows with the band's expanded rows in a per-thread buffer
-sized for L2 (maps of 14x14 and below: groups of whole images, so the GEMMs stay large; with
-fewer images than threads, a band per thread): the expand 1x1 conv over the band's input rows
-as fastblocks' register-blocked GEMM with bias + activation in its registers
+``fastblocks._C.inverted_residual_forward`` (csrc/cpu/inverted_residual.cpp) runs the block per
+image and per band of output rows with the band's expanded rows in a per-thread buffer sized for
+L2 (maps of 14x14 and below: groups of whole images, so the GEMMs stay large; with fewer images
+than threads, a band per thread): the expand 1x1 conv over the band's input rows as fastblocks'
+register-blocked GEMM with bias + activation in its registers
 (csrc/include/fastblocks/pointwise_cpu_gemm.h, on weights packed once by ``pack_pointwise``
-where the caller holds them; MKL plus a separate pass for K > 1024), the depthwise conv + bias + activation (the depthwise family's
-channels_last row kernel, activation in registers), the project 1x1 conv as the same GEMM into
-the output rows with bias and the residual in registers. It reads x as channels_last (an NCHW x is copied
-once) and writes a channels_last output, returned NCHW-contiguous when neither x nor any
-weight is channels_last (PyTorch's convolution layout rule).
+where the caller holds them; MKL plus a separate pass for K > 1024), the depthwise conv + bias +
+activation (the depthwise family's channels_last row kernel, activation in registers), the
+project 1x1 conv as the same GEMM into the output rows with bias and the residual in registers.
+It reads x as channels_last (an NCHW x is copied once) and writes a channels_last output,
+returned NCHW-contiguous when neither x nor any weight is channels_last (PyTorch's convolution
+layout rule).
 
 Everything else runs the eager composition ``reference_inverted_residual`` (F.conv2d and the
 activations): other dtypes (float16/bfloat16/float64), CUDA tensors, the ``torch`` backend,
