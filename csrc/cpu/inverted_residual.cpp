@@ -56,6 +56,7 @@ constexpr int64_t kBandBytes = 768 * 1024;
 constexpr int64_t kSmallMap = 14 * 14;
 constexpr int64_t kGroupBytes = 2048 * 1024;
 constexpr int64_t kL = 16;  // channels per vector step (one AVX-512 register of floats)
+constexpr int64_t kPrefetchAhead = 2;  // output rows between a prefetch and its use
 
 // y[p][c] = act(y[p][c] + bias[c]) over `npos` positions of C channels (row stride C).
 template <int ACT>
@@ -348,6 +349,21 @@ at::Tensor inverted_residual_forward(const at::Tensor& x_in,
     // depthwise output rows [o0, o1) of one image whose input row ih is at
     // base + (ih - first) * row, into dst, activation applied (by the row kernel in its
     // registers where it slides: a separate pass over the rows took 15-20% of their time)
+    // Without an expand conv the depthwise rows read x in place, from memory (MobileNetV2's
+    // first block: the stem's 8x32x112x112 output, 12.8 MB): the input rows that the output row
+    // kPrefetchAhead rows on first needs are prefetched, spread over this row's register blocks.
+    const int64_t blocks_per_row = (OW + 7) / 8 * ((Ch + isa.lanes - 1) / isa.lanes);
+    const auto plan_row_prefetch = [&](dw::RowPrefetch& pf, const float* base, int64_t first,
+                                       int64_t oh) {
+      const int64_t last = (oh + kPrefetchAhead) * sh - ph + halo;  // its last input row
+      const int64_t fresh = std::min<int64_t>(sh, 8);  // rows it needs that row oh - 1 did not
+      for (int64_t ih = std::max<int64_t>(last - fresh + 1, 0); ih <= std::min(last, H - 1); ++ih) {
+        pf.rows[pf.nrows++] = reinterpret_cast<const char*>(base + (ih - first) * row_e);
+      }
+      pf.npix = 1;  // a row's pixels are contiguous: one run of lines
+      pf.pix_bytes = pf.pix_stride = row_e * sizeof(float);
+      pf.per_step = int((pf.nrows * (pf.pix_bytes / 64 + 1) + blocks_per_row - 1) / blocks_per_row);
+    };
     const auto dw_rows = [&](const float* base, int64_t first, int64_t o0, int64_t o1, float* dst) {
       for (int64_t oh = o0; oh < o1; ++oh) {
         float* out = dst + (oh - o0) * row_d;
@@ -359,13 +375,17 @@ at::Tensor inverted_residual_forward(const at::Tensor& x_in,
             rows[nrows] = base + (ih - first) * row_e;
             wr[nrows++] = wtp + i * kw * Ch;
           }
+          dw::RowPrefetch pf;
+          if (!expand) plan_row_prefetch(pf, base, first, oh);
           dw::NhwcRow<float> a{rows.data(), wr.data(), nrows, q.data(), wcol.data(), int(kw),
-                               sw, OW, out, Ch, Ch, Ch, bdp, scratch.data(), nullptr};
+                               sw, OW, out, Ch, Ch, Ch, bdp, scratch.data(),
+                               pf.nrows > 0 ? &pf : nullptr};
           a.src_off = pw;
           a.src_pixels = W;
           a.zeros = zeros.data();
           a.act = static_cast<int>(dw_act);
           isa.nhwc_row(a);
+          pf.finish();
         } else {
           for (int64_t i = 0; i < kh; ++i) {
             const int64_t ih = oh * sh - ph + i * dh;
