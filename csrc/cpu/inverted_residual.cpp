@@ -346,24 +346,25 @@ at::Tensor inverted_residual_forward(const at::Tensor& x_in,
     float* ep = expand ? e_buf.mutable_data_ptr<float>() : nullptr;
     float* dp = d_buf.mutable_data_ptr<float>();
     std::vector<const float*> rows(kh), wr(kh), scratch(2 * kh * kw);
+    // Without an expand conv the depthwise rows read x in place, from memory (MobileNetV2's
+    // first block: the stem's 8x32x112x112 output, 12.8 MB): the rows of x that the output row
+    // kPrefetchAhead rows on first reads are prefetched, spread over this row's register blocks.
+    // (With an expand conv, prefetching the x rows of the next band's expand GEMM the same way
+    // measured no faster: blocks 2-5 of MobileNetV2 b8, op alone, 1 thread.)
+    const int64_t blocks_per_row = (OW + 7) / 8 * ((Ch + isa.lanes - 1) / isa.lanes);
+    // rows [r0, r1) of H (at most 8) whose row r is at src + r * row_floats
+    const auto plan_prefetch = [&](dw::RowPrefetch& pf, const float* src, int64_t row_floats,
+                                   int64_t r0, int64_t r1) {
+      for (int64_t r = std::max<int64_t>(r0, 0); r < std::min(r1, H) && pf.nrows < 8; ++r) {
+        pf.rows[pf.nrows++] = reinterpret_cast<const char*>(src + r * row_floats);
+      }
+      pf.npix = 1;  // a row's pixels are contiguous: one run of lines
+      pf.pix_bytes = pf.pix_stride = row_floats * int64_t(sizeof(float));
+      pf.per_step = int((pf.nrows * (pf.pix_bytes / 64 + 1) + blocks_per_row - 1) / blocks_per_row);
+    };
     // depthwise output rows [o0, o1) of one image whose input row ih is at
     // base + (ih - first) * row, into dst, activation applied (by the row kernel in its
     // registers where it slides: a separate pass over the rows took 15-20% of their time)
-    // Without an expand conv the depthwise rows read x in place, from memory (MobileNetV2's
-    // first block: the stem's 8x32x112x112 output, 12.8 MB): the input rows that the output row
-    // kPrefetchAhead rows on first needs are prefetched, spread over this row's register blocks.
-    const int64_t blocks_per_row = (OW + 7) / 8 * ((Ch + isa.lanes - 1) / isa.lanes);
-    const auto plan_row_prefetch = [&](dw::RowPrefetch& pf, const float* base, int64_t first,
-                                       int64_t oh) {
-      const int64_t last = (oh + kPrefetchAhead) * sh - ph + halo;  // its last input row
-      const int64_t fresh = std::min<int64_t>(sh, 8);  // rows it needs that row oh - 1 did not
-      for (int64_t ih = std::max<int64_t>(last - fresh + 1, 0); ih <= std::min(last, H - 1); ++ih) {
-        pf.rows[pf.nrows++] = reinterpret_cast<const char*>(base + (ih - first) * row_e);
-      }
-      pf.npix = 1;  // a row's pixels are contiguous: one run of lines
-      pf.pix_bytes = pf.pix_stride = row_e * sizeof(float);
-      pf.per_step = int((pf.nrows * (pf.pix_bytes / 64 + 1) + blocks_per_row - 1) / blocks_per_row);
-    };
     const auto dw_rows = [&](const float* base, int64_t first, int64_t o0, int64_t o1, float* dst) {
       for (int64_t oh = o0; oh < o1; ++oh) {
         float* out = dst + (oh - o0) * row_d;
@@ -376,7 +377,10 @@ at::Tensor inverted_residual_forward(const at::Tensor& x_in,
             wr[nrows++] = wtp + i * kw * Ch;
           }
           dw::RowPrefetch pf;
-          if (!expand) plan_row_prefetch(pf, base, first, oh);
+          if (!expand) {  // base is x's image, first 0
+            const int64_t last = (oh + kPrefetchAhead) * sh - ph + halo;  // its last input row
+            plan_prefetch(pf, base, row_e, last - sh + 1, last + 1);
+          }
           dw::NhwcRow<float> a{rows.data(), wr.data(), nrows, q.data(), wcol.data(), int(kw),
                                sw, OW, out, Ch, Ch, Ch, bdp, scratch.data(),
                                pf.nrows > 0 ? &pf : nullptr};
