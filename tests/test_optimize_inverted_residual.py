@@ -152,3 +152,74 @@ def test_compile_with_freezing_folds_the_packing(monkeypatch):
     assert len(got) == 1 and len(got[0]) == 2 and all(p is not None for p in got[0])
     assert "fastblocks_C::pointwise_pack" not in [e.name for e in prof.events()]
     _assert_parity(out, block, x)
+
+
+def test_efficientnet_lite_blocks_with_stochastic_depth_run_fused():
+    """EfficientNet-Lite's MBConv adds x to stochastic_depth(block(x)) (identity in eval): all
+    16 blocks match, the 9 residual ones included, and run the fused op in eval; with the
+    stochastic depth module alone put in training mode its block runs its own forward."""
+    torch.manual_seed(0)
+    m = create_model("efficientnet_lite0", fused=False, num_classes=10).eval()
+    opt = fastblocks.optimize(copy.deepcopy(m))
+    counts = opt.fastblocks_report.counts()
+    assert counts.get("inverted residual (expand -> depthwise -> project -> + x)") == 9
+    assert sum(isinstance(b, FusedInvertedResidual) for b in opt.modules()) == 16
+    x = torch.randn(2, 3, 64, 64)
+    calls = _count_fused_calls(opt, x)
+    assert calls == 16
+    _assert_parity(opt(x), m, x)
+    block = next(b for b in opt.modules()
+                 if isinstance(b, FusedInvertedResidual) and b.__dict__["_fb_ir"][3])
+    block.stochastic_depth.train()
+    assert _count_fused_calls(opt, x) == 15
+
+
+def _count_fused_calls(model, x) -> int:
+    """Eager calls of the fused op in one no-grad forward (after one that lets the CPU layout
+    hook make its trial run)."""
+    rule = importlib.import_module("fastblocks.optimize.rules.chain_inverted_residual")
+    with torch.no_grad():
+        model(x)
+    real, calls = rule._ir_impl, []
+    rule._ir_impl = lambda *a: calls.append(1) or real(*a)
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        rule._ir_impl = real
+    return len(calls)
+
+
+class _UserBlock(torch.nn.Module):
+    """A user's inverted residual whose residual branch ends in a dropout and an nn.Identity."""
+
+    def __init__(self, tail):
+        super().__init__()
+        c = 8
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(c, 4 * c, 1, bias=False), torch.nn.BatchNorm2d(4 * c), torch.nn.ReLU6(),
+            torch.nn.Conv2d(4 * c, 4 * c, 3, padding=1, groups=4 * c, bias=False),
+            torch.nn.BatchNorm2d(4 * c), torch.nn.ReLU6(),
+            torch.nn.Conv2d(4 * c, c, 1, bias=False), torch.nn.BatchNorm2d(c), *tail)
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+@pytest.mark.parametrize("tail,fused", [
+    ((torch.nn.Dropout(0.3), torch.nn.Identity()), True),
+    ((torch.nn.Dropout(0.3), torch.nn.ReLU()), False),  # not an identity: no match
+], ids=["dropout-identity", "relu-after-bn"])
+def test_user_block_with_eval_identity_tail(tail, fused):
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(_UserBlock(tail)).eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_var.uniform_(0.5, 2.0)
+    opt = fastblocks.optimize(copy.deepcopy(m))
+    assert isinstance(opt[0], FusedInvertedResidual) == fused
+    # channels_last: a lone block is not run channels_last by optimize()'s CPU layout hook
+    x = torch.randn(2, 8, 12, 12).contiguous(memory_format=torch.channels_last)
+    assert _count_fused_calls(opt, x) == int(fused)
+    _assert_parity(opt(x), m, x)

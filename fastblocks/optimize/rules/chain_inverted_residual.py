@@ -11,11 +11,13 @@ where x is the block's only input and C a run of child calls, each called once a
 by the next, each a fused-chain module or an nn.Sequential (forward unchanged, possibly nested,
 e.g. torchvision's Conv2dNormActivation) of them, used once in the model. Flattened, C must be
     [expand head, its BN, its act,] depthwise head, its BN[, its act], project head, its BN
+    [, modules that are identities in eval mode: stochastic depth, timm's DropPath, dropout]
 with the expand a 1x1 ungrouped stride-1 unpadded conv, the depthwise a conv with groups ==
 in == out channels (zero padding, no TF "SAME"), the project a 1x1 ungrouped stride-1 conv
 without activation. It matches the zoo's MobileNetV2 (InvertedResidual), MnasNet
-(MNASNetBlock) and MobileNetV3 blocks without SE (InvertedResidualV3); the block itself must
-not be an nn.Sequential (its own children would then be the ones matched).
+(MNASNetBlock), MobileNetV3 blocks without SE (InvertedResidualV3) and EfficientNet-Lite's
+MBConv (no SE; stochastic depth on the residual branch); the block itself must not be an
+nn.Sequential (its own children would then be the ones matched).
 
 The block's class becomes ``FusedInvertedResidual`` (parameters, buffers, children and
 state_dict keys unchanged; revert() restores the original class). Its forward runs the fused
@@ -47,15 +49,30 @@ from .conv_bn_act import ActivationFusedIntoConv, BatchNormFusedIntoConv, ConvBN
 
 _IDENTITIES = (BatchNormFusedIntoConv, ActivationFusedIntoConv)
 
+# Modules that return their input unchanged in eval mode, accepted after the project conv's BN
+# (the residual branch's regularizer: `x + stochastic_depth(block(x))` in EfficientNet(-Lite)
+# and torchvision's MBConv, `x + drop_path(...)` in timm): the fused block runs only while each
+# of them is in eval mode. Matched by exact class, so a subclass with its own forward is not.
+_EVAL_IDENTITY_TYPES = (nn.Identity, nn.Dropout, nn.Dropout2d)
+_EVAL_IDENTITY_NAMES = {"fastblocks.models.efficientnet.StochasticDepth",
+                        "torchvision.ops.stochastic_depth.StochasticDepth",
+                        "timm.layers.drop.DropPath", "timm.models.layers.drop.DropPath"}
+
+
+def _eval_identity(m: nn.Module) -> bool:
+    t = type(m)
+    return t in _EVAL_IDENTITY_TYPES or f"{t.__module__}.{t.__qualname__}" in _EVAL_IDENTITY_NAMES
+
 
 class FusedInvertedResidual(nn.Module):
     """A block proven to compute [expand ->] depthwise -> project [+ x] from fused chains
     (module docstring). ``_fb_ir``: (expand head or None, depthwise head, project head,
-    residual)."""
+    residual, the modules after the project's BN that are identities in eval mode)."""
 
     def forward(self, x: Tensor, *args, **kwargs):
-        expand, dw, project, residual = self.__dict__["_fb_ir"]
-        if args or kwargs or not _fast(self, x, expand, dw, project):
+        expand, dw, project, residual, tail = self.__dict__["_fb_ir"]
+        if args or kwargs or any(m.training for m in tail) \
+                or not _fast(self, x, expand, dw, project):
             return original_class(self).forward(self, x, *args, **kwargs)
         folded = [(None, None) if h is None else _folded(h, h, h.__dict__["_fb_bn"])
                   for h in (expand, dw, project)]
@@ -144,7 +161,7 @@ def _fast(block, x, *heads) -> bool:
 def _flatten(module: nn.Module, ctx, out: list) -> bool:
     if ctx.shared(module):
         return False
-    if type(module) is ConvBNActHead or isinstance(module, _IDENTITIES):
+    if type(module) is ConvBNActHead or isinstance(module, _IDENTITIES) or _eval_identity(module):
         out.append(module)
         return True
     if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
@@ -215,6 +232,9 @@ def _match(block, graph, ctx):
     for target in reversed(chain):
         if not _flatten(block.get_submodule(target), ctx, leaves):
             return None
+    tail = []
+    while leaves and _eval_identity(leaves[-1]):
+        tail.insert(0, leaves.pop())
     heads = _heads(leaves)
     if heads is None or len(heads) not in (2, 3):
         return None
@@ -228,7 +248,7 @@ def _match(block, graph, ctx):
     if expand is not None and not (_pointwise(expand) and _plain(expand)
                                    and expand.out_channels == c):
         return None
-    return expand, dw, project, residual
+    return expand, dw, project, residual, tuple(tail)
 
 
 class ChainInvertedResidualRule(BlockRule):
@@ -238,7 +258,8 @@ class ChainInvertedResidualRule(BlockRule):
         if not graphs or isinstance(block, (nn.Sequential, InlineFused)) or ctx.shared(block):
             return
         found = [_match(block, g, ctx) for g in graphs]
-        if found[0] is None or any(f is None or [id(m) for m in f[:3]] != [id(m) for m in found[0][:3]]
+        if found[0] is None or any(f is None or [id(m) for m in f[:3] + f[4]]
+                                   != [id(m) for m in found[0][:3] + found[0][4]]
                                    or f[3] != found[0][3] for f in found[1:]):
             return
         try:
