@@ -338,15 +338,16 @@ FB_AI void nhwc_row_impl(const NhwcRow<T>& a) {
       }
     }
   }
-  nhwc_row_generic<T, VB>(a);
-  if (a.act) act_pixels<T, VB>(a.dst, a.dst_step, a.count, 0, a.width, a.act);
-  if (a.pair) {  // the second row on its own
+  for (int k = 0; k <= (a.pair ? 1 : 0); ++k) {  // with NhwcRow::pair, the second row on its own
     NhwcRow<T> b = a;
-    b.rows = a.rows + a.pair;
-    b.dst = a.dst2;
-    b.pair = 0;
-    b.pf = nullptr;
-    nhwc_row_impl<T, VB>(b);
+    if (k) {
+      b.rows = a.rows + a.pair;
+      b.dst = a.dst2;
+      b.pair = 0;
+      b.pf = nullptr;
+    }
+    nhwc_row_generic<T, VB>(b);
+    if (b.act) act_pixels<T, VB>(b.dst, b.dst_step, b.count, 0, b.width, b.act);
   }
 }
 
