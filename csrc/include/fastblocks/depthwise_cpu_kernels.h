@@ -97,6 +97,13 @@ struct NhwcRow {
   int64_t src_off = 0, src_pixels = kNoBorder;
   const T* zeros = nullptr;
   int act = 0;  // Act: in registers before the store, or (SiLU) over each block while in L1
+  // A second output row in the same call (the inverted residual's stride-2 rows): its source
+  // row r is rows[r + pair] (rows holds nrows + pair rows), its weights wrows[r], written at
+  // dst2 (pixel stride dst_step). Where the kernel slides 3-wide rows with 32 registers, the
+  // rows both read are loaded once (nhwc_row_slide); elsewhere the rows run one after the
+  // other. 0: one row.
+  int pair = 0;
+  T* dst2 = nullptr;
 };
 
 // ---- channels_last weight gradient (depthwise_cpu_wgrad_kernels.h) -----------------------------
