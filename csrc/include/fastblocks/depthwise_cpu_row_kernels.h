@@ -241,7 +241,8 @@ FB_AI void nhwc_row_slide_pairs(const NhwcRow<T>& a, int64_t q0, const int64_t* 
 
 // One output row, or two (NhwcRow::pair) sharing the loads of their common source rows where
 // the ISA has 32 registers (2 x 8 sums + 2 x 3 weights + 1 source vector) and the rows are 3
-// wide; otherwise the two rows one after the other. At stride 2 an 8-pixel block loads 17
+// wide at column step 2, in float (the inverted residual's rows); otherwise the two rows one
+// after the other. At stride 2 an 8-pixel block loads 17
 // source vectors a row for 24 FMAs, each its own cache line from L2; two rows read 5 source rows
 // instead of 6. Thread CPU time, 1 thread, AVX-512, EPYC (Zen 4) dev VM, MobileNetV2's stride-2
 // 3x3 rows as the inverted residual runs them (batch 8, relu6, L2-resident band, medians of
@@ -250,16 +251,21 @@ FB_AI void nhwc_row_slide_pairs(const NhwcRow<T>& a, int64_t q0, const int64_t* 
 // vector's lines measured no faster (32.3 against 33.5 GF/s at C=96).
 template <typename T, int VB, int KW, int SW>
 FB_AI void nhwc_row_slide(const NhwcRow<T>& a, int64_t q0, const int64_t* wcol) {
-  if (a.pair == 0) return nhwc_row_slide_pairs<T, VB, KW, SW, false>(a, q0, wcol);
-  if constexpr (VB == 64 && KW == 3) {
-    return nhwc_row_slide_pairs<T, VB, KW, SW, true>(a, q0, wcol);
-  } else {
-    nhwc_row_slide_pairs<T, VB, KW, SW, false>(a, q0, wcol);
-    NhwcRow<T> b = a;
-    b.rows = a.rows + a.pair;
-    b.dst = a.dst2;
-    b.pair = 0;
-    b.pf = nullptr;
+  if constexpr (VB == 64 && KW == 3 && SW == 2 && std::is_same_v<T, float>) {
+    if (a.pair != 0) return nhwc_row_slide_pairs<T, VB, KW, SW, true>(a, q0, wcol);
+  }
+  // One row, or the two one after the other, from a single call site, so the always-inline,
+  // fully unrolled blocks are inlined once per instantiation. Three call sites here and the
+  // paired blocks instantiated for every step and for double took the AVX-512 unit's compile
+  // from 44 to 150 s (g++ 12, -O3, the dev VM); this way 62 s.
+  NhwcRow<T> b = a;
+  b.pair = 0;
+  for (int k = 0; k <= (a.pair != 0 ? 1 : 0); ++k) {
+    if (k == 1) {
+      b.rows = a.rows + a.pair;
+      b.dst = a.dst2;
+      b.pf = nullptr;
+    }
     nhwc_row_slide_pairs<T, VB, KW, SW, false>(b, q0, wcol);
   }
 }
