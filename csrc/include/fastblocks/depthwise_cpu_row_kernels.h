@@ -58,6 +58,17 @@ FB_AI void nhwc_block(const T* const* tsrc, const T* const* tw, int ntap, int64_
   }
 }
 
+// Source pixel p of a row read in place (src at channel c0): the row of zeros outside the
+// source where BORDER.
+template <typename T, int VB, bool BORDER>
+FB_AI Vec<T, VB> slide_source(const NhwcRow<T>& a, const T* src, int64_t p, int64_t c0) {
+  if constexpr (BORDER) {
+    return vload<T, VB>(uint64_t(p) < uint64_t(a.src_pixels) ? src + p * a.C : a.zeros + c0);
+  } else {
+    return vload<T, VB>(src + p * a.C);
+  }
+}
+
 // Outputs t .. t+UP at step SW whose KW column taps are consecutive source pixels q0 + j
 // (weights at wcol[j]): output u reads source pixels (t+u)*SW + q0 + j, so the (UP-1)*SW + KW
 // source vectors of a block are each loaded once and meet all their taps in registers (about
@@ -65,7 +76,6 @@ FB_AI void nhwc_block(const T* const* tsrc, const T* const* tw, int ntap, int64_
 template <typename T, int VB, int KW, int SW, int UP, bool BORDER>
 FB_AI void nhwc_slide(const NhwcRow<T>& a, int64_t q0, const int64_t* wcol, int64_t t, int64_t c0) {
   using V = Vec<T, VB>;
-  const int64_t C = a.C;
   V acc[UP];
   const V b = a.bias ? vload<T, VB>(a.bias + c0) : V{};
 #pragma GCC unroll 8
@@ -78,13 +88,7 @@ FB_AI void nhwc_slide(const NhwcRow<T>& a, int64_t q0, const int64_t* wcol, int6
     const T* src = a.rows[r] + c0;
 #pragma GCC unroll 32
     for (int i = 0; i < (UP - 1) * SW + KW; ++i) {
-      V xv;
-      if constexpr (BORDER) {
-        const int64_t p = p0 + i;
-        xv = vload<T, VB>(uint64_t(p) < uint64_t(a.src_pixels) ? src + p * C : a.zeros + c0);
-      } else {
-        xv = vload<T, VB>(src + (p0 + i) * C);
-      }
+      const V xv = slide_source<T, VB, BORDER>(a, src, p0 + i, c0);
 #pragma GCC unroll 8
       for (int u = 0; u < UP; ++u) {
         const int j = i - u * SW;
@@ -107,7 +111,6 @@ FB_AI void nhwc_slide(const NhwcRow<T>& a, int64_t q0, const int64_t* wcol, int6
 template <typename T, int VB, int KW, int SW, int UP, bool BORDER>
 FB_AI void nhwc_slide2(const NhwcRow<T>& a, int64_t q0, const int64_t* wcol, int64_t t, int64_t c0) {
   using V = Vec<T, VB>;
-  const int64_t C = a.C;
   V acc0[UP], acc1[UP];
   const V b = a.bias ? vload<T, VB>(a.bias + c0) : V{};
 #pragma GCC unroll 8
@@ -123,13 +126,7 @@ FB_AI void nhwc_slide2(const NhwcRow<T>& a, int64_t q0, const int64_t* wcol, int
     const T* src = a.rows[r] + c0;
 #pragma GCC unroll 32
     for (int i = 0; i < (UP - 1) * SW + KW; ++i) {
-      V xv;
-      if constexpr (BORDER) {
-        const int64_t p = p0 + i;
-        xv = vload<T, VB>(uint64_t(p) < uint64_t(a.src_pixels) ? src + p * C : a.zeros + c0);
-      } else {
-        xv = vload<T, VB>(src + (p0 + i) * C);
-      }
+      const V xv = slide_source<T, VB, BORDER>(a, src, p0 + i, c0);
 #pragma GCC unroll 8
       for (int u = 0; u < UP; ++u) {
         const int j = i - u * SW;
